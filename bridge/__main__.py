@@ -1,0 +1,5 @@
+"""Allow ``python -m bridge``."""
+
+from bridge.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,130 @@
+"""The aiohttp application: media-stream endpoints, health, and the shared resources.
+
+Routes: ``/streams/<dialect>`` for each known provider, ``/streams`` (recognises the
+provider from its first messages), ``GET /healthz``. The webhook dispatcher and its HTTP
+client live in ``cleanup_ctx`` and are drained on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from functools import partial
+
+import aiohttp
+import structlog
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from bridge import __version__
+from bridge.calls import Call, EngineFactory
+from bridge.config import Settings
+from bridge.delivery.webhooks import EventSink, WebhookDispatcher
+from bridge.errors import CLOSE_INTERNAL_ERROR, CLOSE_MESSAGE_TOO_BIG, MessageTooBig, PeerError
+from bridge.events import AudioEncoding
+from bridge.ingress import DIALECTS, make_dialect
+from bridge.stt.base import EngineSession
+from bridge.stt.telnyx import TelnyxSession
+
+log = structlog.get_logger("bridge.app")
+
+SETTINGS = web.AppKey("settings", Settings)
+SINK = web.AppKey("sink", EventSink)
+ENGINES: web.AppKey[EngineFactory] = web.AppKey("engines")
+LIVE_CALLS = web.AppKey("live_calls", set[Call])
+
+
+def create_app(settings: Settings) -> web.Application:
+    """Build the application for ``settings``."""
+    app = web.Application()
+    app[SETTINGS] = settings
+    app[LIVE_CALLS] = set()
+
+    def telnyx_engine(encoding: AudioEncoding) -> EngineSession:
+        return TelnyxSession(settings.stt, encoding)
+
+    app[ENGINES] = telnyx_engine
+    app.cleanup_ctx.append(_webhooks)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/streams", partial(media_stream, dialect=None))
+    for name in DIALECTS:
+        app.router.add_get(f"/streams/{name}", partial(media_stream, dialect=name))
+    return app
+
+
+async def _webhooks(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    connector = aiohttp.TCPConnector(limit_per_host=8)
+    async with (aiohttp.ClientSession(connector=connector) as session,
+                WebhookDispatcher(settings.webhooks, session) as dispatcher):
+        app[SINK] = dispatcher
+        yield
+        log.info("webhook delivery drained", endpoints={
+            url.split("?", 1)[0]: vars_of(stats) for url, stats in dispatcher.stats.items()})
+
+
+def vars_of(stats: object) -> dict[str, int]:
+    return {name: getattr(stats, name) for name in getattr(stats, "__slots__", ())}
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """The process is alive and serving."""
+    return web.json_response({"status": "ok", "version": __version__,
+                              "calls": len(request.app[LIVE_CALLS])})
+
+
+async def media_stream(request: web.Request, *, dialect: str | None) -> web.StreamResponse:
+    """One media connection: read frames, feed the parser, hand events to the call.
+
+    A peer that breaks the protocol gets the fitting close code and one log line; its legs
+    are still finished, so every transcript already produced is delivered.
+    """
+    app = request.app
+    settings = app[SETTINGS]
+    if len(app[LIVE_CALLS]) >= settings.server.max_calls:
+        log.warning("refusing a media connection: max_calls reached",
+                    max_calls=settings.server.max_calls)
+        raise web.HTTPServiceUnavailable(text="callbridge is at capacity\n")
+    ws = web.WebSocketResponse(max_msg_size=settings.server.max_message_bytes,
+                               autoping=True, heartbeat=30.0)
+    await ws.prepare(request)
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(endpoint=request.path)
+    parser = make_dialect(dialect)
+    reason = "disconnected"
+    async with asyncio.TaskGroup() as tasks:
+        call = Call(settings=settings, sink=app[SINK], engines=app[ENGINES], tasks=tasks)
+        app[LIVE_CALLS].add(call)
+        try:
+            async for message in ws:
+                if message.type is WSMsgType.TEXT:
+                    parser.receive_text(message.data)
+                elif message.type is WSMsgType.BINARY:
+                    parser.receive_bytes(message.data)
+                elif message.type is WSMsgType.ERROR:
+                    _raise_socket_error(ws.exception())
+                for event in parser.events():
+                    call.handle(event)
+                for reply in parser.to_send():
+                    await ws.send_str(reply)
+            reason = "stopped" if parser.stopped else "disconnected"
+        except PeerError as exc:
+            reason = "protocol_error"
+            log.warning("closing media connection: peer broke the protocol",
+                        dialect=parser.name, error=str(exc), close_code=exc.close_code)
+            await ws.close(code=exc.close_code, message=str(exc)[:120].encode())
+        except Exception:
+            reason = "internal_error"
+            log.exception("closing media connection: internal error")
+            await ws.close(code=CLOSE_INTERNAL_ERROR, message=b"internal error")
+            raise
+        finally:
+            app[LIVE_CALLS].discard(call)
+            await call.end(reason)
+    return ws
+
+
+def _raise_socket_error(error: BaseException | None) -> None:
+    code = getattr(error, "code", None)
+    if code == CLOSE_MESSAGE_TOO_BIG or code == WSCloseCode.MESSAGE_TOO_BIG:
+        raise MessageTooBig("message larger than server.max_message_bytes")
+    raise PeerError(f"WebSocket error: {type(error).__name__}")

@@ -1,0 +1,386 @@
+"""Call and Leg: the only place where ingress, codecs, speech-to-text and delivery meet.
+
+A ``Call`` is one media connection. It owns one ``Leg`` per track, created when the track's
+first audio arrives; each leg runs one upstream recognition session in the call's task group.
+Ingress events are handled synchronously (the media reader never waits); audio flows to each
+leg's session through a bounded buffer that drops its oldest chunk, counted, when the upstream
+falls behind real time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import structlog
+
+from bridge.codecs.g711 import BYTES_PER_MS
+from bridge.codecs.reframe import Reframer
+from bridge.config import Settings
+from bridge.delivery.retry import Outcome
+from bridge.delivery.webhooks import EventSink
+from bridge.errors import ProtocolViolation, UpstreamError, UpstreamRefused
+from bridge.events import (
+    AudioEncoding,
+    AudioFrame,
+    Dtmf,
+    EventType,
+    IngressEvent,
+    Mark,
+    OutboundEvent,
+    ProviderErrorReported,
+    StreamStarted,
+    StreamStopped,
+    Track,
+    TranscriptResult,
+)
+from bridge.stt.base import EngineResult, EngineSession
+
+log = structlog.get_logger("bridge.calls")
+
+EngineFactory = Callable[[AudioEncoding], EngineSession]
+
+# How long a finished call waits for its webhooks' outcomes before writing its summary.
+SUMMARY_WAIT_S: Final = 10.0
+
+
+class LegState(enum.Enum):
+    OPENING = "opening"  # upstream session being opened; audio buffers meanwhile
+    STREAMING = "streaming"
+    FINISHING = "finishing"  # end of audio sent; waiting for the last finals
+    DONE = "done"
+    FAILED = "failed"  # upstream refused or lost: audio is discarded, the call goes on
+
+
+class Leg:
+    """One track of a call: its audio pipeline, its upstream session, its transcripts."""
+
+    def __init__(self, call: Call, track: Track, engine: EngineSession) -> None:
+        settings = call.settings
+        self.call = call
+        self.track = track
+        self.speaker = getattr(settings.speakers, track.value)
+        self.engine = engine
+        self.state = LegState.OPENING
+        self.reframer = Reframer(call.encoding, chunk_ms=settings.audio.chunk_ms,
+                                 reorder_window=settings.audio.reorder_window_frames,
+                                 max_gap_fill_ms=settings.audio.max_gap_fill_ms)
+        self._close_grace_s = settings.stt.close_grace_s
+        self._buffer: deque[bytes] = deque()
+        self._buffered = 0
+        self._max_buffered = settings.audio.max_buffer_ms * BYTES_PER_MS
+        self._wake = asyncio.Event()
+        self._audio_ended = False
+        self.sent_bytes = 0
+        self.chunks_dropped = 0
+        self.bytes_discarded = 0
+        self.sequence = 0  # finals published so far
+        self.partials = 0
+        self.finals: list[str] = []
+        self.error: UpstreamError | None = None
+        self._last_final_end_ms: int | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    # -- media side: synchronous, called for every frame -------------------------------------
+
+    def push(self, frame: AudioFrame) -> None:
+        """Add one frame of audio. Never waits."""
+        for chunk in self.reframer.push(frame.payload, frame.timestamp_ms):
+            self._enqueue(chunk)
+
+    def end_of_audio(self) -> None:
+        """No more audio: flush the reframer and let the session finish."""
+        if self._audio_ended:
+            return
+        self._audio_ended = True
+        for chunk in self.reframer.flush():
+            self._enqueue(chunk)
+        self._wake.set()
+
+    def _enqueue(self, chunk: bytes) -> None:
+        if self.state is LegState.FAILED:
+            self.bytes_discarded += len(chunk)
+            return
+        self._buffer.append(chunk)
+        self._buffered += len(chunk)
+        while self._buffered > self._max_buffered:
+            dropped = self._buffer.popleft()
+            self._buffered -= len(dropped)
+            if self.chunks_dropped == 0:
+                log.warning("upstream is slower than real time; dropping oldest audio",
+                            leg=self.track.value, buffer_ms=self._max_buffered // BYTES_PER_MS)
+            self.chunks_dropped += 1
+        self._wake.set()
+
+    # -- upstream side -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Open the session, stream the audio, collect results, close.
+
+        Upstream failures end the leg's transcription (a ``transcription.error`` event and one
+        log line) but never the call. Cancelling leaves the upstream socket closed and the
+        buffered audio unsent.
+        """
+        structlog.contextvars.bind_contextvars(leg=self.track.value)
+        try:
+            await self.engine.open()
+            self.state = LegState.STREAMING
+            async with asyncio.TaskGroup() as tasks:
+                receiver = tasks.create_task(self._receive())
+                await self._send_until_end()
+                self.state = LegState.FINISHING
+                await self.engine.finish()
+                # Some engines close after their last final, others never do: bound the wait.
+                await asyncio.wait({receiver}, timeout=self._close_grace_s)
+                await self.engine.close()
+            self.state = LegState.DONE
+        except* UpstreamError as group:
+            self._fail(_first(group.exceptions))
+        finally:
+            await self.engine.close()
+
+    async def _send_until_end(self) -> None:
+        while True:
+            while self._buffer:
+                chunk = self._buffer.popleft()
+                self._buffered -= len(chunk)
+                await self.engine.send_audio(chunk)
+                self.sent_bytes += len(chunk)
+            if self._audio_ended:
+                return
+            self._wake.clear()
+            await self._wake.wait()
+
+    async def _receive(self) -> None:
+        async for result in self.engine.results():
+            self.call.on_result(self, self._place(result))
+
+    def _place(self, result: EngineResult) -> TranscriptResult:
+        """Put a result on the leg's audio clock.
+
+        Engines that give segment times are mapped through the reframer (silence inserted
+        for lost frames is part of the upstream's audio, jumps are not). Otherwise the
+        segment runs from the previous final's end to the audio sent so far: an upper bound
+        that includes the engine's endpointing delay.
+        """
+        to_clock = self.reframer.upstream_to_clock_ms
+        if result.start_s is not None and result.end_s is not None:
+            start_ms, end_ms = to_clock(result.start_s * 1000), to_clock(result.end_s * 1000)
+        else:
+            end_ms = to_clock(self.sent_bytes / BYTES_PER_MS)
+            previous_end = self._last_final_end_ms
+            start_ms = to_clock(0) if previous_end is None else previous_end
+        start_ms = min(start_ms, end_ms)
+        if result.is_final:
+            self._last_final_end_ms = end_ms
+        return TranscriptResult(result.text, result.is_final, result.confidence, start_ms, end_ms)
+
+    def _fail(self, error: UpstreamError) -> None:
+        self.state = LegState.FAILED
+        self.error = error
+        self.bytes_discarded += self._buffered
+        self._buffer.clear()
+        self._buffered = 0
+        log.error("speech-to-text session failed; the call continues without transcripts "
+                  "for this leg", leg=self.track.value, error=str(error),
+                  retryable=not isinstance(error, UpstreamRefused))
+        self.call.on_leg_error(self, error)
+
+    def summary(self) -> dict[str, Any]:
+        stats = self.reframer.stats
+        return {
+            "leg": self.track.value,
+            "speaker": self.speaker,
+            "audio_ms": self.reframer.position_ms - (self.reframer.origin_ms or 0),
+            "frames": stats.frames,
+            "bytes": stats.bytes_in,
+            "gaps_filled": stats.gaps_filled,
+            "gap_fill_ms": stats.gap_fill_ms,
+            "late_frames_dropped": stats.late_dropped,
+            "chunks_dropped": self.chunks_dropped,
+            "transcripts": self.sequence,
+            "partials": self.partials,
+            "upstream": "failed" if self.state is LegState.FAILED else "ok",
+        }
+
+
+def _first(errors: Sequence[BaseException]) -> UpstreamError:
+    for error in errors:
+        if isinstance(error, UpstreamError):
+            return error
+        if isinstance(error, BaseExceptionGroup):
+            return _first(error.exceptions)
+    raise AssertionError("except* matched without an UpstreamError")
+
+
+class CallState(enum.Enum):
+    CONNECTED = "connected"
+    STARTED = "started"
+    ENDED = "ended"
+
+
+class Call:
+    """One media connection and its legs. Feed it events with ``handle``; end it with ``end``."""
+
+    def __init__(self, *, settings: Settings, sink: EventSink, engines: EngineFactory,
+                 tasks: asyncio.TaskGroup) -> None:
+        self.settings = settings
+        self._sink = sink
+        self._engines = engines
+        self._tasks = tasks
+        self.state = CallState.CONNECTED
+        self.started: StreamStarted | None = None
+        self.legs: dict[Track, Leg] = {}
+        self.dtmf_count = 0
+        self.provider_errors = 0
+        self._opened_at = time.monotonic()
+        self._deliveries: list[asyncio.Future[Outcome]] = []
+        self._partials_published = 0
+
+    @property
+    def encoding(self) -> AudioEncoding:
+        return self._require_started().encoding
+
+    @property
+    def call_id(self) -> str | None:
+        return self.started.call_id if self.started else None
+
+    def handle(self, event: IngressEvent) -> None:
+        """Act on one ingress event. Synchronous: the media reader never waits here."""
+        if isinstance(event, AudioFrame):
+            leg = self.legs.get(event.track)
+            if leg is None:
+                leg = self._open_leg(event.track)
+            leg.push(event)
+        elif isinstance(event, StreamStarted):
+            self._start(event)
+        elif isinstance(event, StreamStopped):
+            for leg in self.legs.values():
+                leg.end_of_audio()
+        elif isinstance(event, Dtmf):
+            # Key presses may be card numbers: counted, never forwarded or logged as digits.
+            self.dtmf_count += 1
+        elif isinstance(event, ProviderErrorReported):
+            self.provider_errors += 1
+            log.warning("provider reported a stream error", code=event.code, title=event.title)
+        elif isinstance(event, Mark):
+            pass  # echoes of marks we never send on one-way streams
+
+    def _start(self, event: StreamStarted) -> None:
+        self.started = event
+        self.state = CallState.STARTED
+        structlog.contextvars.bind_contextvars(call_id=event.call_id, stream_id=event.stream_id,
+                                               provider=event.provider)
+        log.info("call started", encoding=event.encoding.value,
+                 tracks=[t.value for t in event.tracks])
+        self._publish(EventType.CALL_STARTED, None, {
+            "encoding": event.encoding.value,
+            "sample_rate": event.sample_rate,
+            "tracks": [t.value for t in event.tracks],
+        })
+
+    def _open_leg(self, track: Track) -> Leg:
+        leg = Leg(self, track, self._engines(self.encoding))
+        self.legs[track] = leg
+        leg.task = self._tasks.create_task(leg.run(), name=f"leg {track.value}")
+        return leg
+
+    def on_result(self, leg: Leg, result: TranscriptResult) -> None:
+        """A result from a leg's engine: publish it as a webhook event."""
+        if result.is_final:
+            leg.sequence += 1
+            leg.finals.append(result.text)
+            event_type = EventType.TRANSCRIPT_FINAL
+        else:
+            leg.partials += 1
+            event_type = EventType.TRANSCRIPT_PARTIAL
+        self._publish(event_type, leg, {
+            # A partial carries the sequence number its final will have: it updates in place.
+            "sequence": leg.sequence if result.is_final else leg.sequence + 1,
+            "text": result.text,
+            "is_final": result.is_final,
+            "confidence": result.confidence,
+            "start_ms": result.start_ms,
+            "end_ms": result.end_ms,
+        })
+
+    def on_leg_error(self, leg: Leg, error: UpstreamError) -> None:
+        self._publish(EventType.TRANSCRIPTION_ERROR, leg, {
+            "error": {"code": error.code, "status": error.status, "message": error.reason,
+                      "retryable": not isinstance(error, UpstreamRefused)},
+        })
+
+    async def end(self, reason: str) -> None:
+        """Finish every leg (last audio, last finals), publish ``call.ended``, log the summary.
+
+        Bounded: each leg's session gets its grace period, then the summary waits at most
+        ``SUMMARY_WAIT_S`` for webhook outcomes. Cancelling it leaves legs' sessions closed
+        and ``call.ended`` unpublished.
+        """
+        if self.state is CallState.ENDED:
+            return
+        was_started = self.state is CallState.STARTED
+        self.state = CallState.ENDED
+        for leg in self.legs.values():
+            leg.end_of_audio()
+        leg_tasks = [leg.task for leg in self.legs.values() if leg.task is not None]
+        if leg_tasks:
+            await asyncio.wait(leg_tasks)
+        if not was_started:
+            log.info("connection closed before the stream started", reason=reason)
+            return
+        duration_ms = int((time.monotonic() - self._opened_at) * 1000)
+        legs = [leg.summary() | {"text": " ".join(leg.finals)} for leg in self.legs.values()]
+        self._publish(EventType.CALL_ENDED, None, {
+            "reason": reason, "duration_ms": duration_ms, "legs": legs,
+        })
+        outcomes = await self._delivery_outcomes()
+        log.info("call summary", reason=reason, duration_ms=duration_ms,
+                 legs={leg.track.value: leg.summary() for leg in self.legs.values()},
+                 dtmf=self.dtmf_count, provider_errors=self.provider_errors,
+                 partials_published=self._partials_published, webhooks=outcomes)
+
+    async def _delivery_outcomes(self) -> dict[str, int]:
+        if self._deliveries:
+            await asyncio.wait(self._deliveries, timeout=SUMMARY_WAIT_S)
+        counts: dict[str, int] = {}
+        for future in self._deliveries:
+            key = future.result().value if future.done() else "pending"
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    def _publish(self, event_type: EventType, leg: Leg | None, fields: Mapping[str, Any]) -> None:
+        started = self._require_started()
+        data: dict[str, Any] = {
+            "call_id": started.call_id,
+            "stream_id": started.stream_id,
+            "provider": started.provider,
+            "leg": leg.track.value if leg else None,
+            "speaker": leg.speaker if leg else None,
+            "custom_parameters": dict(started.custom_parameters),
+        }
+        data.update(fields)
+        event = OutboundEvent(
+            id=f"msg_{uuid.uuid4().hex}",
+            type=event_type,
+            timestamp=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            data=data,
+            call_id=started.call_id,
+            leg=leg.track.value if leg else None,
+        )
+        outcome = self._sink.publish(event)
+        if event_type is EventType.TRANSCRIPT_PARTIAL:
+            self._partials_published += 1  # best effort: not waited for
+        else:
+            self._deliveries.append(outcome)
+
+    def _require_started(self) -> StreamStarted:
+        if self.started is None:
+            raise ProtocolViolation("media before the stream's start message")
+        return self.started

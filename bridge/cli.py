@@ -1,0 +1,122 @@
+"""The ``callbridge`` command: one function per subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+
+from bridge import __version__
+from bridge.config import Settings, describe, load_settings, override
+from bridge.errors import ConfigError
+from bridge.events import AudioEncoding, Track
+from bridge.observability import configure_logging
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="callbridge", description="Telephony media streams in, transcripts out.")
+    parser.add_argument("--version", action="version", version=f"callbridge {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the bridge server")
+    serve.add_argument("--config", help="settings file (default: $CALLBRIDGE_CONFIG)")
+    serve.add_argument("--host", help="listen address (overrides server.host)")
+    serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    serve.set_defaults(run=run_serve)
+
+    sim = commands.add_parser("simulate", help="stream audio files to a bridge as a call")
+    sim.add_argument("url", help="bridge URL, e.g. ws://127.0.0.1:8080 or .../streams/telnyx")
+    sim.add_argument("audio", type=Path, help="inbound (caller) audio: .wav or raw G.711")
+    sim.add_argument("--outbound", type=Path, help="outbound (agent) audio for a second track")
+    sim.add_argument("--dialect", choices=("twilio", "telnyx"), default="twilio")
+    sim.add_argument("--codec", choices=("pcmu", "pcma"), default="pcmu",
+                     help="G.711 law (Twilio streams are always pcmu)")
+    sim.add_argument("--speed", type=float, default=1.0,
+                     help="pace multiplier: 1 is real time, 0 sends as fast as possible")
+    sim.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                     help="custom parameter (repeatable)")
+    sim.add_argument("--call-id", help="call id to announce (default: random)")
+    sim.set_defaults(run=run_simulate)
+
+    args = parser.parse_args(argv)
+    return int(args.run(args))
+
+
+def _settings_or_exit(args: argparse.Namespace) -> Settings | None:
+    try:
+        settings = load_settings(getattr(args, "config", None))
+        if getattr(args, "host", None):
+            settings = override(settings, "server", host=args.host)
+        if getattr(args, "port", None):
+            settings = override(settings, "server", port=args.port)
+            if not 1 <= args.port <= 65535:
+                raise ConfigError("--port", "must be 1-65535")
+    except ConfigError as exc:
+        print(f"callbridge: {exc}", file=sys.stderr)
+        return None
+    return settings
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from bridge.app import create_app
+
+    settings = _settings_or_exit(args)
+    if settings is None:
+        return 2
+    configure_logging(settings.logging.level, settings.logging.format)
+    log = structlog.get_logger("bridge.serve")
+    log.info("callbridge starting", version=__version__, **describe(settings))
+    if not settings.webhooks.urls:
+        log.warning("no webhook URLs configured: transcripts are produced but sent nowhere")
+    web.run_app(create_app(settings), host=settings.server.host, port=settings.server.port,
+                access_log=None, shutdown_timeout=settings.webhooks.drain_timeout_s,
+                print=lambda _banner: log.info("listening", host=settings.server.host,
+                                               port=settings.server.port))
+    return 0
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    from bridge.simulate import CallSpec, build_call, load_audio, stream_call, stream_url
+
+    encoding = AudioEncoding(args.codec)
+    if args.dialect == "twilio" and encoding is not AudioEncoding.PCMU:
+        print("callbridge simulate: Twilio streams are always pcmu", file=sys.stderr)
+        return 2
+    params = {}
+    for item in args.param:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            print(f"callbridge simulate: --param expects NAME=VALUE, got {item!r}",
+                  file=sys.stderr)
+            return 2
+        params[name] = value
+    try:
+        tracks = {Track.INBOUND: load_audio(args.audio, encoding)}
+        if args.outbound:
+            tracks[Track.OUTBOUND] = load_audio(args.outbound, encoding)
+        url = stream_url(args.url, args.dialect)
+    except (OSError, ValueError, EOFError) as exc:
+        print(f"callbridge simulate: {exc}", file=sys.stderr)
+        return 2
+    spec = CallSpec(dialect=args.dialect, encoding=encoding, tracks=tracks,
+                    custom_parameters=params, **({"call_id": args.call_id} if args.call_id
+                                                 else {}))
+    messages = build_call(spec)
+    seconds = max(len(a) for a in tracks.values()) / 8000
+    print(f"streaming {seconds:.1f}s of audio ({len(tracks)} track(s), {encoding.value}) "
+          f"as call {spec.call_id} to {url}", file=sys.stderr)
+    try:
+        result = asyncio.run(stream_call(url, messages, speed=args.speed))
+    except OSError as exc:
+        print(f"callbridge simulate: cannot connect to {url}: {exc}", file=sys.stderr)
+        return 1
+    print(f"sent {result.messages_sent} messages; bridge closed with {result.close_code}",
+          file=sys.stderr)
+    return 0 if result.messages_sent == len(messages) else 1

@@ -1,0 +1,1 @@
+"""Audio: G.711 coding, resampling, and the per-leg reorder/gap-fill/reframe pipeline."""

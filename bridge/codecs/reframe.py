@@ -1,0 +1,160 @@
+"""Per-leg audio pipeline: reorder frames, fill lost frames with silence, cut fixed chunks.
+
+Providers send 20 ms frames, each with a presentation timestamp in ms from stream start.
+Telnyx does not guarantee their order, and any provider loses a frame now and then. The
+``Reframer`` turns that into a gapless byte stream cut into chunks of ``chunk_ms``:
+
+* A frame whose timestamp is where the stream has got to is emitted at once (no added
+  latency in the normal case). One that arrives ahead of that point is held, up to
+  ``reorder_window`` frames, waiting for the frames before it.
+* When the window is full, or at ``flush()``, the earliest held frame is released, and the
+  hole before it is filled with codec silence, so the leg's clock stays true. A hole longer
+  than ``max_gap_fill_ms`` is filled up to that bound and the clock jumps over the rest.
+* A frame older than the stream's position (a duplicate, or later than the window allowed)
+  is dropped and counted.
+* Timestamps jitter by a few ms; a difference within ``JITTER_MS`` is no gap and no overlap.
+
+With no gaps the bytes out are exactly the bytes in, in order. Frames without timestamps are
+passed through in arrival order. Pure code: no clock, no I/O.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+from typing import Final
+
+from bridge.codecs.g711 import BYTES_PER_MS, SILENCE_BYTE
+from bridge.events import AudioEncoding
+
+JITTER_MS: Final = 10
+MIN_CHUNK_MS: Final = 20
+MAX_CHUNK_MS: Final = 1000
+
+
+@dataclass(slots=True)
+class ReframeStats:
+    """Counters for the leg summary and metrics."""
+
+    frames: int = 0
+    bytes_in: int = 0
+    reordered: int = 0  # frames that were held and released in order
+    late_dropped: int = 0  # frames that came after their place had passed
+    gaps_filled: int = 0  # holes filled with silence
+    gap_fill_ms: int = 0  # total silence inserted
+    skipped_ms: int = 0  # clock jumps beyond max_gap_fill_ms
+
+
+class Reframer:
+    """Reorders, gap-fills and chunks one leg's G.711 audio. See the module docstring."""
+
+    def __init__(self, encoding: AudioEncoding, *, chunk_ms: int = 100,
+                 reorder_window: int = 5, max_gap_fill_ms: int = 5000) -> None:
+        if not MIN_CHUNK_MS <= chunk_ms <= MAX_CHUNK_MS:
+            raise ValueError(f"chunk_ms must be {MIN_CHUNK_MS}-{MAX_CHUNK_MS}, got {chunk_ms}")
+        self.encoding = encoding
+        self.chunk_bytes = chunk_ms * BYTES_PER_MS
+        self.reorder_window = reorder_window
+        self.max_gap_fill_ms = max_gap_fill_ms
+        self.stats = ReframeStats()
+        self.origin_ms: int | None = None  # stream time of the leg's first byte
+        self._next_sample = 0  # stream time the next byte belongs at, in samples (1/8 ms)
+        self._held: list[tuple[int, int, bytes]] = []  # heap of (timestamp, arrival, payload)
+        self._arrivals = 0
+        self._pending = bytearray()  # bytes not yet cut into a chunk
+        self._emitted_bytes = 0  # bytes cut into chunks or pending: what upstream gets
+        self._skips: list[tuple[float, int]] = []  # (upstream ms where the clock jumped, ms)
+
+    @property
+    def position_ms(self) -> int:
+        """The leg's audio clock: stream time reached so far, silence and jumps included."""
+        return self._next_sample // BYTES_PER_MS
+
+    @property
+    def _next_ms(self) -> int:
+        return self._next_sample // BYTES_PER_MS
+
+    def upstream_to_clock_ms(self, upstream_ms: float) -> int:
+        """Map a time in the upstream's audio (ms from its first byte) onto the leg's clock."""
+        origin = self.origin_ms or 0
+        return int(origin + upstream_ms + self._skipped_before(upstream_ms))
+
+    def push(self, payload: bytes, timestamp_ms: int | None) -> list[bytes]:
+        """Take one frame; return the chunks that became complete."""
+        self.stats.frames += 1
+        self.stats.bytes_in += len(payload)
+        if not payload:
+            return []
+        if timestamp_ms is None:
+            self._append(payload)
+            return self._cut()
+        if self.origin_ms is None:
+            self.origin_ms = timestamp_ms
+            self._next_sample = timestamp_ms * BYTES_PER_MS
+        if timestamp_ms < self._next_ms - JITTER_MS:
+            self.stats.late_dropped += 1
+            return []
+        if timestamp_ms <= self._next_ms + JITTER_MS:
+            self._append(payload)
+            self._release_in_order()
+        else:
+            self._arrivals += 1
+            heapq.heappush(self._held, (timestamp_ms, self._arrivals, payload))
+            if len(self._held) > self.reorder_window:
+                self._release_earliest()
+                self._release_in_order()
+        return self._cut()
+
+    def flush(self) -> list[bytes]:
+        """End of stream: release every held frame, and the last, shorter chunk."""
+        while self._held:
+            self._release_earliest()
+            self._release_in_order()
+        chunks = self._cut()
+        if self._pending:
+            chunks.append(bytes(self._pending))
+            self._pending.clear()
+        return chunks
+
+    def _append(self, payload: bytes) -> None:
+        self._pending += payload
+        self._emitted_bytes += len(payload)
+        self._next_sample += len(payload)
+
+    def _release_in_order(self) -> None:
+        while self._held and self._held[0][0] <= self._next_ms + JITTER_MS:
+            timestamp_ms, _, payload = heapq.heappop(self._held)
+            if timestamp_ms < self._next_ms - JITTER_MS:
+                self.stats.late_dropped += 1
+                continue
+            self.stats.reordered += 1
+            self._append(payload)
+
+    def _release_earliest(self) -> None:
+        timestamp_ms, _, payload = heapq.heappop(self._held)
+        gap_ms = timestamp_ms - self._next_ms
+        if gap_ms > JITTER_MS:
+            fill_ms = min(gap_ms, self.max_gap_fill_ms)
+            self.stats.gaps_filled += 1
+            self.stats.gap_fill_ms += fill_ms
+            self._append(bytes([SILENCE_BYTE[self.encoding]]) * (fill_ms * BYTES_PER_MS))
+            if gap_ms > fill_ms:
+                self._record_skip(gap_ms - fill_ms)
+        self._append(payload)
+
+    def _record_skip(self, skip_ms: int) -> None:
+        self._skips.append((self._emitted_bytes / BYTES_PER_MS, skip_ms))
+        self.stats.skipped_ms += skip_ms
+        self._next_sample += skip_ms * BYTES_PER_MS
+
+    def _skipped_before(self, upstream_ms: float) -> int:
+        return sum(skip for at_ms, skip in self._skips if at_ms <= upstream_ms)
+
+    def _cut(self) -> list[bytes]:
+        size = self.chunk_bytes
+        if len(self._pending) < size:
+            return []
+        count = len(self._pending) // size
+        view = bytes(self._pending[: count * size])
+        del self._pending[: count * size]
+        return [view[i * size:(i + 1) * size] for i in range(count)]

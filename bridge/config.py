@@ -1,0 +1,352 @@
+"""Typed settings: the one source of truth for configuration.
+
+Values come from, in rising precedence: the defaults below, the TOML file named by
+``CALLBRIDGE_CONFIG`` (or ``--config``), and environment variables. Secrets (the Telnyx key,
+the webhook secret) come from the environment only, never from the file, and are held in
+``Secret`` so that printing a settings object cannot reveal them.
+
+A wrong value raises ``ConfigError`` naming the setting as the user wrote it
+(``webhooks.urls`` in the file, ``CALLBRIDGE_WEBHOOK_URLS`` in the environment).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Final, TypeVar
+from urllib.parse import urlsplit
+
+from bridge.errors import ConfigError
+from bridge.security import check_webhook_url, is_loopback_host
+
+LOG_FORMATS: Final = ("auto", "json", "console")
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+# Telnyx engine names are case-sensitive: "Telnyx" works where "telnyx" is refused.
+TELNYX_ENGINES: Final = ("Deepgram", "Telnyx", "Google", "Azure", "xAI", "AssemblyAI",
+                         "Speechmatics", "Soniox", "Parakeet", "Reson8")
+DEFAULT_STT_URL: Final = "wss://api.telnyx.com/v2/speech-to-text/transcription"
+
+
+class Secret:
+    """A string that never shows itself in ``repr``/``str`` (logs, tracebacks, settings dumps)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('**********')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_message_bytes: int = 64 * 1024
+    max_calls: int = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class AudioSettings:
+    chunk_ms: int = 100
+    reorder_window_frames: int = 5
+    max_gap_fill_ms: int = 5000
+    max_buffer_ms: int = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class SttSettings:
+    url: str = DEFAULT_STT_URL
+    api_key: Secret = field(default_factory=lambda: Secret(""))
+    transcription_engine: str = "Deepgram"
+    model: str = ""
+    language: str = "en-US"
+    interim_results: bool = False
+    endpointing: str = ""
+    redact: str = ""
+    keyterms: tuple[str, ...] = ()
+    keywords: tuple[str, ...] = ()
+    connect_timeout_s: float = 10.0
+    close_grace_s: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSettings:
+    urls: tuple[str, ...] = ()
+    secret: Secret = field(default_factory=lambda: Secret(""))
+    timeout_s: float = 10.0
+    max_attempts: int = 6
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    queue_size: int = 10000
+    allow_insecure_http: bool = False
+    drain_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class SpeakerSettings:
+    inbound: str = "caller"
+    outbound: str = "agent"
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingSettings:
+    level: str = "info"
+    format: str = "auto"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    audio: AudioSettings = field(default_factory=AudioSettings)
+    stt: SttSettings = field(default_factory=SttSettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    speakers: SpeakerSettings = field(default_factory=SpeakerSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+
+
+# Environment variable -> (section, key). Values are parsed like the file's, as strings.
+ENVIRONMENT: Final[Mapping[str, tuple[str, str]]] = {
+    "CALLBRIDGE_HOST": ("server", "host"),
+    "CALLBRIDGE_PORT": ("server", "port"),
+    "CALLBRIDGE_CHUNK_MS": ("audio", "chunk_ms"),
+    "CALLBRIDGE_STT_URL": ("stt", "url"),
+    "TELNYX_API_KEY": ("stt", "api_key"),
+    "CALLBRIDGE_STT_ENGINE": ("stt", "transcription_engine"),
+    "CALLBRIDGE_STT_INTERIM_RESULTS": ("stt", "interim_results"),
+    "CALLBRIDGE_WEBHOOK_URLS": ("webhooks", "urls"),
+    "CALLBRIDGE_WEBHOOK_SECRET": ("webhooks", "secret"),
+    "CALLBRIDGE_WEBHOOK_ALLOW_HTTP": ("webhooks", "allow_insecure_http"),
+    "CALLBRIDGE_LOG_LEVEL": ("logging", "level"),
+    "CALLBRIDGE_LOG_FORMAT": ("logging", "format"),
+}
+SECRET_KEYS: Final = {("stt", "api_key"), ("webhooks", "secret")}
+SECRET_NAMES: Final = {("stt", "api_key"): "TELNYX_API_KEY",
+                       ("webhooks", "secret"): "CALLBRIDGE_WEBHOOK_SECRET"}
+
+T = TypeVar("T")
+
+
+def load_settings(path: str | os.PathLike[str] | None = None,
+                  environ: Mapping[str, str] | None = None) -> Settings:
+    """Build validated settings from the file (if any) and the environment."""
+    env = os.environ if environ is None else environ
+    path = path or env.get("CALLBRIDGE_CONFIG") or None
+    raw: dict[str, dict[str, Any]] = {}
+    origin: dict[tuple[str, str], str] = {}
+    if path is not None:
+        raw = _read_file(Path(path))
+        for section, values in raw.items():
+            for key in values:
+                origin[(section, key)] = f"{section}.{key}"
+                if (section, key) in SECRET_KEYS:
+                    raise ConfigError(f"{section}.{key}", "secrets are read from the "
+                                      "environment only; remove it from the file")
+    for variable, (section, key) in ENVIRONMENT.items():
+        if variable in env and env[variable] != "":
+            raw.setdefault(section, {})[key] = env[variable]
+            origin[(section, key)] = variable
+    settings = _build(raw, origin)
+    _validate(settings, origin)
+    return settings
+
+
+def _read_file(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError("CALLBRIDGE_CONFIG", f"no such file: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("CALLBRIDGE_CONFIG", f"{path} is not valid TOML: {exc}") from None
+    for section, values in data.items():
+        if section not in SECTIONS:
+            raise ConfigError(section, f"unknown section; expected one of {', '.join(SECTIONS)}")
+        if not isinstance(values, dict):
+            raise ConfigError(section, "must be a table")
+    return data
+
+
+SECTIONS: Final[Mapping[str, type[Any]]] = {
+    "server": ServerSettings,
+    "audio": AudioSettings,
+    "stt": SttSettings,
+    "webhooks": WebhookSettings,
+    "speakers": SpeakerSettings,
+    "logging": LoggingSettings,
+}
+
+
+def _build(raw: dict[str, dict[str, Any]], origin: dict[tuple[str, str], str]) -> Settings:
+    sections: dict[str, Any] = {}
+    for section, cls in SECTIONS.items():
+        values = raw.get(section, {})
+        known = {f.name: f for f in fields(cls)}
+        for key in values:
+            if key not in known:
+                raise ConfigError(f"{section}.{key}", "unknown setting")
+        default = cls()
+        changes = {}
+        for key, value in values.items():
+            name = origin.get((section, key), f"{section}.{key}")
+            changes[key] = _coerce(name, value, getattr(default, key))
+        sections[section] = replace(default, **changes)
+    return Settings(**sections)
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    """Convert a file or environment value to the type of the setting's default."""
+    if isinstance(default, Secret):
+        return Secret(_expect(name, value, str, "a string"))
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(name, f"expected true or false, got {value!r}")
+    if isinstance(default, int):
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(name, f"expected a whole number, got {value!r}")
+    if isinstance(default, float):
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(name, f"expected a number, got {value!r}") from None
+    if isinstance(default, tuple):
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ConfigError(name, "expected a list of strings")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and name.endswith(
+            "endpointing"):
+        return str(value)
+    return _expect(name, value, str, "a string")
+
+
+def _expect(name: str, value: Any, kind: type[T], description: str) -> T:
+    if not isinstance(value, kind):
+        raise ConfigError(name, f"expected {description}, got {value!r}")
+    return value
+
+
+def _validate(settings: Settings, origin: Mapping[tuple[str, str], str]) -> None:
+    def name(section: str, key: str) -> str:
+        default = SECRET_NAMES.get((section, key), f"{section}.{key}")
+        return origin.get((section, key), default)
+
+    def check(ok: bool, section: str, key: str, problem: str) -> None:
+        if not ok:
+            raise ConfigError(name(section, key), problem)
+
+    s = settings
+    check(1 <= s.server.port <= 65535, "server", "port", "must be 1-65535")
+    check(1024 <= s.server.max_message_bytes <= 16 * 1024 * 1024, "server",
+          "max_message_bytes", "must be 1024-16777216")
+    check(s.server.max_calls >= 1, "server", "max_calls", "must be at least 1")
+    check(20 <= s.audio.chunk_ms <= 1000, "audio", "chunk_ms", "must be 20-1000 (ms)")
+    check(0 <= s.audio.reorder_window_frames <= 50, "audio", "reorder_window_frames",
+          "must be 0-50")
+    check(0 <= s.audio.max_gap_fill_ms <= 60000, "audio", "max_gap_fill_ms", "must be 0-60000")
+    check(s.audio.chunk_ms <= s.audio.max_buffer_ms <= 60000, "audio", "max_buffer_ms",
+          "must be at least chunk_ms and at most 60000")
+    check(s.stt.url.startswith(("ws://", "wss://")), "stt", "url",
+          "must be a ws:// or wss:// URL")
+    check(s.stt.transcription_engine in TELNYX_ENGINES, "stt", "transcription_engine",
+          f"must be one of {', '.join(TELNYX_ENGINES)} (case-sensitive)")
+    check(s.stt.endpointing == "" or s.stt.endpointing == "false"
+          or s.stt.endpointing.isdigit(), "stt", "endpointing",
+          "must be a number of milliseconds or \"false\"")
+    check(s.stt.connect_timeout_s > 0, "stt", "connect_timeout_s", "must be positive")
+    check(0 <= s.stt.close_grace_s <= 60, "stt", "close_grace_s", "must be 0-60 (seconds)")
+    check(s.webhooks.timeout_s > 0, "webhooks", "timeout_s", "must be positive")
+    check(s.webhooks.max_attempts >= 1, "webhooks", "max_attempts", "must be at least 1")
+    check(0 < s.webhooks.backoff_initial_s <= s.webhooks.backoff_max_s, "webhooks",
+          "backoff_initial_s", "must be positive and at most backoff_max_s")
+    check(100 <= s.webhooks.queue_size <= 1_000_000, "webhooks", "queue_size",
+          "must be 100-1000000")
+    check(s.webhooks.drain_timeout_s >= 0, "webhooks", "drain_timeout_s", "must be >= 0")
+    check(s.logging.level in LOG_LEVELS, "logging", "level", f"must be one of {LOG_LEVELS}")
+    check(s.logging.format in LOG_FORMATS, "logging", "format", f"must be one of {LOG_FORMATS}")
+    for url in s.webhooks.urls:
+        problem = check_webhook_url(url, allow_insecure_http=s.webhooks.allow_insecure_http)
+        check(problem is None, "webhooks", "urls", f"{_redact_url(url)}: {problem}")
+    if s.webhooks.secret:
+        check(decode_webhook_secret(s.webhooks.secret) is not None, "webhooks", "secret",
+              "must be whsec_ followed by base64 of 24-64 random bytes")
+    stt_host = urlsplit(s.stt.url).hostname or ""
+    check(bool(s.stt.api_key) or is_loopback_host(stt_host), "stt", "api_key",
+          "TELNYX_API_KEY must be set: stt.url is not on this machine")
+    if s.webhooks.urls:
+        check(bool(s.webhooks.secret), "webhooks", "secret",
+              "webhook URLs are set, so CALLBRIDGE_WEBHOOK_SECRET must be set to sign them")
+
+
+def decode_webhook_secret(secret: Secret) -> bytes | None:
+    """The HMAC key inside a ``whsec_<base64>`` secret, or None when it is malformed."""
+    text = secret.reveal()
+    if not text.startswith("whsec_"):
+        return None
+    try:
+        key = base64.b64decode(text.removeprefix("whsec_"), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return key if 24 <= len(key) <= 64 else None
+
+
+def _redact_url(url: str) -> str:
+    """A URL as it may appear in an error: without query string or credentials."""
+    head = url.split("?", 1)[0]
+    if "@" in head:
+        scheme, _, rest = head.partition("://")
+        head = f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return head
+
+
+def describe(settings: Settings) -> dict[str, Any]:
+    """A loggable view of the settings: secrets shown only as set or not."""
+    view: dict[str, Any] = {}
+    for section in SECTIONS:
+        values = getattr(settings, section)
+        for f in fields(values):
+            value = getattr(values, f.name)
+            if isinstance(value, Secret):
+                value = "set" if value else "unset"
+            elif f.name == "urls":
+                value = [_redact_url(u) for u in value]
+            view[f"{section}.{f.name}"] = value
+    return view
+
+
+def override(settings: Settings, section: str, **changes: Any) -> Settings:
+    """A copy of ``settings`` with some values of one section replaced (for the CLI)."""
+    return replace(settings, **{section: replace(getattr(settings, section), **changes)})
+
+

@@ -1,0 +1,1 @@
+"""Getting events out: signing, webhook delivery."""

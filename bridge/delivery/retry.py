@@ -1,0 +1,63 @@
+"""Webhook retry policy, pure: which responses are retried, and how long to wait."""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Iterator
+from email.utils import parsedate_to_datetime
+from typing import Final
+
+# A Retry-After beyond this is clamped: a receiver cannot park our queue for hours.
+MAX_RETRY_AFTER_S: Final = 300.0
+
+
+class Outcome(enum.Enum):
+    """What a webhook response means for the event."""
+
+    DELIVERED = "delivered"
+    RETRY = "retry"  # throttled or failing: try again later
+    REJECTED = "rejected"  # the receiver refused this event: retrying cannot help
+    FAILED = "failed"  # retries ran out (or the event was dropped): not delivered
+
+
+def classify_status(status: int) -> Outcome:
+    """Map an HTTP status onto an outcome (Standard Webhooks: success is 2xx only).
+
+    408, 425, 429 and every 5xx are retried; redirects are not followed (the receiver's
+    URL is configuration, not something a response may change) and, like other 4xx,
+    reject the event.
+    """
+    if 200 <= status < 300:
+        return Outcome.DELIVERED
+    if status in (408, 425, 429) or status >= 500:
+        return Outcome.RETRY
+    return Outcome.REJECTED
+
+
+def parse_retry_after(value: str | None, *, now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER_S)
+    try:
+        when = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return min(max(when - now, 0.0), MAX_RETRY_AFTER_S)
+
+
+def backoff_delays(initial_s: float, max_s: float,
+                   rand: random.Random | None = None) -> Iterator[float]:
+    """Delays before each retry: exponential from ``initial_s``, capped, with jitter.
+
+    Each delay is drawn from the upper half of its step (``[d/2, d]``), so retries from many
+    legs spread out without any retry coming much earlier than planned.
+    """
+    source = rand or random.Random()
+    delay = initial_s
+    while True:
+        yield source.uniform(delay / 2, delay)
+        delay = min(delay * 2, max_s)

@@ -1,0 +1,125 @@
+"""The one exception tree of callbridge, split by whose fault it is.
+
+    CallbridgeError
+    ├── ConfigError             a setting is wrong; start-up stops (names the setting)
+    ├── PeerError               the media peer sent something we cannot accept
+    │   ├── ProtocolViolation       malformed JSON, unknown event, wrong order (close 1002)
+    │   ├── InvalidPayload          bad base64 (close 1007)
+    │   ├── UnsupportedData         unknown codec or track, binary on a JSON dialect (close 1003)
+    │   └── MessageTooBig           a message over the configured size (close 1009)
+    ├── UpstreamError           the speech-to-text service failed a leg
+    │   ├── UpstreamRefused         bad key or bad parameters: fatal for that leg, never retried
+    │   └── UpstreamUnavailable     connect failure, timeout or dropped socket: may be retried
+    └── DeliveryError           a webhook attempt failed (carries ``status`` when there was one)
+
+Anything else raised inside the bridge is our own bug: the media connection is closed with
+1011 and the traceback logged.
+
+Messages never include audio, transcript text or secrets: exceptions are logged as they are.
+"""
+
+from __future__ import annotations
+
+# WebSocket close codes, RFC 6455 section 7.4.1.
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_INVALID_PAYLOAD = 1007
+CLOSE_POLICY_VIOLATION = 1008
+CLOSE_MESSAGE_TOO_BIG = 1009
+CLOSE_INTERNAL_ERROR = 1011
+
+
+class CallbridgeError(Exception):
+    """Root of every error callbridge raises on purpose."""
+
+
+class ConfigError(CallbridgeError):
+    """A configuration value is missing or wrong; ``setting`` names it as the user writes it."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        super().__init__(setting, problem)
+        self.setting = setting
+        self.problem = problem
+
+    def __str__(self) -> str:
+        return f"invalid setting {self.setting}: {self.problem}"
+
+
+class PeerError(CallbridgeError):
+    """The media-stream peer broke the protocol; the connection closes with ``close_code``."""
+
+    close_code = CLOSE_PROTOCOL_ERROR
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+class ProtocolViolation(PeerError):
+    """Malformed JSON, an unknown event, a missing field or an event out of order."""
+
+    close_code = CLOSE_PROTOCOL_ERROR
+
+
+class InvalidPayload(PeerError):
+    """The message is well formed but its content is unusable (bad base64, unknown codec)."""
+
+    close_code = CLOSE_INVALID_PAYLOAD
+
+
+class UnsupportedData(PeerError):
+    """A kind of frame this dialect never carries (a binary frame on a JSON dialect)."""
+
+    close_code = CLOSE_UNSUPPORTED_DATA
+
+
+class MessageTooBig(PeerError):
+    """A message larger than ``server.max_message_bytes``."""
+
+    close_code = CLOSE_MESSAGE_TOO_BIG
+
+
+class UpstreamError(CallbridgeError):
+    """The speech-to-text session of one leg failed."""
+
+    def __init__(self, reason: str, *, code: str | None = None, status: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+        self.status = status
+
+    def __str__(self) -> str:
+        parts = [self.reason]
+        if self.code is not None:
+            parts.append(f"code={self.code}")
+        if self.status is not None:
+            parts.append(f"status={self.status}")
+        return " ".join(parts)
+
+
+class UpstreamRefused(UpstreamError):
+    """The service refused the session (authentication, parameters): retrying cannot help."""
+
+
+class UpstreamUnavailable(UpstreamError):
+    """The service could not be reached or dropped the session: a later attempt may succeed."""
+
+
+class DeliveryError(CallbridgeError):
+    """One webhook delivery attempt failed."""
+
+    def __init__(self, reason: str, *, status: int | None = None, retryable: bool = True,
+                 retry_after_s: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.retryable = retryable
+        self.retry_after_s = retry_after_s
+
+    def __str__(self) -> str:
+        return self.reason if self.status is None else f"{self.reason} status={self.status}"

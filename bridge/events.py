@@ -1,0 +1,121 @@
+"""The domain vocabulary: what a media stream says, and what the bridge tells webhooks.
+
+Every ingress dialect produces the same frozen events (``IngressEvent``), with audio already
+decoded from base64 into bytes and track names already normalised to ``inbound``/``outbound``.
+Nothing downstream of ``bridge.ingress`` knows which provider sent an event.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+class AudioEncoding(enum.StrEnum):
+    """Codecs a leg can carry. The value is the name used in logs and webhook data."""
+
+    PCMU = "pcmu"  # G.711 µ-law
+    PCMA = "pcma"  # G.711 A-law
+
+
+class Track(enum.StrEnum):
+    """A call leg's direction, as both Twilio and Telnyx name their tracks."""
+
+    INBOUND = "inbound"
+    OUTBOUND = "outbound"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStarted:
+    """The stream's metadata: ids, codec and the custom parameters the call was set up with."""
+
+    provider: str
+    call_id: str
+    stream_id: str
+    encoding: AudioEncoding
+    sample_rate: int
+    tracks: tuple[Track, ...]
+    custom_parameters: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AudioFrame:
+    """One media message: raw codec bytes of one track.
+
+    ``timestamp_ms`` is the provider's presentation time from stream start, when it sends one;
+    ``chunk`` is its per-message counter. Both are used to reorder and to detect lost frames.
+    """
+
+    track: Track
+    payload: bytes
+    timestamp_ms: int | None
+    chunk: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Dtmf:
+    """A key press reported by the provider."""
+
+    track: Track
+    digit: str
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """The echo of a mark (bidirectional streams only)."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStopped:
+    """The provider ended the stream: no more media follows."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderErrorReported:
+    """The provider reported an error on the stream (Telnyx ``error`` frames)."""
+
+    code: str
+    title: str
+    detail: str
+
+
+IngressEvent = StreamStarted | AudioFrame | Dtmf | Mark | StreamStopped | ProviderErrorReported
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptResult:
+    """A recognition result from an engine, placed on the leg's audio clock."""
+
+    text: str
+    is_final: bool
+    confidence: float | None
+    start_ms: int
+    end_ms: int
+
+
+class EventType(enum.StrEnum):
+    """Webhook event types."""
+
+    CALL_STARTED = "call.started"
+    TRANSCRIPT_PARTIAL = "transcript.partial"
+    TRANSCRIPT_FINAL = "transcript.final"
+    CALL_ENDED = "call.ended"
+    TRANSCRIPTION_ERROR = "transcription.error"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundEvent:
+    """One webhook event. ``id`` is the Standard Webhooks ``webhook-id``: stable across retries.
+
+    ``call_id`` and ``leg`` repeat what ``data`` says, for routing and logging without reading it.
+    """
+
+    id: str
+    type: EventType
+    timestamp: str
+    data: Mapping[str, object]
+    call_id: str
+    leg: str | None = None

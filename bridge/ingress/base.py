@@ -1,0 +1,260 @@
+"""What every media dialect shares: the stream state table and JSON field readers.
+
+A dialect is sans-I/O: ``receive_text()``/``receive_bytes()`` take what the socket delivered,
+``events()`` hands back the decoded events, ``to_send()`` the replies to write (none for the
+one-way dialects). No asyncio, no clock, no aiohttp: tests drive it with literal strings.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import json
+from collections.abc import Mapping
+from typing import Any, Final
+
+from bridge.errors import InvalidPayload, ProtocolViolation, UnsupportedData
+from bridge.events import (
+    AudioEncoding,
+    AudioFrame,
+    Dtmf,
+    IngressEvent,
+    Mark,
+    ProviderErrorReported,
+    StreamStarted,
+    StreamStopped,
+    Track,
+)
+
+
+class StreamState(enum.Enum):
+    """Where a media stream is in its life."""
+
+    AWAITING_START = "awaiting_start"  # connected (or nothing) seen; start must come next
+    STREAMING = "streaming"  # start seen: media, dtmf and mark flow
+    STOPPED = "stopped"  # stop seen: nothing but the close may follow
+
+
+class Step(enum.Enum):
+    """The kinds of message that move a stream through its states."""
+
+    CONNECTED = "connected"
+    START = "start"
+    MEDIA = "media"  # media, dtmf and mark
+    STOP = "stop"
+    ERROR = "error"  # provider-reported error frames are legal at any time
+
+
+# (state, step) -> next state. A pair not listed is a protocol violation.
+TRANSITIONS: Final[Mapping[tuple[StreamState, Step], StreamState]] = {
+    (StreamState.AWAITING_START, Step.CONNECTED): StreamState.AWAITING_START,
+    (StreamState.AWAITING_START, Step.START): StreamState.STREAMING,
+    (StreamState.AWAITING_START, Step.ERROR): StreamState.AWAITING_START,
+    (StreamState.STREAMING, Step.MEDIA): StreamState.STREAMING,
+    (StreamState.STREAMING, Step.STOP): StreamState.STOPPED,
+    (StreamState.STREAMING, Step.ERROR): StreamState.STREAMING,
+    (StreamState.STOPPED, Step.ERROR): StreamState.STOPPED,
+}
+
+G711_SAMPLE_RATE: Final = 8000
+
+# Announced media formats we decode, in every spelling the providers use
+# (Telnyx documents "PCMU" today and "audio/x-mulaw" in older material).
+ENCODINGS: Final[Mapping[str, AudioEncoding]] = {
+    "pcmu": AudioEncoding.PCMU,
+    "audio/x-mulaw": AudioEncoding.PCMU,
+    "mulaw": AudioEncoding.PCMU,
+    "ulaw": AudioEncoding.PCMU,
+    "pcma": AudioEncoding.PCMA,
+    "audio/x-alaw": AudioEncoding.PCMA,
+    "alaw": AudioEncoding.PCMA,
+}
+
+
+def parse_json_object(text: str) -> dict[str, Any]:
+    """Parse one text frame that must be a JSON object."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise ProtocolViolation("malformed JSON in a text frame") from None
+    if not isinstance(value, dict):
+        raise ProtocolViolation("a text frame is JSON but not an object")
+    return value
+
+
+def get_object(message: Mapping[str, Any], key: str, *, required: bool = True) -> dict[str, Any]:
+    """Read a nested object; a missing optional object reads as empty."""
+    value = message.get(key)
+    if value is None and not required:
+        return {}
+    if not isinstance(value, dict):
+        raise ProtocolViolation(f"field {key!r} must be an object")
+    return value
+
+
+def get_str(message: Mapping[str, Any], key: str, *, default: str | None = None) -> str:
+    """Read a string field; numbers are accepted and converted (providers vary)."""
+    value = message.get(key, default)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise ProtocolViolation(f"field {key!r} must be a string")
+
+
+def get_counter(message: Mapping[str, Any], key: str) -> int | None:
+    """Read a counter or timestamp that arrives as a JSON string or a number; absent is None."""
+    value = message.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ProtocolViolation(f"field {key!r} must be a number")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    raise ProtocolViolation(f"field {key!r} must be a number")
+
+
+def get_track(value: object, *, default: Track = Track.INBOUND) -> Track:
+    """Normalise a track name: ``inbound``, ``inbound_track`` -> INBOUND, likewise outbound."""
+    if value is None:
+        return default
+    if isinstance(value, str):
+        name = value.lower().removesuffix("_track")
+        if name == "inbound":
+            return Track.INBOUND
+        if name == "outbound":
+            return Track.OUTBOUND
+    raise UnsupportedData(f"unsupported track {value!r}")
+
+
+def get_encoding(value: object) -> AudioEncoding:
+    """Map an announced media format onto a codec we decode."""
+    if isinstance(value, str) and value.lower() in ENCODINGS:
+        return ENCODINGS[value.lower()]
+    raise UnsupportedData(f"unsupported media encoding {value!r}: only PCMU and PCMA are accepted")
+
+
+def get_parameters(value: object) -> dict[str, str]:
+    """Custom parameters as a flat str->str mapping (an object, or a list of name/value pairs)."""
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in value.items()}
+    if isinstance(value, list):
+        params: dict[str, str] = {}
+        for item in value:
+            if not isinstance(item, dict) or "name" not in item:
+                raise ProtocolViolation("custom parameters must be name/value pairs")
+            raw = item.get("value", "")
+            params[str(item["name"])] = raw if isinstance(raw, str) else json.dumps(raw)
+        return params
+    raise ProtocolViolation("custom parameters must be an object")
+
+
+def decode_payload(value: object) -> bytes:
+    """Decode a base64 media payload strictly: stray characters are an error, not skipped."""
+    if not isinstance(value, str):
+        raise ProtocolViolation("media payload must be a base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidPayload("media payload is not valid base64") from None
+
+
+class JsonMediaDialect:
+    """Base of the JSON dialects: state tracking, event queue, the sans-I/O surface."""
+
+    name: str = "json"
+
+    def __init__(self) -> None:
+        self.state = StreamState.AWAITING_START
+        self._events: list[IngressEvent] = []
+
+    @property
+    def stopped(self) -> bool:
+        """True once the provider said the stream is over."""
+        return self.state is StreamState.STOPPED
+
+    def receive_text(self, text: str) -> None:
+        """Feed one text frame. Raises a ``PeerError`` for anything we cannot accept."""
+        self._dispatch(parse_json_object(text))
+
+    def receive_message(self, message: dict[str, Any]) -> None:
+        """Feed one already parsed message (used by dialect detection)."""
+        self._dispatch(message)
+
+    def receive_bytes(self, data: bytes) -> None:
+        """JSON dialects never carry binary frames."""
+        raise UnsupportedData(f"binary frame on the {self.name} dialect, which is JSON text only")
+
+    def events(self) -> list[IngressEvent]:
+        """Hand over the events decoded since the last call."""
+        events, self._events = self._events, []
+        return events
+
+    def to_send(self) -> list[str]:
+        """Replies to write to the peer; the one-way JSON dialects have none."""
+        return []
+
+    def _advance(self, step: Step, event_name: str) -> None:
+        next_state = TRANSITIONS.get((self.state, step))
+        if next_state is None:
+            raise ProtocolViolation(f"{event_name!r} event is not allowed while {self.state.value}")
+        self.state = next_state
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        event = message.get("event")
+        if event == "media":  # first: by far the most frequent message
+            self._advance(Step.MEDIA, event)
+            media = get_object(message, "media")
+            self._events.append(AudioFrame(
+                track=get_track(media.get("track")),
+                payload=decode_payload(media.get("payload")),
+                timestamp_ms=get_counter(media, "timestamp"),
+                chunk=get_counter(media, "chunk"),
+            ))
+        elif event == "start":
+            self._advance(Step.START, event)
+            started = self._parse_start(message)
+            if started.sample_rate != G711_SAMPLE_RATE:
+                raise UnsupportedData(f"G.711 at {started.sample_rate} Hz: only 8000 Hz exists")
+            self._events.append(started)
+        elif event == "dtmf":
+            self._advance(Step.MEDIA, event)
+            dtmf = get_object(message, "dtmf")
+            self._events.append(Dtmf(track=get_track(dtmf.get("track")),
+                                     digit=get_str(dtmf, "digit")))
+        elif event == "mark":
+            self._advance(Step.MEDIA, event)
+            self._events.append(Mark(name=get_str(get_object(message, "mark"), "name")))
+        elif event == "stop":
+            self._advance(Step.STOP, event)
+            self._events.append(StreamStopped())
+        elif event == "connected":
+            self._advance(Step.CONNECTED, event)
+        elif event == "error" and self.has_error_event:
+            self._advance(Step.ERROR, event)
+            self._events.append(self._parse_error(message))
+        else:
+            raise ProtocolViolation(f"unknown event {str(event)[:40]!r}")
+
+    has_error_event = False
+
+    def _parse_start(self, message: dict[str, Any]) -> StreamStarted:
+        raise NotImplementedError
+
+    def _parse_error(self, message: dict[str, Any]) -> ProviderErrorReported:
+        raise NotImplementedError
+
+
+def get_tracks(start: Mapping[str, Any], default: list[str]) -> tuple[Track, ...]:
+    """Read the announced track list of a ``start`` message."""
+    tracks = start.get("tracks") or default
+    if not isinstance(tracks, list):
+        raise ProtocolViolation("field 'tracks' must be a list")
+    return tuple(get_track(t) for t in tracks)

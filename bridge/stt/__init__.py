@@ -1,0 +1,1 @@
+"""Streaming speech-to-text engines: one upstream session per call leg."""

@@ -1,0 +1,130 @@
+"""Shared fixtures: emulators, the webhook receiver, and a real ``callbridge serve`` process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from tests.support.receiver import SECRET, WebhookReceiver
+from tests.support.telnyx_stt import TelnyxSttEmulator
+
+API_KEY = "test-telnyx-key"
+
+
+@pytest.fixture
+async def stt() -> AsyncIterator[TelnyxSttEmulator]:
+    async with TelnyxSttEmulator(api_key=API_KEY) as emulator:
+        yield emulator
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[WebhookReceiver]:
+    async with WebhookReceiver() as hooks:
+        yield hooks
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class BridgeProcess:
+    """A running ``callbridge serve``; ``logs`` holds its JSON log lines as parsed dicts."""
+
+    process: asyncio.subprocess.Process
+    port: int
+    logs: list[dict[str, Any]] = field(default_factory=list)
+    raw_stderr: list[str] = field(default_factory=list)
+    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    def url(self, path: str) -> str:
+        return f"ws://127.0.0.1:{self.port}{path}"
+
+    def log_events(self, event: str) -> list[dict[str, Any]]:
+        return [line for line in self.logs if line.get("event") == event]
+
+    async def wait_for_log(self, event: str, timeout: float = 20, **fields: Any
+                           ) -> dict[str, Any]:
+        """Wait for a log line with this event and these fields; returns the first one."""
+        def match() -> list[dict[str, Any]]:
+            return [line for line in self.log_events(event)
+                    if all(line.get(k) == v for k, v in fields.items())]
+        async with asyncio.timeout(timeout), self.changed:
+            await self.changed.wait_for(match)
+        return match()[0]
+
+
+async def _read_logs(bridge: BridgeProcess, listening: asyncio.Future[None]) -> None:
+    assert bridge.process.stderr is not None
+    async for raw in bridge.process.stderr:
+        text = raw.decode(errors="replace").rstrip("\n")
+        bridge.raw_stderr.append(text)
+        try:
+            line = json.loads(text)
+        except ValueError:
+            continue
+        async with bridge.changed:
+            bridge.logs.append(line)
+            bridge.changed.notify_all()
+        if line.get("event") == "listening" and not listening.done():
+            listening.set_result(None)
+    if not listening.done():
+        listening.set_exception(RuntimeError("bridge exited:\n" + "\n".join(bridge.raw_stderr)))
+
+
+BridgeFactory = Callable[..., Awaitable[BridgeProcess]]
+
+
+@pytest.fixture
+async def bridge_factory(stt: TelnyxSttEmulator,
+                         receiver: WebhookReceiver) -> AsyncIterator[BridgeFactory]:
+    """Start bridges wired to the emulator and the receiver; extra env overrides per call."""
+    started: list[tuple[BridgeProcess, asyncio.Task[None]]] = []
+
+    async def start(**extra_env: str) -> BridgeProcess:
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CALLBRIDGE_")}
+        env.update({
+            "CALLBRIDGE_PORT": str(port),
+            "CALLBRIDGE_STT_URL": stt.url,
+            "TELNYX_API_KEY": API_KEY,
+            "CALLBRIDGE_WEBHOOK_URLS": receiver.url,
+            "CALLBRIDGE_WEBHOOK_SECRET": SECRET,
+            "CALLBRIDGE_LOG_FORMAT": "json",
+            "CALLBRIDGE_LOG_LEVEL": "debug",
+        })
+        env.update(extra_env)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bridge", "serve", env=env,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE)
+        bridge = BridgeProcess(process, port)
+        listening: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        reader = asyncio.create_task(_read_logs(bridge, listening))
+        started.append((bridge, reader))
+        async with asyncio.timeout(20):
+            await listening
+        return bridge
+
+    yield start
+    for bridge, reader in started:
+        if bridge.process.returncode is None:
+            bridge.process.terminate()
+            async with asyncio.timeout(20):
+                await bridge.process.wait()
+        await reader
+
+
+@pytest.fixture
+async def bridge(bridge_factory: BridgeFactory) -> BridgeProcess:
+    return await bridge_factory()

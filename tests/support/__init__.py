@@ -1,0 +1,1 @@
+"""Test peers: protocol emulators of external services, a webhook receiver, audio fixtures."""

@@ -1,0 +1,305 @@
+"""A Telnyx speech-to-text WebSocket emulator: a real ``websockets`` server on 127.0.0.1.
+
+It checks what a client sends as the real service does (path, ``Authorization: Bearer``,
+query parameters in Telnyx's validation order with Telnyx's error codes, binary audio only)
+and answers deterministically from the audio it received, never from wall time:
+
+* audio is decoded per ``input_format`` and cut into 20 ms blocks; a block is voiced when
+  its RMS passes a threshold; an utterance ends after ``endpointing`` ms of unvoiced audio;
+* each utterance becomes a final ``"tone <Hz> hertz"``, the tone's frequency measured by
+  zero crossings and rounded to 50 Hz (or the next line of ``script`` when one is given);
+* with ``interim_results=true`` (Deepgram engine) a partial ``"tone <Hz>"`` follows every
+  200 ms of voiced audio;
+* ``CloseStream`` flushes the pending utterance; Deepgram-like engines then close with
+  1000, the ``Telnyx`` engine never closes by itself (as observed in live traffic).
+
+Frames are in the documented shape (no ``type``); ``with_type_field`` switches to the
+API-description shape. Every session records its query, headers, audio and text frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import warnings
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import audioop
+
+PATH = "/v2/speech-to-text/transcription"
+ENGINES = ("Deepgram", "Telnyx", "Google", "Azure", "xAI", "AssemblyAI", "Speechmatics",
+           "Soniox", "Parakeet", "Reson8")
+FORMATS = ("mp3", "wav", "webm", "ogg", "flac", "ogg_opus", "webm_opus", "linear16", "linear32",
+           "mulaw", "alaw", "opus", "amr_nb", "amr_wb", "g729", "speex")
+RAW_FORMATS = ("linear16", "linear32", "mulaw", "alaw", "opus", "amr_nb", "amr_wb", "g729",
+               "speex")
+# Telnyx's engine/format matrix, the rows that matter for telephony (unsupported -> 40002).
+UNSUPPORTED = {("Telnyx", "mulaw"), ("Telnyx", "alaw"), ("Azure", "mulaw"), ("Azure", "alaw"),
+               ("Google", "alaw"), ("Speechmatics", "alaw"), ("Parakeet", "mulaw"),
+               ("Parakeet", "alaw")}
+CLOSES_ON_CLOSE_STREAM = ("Deepgram", "Speechmatics", "Soniox")
+BLOCK_MS = 20
+VOICED_RMS = 300
+
+
+@dataclass
+class EmulatorSession:
+    """What one client session sent, and how it ended."""
+
+    path: str
+    query: dict[str, list[str]]
+    headers: Headers
+    audio: bytearray = field(default_factory=bytearray)
+    binary_frames: int = 0
+    text_frames: list[str] = field(default_factory=list)
+    sent: list[dict[str, Any]] = field(default_factory=list)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def param(self, name: str) -> str | None:
+        values = self.query.get(name)
+        return values[0] if values else None
+
+
+class Recognizer:
+    """Deterministic 'recognition' of tone bursts; see the module docstring."""
+
+    def __init__(self, input_format: str, sample_rate: int, endpointing_ms: int | None,
+                 script: list[str] | None) -> None:
+        self.width = 2 if input_format == "linear16" else 1
+        self.input_format = input_format
+        self.samples_per_block = sample_rate * BLOCK_MS // 1000
+        self.endpointing_ms = endpointing_ms
+        self.script = list(script or [])
+        self._raw = bytearray()
+        self._voiced = bytearray()  # PCM of the current utterance
+        self._silent_ms = 0
+        self._since_partial_ms = 0
+        self.sample_rate = sample_rate
+
+    def feed(self, data: bytes) -> list[tuple[str, bool]]:
+        """Take audio; return (text, is_final) results in order."""
+        self._raw += data
+        out: list[tuple[str, bool]] = []
+        block = self.samples_per_block * self.width
+        while len(self._raw) >= block:
+            chunk = bytes(self._raw[:block])
+            del self._raw[:block]
+            pcm = self._decode(chunk)
+            if audioop.rms(pcm, 2) >= VOICED_RMS:
+                self._voiced += pcm
+                self._silent_ms = 0
+                self._since_partial_ms += BLOCK_MS
+                if self._since_partial_ms >= 200:
+                    self._since_partial_ms = 0
+                    out.append((f"tone {self._frequency()}", False))
+            elif self._voiced:
+                self._silent_ms += BLOCK_MS
+                if self.endpointing_ms is not None and self._silent_ms >= self.endpointing_ms:
+                    out.append((self._final_text(), True))
+        return out
+
+    def flush(self) -> list[tuple[str, bool]]:
+        return [(self._final_text(), True)] if self._voiced else []
+
+    def _final_text(self) -> str:
+        text = self.script.pop(0) if self.script else f"tone {self._frequency()} hertz"
+        self._voiced.clear()
+        self._silent_ms = self._since_partial_ms = 0
+        return text
+
+    def _frequency(self) -> int:
+        samples = [int.from_bytes(self._voiced[i:i + 2], "little", signed=True)
+                   for i in range(0, len(self._voiced), 2)]
+        crossings = sum(1 for a, b in zip(samples, samples[1:], strict=False)
+                        if (a < 0) != (b < 0))
+        seconds = len(samples) / self.sample_rate
+        return int(round(crossings / 2 / seconds / 50) * 50) if seconds else 0
+
+    def _decode(self, chunk: bytes) -> bytes:
+        if self.input_format == "mulaw":
+            return audioop.ulaw2lin(chunk, 2)
+        if self.input_format == "alaw":
+            return audioop.alaw2lin(chunk, 2)
+        return chunk
+
+
+class TelnyxSttEmulator:
+    """Run with ``async with TelnyxSttEmulator() as emulator:``; connect to ``emulator.url``."""
+
+    def __init__(self, *, api_key: str = "test-telnyx-key", with_type_field: bool = False,
+                 script: list[str] | None = None, reject_status: int | None = None,
+                 error_after_audio_bytes: int | None = None,
+                 drop_after_audio_bytes: int | None = None) -> None:
+        self.api_key = api_key
+        self.with_type_field = with_type_field
+        self.script = script
+        self.reject_status = reject_status
+        self.error_after_audio_bytes = error_after_audio_bytes
+        self.drop_after_audio_bytes = drop_after_audio_bytes
+        self.sessions: list[EmulatorSession] = []
+        self._server: Server | None = None
+        self.session_opened = asyncio.Event()
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        port = self._server.sockets[0].getsockname()[1]
+        return f"ws://127.0.0.1:{port}{PATH}"
+
+    async def __aenter__(self) -> TelnyxSttEmulator:
+        self._server = await serve(self._handle, "127.0.0.1", 0,
+                                   process_request=self._check_handshake, max_size=2**20)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    def _check_handshake(self, connection: ServerConnection, request: Request) -> Response | None:
+        if urlsplit(request.path).path != PATH:
+            return connection.respond(HTTPStatus.NOT_FOUND, "Not Found\n")
+        if request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return connection.respond(HTTPStatus.UNAUTHORIZED, "Unauthorized\n")
+        if "Origin" in request.headers:
+            return connection.respond(HTTPStatus.FORBIDDEN, "Origin not allowed\n")
+        if self.reject_status is not None:
+            return connection.respond(HTTPStatus(self.reject_status), "Rejected\n")
+        return None
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        assert ws.request is not None
+        split = urlsplit(ws.request.path)
+        session = EmulatorSession(split.path, parse_qs(split.query), ws.request.headers)
+        self.sessions.append(session)
+        self.session_opened.set()
+        try:
+            error = self._validate(session)
+            if error is not None:
+                await self._send_error(ws, session, *error)
+                await ws.close(1000)
+                return
+            await self._stream(ws, session)
+        except ConnectionClosed:
+            pass
+        finally:
+            session.closed.set()
+
+    def _validate(self, session: EmulatorSession) -> tuple[str, str, str, str] | None:
+        engine = session.param("transcription_engine") or "Deepgram"
+        fmt = session.param("input_format") or "mp3"
+        rate = session.param("sample_rate")
+        if engine not in ENGINES:
+            return ("40007", "Invalid transcription engine",
+                    f"Engine '{engine}' is not supported", "transcription_engine")
+        if fmt not in FORMATS:
+            return ("40001", "Invalid input format",
+                    f"Supported formats: {', '.join(FORMATS)}", "input_format")
+        if (engine, fmt) in UNSUPPORTED:
+            return ("40002", "Unsupported format",
+                    f"Format '{fmt}' is not supported by engine '{engine}'", "input_format")
+        if fmt in RAW_FORMATS:
+            if rate is None:
+                return ("40003", "Sample rate required",
+                        f"sample_rate is required for '{fmt}'", "sample_rate")
+            if not rate.isdigit() or int(rate) <= 0:
+                return ("40004", "Invalid sample rate",
+                        "sample_rate must be a positive integer", "sample_rate")
+            if fmt == "amr_nb" and int(rate) != 8000:
+                return ("40005", "Invalid sample rate for codec",
+                        "amr_nb requires 8000", "sample_rate")
+        return None
+
+    async def _send_error(self, ws: ServerConnection, session: EmulatorSession, code: str,
+                          title: str, detail: str, parameter: str) -> None:
+        if self.with_type_field:
+            frame: dict[str, Any] = {"type": "error", "error": f"{title}: {detail}"}
+        else:
+            frame = {"errors": [{"code": code, "title": title, "detail": detail,
+                                 "source": {"parameter": parameter}}]}
+        session.sent.append(frame)
+        await ws.send(json.dumps(frame))
+
+    async def _send(self, ws: ServerConnection, session: EmulatorSession,
+                    frame: dict[str, Any]) -> None:
+        if self.with_type_field:
+            frame = {"type": "transcript"} | frame
+        session.sent.append(frame)
+        await ws.send(json.dumps(frame))
+
+    async def _stream(self, ws: ServerConnection, session: EmulatorSession) -> None:
+        engine = session.param("transcription_engine") or "Deepgram"
+        endpointing = session.param("endpointing")
+        recognizer = Recognizer(session.param("input_format") or "mp3",
+                                int(session.param("sample_rate") or 16000),
+                                None if endpointing == "false" else int(endpointing or 100),
+                                self.script)
+        interim = session.param("interim_results") == "true"
+        deepgram_like = engine != "Telnyx"
+        if engine == "Telnyx" and interim:
+            recognizer = Recognizer("mulaw", 8000, None, None)  # observed: no output at all
+        async for message in ws:
+            if isinstance(message, str):
+                session.text_frames.append(message)
+                control = _control_type(message)
+                if control == "CloseStream":
+                    for text, _final in recognizer.flush():
+                        await self._final(ws, session, text, deepgram_like)
+                    if engine in CLOSES_ON_CLOSE_STREAM:
+                        await ws.close(1000)
+                        return
+                continue  # other text is ignored, as Telnyx documents
+            session.audio += message
+            session.binary_frames += 1
+            if (self.drop_after_audio_bytes is not None
+                    and len(session.audio) >= self.drop_after_audio_bytes):
+                ws.transport.abort()
+                return
+            if (self.error_after_audio_bytes is not None
+                    and len(session.audio) >= self.error_after_audio_bytes):
+                await self._send_error(ws, session, "40010", "Engine failure",
+                                       "The transcription engine failed", "audio")
+                await ws.close(1000)
+                return
+            for text, final in recognizer.feed(message):
+                if final:
+                    await self._final(ws, session, text, deepgram_like)
+                elif interim and deepgram_like:
+                    await self._send(ws, session, {"transcript": text, "is_final": False,
+                                                   "speech_final": False, "confidence": 0.0})
+
+    async def _final(self, ws: ServerConnection, session: EmulatorSession, text: str,
+                     deepgram_like: bool) -> None:
+        if deepgram_like:
+            await self._send(ws, session, {"transcript": text, "is_final": True,
+                                           "speech_final": True, "confidence": 0.92})
+            await self._send(ws, session, {"transcript": "", "is_final": True,
+                                           "utterance_end": True})
+        else:
+            await self._send(ws, session, {"transcript": text, "is_final": True,
+                                           "confidence": None})
+
+
+def _control_type(text: str) -> str | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value.get("type") if isinstance(value, dict) else None
+
+
+def expected_frequency_text(freq_hz: float) -> str:
+    """The final text the emulator gives a clean tone of ``freq_hz``."""
+    return f"tone {int(round(freq_hz / 50) * 50)} hertz"
+
+

@@ -1,0 +1,113 @@
+"""The per-leg audio pipeline: byte identity, chunking, gap filling, reordering, clock."""
+
+import pytest
+
+from bridge.codecs.reframe import Reframer
+from bridge.events import AudioEncoding
+
+FRAME = 160  # 20 ms of G.711
+
+
+def frames(count: int, first_ts: int = 0) -> list[tuple[bytes, int]]:
+    """Distinct 20 ms frames (each filled with its own byte) with their timestamps."""
+    return [(bytes([n % 200 + 1]) * FRAME, first_ts + 20 * n) for n in range(count)]
+
+
+def run(reframer: Reframer, items: list[tuple[bytes, int | None]]) -> list[bytes]:
+    chunks: list[bytes] = []
+    for payload, ts in items:
+        chunks += reframer.push(payload, ts)
+    return chunks + reframer.flush()
+
+
+def test_without_gaps_the_bytes_out_are_the_bytes_in_cut_into_chunks() -> None:
+    items = frames(23, first_ts=102)
+    reframer = Reframer(AudioEncoding.PCMU, chunk_ms=100)
+    chunks = run(reframer, items)
+    assert b"".join(chunks) == b"".join(p for p, _ in items)
+    assert [len(c) for c in chunks] == [800] * 4 + [480]
+    assert reframer.stats.gaps_filled == 0
+    assert reframer.origin_ms == 102 and reframer.position_ms == 102 + 460
+
+
+def test_chunks_are_emitted_as_soon_as_complete() -> None:
+    reframer = Reframer(AudioEncoding.PCMU, chunk_ms=40)
+    out = [len(reframer.push(p, t)) for p, t in frames(4)]
+    assert out == [0, 1, 0, 1]
+
+
+@pytest.mark.parametrize(("encoding", "silence"), [(AudioEncoding.PCMU, 0xFF),
+                                                   (AudioEncoding.PCMA, 0xD5)])
+def test_a_lost_frame_becomes_codec_silence_of_its_length(encoding, silence) -> None:
+    items = frames(10)
+    del items[3]  # frame at 60 ms lost
+    reframer = Reframer(encoding, chunk_ms=20, reorder_window=2)
+    out = b"".join(run(reframer, items))
+    expected = b"".join(p for p, _ in items[:3]) + bytes([silence]) * FRAME + b"".join(
+        p for p, _ in items[3:])
+    assert out == expected
+    assert reframer.stats.gaps_filled == 1 and reframer.stats.gap_fill_ms == 20
+    assert reframer.position_ms == 200  # the clock counts the lost frame
+
+
+def test_frames_out_of_order_within_the_window_are_put_back_in_order() -> None:
+    items = frames(8)
+    shuffled = [items[0], items[2], items[1], items[4], items[5], items[3], items[6], items[7]]
+    reframer = Reframer(AudioEncoding.PCMA, chunk_ms=20, reorder_window=3)
+    assert b"".join(run(reframer, shuffled)) == b"".join(p for p, _ in items)
+    assert reframer.stats.reordered == 3 and reframer.stats.gaps_filled == 0
+
+
+def test_a_frame_later_than_the_window_is_dropped_and_its_hole_filled() -> None:
+    items = frames(8)
+    late = [items[0], *items[2:6], items[1], *items[6:]]
+    reframer = Reframer(AudioEncoding.PCMU, chunk_ms=20, reorder_window=2)
+    out = b"".join(run(reframer, late))
+    assert len(out) == 8 * FRAME
+    assert out[FRAME:2 * FRAME] == b"\xff" * FRAME
+    assert reframer.stats.late_dropped == 1 and reframer.stats.gaps_filled == 1
+
+
+def test_duplicates_are_dropped() -> None:
+    items = frames(3)
+    reframer = Reframer(AudioEncoding.PCMU, chunk_ms=20)
+    assert b"".join(run(reframer, [items[0], items[1], items[1], items[2]])) == b"".join(
+        p for p, _ in items)
+    assert reframer.stats.late_dropped == 1
+
+
+def test_timestamp_jitter_is_neither_gap_nor_overlap() -> None:
+    items = [(p, ts + (3 if n % 2 else -2)) for n, (p, ts) in enumerate(frames(6, 100))]
+    reframer = Reframer(AudioEncoding.PCMU, chunk_ms=20)
+    assert b"".join(run(reframer, items)) == b"".join(p for p, _ in items)
+    assert reframer.stats.gaps_filled == 0 and reframer.stats.late_dropped == 0
+
+
+def test_a_huge_jump_is_filled_up_to_the_bound_and_the_clock_jumps_the_rest() -> None:
+    items = frames(2) + [(b"\x07" * FRAME, 60_040)]
+    reframer = Reframer(AudioEncoding.PCMU, chunk_ms=20, reorder_window=0, max_gap_fill_ms=1000)
+    out = b"".join(run(reframer, items))
+    assert len(out) == 3 * FRAME + 1000 * 8
+    assert reframer.stats.skipped_ms == 60_000 - 1000
+    assert reframer.position_ms == 60_060
+    # upstream audio after the jump maps past it on the leg's clock
+    assert reframer.upstream_to_clock_ms(20) == 20
+    assert reframer.upstream_to_clock_ms(1050) == 1050 + 59_000
+
+
+def test_frames_without_timestamps_pass_through_in_arrival_order() -> None:
+    reframer = Reframer(AudioEncoding.PCMU, chunk_ms=20)
+    assert run(reframer, [(b"\x01" * 100, None), (b"\x02" * 100, None)]) == [
+        b"\x01" * 100 + b"\x02" * 60, b"\x02" * 40]
+
+
+def test_odd_sized_frames_keep_the_clock_in_samples() -> None:
+    reframer = Reframer(AudioEncoding.PCMU, chunk_ms=20)
+    run(reframer, [(b"\x01" * 164, 0), (b"\x01" * 156, 20)])
+    assert reframer.position_ms == 40 and reframer.stats.gaps_filled == 0
+
+
+@pytest.mark.parametrize("chunk_ms", [19, 1001])
+def test_chunk_size_is_bounded(chunk_ms: int) -> None:
+    with pytest.raises(ValueError, match="chunk_ms"):
+        Reframer(AudioEncoding.PCMU, chunk_ms=chunk_ms)
