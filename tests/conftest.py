@@ -53,13 +53,13 @@ class BridgeProcess:
     def log_events(self, event: str) -> list[dict[str, Any]]:
         return [line for line in self.logs if line.get("event") == event]
 
-    async def wait_for_log(self, event: str, timeout: float = 20, **fields: Any
+    async def wait_for_log(self, event: str, within_s: float = 20, **fields: Any
                            ) -> dict[str, Any]:
         """Wait for a log line with this event and these fields; returns the first one."""
         def match() -> list[dict[str, Any]]:
             return [line for line in self.log_events(event)
                     if all(line.get(k) == v for k, v in fields.items())]
-        async with asyncio.timeout(timeout), self.changed:
+        async with asyncio.timeout(within_s), self.changed:
             await self.changed.wait_for(match)
         return match()[0]
 

@@ -88,9 +88,9 @@ class WebhookReceiver:
         return web.Response(status=204)
 
     async def wait_for(self, predicate: Callable[[list[Received]], bool],
-                       timeout: float = 30.0) -> list[Received]:
+                       within_s: float = 30.0) -> list[Received]:
         """Wait until ``predicate(events)`` holds; returns the events."""
-        async with asyncio.timeout(timeout), self._changed:
+        async with asyncio.timeout(within_s), self._changed:
             await self._changed.wait_for(lambda: predicate(self.events))
         return self.events
 

@@ -20,6 +20,7 @@ API-description shape. Every session records its query, headers, audio and text 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -120,8 +121,7 @@ class Recognizer:
     def _frequency(self) -> int:
         samples = [int.from_bytes(self._voiced[i:i + 2], "little", signed=True)
                    for i in range(0, len(self._voiced), 2)]
-        crossings = sum(1 for a, b in zip(samples, samples[1:], strict=False)
-                        if (a < 0) != (b < 0))
+        crossings = sum(1 for a, b in itertools.pairwise(samples) if (a < 0) != (b < 0))
         seconds = len(samples) / self.sample_rate
         return int(round(crossings / 2 / seconds / 50) * 50) if seconds else 0
 

@@ -84,7 +84,7 @@ def test_timestamp_jitter_is_neither_gap_nor_overlap() -> None:
 
 
 def test_a_huge_jump_is_filled_up_to_the_bound_and_the_clock_jumps_the_rest() -> None:
-    items = frames(2) + [(b"\x07" * FRAME, 60_040)]
+    items = [*frames(2), (b"\x07" * FRAME, 60_040)]
     reframer = Reframer(AudioEncoding.PCMU, chunk_ms=20, reorder_window=0, max_gap_fill_ms=1000)
     out = b"".join(run(reframer, items))
     assert len(out) == 3 * FRAME + 1000 * 8
