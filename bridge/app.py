@@ -8,7 +8,8 @@ client live in ``cleanup_ctx`` and are drained on shutdown.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from functools import partial
 
 import aiohttp
@@ -17,12 +18,13 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from bridge import __version__
 from bridge.calls import Call, EngineFactory
-from bridge.config import Settings
+from bridge.config import DEFAULT_STT_URL, Settings, SttSettings, SttTarget, stt_target
 from bridge.delivery.webhooks import EventSink, WebhookDispatcher
 from bridge.errors import CLOSE_INTERNAL_ERROR, CLOSE_MESSAGE_TOO_BIG, MessageTooBig, PeerError
 from bridge.events import AudioEncoding
 from bridge.ingress import DIALECTS, make_dialect
 from bridge.stt.base import EngineSession
+from bridge.stt.local.supervisor import EmbeddedRecognizer
 from bridge.stt.telnyx import TelnyxSession
 
 log = structlog.get_logger("bridge.app")
@@ -39,16 +41,40 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[LIVE_CALLS] = set()
 
-    def telnyx_engine(encoding: AudioEncoding) -> EngineSession:
-        return TelnyxSession(settings.stt, encoding)
-
-    app[ENGINES] = telnyx_engine
+    app.cleanup_ctx.append(_speech_to_text)
     app.cleanup_ctx.append(_webhooks)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/streams", partial(media_stream, dialect=None))
     for name in DIALECTS:
         app.router.add_get(f"/streams/{name}", partial(media_stream, dialect=name))
     return app
+
+
+async def _speech_to_text(app: web.Application) -> AsyncIterator[None]:
+    """Resolve where legs are transcribed; start the embedded recognizer when that is it."""
+    settings = app[SETTINGS]
+    target = stt_target(settings)
+    if target is not SttTarget.EMBEDDED:
+        url = settings.stt.url or DEFAULT_STT_URL
+        app[ENGINES] = _engine_factory(settings.stt, lambda: url)
+        log.info("speech-to-text", target=target.value, url=url.split("?", 1)[0],
+                 engine=settings.stt.transcription_engine)
+        yield
+        return
+    local = settings.local_stt
+    async with EmbeddedRecognizer(workers=local.workers,
+                                  max_sessions=local.max_sessions) as embedded:
+        log.warning("no TELNYX_API_KEY: transcribing with the embedded recognizer "
+                    "(PocketSphinx, offline); its accuracy is for development, not production",
+                    url=embedded.url, pid=embedded.pid)
+        app[ENGINES] = _engine_factory(settings.stt, lambda: embedded.url)
+        yield
+
+
+def _engine_factory(stt: SttSettings, url: Callable[[], str]) -> EngineFactory:
+    def open_session(encoding: AudioEncoding) -> EngineSession:
+        return TelnyxSession(replace(stt, url=url()), encoding)
+    return open_session
 
 
 async def _webhooks(app: web.Application) -> AsyncIterator[None]:

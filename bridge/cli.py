@@ -11,7 +11,7 @@ from pathlib import Path
 import structlog
 
 from bridge import __version__
-from bridge.config import Settings, describe, load_settings, override
+from bridge.config import Settings, SttTarget, describe, load_settings, override, stt_target
 from bridge.errors import ConfigError
 from bridge.events import AudioEncoding, Track
 from bridge.observability import configure_logging
@@ -28,6 +28,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--host", help="listen address (overrides server.host)")
     serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
     serve.set_defaults(run=run_serve)
+
+    local = commands.add_parser("stt-local", help="run the embedded recognizer (PocketSphinx)")
+    local.add_argument("--config", help="settings file (default: $CALLBRIDGE_CONFIG)")
+    local.add_argument("--host", help="listen address (default 127.0.0.1)")
+    local.add_argument("--port", type=int, help="listen port; 0 picks a free one")
+    local.add_argument("--workers", type=int, help="recognition processes (0: one per CPU)")
+    local.add_argument("--max-sessions", type=int, help="concurrent sessions served")
+    local.add_argument("--announce", action="store_true",
+                       help="print {\"port\": N} on stdout once ready (for a supervisor)")
+    local.add_argument("--exit-with-parent", action="store_true",
+                       help="exit when the parent process is gone")
+    local.set_defaults(run=run_stt_local)
+
+    demo = commands.add_parser("demo", help="run a whole sample call offline, with captions")
+    demo.add_argument("--speed", type=float, default=1.0,
+                      help="pace multiplier: 1 is real time")
+    demo.add_argument("--no-live", action="store_true",
+                      help="print finals only, even on a terminal")
+    demo.set_defaults(run=run_demo_command)
 
     sim = commands.add_parser("simulate", help="stream audio files to a bridge as a call")
     sim.add_argument("url", help="bridge URL, e.g. ws://127.0.0.1:8080 or .../streams/telnyx")
@@ -71,6 +90,14 @@ def run_serve(args: argparse.Namespace) -> int:
     if settings is None:
         return 2
     configure_logging(settings.logging.level, settings.logging.format)
+    if stt_target(settings) is SttTarget.EMBEDDED:
+        from bridge.stt.local import recognizer
+
+        if not recognizer.available():
+            print("callbridge: no TELNYX_API_KEY is set, and the embedded recognizer is not "
+                  "installed: pip install 'callbridge[local]', or set TELNYX_API_KEY",
+                  file=sys.stderr)
+            return 2
     log = structlog.get_logger("bridge.serve")
     log.info("callbridge starting", version=__version__, **describe(settings))
     if not settings.webhooks.urls:
@@ -80,6 +107,45 @@ def run_serve(args: argparse.Namespace) -> int:
                 print=lambda _banner: log.info("listening", host=settings.server.host,
                                                port=settings.server.port))
     return 0
+
+
+def run_stt_local(args: argparse.Namespace) -> int:
+    from bridge.stt.local import recognizer
+    from bridge.stt.local.runner import serve_local
+
+    try:
+        settings = load_settings(args.config)
+        changes = {key: value for key, value in (
+            ("host", args.host), ("port", args.port), ("workers", args.workers),
+            ("max_sessions", args.max_sessions)) if value is not None}
+        settings = override(settings, "local_stt", **changes)
+        if not 0 <= settings.local_stt.port <= 65535:
+            raise ConfigError("--port", "must be 0-65535")
+    except ConfigError as exc:
+        print(f"callbridge: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.logging.level, settings.logging.format)
+    if not recognizer.available():
+        print("callbridge: the embedded recognizer needs PocketSphinx: "
+              "pip install 'callbridge[local]'", file=sys.stderr)
+        return 2
+    return asyncio.run(serve_local(settings.local_stt, announce=args.announce,
+                                   exit_with_parent=args.exit_with_parent))
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    from bridge.demo import run_demo
+    from bridge.stt.local import recognizer
+
+    if not recognizer.available():
+        print("callbridge demo: the embedded recognizer needs PocketSphinx: "
+              "pip install 'callbridge[local]'", file=sys.stderr)
+        return 2
+    if args.speed <= 0:
+        print("callbridge demo: --speed must be positive", file=sys.stderr)
+        return 2
+    configure_logging("error", "console")
+    return asyncio.run(run_demo(speed=args.speed, live=False if args.no_live else None))
 
 
 def run_simulate(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import enum
 import os
 import tomllib
 from collections.abc import Mapping
@@ -76,7 +77,7 @@ class AudioSettings:
 
 @dataclass(frozen=True, slots=True)
 class SttSettings:
-    url: str = DEFAULT_STT_URL
+    url: str = ""
     api_key: Secret = field(default_factory=lambda: Secret(""))
     transcription_engine: str = "Deepgram"
     model: str = ""
@@ -88,6 +89,17 @@ class SttSettings:
     keywords: tuple[str, ...] = ()
     connect_timeout_s: float = 10.0
     close_grace_s: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class LocalSttSettings:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    workers: int = 0
+    max_sessions: int = 16
+    endpointing_ms: int = 600
+    partial_every_ms: int = 1000
+    max_utterance_ms: int = 15000
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +132,7 @@ class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     audio: AudioSettings = field(default_factory=AudioSettings)
     stt: SttSettings = field(default_factory=SttSettings)
+    local_stt: LocalSttSettings = field(default_factory=LocalSttSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     speakers: SpeakerSettings = field(default_factory=SpeakerSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
@@ -134,6 +147,8 @@ ENVIRONMENT: Final[Mapping[str, tuple[str, str]]] = {
     "TELNYX_API_KEY": ("stt", "api_key"),
     "CALLBRIDGE_STT_ENGINE": ("stt", "transcription_engine"),
     "CALLBRIDGE_STT_INTERIM_RESULTS": ("stt", "interim_results"),
+    "CALLBRIDGE_LOCAL_STT_WORKERS": ("local_stt", "workers"),
+    "CALLBRIDGE_LOCAL_STT_MAX_SESSIONS": ("local_stt", "max_sessions"),
     "CALLBRIDGE_WEBHOOK_URLS": ("webhooks", "urls"),
     "CALLBRIDGE_WEBHOOK_SECRET": ("webhooks", "secret"),
     "CALLBRIDGE_WEBHOOK_ALLOW_HTTP": ("webhooks", "allow_insecure_http"),
@@ -191,6 +206,7 @@ SECTIONS: Final[Mapping[str, type[Any]]] = {
     "server": ServerSettings,
     "audio": AudioSettings,
     "stt": SttSettings,
+    "local_stt": LocalSttSettings,
     "webhooks": WebhookSettings,
     "speakers": SpeakerSettings,
     "logging": LoggingSettings,
@@ -277,8 +293,8 @@ def _validate(settings: Settings, origin: Mapping[tuple[str, str], str]) -> None
     check(0 <= s.audio.max_gap_fill_ms <= 60000, "audio", "max_gap_fill_ms", "must be 0-60000")
     check(s.audio.chunk_ms <= s.audio.max_buffer_ms <= 60000, "audio", "max_buffer_ms",
           "must be at least chunk_ms and at most 60000")
-    check(s.stt.url.startswith(("ws://", "wss://")), "stt", "url",
-          "must be a ws:// or wss:// URL")
+    check(s.stt.url == "" or s.stt.url.startswith(("ws://", "wss://")), "stt", "url",
+          "must be a ws:// or wss:// URL, or empty")
     check(s.stt.transcription_engine in TELNYX_ENGINES, "stt", "transcription_engine",
           f"must be one of {', '.join(TELNYX_ENGINES)} (case-sensitive)")
     check(s.stt.endpointing == "" or s.stt.endpointing == "false"
@@ -302,11 +318,37 @@ def _validate(settings: Settings, origin: Mapping[tuple[str, str], str]) -> None
         check(decode_webhook_secret(s.webhooks.secret) is not None, "webhooks", "secret",
               "must be whsec_ followed by base64 of 24-64 random bytes")
     stt_host = urlsplit(s.stt.url).hostname or ""
-    check(bool(s.stt.api_key) or is_loopback_host(stt_host), "stt", "api_key",
+    check(bool(s.stt.api_key) or not s.stt.url or is_loopback_host(stt_host), "stt", "api_key",
           "TELNYX_API_KEY must be set: stt.url is not on this machine")
+    check(1 <= s.local_stt.port <= 65535 or s.local_stt.port == 0, "local_stt", "port",
+          "must be 0-65535")
+    check(0 <= s.local_stt.workers <= 64, "local_stt", "workers",
+          "must be 0-64 (0: one per CPU)")
+    check(1 <= s.local_stt.max_sessions <= 1000, "local_stt", "max_sessions", "must be 1-1000")
+    check(100 <= s.local_stt.endpointing_ms <= 10000, "local_stt", "endpointing_ms",
+          "must be 100-10000")
+    check(200 <= s.local_stt.partial_every_ms <= 10000, "local_stt", "partial_every_ms",
+          "must be 200-10000")
+    check(1000 <= s.local_stt.max_utterance_ms <= 60000, "local_stt", "max_utterance_ms",
+          "must be 1000-60000")
     if s.webhooks.urls:
         check(bool(s.webhooks.secret), "webhooks", "secret",
               "webhook URLs are set, so CALLBRIDGE_WEBHOOK_SECRET must be set to sign them")
+
+
+class SttTarget(enum.Enum):
+    """Where a bridge's legs are transcribed."""
+
+    TELNYX = "telnyx"  # the Telnyx service (a key is set)
+    CONFIGURED = "configured"  # stt.url as given (a local server or an emulator)
+    EMBEDDED = "embedded"  # no key, no URL: the bridge starts the embedded recognizer
+
+
+def stt_target(settings: Settings) -> SttTarget:
+    """Decide where transcription goes: an explicit URL, Telnyx with a key, else embedded."""
+    if settings.stt.url:
+        return SttTarget.CONFIGURED
+    return SttTarget.TELNYX if settings.stt.api_key else SttTarget.EMBEDDED
 
 
 def decode_webhook_secret(secret: Secret) -> bytes | None:

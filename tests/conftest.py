@@ -53,15 +53,15 @@ class BridgeProcess:
     def log_events(self, event: str) -> list[dict[str, Any]]:
         return [line for line in self.logs if line.get("event") == event]
 
-    async def wait_for_log(self, event: str, within_s: float = 20, **fields: Any
-                           ) -> dict[str, Any]:
-        """Wait for a log line with this event and these fields; returns the first one."""
+    async def wait_for_log(self, event: str, within_s: float = 20, occurrence: int = 1,
+                           **fields: Any) -> dict[str, Any]:
+        """Wait for the ``occurrence``-th log line with this event and these fields."""
         def match() -> list[dict[str, Any]]:
             return [line for line in self.log_events(event)
                     if all(line.get(k) == v for k, v in fields.items())]
         async with asyncio.timeout(within_s), self.changed:
-            await self.changed.wait_for(match)
-        return match()[0]
+            await self.changed.wait_for(lambda: len(match()) >= occurrence)
+        return match()[occurrence - 1]
 
 
 async def _read_logs(bridge: BridgeProcess, listening: asyncio.Future[None]) -> None:

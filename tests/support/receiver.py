@@ -100,3 +100,34 @@ class WebhookReceiver:
     def ended(self, call_id: str) -> Callable[[list[Received]], bool]:
         return lambda events: any(e.type == "call.ended" and e.data["call_id"] == call_id
                                   for e in events)
+
+
+async def _serve_forever(port: int) -> None:
+    receiver = WebhookReceiver()
+    app = web.Application()
+
+    async def handle(request: web.Request) -> web.Response:
+        response = await receiver._handle(request)
+        if receiver.events and response.status == 204:
+            event = receiver.events[-1]
+            shown = {k: event.data[k] for k in ("leg", "sequence", "text") if k in event.data}
+            print(f"{event.type:20} {event.data.get('call_id')} {shown}", flush=True)
+        else:
+            print(f"refused: status {response.status}", flush=True)
+        return response
+
+    app.router.add_post("/hook", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    print(f"webhook receiver on http://127.0.0.1:{port}/hook, secret {receiver.secret}",
+          flush=True)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Print verified webhooks (127.0.0.1).")
+    parser.add_argument("--port", type=int, default=9000)
+    asyncio.run(_serve_forever(parser.parse_args().port))

@@ -303,3 +303,21 @@ def expected_frequency_text(freq_hz: float) -> str:
     return f"tone {int(round(freq_hz / 50) * 50)} hertz"
 
 
+
+
+async def _serve_forever(port: int, api_key: str) -> None:
+    emulator = TelnyxSttEmulator(api_key=api_key)
+    emulator._server = await serve(emulator._handle, "127.0.0.1", port,
+                                   process_request=emulator._check_handshake, max_size=2**20)
+    print(f"Telnyx STT emulator on {emulator.url} (key {api_key!r})", flush=True)
+    await emulator._server.wait_closed()
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Run the Telnyx STT emulator on 127.0.0.1.")
+    parser.add_argument("--port", type=int, default=9100)
+    parser.add_argument("--api-key", default="test-telnyx-key")
+    options = parser.parse_args()
+    asyncio.run(_serve_forever(options.port, options.api_key))

@@ -1,0 +1,121 @@
+"""The embedded recognizer's pure parts: query checks, frames, segmentation, word error rate."""
+
+import json
+
+import pytest
+
+from bridge.stt.local.protocol import (
+    QueryError,
+    SessionParams,
+    check_query,
+    error_frame,
+    transcript_frame,
+)
+from bridge.stt.local.segmenter import Partial, Segmenter, Utterance
+from bridge.wer import word_error_rate, word_errors
+from tests.support.audio import pcm_program
+
+
+@pytest.mark.parametrize(("query", "code"), [
+    ({"transcription_engine": "deepgram", "input_format": "mulaw", "sample_rate": "8000"},
+     "40007"),
+    ({"input_format": "aiff", "sample_rate": "8000"}, "40001"),
+    ({"input_format": "mp3"}, "40002"),
+    ({"input_format": "opus", "sample_rate": "16000"}, "40002"),
+    ({"input_format": "mulaw"}, "40003"),
+    ({"input_format": "mulaw", "sample_rate": "eight"}, "40004"),
+    ({"input_format": "mulaw", "sample_rate": "0"}, "40004"),
+    ({"input_format": "mulaw", "sample_rate": "16000"}, "40005"),
+    ({"input_format": "linear16", "sample_rate": "44100"}, "40005"),
+])
+def test_refused_queries_get_telnyx_codes(query: dict[str, str], code: str) -> None:
+    result = check_query(query)
+    assert isinstance(result, QueryError) and result.code == code
+
+
+@pytest.mark.parametrize(("query", "params"), [
+    ({"input_format": "mulaw", "sample_rate": "8000"},
+     SessionParams("mulaw", 8000, False, None)),
+    ({"transcription_engine": "Telnyx", "input_format": "alaw", "sample_rate": "8000",
+      "interim_results": "true", "endpointing": "300"}, SessionParams("alaw", 8000, True, 300)),
+    ({"input_format": "linear16", "sample_rate": "16000", "endpointing": "false"},
+     SessionParams("linear16", 16000, False, 0)),
+])
+def test_accepted_queries(query: dict[str, str], params: SessionParams) -> None:
+    assert check_query(query) == params
+
+
+def test_frames_use_the_documented_shapes() -> None:
+    error = json.loads(error_frame(QueryError("40002", "Unsupported format", "d", "input_format")))
+    assert error == {"errors": [{"code": "40002", "title": "Unsupported format", "detail": "d",
+                                 "source": {"parameter": "input_format"}}]}
+    final = json.loads(transcript_frame("hello", is_final=True, confidence=0.7,
+                                        start_ms=1500, end_ms=2250))
+    assert final == {"transcript": "hello", "is_final": True, "speech_final": True,
+                     "confidence": 0.7, "start_time": 1.5, "duration": 0.75}
+    partial = json.loads(transcript_frame("hel", is_final=False, confidence=0.7,
+                                          start_ms=0, end_ms=500))
+    assert partial["is_final"] is False and partial["confidence"] == 0.0
+
+
+SPEECH = pcm_program(("silence", 400), ("tone", 800, 300), ("silence", 300), ("tone", 400, 500),
+                     ("silence", 1000), ("tone", 600, 700), ("silence", 200))
+
+
+def test_utterances_are_cut_on_silence_with_preroll() -> None:
+    segmenter = Segmenter(8000, endpointing_ms=600, preroll_ms=200)
+    segments = segmenter.feed(SPEECH) + segmenter.flush()
+    assert [(type(s), s.start_ms, s.end_ms) for s in segments] == [
+        (Utterance, 200, 1900),  # a 300 ms pause does not end it; 200 ms preroll before 400
+        (Utterance, 2700, 3500),  # flushed at the end
+    ]
+    first = segments[0]
+    assert len(first.pcm) == (1900 - 200 + 600) * 16  # includes the endpointing silence
+
+
+def test_endpointing_is_honoured() -> None:
+    segmenter = Segmenter(8000, endpointing_ms=200, preroll_ms=0)
+    segments = segmenter.feed(SPEECH) + segmenter.flush()
+    assert [(s.start_ms, s.end_ms) for s in segments] == [(400, 1200), (1500, 1900),
+                                                          (2900, 3500)]
+
+
+def test_partials_offer_the_utterance_so_far() -> None:
+    segmenter = Segmenter(8000, endpointing_ms=600, preroll_ms=0, partial_every_ms=300)
+    segments = segmenter.feed(SPEECH)
+    partials = [s for s in segments if isinstance(s, Partial)]
+    assert [p.end_ms for p in partials][:2] == [700, 1000]
+    assert all(p.start_ms == 400 for p in partials[:2])
+
+
+def test_clicks_are_not_utterances_and_long_speech_is_split() -> None:
+    clicks = pcm_program(("silence", 200), ("tone", 40, 500), ("silence", 1000))
+    segmenter = Segmenter(8000, min_speech_ms=100)
+    assert segmenter.feed(clicks) + segmenter.flush() == []
+    long = pcm_program(("tone", 2500, 400))
+    segmenter = Segmenter(8000, max_utterance_ms=1000, preroll_ms=0)
+    assert [(s.start_ms, s.end_ms) for s in segmenter.feed(long) + segmenter.flush()] == [
+        (0, 1000), (1000, 2000), (2000, 2500)]
+
+
+def test_16_khz_audio_keeps_the_same_clock() -> None:
+    from bridge.codecs.resample import resample
+
+    segmenter = Segmenter(16000, endpointing_ms=600, preroll_ms=0)
+    segments = segmenter.feed(resample(SPEECH, rate_in=8000, rate_out=16000)) + segmenter.flush()
+    assert [(s.start_ms, s.end_ms) for s in segments] == [(400, 1900), (2900, 3500)]
+
+
+@pytest.mark.parametrize(("reference", "hypothesis", "errors"), [
+    ("Hi, I'm calling about my bill.", "hi i'm calling about my bill", 0),
+    ("can you remove the fee", "can you remove fee", 1),
+    ("can you remove the fee", "can you move the free fee", 2),
+    ("yes", "", 1),
+])
+def test_word_errors(reference: str, hypothesis: str, errors: int) -> None:
+    assert word_errors(reference, hypothesis)[0] == errors
+
+
+def test_word_error_rate_is_relative_to_the_reference() -> None:
+    assert word_error_rate("a b c d", "a x c d") == 0.25
+    assert word_error_rate("", "") == 0.0
