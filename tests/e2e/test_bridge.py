@@ -281,3 +281,49 @@ async def test_healthz(bridge: BridgeProcess) -> None:
             f"http://127.0.0.1:{bridge.port}/healthz") as response:
         assert response.status == 200
         assert (await response.json())["status"] == "ok"
+
+
+async def test_the_simulate_command_streams_a_wav_file(
+        bridge: BridgeProcess, receiver: WebhookReceiver, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import sys
+    import wave
+
+    from bridge.codecs.resample import resample
+
+    path = tmp_path / "caller.wav"
+    with wave.open(str(path), "wb") as wav:  # the caller's audio as a 16 kHz WAV file
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(16000)
+        wav.writeframes(resample(CALLER, rate_in=8000, rate_out=16000))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge", "simulate", f"ws://127.0.0.1:{bridge.port}", str(path),
+        "--dialect", "telnyx", "--codec", "pcma", "--speed", "0", "--call-id", "v2:cli",
+        "--param", "agent=42", stderr=asyncio.subprocess.PIPE)
+    _, stderr = await process.communicate()
+    assert process.returncode == 0, stderr.decode()
+    events = await receiver.wait_for(receiver.ended("v2:cli"))
+    mine = [e for e in events if e.data["call_id"] == "v2:cli"]
+    assert transcripts(mine, "inbound") == [("transcript.final", 1, "tone 400 hertz"),
+                                            ("transcript.final", 2, "tone 700 hertz")]
+    assert mine[0].data["custom_parameters"] == {"agent": "42"}
+    assert mine[0].data["encoding"] == "pcma"
+
+
+async def test_a_dropped_connection_still_finishes_the_legs(
+        bridge: BridgeProcess, receiver: WebhookReceiver) -> None:
+    spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(CALLER)},
+                    call_id="CA-dropped")
+    sender = asyncio.create_task(stream_call(bridge.url("/streams/twilio"), build_call(spec),
+                                             speed=2))
+    await receiver.wait_for(lambda events: any(
+        e.type == "transcript.final" and e.data["call_id"] == "CA-dropped" for e in events))
+    sender.cancel()  # the provider goes away mid-call, without a stop message
+    with pytest.raises(asyncio.CancelledError):
+        await sender
+    events = await receiver.wait_for(receiver.ended("CA-dropped"))
+    mine = [e for e in events if e.data["call_id"] == "CA-dropped"]
+    assert mine[-1].data["reason"] == "disconnected"
+    finals = transcripts(mine, "inbound")
+    assert finals[0] == ("transcript.final", 1, "tone 400 hertz")
+    assert [sequence for _, sequence, _ in finals] == list(range(1, len(finals) + 1))
