@@ -12,6 +12,7 @@ import binascii
 import enum
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 from bridge.errors import InvalidPayload, ProtocolViolation, UnsupportedData
@@ -166,6 +167,18 @@ def decode_payload(value: object) -> bytes:
         raise InvalidPayload("media payload is not valid base64") from None
 
 
+@dataclass(frozen=True, slots=True)
+class StartKeys:
+    """The key names of a dialect's ``start`` message."""
+
+    call_id: str
+    stream_id: str  # read at the top level first, then inside ``start``
+    media_format: str
+    sample_rate: str
+    custom_parameters: str
+    default_encoding: str
+
+
 class JsonMediaDialect:
     """Base of the JSON dialects: state tracking, event queue, the sans-I/O surface."""
 
@@ -244,9 +257,22 @@ class JsonMediaDialect:
             raise ProtocolViolation(f"unknown event {str(event)[:40]!r}")
 
     has_error_event = False
+    # Where each dialect keeps the start message's facts.
+    start_keys: StartKeys
 
     def _parse_start(self, message: dict[str, Any]) -> StreamStarted:
-        raise NotImplementedError
+        keys = self.start_keys
+        start = get_object(message, "start")
+        media_format = get_object(start, keys.media_format, required=False)
+        return StreamStarted(
+            provider=self.name,
+            call_id=get_str(start, keys.call_id),
+            stream_id=get_str(message, keys.stream_id, default=start.get(keys.stream_id)),
+            encoding=get_encoding(media_format.get("encoding", keys.default_encoding)),
+            sample_rate=get_counter(media_format, keys.sample_rate) or G711_SAMPLE_RATE,
+            tracks=get_tracks(start, ["inbound"]),
+            custom_parameters=get_parameters(start.get(keys.custom_parameters)),
+        )
 
     def _parse_error(self, message: dict[str, Any]) -> ProviderErrorReported:
         raise NotImplementedError

@@ -4,6 +4,7 @@ Like Twilio's in shape, with snake_case keys, ``stream_id`` at the top level (no
 ``start``), the codec announced in ``start.media_format.encoding`` as ``PCMU``/``PCMA`` (older
 material: ``audio/x-mulaw``), and an ``error`` event. Telnyx documents the error body both as
 ``payload`` (code as a number) and as ``error`` (code as a string); both are read.
+Telnyx's ``start`` names no tracks; each media message says which track it carries.
 Telnyx does not guarantee media order: the leg's reorder buffer takes care of it.
 """
 
@@ -11,16 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from bridge.events import ProviderErrorReported, StreamStarted
-from bridge.ingress.base import (
-    JsonMediaDialect,
-    get_counter,
-    get_encoding,
-    get_object,
-    get_parameters,
-    get_str,
-    get_tracks,
-)
+from bridge.events import ProviderErrorReported
+from bridge.ingress.base import JsonMediaDialect, StartKeys, get_object, get_str
 
 
 class TelnyxDialect(JsonMediaDialect):
@@ -28,20 +21,9 @@ class TelnyxDialect(JsonMediaDialect):
 
     name = "telnyx"
     has_error_event = True
-
-    def _parse_start(self, message: dict[str, Any]) -> StreamStarted:
-        start = get_object(message, "start")
-        media_format = get_object(start, "media_format", required=False)
-        return StreamStarted(
-            provider=self.name,
-            call_id=get_str(start, "call_control_id"),
-            stream_id=get_str(message, "stream_id", default=start.get("stream_id")),
-            encoding=get_encoding(media_format.get("encoding", "PCMU")),
-            sample_rate=get_counter(media_format, "sample_rate") or 8000,
-            # Telnyx's start names no tracks; media says which one each frame belongs to.
-            tracks=get_tracks(start, ["inbound"]),
-            custom_parameters=get_parameters(start.get("custom_parameters")),
-        )
+    start_keys = StartKeys(call_id="call_control_id", stream_id="stream_id",
+                           media_format="media_format", sample_rate="sample_rate",
+                           custom_parameters="custom_parameters", default_encoding="PCMU")
 
     def _parse_error(self, message: dict[str, Any]) -> ProviderErrorReported:
         body = message.get("payload")

@@ -9,34 +9,13 @@ DTMF names its track ``inbound_track``; it is normalised like media tracks.
 
 from __future__ import annotations
 
-from typing import Any
-
-from bridge.events import StreamStarted
-from bridge.ingress.base import (
-    JsonMediaDialect,
-    get_counter,
-    get_encoding,
-    get_object,
-    get_parameters,
-    get_str,
-    get_tracks,
-)
+from bridge.ingress.base import JsonMediaDialect, StartKeys
 
 
 class TwilioDialect(JsonMediaDialect):
     """Sans-I/O parser for Twilio Media Streams."""
 
     name = "twilio"
-
-    def _parse_start(self, message: dict[str, Any]) -> StreamStarted:
-        start = get_object(message, "start")
-        media_format = get_object(start, "mediaFormat", required=False)
-        return StreamStarted(
-            provider=self.name,
-            call_id=get_str(start, "callSid"),
-            stream_id=get_str(start, "streamSid", default=message.get("streamSid")),
-            encoding=get_encoding(media_format.get("encoding", "audio/x-mulaw")),
-            sample_rate=get_counter(media_format, "sampleRate") or 8000,
-            tracks=get_tracks(start, ["inbound"]),
-            custom_parameters=get_parameters(start.get("customParameters")),
-        )
+    start_keys = StartKeys(call_id="callSid", stream_id="streamSid", media_format="mediaFormat",
+                           sample_rate="sampleRate", custom_parameters="customParameters",
+                           default_encoding="audio/x-mulaw")

@@ -11,7 +11,7 @@ from bridge.stt.local.protocol import (
     error_frame,
     transcript_frame,
 )
-from bridge.stt.local.segmenter import Partial, Segmenter, Utterance
+from bridge.stt.local.segmenter import Segmenter
 from bridge.wer import word_error_rate, word_errors
 from tests.support.audio import pcm_program
 
@@ -65,9 +65,9 @@ SPEECH = pcm_program(("silence", 400), ("tone", 800, 300), ("silence", 300), ("t
 def test_utterances_are_cut_on_silence_with_preroll() -> None:
     segmenter = Segmenter(8000, endpointing_ms=600, preroll_ms=200)
     segments = segmenter.feed(SPEECH) + segmenter.flush()
-    assert [(type(s), s.start_ms, s.end_ms) for s in segments] == [
-        (Utterance, 200, 1900),  # a 300 ms pause does not end it; 200 ms preroll before 400
-        (Utterance, 2700, 3500),  # flushed at the end
+    assert [(s.final, s.start_ms, s.end_ms) for s in segments] == [
+        (True, 200, 1900),  # a 300 ms pause does not end it; 200 ms preroll before 400
+        (True, 2700, 3500),  # flushed at the end
     ]
     first = segments[0]
     assert len(first.pcm) == (1900 - 200 + 600) * 16  # includes the endpointing silence
@@ -83,7 +83,7 @@ def test_endpointing_is_honoured() -> None:
 def test_partials_offer_the_utterance_so_far() -> None:
     segmenter = Segmenter(8000, endpointing_ms=600, preroll_ms=0, partial_every_ms=300)
     segments = segmenter.feed(SPEECH)
-    partials = [s for s in segments if isinstance(s, Partial)]
+    partials = [s for s in segments if not s.final]
     assert [p.end_ms for p in partials][:2] == [700, 1000]
     assert all(p.start_ms == 400 for p in partials[:2])
 

@@ -20,26 +20,16 @@ BLOCK_MS = 20
 
 
 @dataclass(frozen=True, slots=True)
-class Utterance:
-    """A complete utterance; times are ms from the stream's first sample."""
+class Segment:
+    """A complete utterance (``final``) or the utterance so far, for a partial result.
+
+    Times are ms from the stream's first sample; ``end_ms`` is the end of the last speech.
+    """
 
     pcm: bytes
     start_ms: int
     end_ms: int
-    final: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class Partial:
-    """The utterance so far, for a partial result."""
-
-    pcm: bytes
-    start_ms: int
-    end_ms: int
-    final: bool = False
-
-
-Segment = Utterance | Partial
+    final: bool
 
 
 class Segmenter:
@@ -127,13 +117,15 @@ class Segmenter:
         if (voiced and self.partial_every_ms is not None
                 and self._since_partial_ms >= self.partial_every_ms):
             self._since_partial_ms = 0
-            return Partial(bytes(self._utterance), self._start_ms, self._last_voiced_end_ms)
+            return Segment(bytes(self._utterance), self._start_ms, self._last_voiced_end_ms,
+                           final=False)
         return None
 
-    def _finish(self) -> Utterance | None:
+    def _finish(self) -> Segment | None:
         if not self.in_utterance:
             return None
-        utterance = Utterance(bytes(self._utterance), self._start_ms, self._last_voiced_end_ms)
+        utterance = Segment(bytes(self._utterance), self._start_ms, self._last_voiced_end_ms,
+                            final=True)
         self._utterance.clear()
         self._silent_ms = self._since_partial_ms = 0
         enough = self._voiced_ms >= self.min_speech_ms

@@ -35,7 +35,7 @@ from bridge.stt.local.protocol import (
     error_frame,
     transcript_frame,
 )
-from bridge.stt.local.segmenter import Partial, Segment, Segmenter
+from bridge.stt.local.segmenter import Segment, Segmenter
 
 log = structlog.get_logger("bridge.stt.local")
 
@@ -189,7 +189,7 @@ class Session:
         return False
 
     async def _submit(self, segment: Segment) -> None:
-        if isinstance(segment, Partial):
+        if not segment.final:
             with contextlib.suppress(asyncio.QueueFull):  # behind already: skip the partial
                 self.jobs.put_nowait(segment)
         else:
@@ -197,7 +197,7 @@ class Session:
 
     async def _recognise(self) -> None:
         while (segment := await self.jobs.get()) is not None:
-            if isinstance(segment, Partial) and not self.jobs.empty():
+            if not segment.final and not self.jobs.empty():
                 continue  # a newer result is already waiting: this partial is stale
             try:
                 text, confidence = await self.pool.decode(segment.pcm, self.params.sample_rate,
