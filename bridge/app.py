@@ -19,10 +19,11 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from bridge import __version__
 from bridge.calls import Call, EngineFactory
 from bridge.config import DEFAULT_STT_URL, Settings, SttSettings, SttTarget, stt_target
-from bridge.delivery.webhooks import EventSink, WebhookDispatcher
+from bridge.delivery.dispatcher import DurableDispatcher
 from bridge.errors import CLOSE_INTERNAL_ERROR, CLOSE_MESSAGE_TOO_BIG, MessageTooBig, PeerError
 from bridge.events import AudioEncoding
 from bridge.ingress import DIALECTS, make_dialect
+from bridge.security import GuardedResolver
 from bridge.stt.base import EngineSession
 from bridge.stt.local.supervisor import EmbeddedRecognizer
 from bridge.stt.telnyx import TelnyxSession
@@ -30,7 +31,7 @@ from bridge.stt.telnyx import TelnyxSession
 log = structlog.get_logger("bridge.app")
 
 SETTINGS = web.AppKey("settings", Settings)
-SINK = web.AppKey("sink", EventSink)
+SINK = web.AppKey("sink", DurableDispatcher)
 ENGINES: web.AppKey[EngineFactory] = web.AppKey("engines")
 LIVE_CALLS = web.AppKey("live_calls", set[Call])
 
@@ -79,17 +80,16 @@ def _engine_factory(stt: SttSettings, url: Callable[[], str]) -> EngineFactory:
 
 async def _webhooks(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    connector = aiohttp.TCPConnector(limit_per_host=8)
+    hooks = settings.webhooks
+    connector = aiohttp.TCPConnector(
+        limit_per_host=hooks.max_in_flight + 2,
+        resolver=GuardedResolver(allow_private=hooks.allow_private_networks))
     async with (aiohttp.ClientSession(connector=connector) as session,
-                WebhookDispatcher(settings.webhooks, session) as dispatcher):
+                DurableDispatcher(settings, session) as dispatcher):
         app[SINK] = dispatcher
+        log.info("webhook delivery ready", outbox=str(settings.outbox.path),
+                 targets=sorted(dispatcher.targets))
         yield
-        log.info("webhook delivery drained", endpoints={
-            url.split("?", 1)[0]: vars_of(stats) for url, stats in dispatcher.stats.items()})
-
-
-def vars_of(stats: object) -> dict[str, int]:
-    return {name: getattr(stats, name) for name in getattr(stats, "__slots__", ())}
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -118,7 +118,9 @@ async def media_stream(request: web.Request, *, dialect: str | None) -> web.Stre
     parser = make_dialect(dialect)
     reason = "disconnected"
     async with asyncio.TaskGroup() as tasks:
-        call = Call(settings=settings, sink=app[SINK], engines=app[ENGINES], tasks=tasks)
+        sink = app[SINK]
+        call = Call(settings=settings, sink=sink, engines=app[ENGINES], tasks=tasks,
+                    route=lambda started: sink.route(request.path, started.custom_parameters))
         app[LIVE_CALLS].add(call)
         try:
             async for message in ws:

@@ -229,9 +229,12 @@ class Call:
     """One media connection and its legs. Feed it events with ``handle``; end it with ``end``."""
 
     def __init__(self, *, settings: Settings, sink: EventSink, engines: EngineFactory,
-                 tasks: asyncio.TaskGroup) -> None:
+                 tasks: asyncio.TaskGroup,
+                 route: Callable[[StreamStarted], tuple[str, ...]] = lambda _: ()) -> None:
         self.settings = settings
         self._sink = sink
+        self._route = route
+        self.targets: tuple[str, ...] = ()
         self._engines = engines
         self._tasks = tasks
         self.state = CallState.CONNECTED
@@ -274,6 +277,7 @@ class Call:
 
     def _start(self, event: StreamStarted) -> None:
         self.started = event
+        self.targets = self._route(event)
         self.state = CallState.STARTED
         structlog.contextvars.bind_contextvars(call_id=event.call_id, stream_id=event.stream_id,
                                                provider=event.provider)
@@ -373,6 +377,7 @@ class Call:
             data=data,
             call_id=started.call_id,
             leg=leg.track.value if leg else None,
+            targets=self.targets,
         )
         outcome = self._sink.publish(event)
         if event_type is EventType.TRANSCRIPT_PARTIAL:

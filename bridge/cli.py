@@ -62,6 +62,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     sim.add_argument("--call-id", help="call id to announce (default: random)")
     sim.set_defaults(run=run_simulate)
 
+    outbox = commands.add_parser("outbox", help="inspect and repair the webhook outbox")
+    outbox.add_argument("--config", help="settings file (default: $CALLBRIDGE_CONFIG)")
+    outbox_commands = outbox.add_subparsers(dest="outbox_command", required=True)
+    outbox_commands.add_parser("status", help="pending, retrying and dead counts per target")
+    listing = outbox_commands.add_parser("list", help="list undelivered events (no text)")
+    listing.add_argument("--dead", action="store_true", help="dead-lettered events")
+    listing.add_argument("--limit", type=int, default=100)
+    replay = outbox_commands.add_parser("replay", help="deliver dead events again")
+    which = replay.add_mutually_exclusive_group(required=True)
+    which.add_argument("--id", help="one event, by its webhook-id")
+    which.add_argument("--dead", action="store_true", help="every dead-lettered event")
+    purge = outbox_commands.add_parser("purge", help="delete finished events")
+    purge.add_argument("--older-than", type=float, required=True, metavar="DAYS")
+    outbox.set_defaults(run=run_outbox)
+
     args = parser.parse_args(argv)
     return int(args.run(args))
 
@@ -146,6 +161,47 @@ def run_demo_command(args: argparse.Namespace) -> int:
         return 2
     configure_logging("error", "console")
     return asyncio.run(run_demo(speed=args.speed, live=False if args.no_live else None))
+
+
+def run_outbox(args: argparse.Namespace) -> int:
+    """Operator commands; they open the outbox file directly (safe beside a running bridge)."""
+    import json
+
+    from bridge.delivery.outbox import Outbox
+
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"callbridge: {exc}", file=sys.stderr)
+        return 2
+    path = Path(settings.outbox.path)
+    if not path.exists():
+        print(f"callbridge outbox: no outbox at {path} (outbox.path, CALLBRIDGE_OUTBOX_PATH)",
+              file=sys.stderr)
+        return 1
+    outbox = Outbox(path, max_events=settings.outbox.max_events,
+                    retention_days=settings.outbox.retention_days)
+    try:
+        if args.outbox_command == "status":
+            rows = outbox.status()
+            print(f"outbox {path}: {outbox.event_count} events")
+            print(f"{'target':24} {'pending':>8} {'retrying':>9} {'dead':>6} {'kept':>6}")
+            for row in rows:
+                flag = "  DISABLED" if row["disabled"] else ""
+                print(f"{row['target']:24} {row['pending'] or 0:>8} {row['retrying'] or 0:>9} "
+                      f"{row['dead'] or 0:>6} {row['delivered'] or 0:>6}{flag}")
+        elif args.outbox_command == "list":
+            for row in outbox.list_deliveries(dead=args.dead, limit=args.limit):
+                print(json.dumps(row))
+        elif args.outbox_command == "replay":
+            count = outbox.replay(event_id=args.id, dead=args.dead)
+            print(f"{count} deliveries queued again; a running bridge sends them within a second")
+        elif args.outbox_command == "purge":
+            count = outbox.purge(args.older_than * 86400, include_dead=True)
+            print(f"{count} events older than {args.older_than:g} days deleted")
+    finally:
+        outbox.close()
+    return 0
 
 
 def run_simulate(args: argparse.Namespace) -> int:

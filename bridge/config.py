@@ -18,11 +18,13 @@ import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
 from bridge.errors import ConfigError
+from bridge.events import EventType as EventKinds
 from bridge.security import check_webhook_url, is_loopback_host
 
 LOG_FORMATS: Final = ("auto", "json", "console")
@@ -103,16 +105,58 @@ class LocalSttSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class TargetSettings:
+    """A named webhook target: its URL, its signing secret and the events it wants."""
+
+    name: str
+    url: str
+    secret: Secret = field(default_factory=lambda: Secret(""))
+    secret_env: str = "CALLBRIDGE_WEBHOOK_SECRET"  # noqa: S105 - a variable's name, not a secret
+    events: tuple[str, ...] = ("*",)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSettings:
+    """Which targets a call gets: by ingress path and by custom parameters (all must match)."""
+
+    targets: tuple[str, ...]
+    path: str = ""
+    parameters: tuple[tuple[str, str], ...] = ()
+
+
+DEFAULT_TARGET: Final = "default"
+
+
+@dataclass(frozen=True, slots=True)
 class WebhookSettings:
     urls: tuple[str, ...] = ()
     secret: Secret = field(default_factory=lambda: Secret(""))
+    targets: tuple[TargetSettings, ...] = ()
+    routes: tuple[RouteSettings, ...] = ()
     timeout_s: float = 10.0
-    max_attempts: int = 6
-    backoff_initial_s: float = 0.5
-    backoff_max_s: float = 30.0
-    queue_size: int = 10000
+    retry_schedule_s: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0,
+                                           7200.0, 14400.0)
+    ttl_s: float = 72 * 3600.0
+    max_in_flight: int = 8
+    partial_max_age_s: float = 2.0
     allow_insecure_http: bool = False
+    allow_private_networks: bool = False
+    call_url_parameter: str = "callbridge_webhook_url"
+    call_url_allowlist: tuple[str, ...] = ()
     drain_timeout_s: float = 10.0
+
+    def all_targets(self) -> tuple[TargetSettings, ...]:
+        """The configured targets, plus ``default`` for ``urls`` (every event)."""
+        extra = tuple(TargetSettings(DEFAULT_TARGET if i == 0 else f"{DEFAULT_TARGET}-{i + 1}",
+                                     url, self.secret) for i, url in enumerate(self.urls))
+        return extra + self.targets
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxSettings:
+    path: str = "callbridge-outbox.db"
+    max_events: int = 1_000_000
+    retention_days: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +178,7 @@ class Settings:
     stt: SttSettings = field(default_factory=SttSettings)
     local_stt: LocalSttSettings = field(default_factory=LocalSttSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    outbox: OutboxSettings = field(default_factory=OutboxSettings)
     speakers: SpeakerSettings = field(default_factory=SpeakerSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
 
@@ -152,6 +197,12 @@ ENVIRONMENT: Final[Mapping[str, tuple[str, str]]] = {
     "CALLBRIDGE_WEBHOOK_URLS": ("webhooks", "urls"),
     "CALLBRIDGE_WEBHOOK_SECRET": ("webhooks", "secret"),
     "CALLBRIDGE_WEBHOOK_ALLOW_HTTP": ("webhooks", "allow_insecure_http"),
+    "CALLBRIDGE_WEBHOOK_ALLOW_PRIVATE": ("webhooks", "allow_private_networks"),
+    "CALLBRIDGE_WEBHOOK_RETRY_SCHEDULE": ("webhooks", "retry_schedule_s"),
+    "CALLBRIDGE_WEBHOOK_TTL_S": ("webhooks", "ttl_s"),
+    "CALLBRIDGE_OUTBOX_PATH": ("outbox", "path"),
+    "CALLBRIDGE_OUTBOX_MAX_EVENTS": ("outbox", "max_events"),
+    "CALLBRIDGE_OUTBOX_RETENTION_DAYS": ("outbox", "retention_days"),
     "CALLBRIDGE_LOG_LEVEL": ("logging", "level"),
     "CALLBRIDGE_LOG_FORMAT": ("logging", "format"),
 }
@@ -181,7 +232,7 @@ def load_settings(path: str | os.PathLike[str] | None = None,
         if variable in env and env[variable] != "":
             raw.setdefault(section, {})[key] = env[variable]
             origin[(section, key)] = variable
-    settings = _build(raw, origin)
+    settings = _build(raw, origin, env)
     _validate(settings, origin)
     return settings
 
@@ -208,13 +259,21 @@ SECTIONS: Final[Mapping[str, type[Any]]] = {
     "stt": SttSettings,
     "local_stt": LocalSttSettings,
     "webhooks": WebhookSettings,
+    "outbox": OutboxSettings,
     "speakers": SpeakerSettings,
     "logging": LoggingSettings,
 }
 
 
-def _build(raw: dict[str, dict[str, Any]], origin: dict[tuple[str, str], str]) -> Settings:
+def _build(raw: dict[str, dict[str, Any]], origin: dict[tuple[str, str], str],
+           env: Mapping[str, str]) -> Settings:
     sections: dict[str, Any] = {}
+    tables: dict[str, Any] = {}
+    hooks = raw.get("webhooks", {})
+    if "targets" in hooks:
+        tables["targets"] = _targets(hooks.pop("targets"), env)
+    if "routes" in hooks:
+        tables["routes"] = _routes(hooks.pop("routes"))
     for section, cls in SECTIONS.items():
         values = raw.get(section, {})
         known = {f.name: f for f in fields(cls)}
@@ -226,8 +285,53 @@ def _build(raw: dict[str, dict[str, Any]], origin: dict[tuple[str, str], str]) -
         for key, value in values.items():
             name = origin.get((section, key), f"{section}.{key}")
             changes[key] = _coerce(name, value, getattr(default, key))
+        if section == "webhooks":
+            changes.update(tables)
         sections[section] = replace(default, **changes)
     return Settings(**sections)
+
+
+def _targets(value: Any, env: Mapping[str, str]) -> tuple[TargetSettings, ...]:
+    if not isinstance(value, list):
+        raise ConfigError("webhooks.targets", "must be an array of tables ([[webhooks.targets]])")
+    targets = []
+    for n, item in enumerate(value):
+        name = f"webhooks.targets[{n}]"
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not \
+                isinstance(item.get("url"), str):
+            raise ConfigError(name, "needs a name and a url")
+        unknown = set(item) - {"name", "url", "secret_env", "events"}
+        if unknown:
+            raise ConfigError(f"{name}.{sorted(unknown)[0]}", "unknown setting")
+        secret_env = item.get("secret_env", "CALLBRIDGE_WEBHOOK_SECRET")
+        events = item.get("events", ["*"])
+        if not isinstance(secret_env, str) or not isinstance(events, list) or not all(
+                isinstance(e, str) for e in events):
+            raise ConfigError(name, "secret_env must be a string and events a list of strings")
+        targets.append(TargetSettings(item["name"], item["url"], Secret(env.get(secret_env, "")),
+                                      secret_env, tuple(events)))
+    return tuple(targets)
+
+
+def _routes(value: Any) -> tuple[RouteSettings, ...]:
+    if not isinstance(value, list):
+        raise ConfigError("webhooks.routes", "must be an array of tables ([[webhooks.routes]])")
+    routes = []
+    for n, item in enumerate(value):
+        name = f"webhooks.routes[{n}]"
+        targets = item.get("targets") if isinstance(item, dict) else None
+        if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+            raise ConfigError(name, "needs targets, a list of target names")
+        unknown = set(item) - {"targets", "path", "parameters"}
+        if unknown:
+            raise ConfigError(f"{name}.{sorted(unknown)[0]}", "unknown setting")
+        path = item.get("path", "")
+        parameters = item.get("parameters", {})
+        if not isinstance(path, str) or not isinstance(parameters, dict) or not all(
+                isinstance(v, str) for v in parameters.values()):
+            raise ConfigError(name, "path must be a string and parameters a table of strings")
+        routes.append(RouteSettings(tuple(targets), path, tuple(sorted(parameters.items()))))
+    return tuple(routes)
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
@@ -255,6 +359,15 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
             return float(value)
         except (TypeError, ValueError):
             raise ConfigError(name, f"expected a number, got {value!r}") from None
+    if isinstance(default, tuple) and default and isinstance(default[0], float):
+        parts = value.split(",") if isinstance(value, str) else value
+        try:
+            numbers = tuple(float(p) for p in parts)
+        except (TypeError, ValueError):
+            raise ConfigError(name, "expected a list of numbers") from None
+        if not numbers or min(numbers) <= 0:
+            raise ConfigError(name, "expected a non-empty list of positive numbers")
+        return numbers
     if isinstance(default, tuple):
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
@@ -303,20 +416,48 @@ def _validate(settings: Settings, origin: Mapping[tuple[str, str], str]) -> None
     check(s.stt.connect_timeout_s > 0, "stt", "connect_timeout_s", "must be positive")
     check(0 <= s.stt.close_grace_s <= 60, "stt", "close_grace_s", "must be 0-60 (seconds)")
     check(s.webhooks.timeout_s > 0, "webhooks", "timeout_s", "must be positive")
-    check(s.webhooks.max_attempts >= 1, "webhooks", "max_attempts", "must be at least 1")
-    check(0 < s.webhooks.backoff_initial_s <= s.webhooks.backoff_max_s, "webhooks",
-          "backoff_initial_s", "must be positive and at most backoff_max_s")
-    check(100 <= s.webhooks.queue_size <= 1_000_000, "webhooks", "queue_size",
-          "must be 100-1000000")
+    check(s.webhooks.ttl_s > 0, "webhooks", "ttl_s", "must be positive")
+    check(1 <= s.webhooks.max_in_flight <= 256, "webhooks", "max_in_flight", "must be 1-256")
+    check(s.webhooks.partial_max_age_s > 0, "webhooks", "partial_max_age_s", "must be positive")
+    check(1000 <= s.outbox.max_events <= 100_000_000, "outbox", "max_events",
+          "must be 1000-100000000")
+    check(s.outbox.retention_days >= 0, "outbox", "retention_days", "must be >= 0")
+    check(bool(s.outbox.path), "outbox", "path", "must be a file path")
     check(s.webhooks.drain_timeout_s >= 0, "webhooks", "drain_timeout_s", "must be >= 0")
     check(s.logging.level in LOG_LEVELS, "logging", "level", f"must be one of {LOG_LEVELS}")
     check(s.logging.format in LOG_FORMATS, "logging", "format", f"must be one of {LOG_FORMATS}")
     for url in s.webhooks.urls:
-        problem = check_webhook_url(url, allow_insecure_http=s.webhooks.allow_insecure_http)
+        problem = check_webhook_url(url, allow_insecure_http=s.webhooks.allow_insecure_http,
+                                    allow_private=s.webhooks.allow_private_networks)
         check(problem is None, "webhooks", "urls", f"{_redact_url(url)}: {problem}")
     if s.webhooks.secret:
         check(decode_webhook_secret(s.webhooks.secret) is not None, "webhooks", "secret",
               "must be whsec_ followed by base64 of 24-64 random bytes")
+    names = [t.name for t in s.webhooks.all_targets()]
+    for n, target in enumerate(s.webhooks.targets):
+        where = f"webhooks.targets[{n}]"
+        if names.count(target.name) > 1:
+            raise ConfigError(where, f"target name {target.name!r} is used twice")
+        problem = check_webhook_url(target.url,
+                                    allow_insecure_http=s.webhooks.allow_insecure_http,
+                                    allow_private=s.webhooks.allow_private_networks)
+        if problem is not None:
+            raise ConfigError(where, f"{_redact_url(target.url)}: {problem}")
+        if decode_webhook_secret(target.secret) is None:
+            raise ConfigError(target.secret_env, f"the secret of target {target.name!r} must be "
+                              "whsec_ followed by base64 of 24-64 random bytes")
+        for pattern in target.events:
+            if not any(fnmatch(t.value, pattern) for t in EventKinds):
+                raise ConfigError(where, f"event filter {pattern!r} matches no event type")
+    for n, route in enumerate(s.webhooks.routes):
+        for target_name in route.targets:
+            if target_name not in names:
+                raise ConfigError(f"webhooks.routes[{n}]", f"unknown target {target_name!r}")
+    for prefix in s.webhooks.call_url_allowlist:
+        problem = check_webhook_url(prefix, allow_insecure_http=s.webhooks.allow_insecure_http,
+                                    allow_private=s.webhooks.allow_private_networks)
+        check(problem is None, "webhooks", "call_url_allowlist",
+              f"{_redact_url(prefix)}: {problem}")
     stt_host = urlsplit(s.stt.url).hostname or ""
     check(bool(s.stt.api_key) or not s.stt.url or is_loopback_host(stt_host), "stt", "api_key",
           "TELNYX_API_KEY must be set: stt.url is not on this machine")
@@ -383,6 +524,12 @@ def describe(settings: Settings) -> dict[str, Any]:
                 value = "set" if value else "unset"
             elif f.name == "urls":
                 value = [_redact_url(u) for u in value]
+            elif f.name == "targets":
+                value = [{"name": t.name, "url": _redact_url(t.url), "events": list(t.events)}
+                         for t in value]
+            elif f.name == "routes":
+                value = [{"targets": list(r.targets), "path": r.path,
+                          "parameters": sorted(k for k, _ in r.parameters)} for r in value]
             view[f"{section}.{f.name}"] = value
     return view
 

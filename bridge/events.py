@@ -110,7 +110,8 @@ class EventType(enum.StrEnum):
 class OutboundEvent:
     """One webhook event. ``id`` is the Standard Webhooks ``webhook-id``: stable across retries.
 
-    ``call_id`` and ``leg`` repeat what ``data`` says, for routing and logging without reading it.
+    ``call_id`` and ``leg`` repeat what ``data`` says, for routing and logging without reading
+    it; ``targets`` names the webhook targets the call was routed to.
     """
 
     id: str
@@ -119,3 +120,4 @@ class OutboundEvent:
     data: Mapping[str, object]
     call_id: str
     leg: str | None = None
+    targets: tuple[str, ...] = ()

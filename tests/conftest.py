@@ -9,6 +9,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -86,8 +87,8 @@ BridgeFactory = Callable[..., Awaitable[BridgeProcess]]
 
 
 @pytest.fixture
-async def bridge_factory(stt: TelnyxSttEmulator,
-                         receiver: WebhookReceiver) -> AsyncIterator[BridgeFactory]:
+async def bridge_factory(stt: TelnyxSttEmulator, receiver: WebhookReceiver,
+                         tmp_path: Path) -> AsyncIterator[BridgeFactory]:
     """Start bridges wired to the emulator and the receiver; extra env overrides per call."""
     started: list[tuple[BridgeProcess, asyncio.Task[None]]] = []
 
@@ -102,6 +103,8 @@ async def bridge_factory(stt: TelnyxSttEmulator,
             "CALLBRIDGE_WEBHOOK_SECRET": SECRET,
             "CALLBRIDGE_LOG_FORMAT": "json",
             "CALLBRIDGE_LOG_LEVEL": "debug",
+            "CALLBRIDGE_WEBHOOK_ALLOW_PRIVATE": "true",  # the receiver is on 127.0.0.1
+            "CALLBRIDGE_OUTBOX_PATH": str(tmp_path / "outbox.db"),
         })
         env.update(extra_env)
         process = await asyncio.create_subprocess_exec(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import random
-from collections.abc import Iterator
+from collections.abc import Sequence
 from email.utils import parsedate_to_datetime
 from typing import Final
 
@@ -49,15 +49,12 @@ def parse_retry_after(value: str | None, *, now: float) -> float | None:
     return min(max(when - now, 0.0), MAX_RETRY_AFTER_S)
 
 
-def backoff_delays(initial_s: float, max_s: float,
-                   rand: random.Random | None = None) -> Iterator[float]:
-    """Delays before each retry: exponential from ``initial_s``, capped, with jitter.
+def retry_delay(failures: int, schedule: Sequence[float],
+                rand: random.Random | None = None) -> float:
+    """Seconds to wait after the ``failures``-th failed attempt (1 for the first).
 
-    Each delay is drawn from the upper half of its step (``[d/2, d]``), so retries from many
-    legs spread out without any retry coming much earlier than planned.
+    The schedule gives the step for each retry, its last step repeating; each delay is drawn
+    from 80-120 % of its step, so retries from many calls spread out.
     """
-    source = rand or random.Random()
-    delay = initial_s
-    while True:
-        yield source.uniform(delay / 2, delay)
-        delay = min(delay * 2, max_s)
+    step = schedule[min(max(failures, 1), len(schedule)) - 1]
+    return (rand or random).uniform(step * 0.8, step * 1.2)

@@ -1,34 +1,44 @@
-"""The webhook dispatcher against a real receiver: signatures, order, retries, rejections."""
+"""Durable delivery against real receivers and a real SQLite outbox file."""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
+from structlog.testing import capture_logs
 
-from bridge.config import Secret, WebhookSettings
+from bridge.config import OutboxSettings, Secret, Settings, TargetSettings, WebhookSettings
+from bridge.delivery.dispatcher import DurableDispatcher
+from bridge.delivery.outbox import Outbox
 from bridge.delivery.retry import Outcome
-from bridge.delivery.webhooks import WebhookDispatcher
 from bridge.events import EventType, OutboundEvent
+from bridge.security import AddressBlocked, GuardedResolver
 from tests.conftest import free_port
 from tests.support.receiver import SECRET, WebhookReceiver
 
 
-def event(n: int, event_type: EventType = EventType.TRANSCRIPT_FINAL) -> OutboundEvent:
-    return OutboundEvent(id=f"msg_{uuid.uuid4().hex}", type=event_type,
+def event(n: int, call: str = "CA1", kind: EventType = EventType.TRANSCRIPT_FINAL,
+          targets: tuple[str, ...] = ("default",)) -> OutboundEvent:
+    return OutboundEvent(id=f"msg_{uuid.uuid4().hex}", type=kind,
                          timestamp="2026-11-21T10:00:00.000Z",
-                         data={"call_id": "CA1", "sequence": n, "text": f"t{n}"},
-                         call_id="CA1", leg="inbound")
+                         data={"call_id": call, "leg": "inbound", "speaker": "caller",
+                               "sequence": n, "text": f"t{n}"},
+                         call_id=call, leg="inbound", targets=targets)
 
 
-def settings(urls: tuple[str, ...], **changes: object) -> WebhookSettings:
+def settings(tmp_path: Path, urls: tuple[str, ...] = (), **changes: object) -> Settings:
+    outbox = OutboxSettings(path=str(tmp_path / "outbox.db"),
+                            max_events=int(changes.pop("max_events", 100_000)))  # type: ignore[call-overload]
     values: dict[str, object] = {"urls": urls, "secret": Secret(SECRET),
-                                 "backoff_initial_s": 0.01, "backoff_max_s": 0.05,
-                                 "timeout_s": 2.0, "drain_timeout_s": 2.0}
-    return WebhookSettings(**(values | changes))  # type: ignore[arg-type]
+                                 "retry_schedule_s": (0.05, 0.1), "timeout_s": 2.0,
+                                 "drain_timeout_s": 5.0, "allow_private_networks": True}
+    return Settings(webhooks=WebhookSettings(**(values | changes)),  # type: ignore[arg-type]
+                    outbox=outbox)
 
 
 @pytest.fixture
@@ -37,69 +47,215 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-async def test_events_arrive_signed_and_in_order(receiver: WebhookReceiver,
-                                                 http: aiohttp.ClientSession) -> None:
-    async with WebhookDispatcher(settings((receiver.url,)), http) as dispatcher:
-        outcomes = [dispatcher.publish(event(n)) for n in range(1, 21)]
-        assert await asyncio.gather(*outcomes) == [Outcome.DELIVERED] * 20
-    assert [e.data["sequence"] for e in receiver.events] == list(range(1, 21))
+def finals(receiver: WebhookReceiver, call: str = "CA1") -> list[int]:
+    return [e.data["sequence"] for e in receiver.events if e.data["call_id"] == call]
+
+
+def rows(tmp_path: Path, sql: str) -> list[tuple[object, ...]]:
+    with sqlite3.connect(tmp_path / "outbox.db") as db:
+        return db.execute(sql).fetchall()
+
+
+async def test_events_are_stored_then_delivered_signed_and_in_order(
+        tmp_path: Path, receiver: WebhookReceiver, http: aiohttp.ClientSession) -> None:
+    async with DurableDispatcher(settings(tmp_path, (receiver.url,)), http) as dispatcher:
+        outcomes = [dispatcher.publish(event(n)) for n in range(1, 31)]
+        assert await asyncio.gather(*outcomes) == [Outcome.DELIVERED] * 30
+    assert finals(receiver) == list(range(1, 31))
     assert receiver.bad_signatures == 0
-    assert receiver.events[0].type == "transcript.final"
+    assert rows(tmp_path, "SELECT COUNT(*) FROM events") == [(0,)]  # retention 0: gone
 
 
-async def test_server_errors_are_retried_with_the_same_webhook_id(
-        receiver: WebhookReceiver, http: aiohttp.ClientSession) -> None:
-    receiver.fail_statuses = [503, 500]
-    first = event(1)
-    async with WebhookDispatcher(settings((receiver.url,)), http) as dispatcher:
-        assert await dispatcher.publish(first) is Outcome.DELIVERED
-        assert await dispatcher.publish(event(2)) is Outcome.DELIVERED
-        assert dispatcher.stats[receiver.url].retried == 2
-    assert receiver.attempts == 4
-    assert receiver.events[0].webhook_id == first.id
-    assert [e.data["sequence"] for e in receiver.events] == [1, 2]
+async def test_a_receiver_that_fails_for_a_while_gets_every_final_once_in_order(
+        tmp_path: Path, receiver: WebhookReceiver, http: aiohttp.ClientSession) -> None:
+    receiver.fail_statuses = [503, 503, 500, 502]
+    async with DurableDispatcher(settings(tmp_path, (receiver.url,)), http) as dispatcher:
+        outcomes = [dispatcher.publish(event(n)) for n in range(1, 11)]
+        assert set(await asyncio.gather(*outcomes)) == {Outcome.DELIVERED}
+        assert dispatcher.stats.retried == 4
+    assert finals(receiver) == list(range(1, 11))
+    assert len({e.webhook_id for e in receiver.events}) == 10
 
 
-async def test_retry_after_is_honoured(receiver: WebhookReceiver,
+async def test_a_retry_holds_back_its_own_call_only(
+        tmp_path: Path, receiver: WebhookReceiver, http: aiohttp.ClientSession) -> None:
+    receiver.fail_calls = {"CA-slow": [503] * 3}
+    async with DurableDispatcher(settings(tmp_path, (receiver.url,),
+                                          retry_schedule_s=(0.5,)), http) as dispatcher:
+        slow = [dispatcher.publish(event(n, "CA-slow")) for n in range(1, 4)]
+        fast = [dispatcher.publish(event(n, "CA-fast")) for n in range(1, 4)]
+        await asyncio.gather(*fast)
+        assert finals(receiver, "CA-fast") == [1, 2, 3]
+        assert finals(receiver, "CA-slow") == []  # still retrying its first event
+        await asyncio.gather(*slow)
+    assert finals(receiver, "CA-slow") == [1, 2, 3]
+
+
+async def test_retry_after_is_honoured(tmp_path: Path, receiver: WebhookReceiver,
                                        http: aiohttp.ClientSession) -> None:
     receiver.fail_statuses = [429]
     receiver.retry_after = "1"
     loop = asyncio.get_running_loop()
-    async with WebhookDispatcher(settings((receiver.url,)), http) as dispatcher:
+    async with DurableDispatcher(settings(tmp_path, (receiver.url,)), http) as dispatcher:
         started = loop.time()
         assert await dispatcher.publish(event(1)) is Outcome.DELIVERED
-        waited = loop.time() - started
-    assert waited >= 1.0  # the configured backoff alone would be 0.01 s
+        assert loop.time() - started >= 1.0  # the schedule alone would wait 0.05 s
 
 
-async def test_client_errors_reject_the_event_without_retrying(
-        receiver: WebhookReceiver, http: aiohttp.ClientSession) -> None:
-    receiver.fail_statuses = [400]
-    async with WebhookDispatcher(settings((receiver.url,)), http) as dispatcher:
+async def test_client_errors_dead_letter_at_once_and_the_call_goes_on(
+        tmp_path: Path, receiver: WebhookReceiver, http: aiohttp.ClientSession) -> None:
+    receiver.fail_statuses = [422]
+    async with DurableDispatcher(settings(tmp_path, (receiver.url,)), http) as dispatcher:
         assert await dispatcher.publish(event(1)) is Outcome.REJECTED
         assert await dispatcher.publish(event(2)) is Outcome.DELIVERED
-    assert receiver.attempts == 2
-    assert [e.data["sequence"] for e in receiver.events] == [2]
+    assert receiver.attempts == 2 and finals(receiver) == [2]
+    assert rows(tmp_path, "SELECT state, last_status FROM deliveries") == [("dead", 422)]
 
 
-async def test_a_dead_receiver_fails_after_max_attempts_and_others_still_get_everything(
-        receiver: WebhookReceiver, http: aiohttp.ClientSession) -> None:
-    dead = f"http://127.0.0.1:{free_port()}/hook"
-    async with WebhookDispatcher(settings((dead, receiver.url), max_attempts=3),
+async def test_a_slow_receiver_past_the_timeout_is_retried_with_the_same_id(
+        tmp_path: Path, receiver: WebhookReceiver, http: aiohttp.ClientSession) -> None:
+    receiver.delay_s = [1.0]
+    async with DurableDispatcher(settings(tmp_path, (receiver.url,), timeout_s=0.3),
                                  http) as dispatcher:
-        outcome = await dispatcher.publish(event(1))
-        assert outcome is Outcome.FAILED
-        assert dispatcher.stats[dead].failed == 1
-        assert dispatcher.stats[receiver.url].delivered == 1
-    assert [e.data["sequence"] for e in receiver.events] == [1]
+        first = event(1)
+        assert await dispatcher.publish(first) is Outcome.DELIVERED
+        assert await dispatcher.publish(event(2)) is Outcome.DELIVERED
+        await receiver.wait_for(lambda events: len(events) >= 3)
+    # the slow attempt completed late at the receiver: a duplicate it can recognise
+    assert [e.webhook_id for e in receiver.events].count(first.id) == 2
+    assert finals(receiver) == [1, 2, 1] or finals(receiver) == [1, 1, 2]
 
 
-async def test_a_full_queue_drops_new_events_and_says_so(
-        receiver: WebhookReceiver, http: aiohttp.ClientSession) -> None:
-    receiver.fail_statuses = [503] * 1000
-    async with WebhookDispatcher(settings((receiver.url,), queue_size=100, max_attempts=2,
-                                          drain_timeout_s=0.2), http) as dispatcher:
-        outcomes = [dispatcher.publish(event(n)) for n in range(150)]
-        dropped = [o for o in outcomes if o.done() and o.result() is Outcome.FAILED]
-        assert len(dropped) >= 49  # at most 100 queued plus one being delivered
-    assert dispatcher.stats[receiver.url].dropped >= 49
+async def test_gone_disables_the_target_and_dead_letters_its_events(
+        tmp_path: Path, receiver: WebhookReceiver, http: aiohttp.ClientSession) -> None:
+    receiver.fail_statuses = [410]
+    with capture_logs() as logs:
+        async with DurableDispatcher(settings(tmp_path, (receiver.url,)), http) as dispatcher:
+            first = dispatcher.publish(event(1))
+            assert await first is Outcome.FAILED
+            assert await dispatcher.publish(event(2)) is Outcome.DELIVERED  # no target left
+            assert dispatcher.targets["default"].disabled
+            assert dispatcher.stats.targets_disabled == 1
+    assert receiver.attempts == 1
+    assert any("410 Gone" in line["event"] for line in logs)
+    assert rows(tmp_path, "SELECT disabled_reason IS NOT NULL FROM targets") == [(1,)]
+
+
+async def test_two_targets_one_down_the_other_unaffected(
+        tmp_path: Path, receiver: WebhookReceiver, http: aiohttp.ClientSession) -> None:
+    dead_url = f"http://127.0.0.1:{free_port()}/hook"
+    config = settings(tmp_path, (), targets=(
+        TargetSettings("up", receiver.url, Secret(SECRET)),
+        TargetSettings("down", dead_url, Secret(SECRET))), retry_schedule_s=(30.0,),
+                      drain_timeout_s=0.5)
+    async with DurableDispatcher(config, http) as dispatcher:
+        for n in range(1, 6):
+            dispatcher.publish(event(n, targets=("up", "down")))
+        await receiver.wait_for(lambda events: len(events) == 5)
+        assert finals(receiver) == [1, 2, 3, 4, 5]
+    outbox = Outbox(tmp_path / "outbox.db")  # read after the dispatcher stopped
+    by_target = {row["target"]: row for row in outbox.status()}
+    outbox.close()
+    assert by_target["down"]["retrying"] == 1 and by_target["down"]["pending"] == 4
+    assert by_target["up"]["pending"] == 0 and by_target["up"]["retrying"] == 0
+
+
+async def test_a_restart_delivers_what_was_stored_and_closes_open_calls(
+        tmp_path: Path, receiver: WebhookReceiver, http: aiohttp.ClientSession) -> None:
+    dead_url = f"http://127.0.0.1:{free_port()}/hook"
+    first_run = settings(tmp_path, (dead_url,), retry_schedule_s=(60.0,), drain_timeout_s=0.2)
+    async with DurableDispatcher(first_run, http) as dispatcher:
+        started = OutboundEvent("msg_start", EventType.CALL_STARTED, "2026-11-21T10:00:00Z",
+                                {"call_id": "CA1", "stream_id": "MZ1", "provider": "twilio",
+                                 "leg": None, "speaker": None, "custom_parameters": {}},
+                                "CA1", None, ("default",))
+        dispatcher.publish(started)
+        for n in (1, 2):
+            dispatcher.publish(event(n))
+    # The receiver comes back at another address: point the same target there.
+    async with DurableDispatcher(settings(tmp_path, (receiver.url,)), http):
+        await receiver.wait_for(lambda events: any(e.type == "call.ended" for e in events))
+    assert [e.type for e in receiver.events] == [
+        "call.started", "transcript.final", "transcript.final", "call.ended"]
+    ended = receiver.events[-1].data
+    assert ended["reason"] == "bridge_restart"
+    assert ended["legs"] == [{"leg": "inbound", "speaker": "caller", "text": "t1 t2",
+                              "transcripts": 2}]
+
+
+async def test_a_full_outbox_raises_an_alarm_and_refuses(
+        tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    dead_url = f"http://127.0.0.1:{free_port()}/hook"
+    with capture_logs() as logs:
+        async with DurableDispatcher(settings(tmp_path, (dead_url,), max_events=3,
+                                              retry_schedule_s=(60.0,), drain_timeout_s=0.1),
+                                     http) as dispatcher:
+            outcomes = [dispatcher.publish(event(n)) for n in range(1, 6)]
+            done = await asyncio.gather(*outcomes[3:])
+            assert done == [Outcome.FAILED, Outcome.FAILED]
+            assert dispatcher.stats.outbox_rejected == 2
+    alarms = [line for line in logs if line["event"].startswith("ALARM")]
+    assert len(alarms) == 1 and alarms[0]["reason"] == "the outbox is full (outbox.max_events)"
+    assert rows(tmp_path, "SELECT COUNT(*) FROM events") == [(3,)]
+
+
+async def test_partials_go_at_once_but_never_overtake_a_waiting_final(
+        tmp_path: Path, receiver: WebhookReceiver, http: aiohttp.ClientSession) -> None:
+    receiver.fail_statuses = [503]
+    async with DurableDispatcher(settings(tmp_path, (receiver.url,),
+                                          retry_schedule_s=(0.3,)), http) as dispatcher:
+        final = dispatcher.publish(event(1))
+        await asyncio.sleep(0.1)  # the first attempt has failed; the final waits to retry
+        dispatcher.publish(event(2, kind=EventType.TRANSCRIPT_PARTIAL))
+        assert dispatcher.stats.partials_dropped == 1
+        assert await final is Outcome.DELIVERED
+        dispatcher.publish(event(2, kind=EventType.TRANSCRIPT_PARTIAL))
+        await receiver.wait_for(lambda events: len(events) == 2)
+    assert [e.type for e in receiver.events] == ["transcript.final", "transcript.partial"]
+
+
+async def test_per_call_urls_need_the_allow_list_and_pass_the_forgery_guard(
+        tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    config = settings(tmp_path, ("https://hooks.example.com/a",), allow_private_networks=False,
+                      call_url_allowlist=("https://tenant.example.com/",
+                                          "https://169.254.169.254/"))
+    with capture_logs() as logs:
+        async with DurableDispatcher(config, http) as dispatcher:
+            ok = dispatcher.route("/streams/twilio", {
+                "callbridge_webhook_url": "https://tenant.example.com/hooks/1"})
+            not_listed = dispatcher.route("/streams/twilio", {
+                "callbridge_webhook_url": "https://evil.example.net/x"})
+            metadata = dispatcher.route("/streams/twilio", {
+                "callbridge_webhook_url": "https://169.254.169.254/latest/meta-data/"})
+    assert ok[0] == "default" and ok[1].startswith("call-")
+    assert not_listed == ("default",) and metadata == ("default",)
+    refusals = [line for line in logs if line["event"] == "per-call webhook URL refused"]
+    assert refusals[0]["reason"] == "not in webhooks.call_url_allowlist"
+    assert "link-local" in refusals[1]["reason"]
+
+
+async def test_names_that_resolve_to_private_addresses_are_refused_at_connect() -> None:
+    resolver = GuardedResolver(allow_private=False)
+    try:
+        with pytest.raises(AddressBlocked, match="loopback"):
+            await resolver.resolve("localhost", 443)
+    finally:
+        await resolver.close()
+
+
+async def test_routes_pick_targets_by_path_and_parameters(
+        tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    from bridge.config import RouteSettings
+
+    config = settings(tmp_path, ("https://hooks.example.com/all",), targets=(
+        TargetSettings("acme", "https://acme.example.com/h", Secret(SECRET),
+                       events=("transcript.*",)),
+        TargetSettings("audit", "https://audit.example.com/h", Secret(SECRET))),
+        routes=(RouteSettings(("acme",), parameters=(("tenant", "acme"),)),
+                RouteSettings(("audit",), path="/streams/telnyx")))
+    async with DurableDispatcher(config, http) as dispatcher:
+        assert dispatcher.route("/streams/twilio", {"tenant": "acme"}) == ("acme",)
+        assert dispatcher.route("/streams/telnyx", {"tenant": "acme"}) == ("acme", "audit")
+        assert dispatcher.route("/streams/twilio", {"tenant": "other"}) == ("default",)
+        assert dispatcher.targets["acme"].wants("transcript.final")
+        assert not dispatcher.targets["acme"].wants("call.ended")

@@ -40,7 +40,9 @@ class WebhookReceiver:
     attempts: int = 0
     bad_signatures: int = 0
     fail_statuses: list[int] = field(default_factory=list)
+    fail_calls: dict[str, list[int]] = field(default_factory=dict)  # per call_id
     retry_after: str | None = None
+    delay_s: list[float] = field(default_factory=list)  # per request, first ones
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     _runner: web.AppRunner | None = None
     url: str = ""
@@ -72,6 +74,8 @@ class WebhookReceiver:
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         self.attempts += 1
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s.pop(0))  # a slow receiver
         if not self.verify(request.headers, body):
             self.bad_signatures += 1
             return web.Response(status=401)
@@ -80,6 +84,9 @@ class WebhookReceiver:
             headers = {"Retry-After": self.retry_after} if self.retry_after else None
             return web.Response(status=status, headers=headers)
         payload = json.loads(body)
+        failing = self.fail_calls.get(payload["data"].get("call_id"))
+        if failing:
+            return web.Response(status=failing.pop(0))
         async with self._changed:
             self.events.append(Received(request.headers["webhook-id"],
                                         int(request.headers["webhook-timestamp"]),

@@ -23,7 +23,8 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
                     '[stt]\nkeyterms = ["Telnyx", "SIP"]\n')
     settings = load_settings(path, environ={
         **LOCAL, "CALLBRIDGE_PORT": "9100", "CALLBRIDGE_WEBHOOK_URLS": "https://a.example/h, "
-        "http://127.0.0.1:8/h", "CALLBRIDGE_WEBHOOK_SECRET": SECRET})
+        "http://127.0.0.1:8/h", "CALLBRIDGE_WEBHOOK_SECRET": SECRET,
+        "CALLBRIDGE_WEBHOOK_ALLOW_PRIVATE": "true"})
     assert settings.server.port == 9100
     assert settings.audio.chunk_ms == 40
     assert settings.stt.keyterms == ("Telnyx", "SIP")

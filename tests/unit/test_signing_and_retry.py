@@ -8,9 +8,9 @@ import pytest
 from bridge.delivery.retry import (
     MAX_RETRY_AFTER_S,
     Outcome,
-    backoff_delays,
     classify_status,
     parse_retry_after,
+    retry_delay,
 )
 from bridge.delivery.signing import sign, verify
 
@@ -53,8 +53,9 @@ def test_retry_after_in_seconds_or_as_a_date_and_clamped() -> None:
     assert parse_retry_after(None, now=0) is None
 
 
-def test_backoff_doubles_to_the_cap_with_jitter_in_the_upper_half() -> None:
-    delays = backoff_delays(0.5, 4.0, random.Random(1))
-    steps = [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
-    for step in steps:
-        assert step / 2 <= next(delays) <= step
+def test_retry_delay_follows_the_schedule_with_jitter_and_repeats_its_last_step() -> None:
+    schedule = (1.0, 5.0, 30.0)
+    rand = random.Random(7)
+    for failures, step in [(1, 1.0), (2, 5.0), (3, 30.0), (4, 30.0), (40, 30.0)]:
+        delay = retry_delay(failures, schedule, rand)
+        assert step * 0.8 <= delay <= step * 1.2

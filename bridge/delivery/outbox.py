@@ -1,0 +1,409 @@
+"""The durable outbox: SQLite in WAL mode, one row per event and per (event, target) delivery.
+
+Synchronous on purpose: every method runs on the outbox's own thread (see
+``dispatcher.OutboxThread``), never on the event loop. Operator commands open the same file
+from another process; WAL mode lets them read and write while a bridge runs.
+
+An event is stored with one delivery per target that wants it, in one transaction. It leaves
+the outbox when each delivery is ``delivered`` or ``dead`` (at once, or after
+``retention_days``). Calls in progress are tracked in ``live_calls`` (with each leg's final
+text so far, also in that transaction), so that a bridge that was killed can close them with
+``call.ended`` when it starts again.
+
+Delivery order is per call: for a target, only the oldest pending delivery of each call is
+ever due (``due_heads``), so a retry holds back the rest of that call and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from bridge.events import EventType, OutboundEvent
+
+SCHEMA_VERSION: Final = 1
+SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    type TEXT NOT NULL,
+    call_id TEXT NOT NULL,
+    leg TEXT,
+    body BLOB NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    event_seq INTEGER NOT NULL REFERENCES events(seq) ON DELETE CASCADE,
+    target TEXT NOT NULL,
+    call_id TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'dead')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_status INTEGER,
+    last_error TEXT,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (event_seq, target)
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (target, state, call_id, event_seq);
+CREATE TABLE IF NOT EXISTS targets (
+    name TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    secret_env TEXT NOT NULL,
+    disabled_at REAL,
+    disabled_reason TEXT
+);
+CREATE TABLE IF NOT EXISTS live_calls (
+    call_id TEXT PRIMARY KEY,
+    started TEXT NOT NULL,
+    targets TEXT NOT NULL,
+    started_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS live_legs (
+    call_id TEXT NOT NULL REFERENCES live_calls(call_id) ON DELETE CASCADE,
+    leg TEXT NOT NULL,
+    speaker TEXT,
+    text TEXT NOT NULL DEFAULT '',
+    transcripts INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (call_id, leg)
+);
+"""
+
+
+class OutboxFull(Exception):
+    """The outbox holds ``max_events`` already: the event was not stored."""
+
+
+class OutboxDiskFull(Exception):
+    """The disk under the outbox is full: the event was not stored."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event as the outbox holds it, with the targets it must reach."""
+
+    event: OutboundEvent
+    body: bytes
+    targets: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DueDelivery:
+    event_seq: int
+    event_id: str
+    event_type: str
+    call_id: str
+    body: bytes
+    attempts: int
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class LiveCall:
+    """A call that was in progress when the bridge stopped."""
+
+    call_id: str
+    started: dict[str, Any]  # the call.started event's data
+    targets: tuple[str, ...]
+    legs: list[dict[str, Any]]
+
+
+class Outbox:
+    """The SQLite outbox. Not thread-safe: one thread uses one ``Outbox``."""
+
+    def __init__(self, path: str | Path, *, max_events: int = 1_000_000,
+                 retention_days: float = 0.0) -> None:
+        self.path = Path(path)
+        self.max_events = max_events
+        self.retention_s = retention_days * 86400
+        self.db = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a commit survives a crash of this process; only a power loss
+        # can lose the last transactions.
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.db.executescript(SCHEMA)
+        self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self._count = self._count_events()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _count_events(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def register_targets(self, targets: Iterable[tuple[str, str, str]]) -> None:
+        """Record (name, url, secret_env) so a restarted bridge can reach per-call targets."""
+        with self._transaction():
+            self.db.executemany(
+                "INSERT INTO targets (name, url, secret_env) VALUES (?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET url=excluded.url, "
+                "secret_env=excluded.secret_env", list(targets))
+
+    def store(self, batch: Sequence[StoredEvent], now: float | None = None) -> list[bool]:
+        """Store events in one transaction; per event, True if stored, False if the outbox is
+        full. Raises ``OutboxDiskFull`` when the disk is."""
+        now = time.time() if now is None else now
+        stored: list[bool] = []
+        try:
+            with self._transaction():
+                for item in batch:
+                    if self._count >= self.max_events:
+                        stored.append(False)
+                        continue
+                    self._insert(item, now)
+                    stored.append(True)
+        except sqlite3.OperationalError as exc:
+            self._count = self._count_events()
+            if "full" in str(exc).lower():
+                raise OutboxDiskFull(str(exc)) from None
+            raise
+        return stored
+
+    def _insert(self, item: StoredEvent, now: float) -> None:
+        event = item.event
+        cursor = self.db.execute(
+            "INSERT INTO events (id, type, call_id, leg, body, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (event.id, str(event.type), event.call_id, event.leg, item.body, now))
+        seq = cursor.lastrowid
+        self.db.executemany(
+            "INSERT INTO deliveries (event_seq, target, call_id, state, next_attempt_at, "
+            "updated_at) VALUES (?, ?, ?, 'pending', ?, ?)",
+            [(seq, target, event.call_id, now, now) for target in item.targets])
+        self._count += 1
+        self._track_call(item, now)
+        if not item.targets:
+            self._finish_event(int(seq or 0), now)
+
+    def _track_call(self, item: StoredEvent, now: float) -> None:
+        event, data = item.event, item.event.data
+        if event.type is EventType.CALL_STARTED:
+            self.db.execute(
+                "INSERT OR REPLACE INTO live_calls (call_id, started, targets, started_at) "
+                "VALUES (?, ?, ?, ?)",
+                (event.call_id, json.dumps(dict(data)), json.dumps(list(item.targets)), now))
+        elif event.type is EventType.TRANSCRIPT_FINAL and event.leg is not None:
+            self.db.execute(
+                "INSERT INTO live_legs (call_id, leg, speaker, text, transcripts) "
+                "SELECT ?, ?, ?, ?, 1 WHERE EXISTS (SELECT 1 FROM live_calls WHERE call_id=?) "
+                "ON CONFLICT(call_id, leg) DO UPDATE SET "
+                "text = CASE WHEN text = '' THEN excluded.text "
+                "ELSE text || ' ' || excluded.text END, transcripts = transcripts + 1",
+                (event.call_id, event.leg, data.get("speaker"), data.get("text", ""),
+                 event.call_id))
+        elif event.type is EventType.CALL_ENDED:
+            self.db.execute("DELETE FROM live_calls WHERE call_id=?", (event.call_id,))
+
+    def mark_delivered(self, event_seq: int, target: str, status: int,
+                       now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self._transaction():
+            self.db.execute(
+                "UPDATE deliveries SET state='delivered', attempts=attempts+1, last_status=?, "
+                "last_error=NULL, updated_at=? WHERE event_seq=? AND target=?",
+                (status, now, event_seq, target))
+            self._finish_event(event_seq, now)
+
+    def schedule_retry(self, event_seq: int, target: str, at: float, error: str,
+                       status: int | None, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self._transaction():
+            self.db.execute(
+                "UPDATE deliveries SET attempts=attempts+1, next_attempt_at=?, last_status=?, "
+                "last_error=?, updated_at=? WHERE event_seq=? AND target=?",
+                (at, status, error, now, event_seq, target))
+
+    def mark_dead(self, event_seq: int, target: str, error: str, status: int | None,
+                  now: float | None = None, *, attempted: bool = True) -> None:
+        now = time.time() if now is None else now
+        with self._transaction():
+            self.db.execute(
+                "UPDATE deliveries SET state='dead', attempts=attempts+?, last_status=?, "
+                "last_error=?, updated_at=? WHERE event_seq=? AND target=?",
+                (1 if attempted else 0, status, error, now, event_seq, target))
+            self._finish_event(event_seq, now)
+
+    def retry_now(self, now: float | None = None) -> int:
+        """Make every pending delivery due (at start: the receivers may be back)."""
+        now = time.time() if now is None else now
+        with self._transaction():
+            return int(self.db.execute(
+                "UPDATE deliveries SET next_attempt_at=? WHERE state='pending' AND "
+                "next_attempt_at > ?", (now, now)).rowcount)
+
+    def disable_target(self, target: str, reason: str, now: float | None = None) -> int:
+        """Disable a target and dead-letter its pending deliveries; returns how many."""
+        now = time.time() if now is None else now
+        with self._transaction():
+            self.db.execute("UPDATE targets SET disabled_at=?, disabled_reason=? WHERE name=?",
+                            (now, reason, target))
+            seqs = [row[0] for row in self.db.execute(
+                "SELECT event_seq FROM deliveries WHERE target=? AND state='pending'",
+                (target,))]
+            self.db.execute(
+                "UPDATE deliveries SET state='dead', last_error=?, updated_at=? "
+                "WHERE target=? AND state='pending'", (reason, now, target))
+            for seq in seqs:
+                self._finish_event(seq, now)
+        return len(seqs)
+
+    def disabled_targets(self) -> dict[str, str]:
+        return {row["name"]: row["disabled_reason"] or "" for row in self.db.execute(
+            "SELECT name, disabled_reason FROM targets WHERE disabled_at IS NOT NULL")}
+
+    def _finish_event(self, event_seq: int, now: float) -> None:
+        """Delete the event once no delivery is pending, unless retention keeps it."""
+        if self.retention_s > 0:
+            return
+        pending = self.db.execute(
+            "SELECT COUNT(*) FROM deliveries WHERE event_seq=? AND state <> 'delivered'",
+            (event_seq,)).fetchone()[0]
+        if pending == 0:
+            self._delete_events([event_seq])
+
+    def _delete_events(self, seqs: Sequence[int]) -> None:
+        if not seqs:
+            return
+        self.db.executemany("DELETE FROM events WHERE seq=?", [(s,) for s in seqs])
+        self._count -= len(seqs)
+
+    def purge(self, older_than_s: float, *, include_dead: bool,
+              now: float | None = None) -> int:
+        """Delete finished events older than ``older_than_s``; dead ones only if asked."""
+        now = time.time() if now is None else now
+        finished = ("delivered", "dead") if include_dead else ("delivered", "delivered")
+        with self._transaction():
+            seqs = [row[0] for row in self.db.execute(
+                "SELECT seq FROM events e WHERE created_at < ? AND NOT EXISTS ("
+                "SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq AND d.state NOT IN (?, ?))",
+                (now - older_than_s, *finished))]
+            self._delete_events(seqs)
+        return len(seqs)
+
+    def purge_retained(self, now: float | None = None) -> int:
+        """Apply ``retention_days`` to delivered events."""
+        if self.retention_s <= 0:
+            return 0
+        return self.purge(self.retention_s, include_dead=False, now=now)
+
+    def replay(self, *, event_id: str | None = None, dead: bool = False,
+               now: float | None = None) -> int:
+        """Make dead (or, by id, any undelivered) deliveries pending again; re-enables their
+        targets. Returns how many deliveries were re-queued."""
+        now = time.time() if now is None else now
+        where = "state='dead'"
+        args: tuple[Any, ...] = ()
+        if event_id is not None:
+            where = "state <> 'delivered' AND event_seq=(SELECT seq FROM events WHERE id=?)"
+            args = (event_id,)
+        elif not dead:
+            return 0
+        with self._transaction():
+            targets = [row[0] for row in self.db.execute(
+                f"SELECT DISTINCT target FROM deliveries WHERE {where}", args)]  # noqa: S608
+            changed = self.db.execute(
+                f"UPDATE deliveries SET state='pending', attempts=0, next_attempt_at=?, "  # noqa: S608
+                f"updated_at=? WHERE {where}", (now, now, *args)).rowcount
+            self.db.executemany("UPDATE targets SET disabled_at=NULL, disabled_reason=NULL "
+                                "WHERE name=?", [(t,) for t in targets])
+        return int(changed)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def due_heads(self, target: str, now: float, limit: int,
+                  busy_calls: Iterable[str] = ()) -> tuple[list[DueDelivery], float | None]:
+        """The oldest pending delivery of each call for ``target`` that is due now, and the
+        time the next not-yet-due head falls due (None if there is none)."""
+        busy = set(busy_calls)
+        due: list[DueDelivery] = []
+        next_at: float | None = None
+        rows = self.db.execute(
+            "SELECT d.event_seq, d.call_id, d.attempts, d.next_attempt_at, e.id, e.type, "
+            "e.body, e.created_at FROM deliveries d JOIN events e ON e.seq = d.event_seq "
+            "WHERE d.target=? AND d.state='pending' AND d.event_seq = ("
+            "  SELECT MIN(d2.event_seq) FROM deliveries d2 WHERE d2.target=d.target "
+            "  AND d2.state='pending' AND d2.call_id=d.call_id) "
+            "ORDER BY d.next_attempt_at, d.event_seq", (target,))
+        for row in rows:
+            if row["call_id"] in busy:
+                continue
+            if row["next_attempt_at"] > now:
+                next_at = row["next_attempt_at"] if next_at is None else min(
+                    next_at, row["next_attempt_at"])
+                continue
+            if len(due) < limit:
+                due.append(DueDelivery(row["event_seq"], row["id"], row["type"],
+                                       row["call_id"], bytes(row["body"]), row["attempts"],
+                                       row["created_at"]))
+        return due, next_at
+
+    def pending_by_target(self) -> dict[str, dict[str, int]]:
+        """Per target, per call: deliveries still waiting."""
+        pending: dict[str, dict[str, int]] = {}
+        for row in self.db.execute(
+                "SELECT target, call_id, COUNT(*) FROM deliveries WHERE state='pending' "
+                "GROUP BY target, call_id"):
+            pending.setdefault(row[0], {})[row[1]] = int(row[2])
+        return pending
+
+    def live_calls(self) -> list[LiveCall]:
+        calls = []
+        for row in self.db.execute("SELECT call_id, started, targets FROM live_calls"):
+            legs = [dict(leg) for leg in self.db.execute(
+                "SELECT leg, speaker, text, transcripts FROM live_legs WHERE call_id=? "
+                "ORDER BY leg", (row["call_id"],))]
+            calls.append(LiveCall(row["call_id"], json.loads(row["started"]),
+                                  tuple(json.loads(row["targets"])), legs))
+        return calls
+
+    def targets(self) -> dict[str, tuple[str, str]]:
+        return {row["name"]: (row["url"], row["secret_env"])
+                for row in self.db.execute("SELECT name, url, secret_env FROM targets")}
+
+    def status(self) -> list[dict[str, Any]]:
+        """Per target: pending (never tried), retrying, dead and delivered-but-kept counts."""
+        rows = self.db.execute(
+            "SELECT target, "
+            "SUM(state='pending' AND attempts=0) AS pending, "
+            "SUM(state='pending' AND attempts>0) AS retrying, "
+            "SUM(state='dead') AS dead, SUM(state='delivered') AS delivered, "
+            "MIN(CASE WHEN state='pending' THEN next_attempt_at END) AS next_attempt_at "
+            "FROM deliveries GROUP BY target ORDER BY target")
+        disabled = self.disabled_targets()
+        return [dict(row) | {"disabled": row["target"] in disabled} for row in rows]
+
+    def list_deliveries(self, *, dead: bool, limit: int = 100) -> list[dict[str, Any]]:
+        state = "dead" if dead else "pending"
+        return [dict(row) for row in self.db.execute(
+            "SELECT e.id, e.type, e.call_id, e.leg, d.target, d.attempts, d.last_status, "
+            "d.last_error, e.created_at, d.updated_at FROM deliveries d "
+            "JOIN events e ON e.seq = d.event_seq WHERE d.state=? ORDER BY d.event_seq "
+            "LIMIT ?", (state, limit))]
+
+    @property
+    def event_count(self) -> int:
+        return self._count
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self.db)
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (or ``ROLLBACK`` on error)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self.db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
