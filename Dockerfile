@@ -4,15 +4,17 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     CALLBRIDGE_HOST=0.0.0.0 \
     CALLBRIDGE_PORT=8080 \
-    CALLBRIDGE_LOG_FORMAT=json
+    CALLBRIDGE_LOG_FORMAT=json \
+    CALLBRIDGE_OUTBOX_PATH=/data/outbox.db
 
-RUN useradd --create-home --uid 10001 callbridge
+RUN useradd --create-home --uid 10001 callbridge && mkdir /data && chown callbridge /data
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY bridge ./bridge
 COPY config ./config
 RUN pip install --no-cache-dir . && rm -rf /root/.cache
 
+VOLUME /data
 USER callbridge
 EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
