@@ -145,6 +145,7 @@ class DurableDispatcher:
         self._tasks: list[asyncio.Task[None]] = []
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._closing = False
+        self._new_targets: list[tuple[str, str, str]] = []
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -165,6 +166,10 @@ class DurableDispatcher:
         for name, calls in pending.items():
             if name in self.targets:
                 self.targets[name].pending = calls
+            else:
+                log.warning("the outbox holds events for a target that is no longer "
+                            "configured; they wait until it is configured again or purged",
+                            target=name, events=sum(calls.values()))
         self._tasks.append(asyncio.create_task(self._write_loop(), name="outbox writer"))
         self._tasks.append(asyncio.create_task(self._retention_loop(), name="outbox retention"))
         for target in self.targets.values():
@@ -250,9 +255,8 @@ class DurableDispatcher:
         if name not in self.targets:
             target = self._add_call_target(name, url)
             self._start_target(target)
-            self._tasks.append(asyncio.create_task(self.db.call(
-                lambda ob: ob.register_targets([(name, url, target.secret_env)])),
-                name="register target"))  # awaited at close with the other tasks
+            # Recorded with the next batch of events, before any event that names it.
+            self._new_targets.append((name, url, target.secret_env))
         return name
 
     def _add_call_target(self, name: str, url: str) -> Target:
@@ -304,8 +308,15 @@ class DurableDispatcher:
                             if name in self.targets and self.targets[name].wants(str(event.type))
                             and not self.targets[name].disabled)
             items.append(StoredEvent(event, encode_event(event), targets))
+        new_targets, self._new_targets = self._new_targets, []
+
+        def write(outbox: Outbox) -> list[bool]:
+            if new_targets:
+                outbox.register_targets(new_targets)
+            return outbox.store(items)
+
         try:
-            stored = await self.db.call(lambda ob: ob.store(items))
+            stored = await self.db.call(write)
         except OutboxDiskFull as exc:
             log.error("ALARM: the disk under the outbox is full; events are not being stored",
                       path=str(self.settings.outbox.path), error=str(exc))

@@ -259,3 +259,15 @@ async def test_routes_pick_targets_by_path_and_parameters(
         assert dispatcher.route("/streams/twilio", {"tenant": "other"}) == ("default",)
         assert dispatcher.targets["acme"].wants("transcript.final")
         assert not dispatcher.targets["acme"].wants("call.ended")
+
+
+async def test_a_per_call_url_receives_the_calls_events_and_is_remembered(
+        tmp_path: Path, receiver: WebhookReceiver, http: aiohttp.ClientSession) -> None:
+    config = settings(tmp_path, (), call_url_allowlist=(receiver.url.rsplit("/", 1)[0],))
+    async with DurableDispatcher(config, http) as dispatcher:
+        targets = dispatcher.route("/streams/twilio", {"callbridge_webhook_url": receiver.url})
+        assert len(targets) == 1 and targets[0].startswith("call-")
+        assert await dispatcher.publish(event(1, targets=targets)) is Outcome.DELIVERED
+    assert finals(receiver) == [1]
+    assert rows(tmp_path, "SELECT url FROM targets WHERE name LIKE 'call-%'") == [
+        (receiver.url,)]
