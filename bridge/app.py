@@ -8,6 +8,7 @@ client live in ``cleanup_ctx`` and are drained on shutdown.
 from __future__ import annotations
 
 import asyncio
+import hmac
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from functools import partial
@@ -21,7 +22,7 @@ from bridge.calls import Call, EngineFactory
 from bridge.config import DEFAULT_STT_URL, Settings, SttSettings, SttTarget, stt_target
 from bridge.delivery.dispatcher import DurableDispatcher
 from bridge.errors import CLOSE_INTERNAL_ERROR, CLOSE_MESSAGE_TOO_BIG, MessageTooBig, PeerError
-from bridge.events import AudioEncoding
+from bridge.events import AudioEncoding, Track
 from bridge.ingress import DIALECTS, make_dialect
 from bridge.security import GuardedResolver
 from bridge.stt.base import EngineSession
@@ -48,7 +49,36 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/streams", partial(media_stream, dialect=None))
     for name in DIALECTS:
         app.router.add_get(f"/streams/{name}", partial(media_stream, dialect=name))
+    app.router.add_post("/calls/{call_id}/pause", partial(pause_call, paused=True))
+    app.router.add_post("/calls/{call_id}/resume", partial(pause_call, paused=False))
     return app
+
+
+def _authorise(request: web.Request) -> None:
+    """The admin API: off (404) without CALLBRIDGE_ADMIN_TOKEN; else a bearer token."""
+    token = request.app[SETTINGS].server.admin_token
+    if not token:
+        raise web.HTTPNotFound(text="the admin API is off: set CALLBRIDGE_ADMIN_TOKEN\n")
+    given = request.headers.get("Authorization", "").encode()
+    if not hmac.compare_digest(given, f"Bearer {token.reveal()}".encode()):
+        raise web.HTTPUnauthorized(headers={"WWW-Authenticate": "Bearer"},
+                                   text="a valid bearer token is required\n")
+
+
+async def pause_call(request: web.Request, *, paused: bool) -> web.Response:
+    """Pause or resume transcription of a live call (``?leg=inbound|outbound`` for one leg)."""
+    _authorise(request)
+    call_id = request.match_info["call_id"]
+    call = next((c for c in request.app[LIVE_CALLS] if c.call_id == call_id), None)
+    if call is None:
+        raise web.HTTPNotFound(text="no live call with that id\n")
+    leg = request.query.get("leg")
+    try:
+        track = Track(leg) if leg else None
+    except ValueError:
+        raise web.HTTPBadRequest(text="leg must be inbound or outbound\n") from None
+    state = call.set_paused(paused, track, reason="admin")
+    return web.json_response({"call_id": call_id, "paused": state, "call_paused": call.paused})
 
 
 async def _speech_to_text(app: web.Application) -> AsyncIterator[None]:

@@ -10,11 +10,13 @@ falls behind real time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -22,6 +24,7 @@ import structlog
 
 from bridge.codecs.g711 import BYTES_PER_MS
 from bridge.codecs.reframe import Reframer
+from bridge.compliance.redact import LegRedactor, Redacted, Released, policy_for
 from bridge.config import Settings
 from bridge.delivery.retry import Outcome
 from bridge.delivery.webhooks import EventSink
@@ -86,6 +89,13 @@ class Leg:
         self.error: UpstreamError | None = None
         self._last_final_end_ms: int | None = None
         self.task: asyncio.Task[None] | None = None
+        self.redactor: LegRedactor[TranscriptResult] = LegRedactor(call.policy)
+        self.hold_timer: asyncio.Task[None] | None = None
+        self.paused = False
+        self.pauses: list[list[int | None]] = []  # [start_ms, end_ms] on the leg's clock
+        self.bytes_paused = 0
+        self._enqueued = 0  # bytes of reframed audio so far, sent or not
+        self._pause_skips: list[tuple[float, float]] = []  # (upstream ms, ms withheld there)
 
     # -- media side: synchronous, called for every frame -------------------------------------
 
@@ -104,6 +114,14 @@ class Leg:
         self._wake.set()
 
     def _enqueue(self, chunk: bytes) -> None:
+        if self.paused:
+            # Withheld from the engine; the clock runs on, so later results map past the gap.
+            sent_ms = (self._enqueued - self.bytes_paused) / BYTES_PER_MS
+            self._pause_skips.append((sent_ms, len(chunk) / BYTES_PER_MS))
+            self.bytes_paused += len(chunk)
+            self._enqueued += len(chunk)
+            return
+        self._enqueued += len(chunk)
         if self.state is LegState.FAILED:
             self.bytes_discarded += len(chunk)
             return
@@ -161,6 +179,22 @@ class Leg:
         async for result in self.engine.results():
             self.call.on_result(self, self._place(result))
 
+    def set_paused(self, paused: bool) -> bool:
+        """Pause or resume sending this leg's audio; False when nothing changed."""
+        if paused == self.paused:
+            return False
+        self.paused = paused
+        now = self.reframer.position_ms
+        if paused:
+            self.pauses.append([now, None])
+        elif self.pauses:
+            self.pauses[-1][1] = now
+        return True
+
+    def _to_clock(self, upstream_ms: float) -> int:
+        withheld = sum(ms for at, ms in self._pause_skips if at <= upstream_ms)
+        return self.reframer.upstream_to_clock_ms(upstream_ms + withheld)
+
     def _place(self, result: EngineResult) -> TranscriptResult:
         """Put a result on the leg's audio clock.
 
@@ -169,7 +203,7 @@ class Leg:
         segment runs from the previous final's end to the audio sent so far: an upper bound
         that includes the engine's endpointing delay.
         """
-        to_clock = self.reframer.upstream_to_clock_ms
+        to_clock = self._to_clock
         if result.start_s is not None and result.end_s is not None:
             start_ms, end_ms = to_clock(result.start_s * 1000), to_clock(result.end_s * 1000)
         else:
@@ -207,6 +241,12 @@ class Leg:
             "transcripts": self.sequence,
             "partials": self.partials,
             "upstream": "failed" if self.state is LegState.FAILED else "ok",
+            "redaction": {
+                "enabled": self.call.policy.enabled,
+                "policies": self.call.policy.names(),
+                "counts": dict(sorted(self.redactor.totals.items())),
+                "paused": [{"start_ms": start, "end_ms": end} for start, end in self.pauses],
+            },
         }
 
 
@@ -232,8 +272,10 @@ class Call:
                  tasks: asyncio.TaskGroup,
                  route: Callable[[StreamStarted], tuple[str, ...]] = lambda _: ()) -> None:
         self.settings = settings
+        self.policy = policy_for(settings.compliance)
         self._sink = sink
         self._route = route
+        self.paused = False
         self.targets: tuple[str, ...] = ()
         self._engines = engines
         self._tasks = tasks
@@ -269,11 +311,20 @@ class Call:
         elif isinstance(event, Dtmf):
             # Key presses may be card numbers: counted, never forwarded or logged as digits.
             self.dtmf_count += 1
+            if self.settings.compliance.dtmf == "masked":
+                self._publish(EventType.DTMF, self.legs.get(event.track),
+                              {"leg": event.track.value, "digit": "masked"})
         elif isinstance(event, ProviderErrorReported):
             self.provider_errors += 1
             log.warning("provider reported a stream error", code=event.code, title=event.title)
         elif isinstance(event, Mark):
-            pass  # echoes of marks we never send on one-way streams
+            # A mark named callbridge:pause / callbridge:resume (optionally :inbound or
+            # :outbound) pauses or resumes transcription from the stream itself.
+            action, _, track = event.name.removeprefix("callbridge:").partition(":")
+            if event.name.startswith("callbridge:") and action in ("pause", "resume"):
+                with contextlib.suppress(ValueError):
+                    self.set_paused(action == "pause", Track(track) if track else None,
+                                    reason="stream")
 
     def _start(self, event: StreamStarted) -> None:
         self.started = event
@@ -287,32 +338,88 @@ class Call:
             "encoding": event.encoding.value,
             "sample_rate": event.sample_rate,
             "tracks": [t.value for t in event.tracks],
+            "redaction": self.policy.names(),
         })
+        if event.custom_parameters.get("callbridge_paused", "").lower() in ("true", "1", "yes"):
+            self.set_paused(True, None, reason="stream")
+
+    def set_paused(self, paused: bool, track: Track | None, *, reason: str) -> dict[str, bool]:
+        """Pause or resume one leg, or the whole call (``track`` None, also legs to come).
+
+        Paused audio is not sent to the engine; the leg's clock keeps running.
+        """
+        if track is None:
+            self.paused = paused
+        legs = [leg for t, leg in self.legs.items() if track is None or t is track]
+        changed = [leg for leg in legs if leg.set_paused(paused)]
+        if track is None or changed:
+            event_type = (EventType.TRANSCRIPTION_PAUSED if paused
+                          else EventType.TRANSCRIPTION_RESUMED)
+            leg = self.legs.get(track) if track is not None else None
+            self._publish(event_type, leg, {
+                "leg": track.value if track is not None else None, "reason": reason,
+                "at_ms": {t.value: other.reframer.position_ms for t, other in self.legs.items()}})
+            log.info("transcription paused" if paused else "transcription resumed",
+                     leg=track.value if track else "all", reason=reason)
+        return {t.value: leg.paused for t, leg in self.legs.items()}
 
     def _open_leg(self, track: Track) -> Leg:
         leg = Leg(self, track, self._engines(self.encoding))
         self.legs[track] = leg
+        if self.paused:
+            leg.set_paused(True)
         leg.task = self._tasks.create_task(leg.run(), name=f"leg {track.value}")
         return leg
 
     def on_result(self, leg: Leg, result: TranscriptResult) -> None:
-        """A result from a leg's engine: publish it as a webhook event."""
-        if result.is_final:
-            leg.sequence += 1
-            leg.finals.append(result.text)
-            event_type = EventType.TRANSCRIPT_FINAL
-        else:
+        """A result from a leg's engine: redact it, then publish it (finals maybe later)."""
+        if not result.is_final:
+            redacted = leg.redactor.partial(result.text)
             leg.partials += 1
-            event_type = EventType.TRANSCRIPT_PARTIAL
-        self._publish(event_type, leg, {
             # A partial carries the sequence number its final will have: it updates in place.
-            "sequence": leg.sequence if result.is_final else leg.sequence + 1,
-            "text": result.text,
-            "is_final": result.is_final,
-            "confidence": result.confidence,
-            "start_ms": result.start_ms,
-            "end_ms": result.end_ms,
-        })
+            self._publish_transcript(leg, result, redacted,
+                                     leg.sequence + len(leg.redactor.held) + 1)
+            return
+        self._release(leg, leg.redactor.final(result.text, result))
+        if leg.hold_timer is not None:
+            leg.hold_timer.cancel()
+            leg.hold_timer = None
+        if leg.redactor.holding:
+            leg.hold_timer = self._tasks.create_task(self._hold_expired(leg))
+
+    async def _hold_expired(self, leg: Leg) -> None:
+        """A held final waited ``compliance.hold_s`` for the next one: release it."""
+        await asyncio.sleep(self.settings.compliance.hold_s)
+        leg.hold_timer = None
+        self._release(leg, leg.redactor.flush())
+
+    def _release(self, leg: Leg, released: list[Released[TranscriptResult]]) -> None:
+        """Publish released finals in order; one emptied by a number that began in the final
+        before it lends its end time to that one instead of going out empty."""
+        ready: list[tuple[TranscriptResult, Redacted]] = []
+        for item in released:
+            if not item.text and ready:
+                previous, redacted = ready[-1]
+                ready[-1] = (replace(previous, end_ms=item.payload.end_ms), redacted)
+                continue
+            ready.append((item.payload, item.redacted))
+        for result, redacted in ready:
+            leg.sequence += 1
+            leg.finals.append(redacted.text)
+            self._publish_transcript(leg, result, redacted, leg.sequence)
+
+    def _publish_transcript(self, leg: Leg, result: TranscriptResult, redacted: Redacted,
+                            sequence: int) -> None:
+        self._publish(EventType.TRANSCRIPT_FINAL if result.is_final
+                      else EventType.TRANSCRIPT_PARTIAL, leg, {
+                          "sequence": sequence,
+                          "text": redacted.text,
+                          "is_final": result.is_final,
+                          "confidence": result.confidence,
+                          "start_ms": result.start_ms,
+                          "end_ms": result.end_ms,
+                          "redactions": redacted.summary(),
+                      })
 
     def on_leg_error(self, leg: Leg, error: UpstreamError) -> None:
         self._publish(EventType.TRANSCRIPTION_ERROR, leg, {
@@ -336,6 +443,13 @@ class Call:
         leg_tasks = [leg.task for leg in self.legs.values() if leg.task is not None]
         if leg_tasks:
             await asyncio.wait(leg_tasks)
+        for leg in self.legs.values():
+            if leg.hold_timer is not None:
+                leg.hold_timer.cancel()
+                leg.hold_timer = None
+            self._release(leg, leg.redactor.flush())
+            if leg.paused:
+                leg.set_paused(False)  # close the pause interval for the audit
         if not was_started:
             log.info("connection closed before the stream started", reason=reason)
             return

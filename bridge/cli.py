@@ -115,6 +115,16 @@ def run_serve(args: argparse.Namespace) -> int:
             return 2
     log = structlog.get_logger("bridge.serve")
     log.info("callbridge starting", version=__version__, **describe(settings))
+    from bridge.compliance.redact import policy_for
+
+    policy = policy_for(settings.compliance)
+    if policy.enabled:
+        log.info("bridge-side redaction on", policies=policy.names(),
+                 hold_s=settings.compliance.hold_s, dtmf=settings.compliance.dtmf,
+                 engine_redact=settings.stt.redact or None)
+    else:
+        log.warning("bridge-side redaction is OFF: card numbers, security codes and SSNs "
+                    "reach webhooks as the engine wrote them", dtmf=settings.compliance.dtmf)
     if not settings.webhooks.urls:
         log.warning("no webhook URLs configured: transcripts are produced but sent nowhere")
     web.run_app(create_app(settings), host=settings.server.host, port=settings.server.port,

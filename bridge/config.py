@@ -15,6 +15,7 @@ import base64
 import binascii
 import enum
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -67,6 +68,7 @@ class ServerSettings:
     port: int = 8080
     max_message_bytes: int = 64 * 1024
     max_calls: int = 2000
+    admin_token: Secret = field(default_factory=lambda: Secret(""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +162,18 @@ class OutboxSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ComplianceSettings:
+    redaction: bool = True
+    credit_card: bool = True
+    security_code: bool = True
+    expiry: bool = True
+    ssn: bool = True
+    custom_patterns: tuple[str, ...] = ()
+    hold_s: float = 2.0
+    dtmf: str = "drop"
+
+
+@dataclass(frozen=True, slots=True)
 class SpeakerSettings:
     inbound: str = "caller"
     outbound: str = "agent"
@@ -179,6 +193,7 @@ class Settings:
     local_stt: LocalSttSettings = field(default_factory=LocalSttSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
+    compliance: ComplianceSettings = field(default_factory=ComplianceSettings)
     speakers: SpeakerSettings = field(default_factory=SpeakerSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
 
@@ -186,6 +201,9 @@ class Settings:
 # Environment variable -> (section, key). Values are parsed like the file's, as strings.
 ENVIRONMENT: Final[Mapping[str, tuple[str, str]]] = {
     "CALLBRIDGE_HOST": ("server", "host"),
+    "CALLBRIDGE_ADMIN_TOKEN": ("server", "admin_token"),
+    "CALLBRIDGE_REDACTION": ("compliance", "redaction"),
+    "CALLBRIDGE_DTMF": ("compliance", "dtmf"),
     "CALLBRIDGE_PORT": ("server", "port"),
     "CALLBRIDGE_CHUNK_MS": ("audio", "chunk_ms"),
     "CALLBRIDGE_STT_URL": ("stt", "url"),
@@ -206,9 +224,10 @@ ENVIRONMENT: Final[Mapping[str, tuple[str, str]]] = {
     "CALLBRIDGE_LOG_LEVEL": ("logging", "level"),
     "CALLBRIDGE_LOG_FORMAT": ("logging", "format"),
 }
-SECRET_KEYS: Final = {("stt", "api_key"), ("webhooks", "secret")}
+SECRET_KEYS: Final = {("stt", "api_key"), ("webhooks", "secret"), ("server", "admin_token")}
 SECRET_NAMES: Final = {("stt", "api_key"): "TELNYX_API_KEY",
-                       ("webhooks", "secret"): "CALLBRIDGE_WEBHOOK_SECRET"}
+                       ("webhooks", "secret"): "CALLBRIDGE_WEBHOOK_SECRET",
+                       ("server", "admin_token"): "CALLBRIDGE_ADMIN_TOKEN"}
 
 T = TypeVar("T")
 
@@ -260,6 +279,7 @@ SECTIONS: Final[Mapping[str, type[Any]]] = {
     "local_stt": LocalSttSettings,
     "webhooks": WebhookSettings,
     "outbox": OutboxSettings,
+    "compliance": ComplianceSettings,
     "speakers": SpeakerSettings,
     "logging": LoggingSettings,
 }
@@ -424,6 +444,14 @@ def _validate(settings: Settings, origin: Mapping[tuple[str, str], str]) -> None
     check(s.outbox.retention_days >= 0, "outbox", "retention_days", "must be >= 0")
     check(bool(s.outbox.path), "outbox", "path", "must be a file path")
     check(s.webhooks.drain_timeout_s >= 0, "webhooks", "drain_timeout_s", "must be >= 0")
+    check(s.compliance.dtmf in ("drop", "masked"), "compliance", "dtmf",
+          "must be drop or masked")
+    check(0.1 <= s.compliance.hold_s <= 10, "compliance", "hold_s", "must be 0.1-10 (seconds)")
+    for entry in s.compliance.custom_patterns:
+        custom_pattern(entry, name("compliance", "custom_patterns"))
+    if s.server.admin_token:
+        check(len(s.server.admin_token.reveal()) >= 16, "server", "admin_token",
+              "must be at least 16 characters")
     check(s.logging.level in LOG_LEVELS, "logging", "level", f"must be one of {LOG_LEVELS}")
     check(s.logging.format in LOG_FORMATS, "logging", "format", f"must be one of {LOG_FORMATS}")
     for url in s.webhooks.urls:
@@ -490,6 +518,20 @@ def stt_target(settings: Settings) -> SttTarget:
     if settings.stt.url:
         return SttTarget.CONFIGURED
     return SttTarget.TELNYX if settings.stt.api_key else SttTarget.EMBEDDED
+
+
+def custom_pattern(entry: str, setting: str = "compliance.custom_patterns"
+                   ) -> tuple[str, re.Pattern[str]]:
+    """Parse a ``name=regular expression`` custom redaction pattern."""
+    kind, sep, pattern = entry.partition("=")
+    if not sep or not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", kind):
+        raise ConfigError(setting, "each entry is name=pattern, name in lower case letters, "
+                          "digits and _")
+    try:
+        return kind, re.compile(pattern, re.IGNORECASE)
+    except re.error as exc:
+        raise ConfigError(setting, f"pattern {kind!r} is not a valid regular expression: "
+                          f"{exc}") from None
 
 
 def decode_webhook_secret(secret: Secret) -> bytes | None:

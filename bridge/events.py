@@ -104,6 +104,9 @@ class EventType(enum.StrEnum):
     TRANSCRIPT_FINAL = "transcript.final"
     CALL_ENDED = "call.ended"
     TRANSCRIPTION_ERROR = "transcription.error"
+    TRANSCRIPTION_PAUSED = "transcription.paused"
+    TRANSCRIPTION_RESUMED = "transcription.resumed"
+    DTMF = "dtmf"
 
 
 @dataclass(frozen=True, slots=True)

@@ -85,6 +85,7 @@ class Recognizer:
         self._voiced = bytearray()  # PCM of the current utterance
         self._silent_ms = 0
         self._since_partial_ms = 0
+        self._partials = 0
         self.sample_rate = sample_rate
 
     def feed(self, data: bytes) -> list[tuple[str, bool]]:
@@ -102,7 +103,8 @@ class Recognizer:
                 self._since_partial_ms += BLOCK_MS
                 if self._since_partial_ms >= 200:
                     self._since_partial_ms = 0
-                    out.append((f"tone {self._frequency()}", False))
+                    self._partials += 1
+                    out.append((self._partial_text(), False))
             elif self._voiced:
                 self._silent_ms += BLOCK_MS
                 if self.endpointing_ms is not None and self._silent_ms >= self.endpointing_ms:
@@ -112,10 +114,16 @@ class Recognizer:
     def flush(self) -> list[tuple[str, bool]]:
         return [(self._final_text(), True)] if self._voiced else []
 
+    def _partial_text(self) -> str:
+        """With a script, the first words of the coming final, more each time."""
+        if self.script:
+            return " ".join(self.script[0].split()[:4 * self._partials])
+        return f"tone {self._frequency()}"
+
     def _final_text(self) -> str:
         text = self.script.pop(0) if self.script else f"tone {self._frequency()} hertz"
         self._voiced.clear()
-        self._silent_ms = self._since_partial_ms = 0
+        self._silent_ms = self._since_partial_ms = self._partials = 0
         return text
 
     def _frequency(self) -> int:

@@ -1,0 +1,1 @@
+"""Text and key-press policy applied before anything leaves the bridge."""

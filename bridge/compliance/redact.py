@@ -1,0 +1,488 @@
+"""Bridge-side redaction of payment cards, security codes, expiry dates and SSNs. Pure.
+
+Engines redact unevenly and speak digits as words, so numbers are recognised in every form
+a transcript carries them: digits ("4532 1111"), digits with dashes or dots, number words
+("four five three two"), "oh" for zero, "double five", teens and tens ("forty five"), and
+any mix, with filler words ("uh", "um") in between. A *run* is such a sequence of number
+pieces; a card is a run (or a part of one, on piece boundaries) of 13-19 digits that passes
+the Luhn check; a part of a longer run also needs a card brand's prefix or card context.
+
+Security codes (3-4 digits) and expiry dates are redacted only after their context
+("security code", "CVV", "expires" ...); SSNs when written as 3-2-4 digits, or as 9 (or the
+last 4) digits after "social security"/"SSN". Custom patterns are regular expressions.
+
+``LegRedactor`` keeps one leg's state across results: a final that ends where a number
+could go on ("my card is four five three two") is held back until the next final, or until
+``hold_s`` passes, and the two are redacted together; partials are redacted with the held
+finals as context, and a trailing run of 4 or more digits in a partial is masked until its
+final settles it. Replacements are typed placeholders (``[credit_card]``); counts say what
+was redacted, never the value.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Final, Generic, TypeVar
+
+from bridge.config import ComplianceSettings, custom_pattern
+
+CREDIT_CARD: Final = "credit_card"
+SECURITY_CODE: Final = "card_security_code"
+EXPIRY: Final = "card_expiry"
+SSN: Final = "ssn"
+DIGITS: Final = "digits"  # an unfinished number in a partial
+
+UNITS: Final = {"zero": "0", "oh": "0", "o": "0", "nought": "0", "nil": "0", "one": "1",
+                "two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7",
+                "eight": "8", "nine": "9"}
+TEENS: Final = {"ten": "10", "eleven": "11", "twelve": "12", "thirteen": "13",
+                "fourteen": "14", "fifteen": "15", "sixteen": "16", "seventeen": "17",
+                "eighteen": "18", "nineteen": "19"}
+TENS: Final = {"twenty": "2", "thirty": "3", "forty": "4", "fourty": "4", "fifty": "5",
+               "sixty": "6", "seventy": "7", "eighty": "8", "ninety": "9"}
+REPEAT: Final = {"double": 2, "triple": 3}
+FILLERS: Final = frozenset({"uh", "um", "umm", "er", "erm", "ah", "hmm", "like", "dash",
+                            "slash", "space"})
+JOINERS: Final = frozenset({"-", ",", ".", "/", "\u2013"})  # \u2013: an en dash
+MONTHS: Final = frozenset({
+    "january", "february", "march", "april", "may", "june", "july", "august", "september",
+    "october", "november", "december", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep",
+    "sept", "oct", "nov", "dec"})
+CARD_WORDS: Final = frozenset({"card", "credit", "debit", "visa", "mastercard", "amex",
+                               "discover", "maestro"})
+SECURITY_PHRASES: Final = (("security", "code"), ("cvv",), ("cvv2",), ("cvc",), ("cid",),
+                           ("csc",), ("verification", "code"), ("card", "code"),
+                           ("three", "digit", "code"), ("four", "digit", "code"))
+EXPIRY_WORDS: Final = frozenset({"expires", "expiry", "expiration", "exp", "expire",
+                                 "expiring", "thru", "through"})
+SSN_PHRASES: Final = (("social", "security"), ("ssn",), ("social",))
+CONTEXT_REACH: Final = 8  # tokens after a context phrase in which its number may start
+# Issuer prefixes (IIN) of the major brands, for a card inside a longer run.
+BRAND_PREFIX: Final = re.compile(
+    r"^(4|5[1-5]|2(2[2-9]|[3-6]\d|7[01]|720)|3[47]|6(011|5|4[4-9])|35|3(0[0-5]|[689]))")
+WRITTEN_SSN: Final = re.compile(r"(?<!\d)(\d{3})[- ](\d{2})[- ](\d{4})(?!\d)")
+TOKEN: Final = re.compile(r"\d+|[^\W\d_]+(?:'[^\W\d_]+)?|[^\s\w]|_")
+
+P = TypeVar("P")
+
+
+def luhn_valid(digits: str) -> bool:
+    """The Luhn (mod 10) check of payment card numbers."""
+    total = 0
+    for position, char in enumerate(reversed(digits)):
+        value = int(char)
+        if position % 2:
+            value = value * 2 - 9 if value > 4 else value * 2
+        total += value
+    return total % 10 == 0
+
+
+def valid_ssn(area: str, group: str, serial: str) -> bool:
+    return area not in ("000", "666") and area[0] != "9" and group != "00" and serial != "0000"
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Which redactions apply. ``custom`` maps a type name to a compiled pattern."""
+
+    credit_card: bool = True
+    security_code: bool = True
+    expiry: bool = True
+    ssn: bool = True
+    custom: tuple[tuple[str, re.Pattern[str]], ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        return self.credit_card or self.security_code or self.expiry or self.ssn or bool(
+            self.custom)
+
+    def names(self) -> list[str]:
+        chosen = [name for name, on in ((CREDIT_CARD, self.credit_card),
+                                        (SECURITY_CODE, self.security_code),
+                                        (EXPIRY, self.expiry), (SSN, self.ssn)) if on]
+        return chosen + [name for name, _ in self.custom]
+
+
+OFF: Final = Policy(False, False, False, False)
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    text: str
+    start: int  # offsets in the text of its segment
+    end: int
+    segment: int
+
+    @property
+    def lower(self) -> str:
+        return self.text.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """A number piece: tokens ``first..last`` (inclusive) standing for ``digits``."""
+
+    first: int
+    last: int
+    digits: str
+
+
+def tokenize(texts: Sequence[str]) -> list[Token]:
+    return [Token(m.group(), m.start(), m.end(), n)
+            for n, text in enumerate(texts) for m in TOKEN.finditer(text)]
+
+
+def number_pieces(tokens: Sequence[Token]) -> list[Piece]:
+    """Every token (or token pair) that stands for digits."""
+    pieces: list[Piece] = []
+    zeros = _spoken_zeros(tokens)
+    n = 0
+    while n < len(tokens):
+        word = tokens[n].lower
+        if word.isdigit():
+            pieces.append(Piece(n, n, word))
+        elif word in REPEAT and n + 1 < len(tokens) and tokens[n + 1].lower in UNITS:
+            pieces.append(Piece(n, n + 1, UNITS[tokens[n + 1].lower] * REPEAT[word]))
+            n += 1
+        elif word in REPEAT and n + 1 < len(tokens) and len(tokens[n + 1].lower) == 1 \
+                and tokens[n + 1].lower.isdigit():
+            pieces.append(Piece(n, n + 1, tokens[n + 1].lower * REPEAT[word]))
+            n += 1
+        elif word in TENS:
+            nxt = n + 1
+            if nxt < len(tokens) and tokens[nxt].text == "-":
+                nxt += 1
+            if nxt < len(tokens) and tokens[nxt].lower in UNITS and tokens[nxt].lower not in (
+                    "zero", "oh", "o", "nought", "nil"):
+                pieces.append(Piece(n, nxt, TENS[word] + UNITS[tokens[nxt].lower]))
+                n = nxt
+            else:
+                pieces.append(Piece(n, n, TENS[word] + "0"))
+        elif word in TEENS:
+            pieces.append(Piece(n, n, TEENS[word]))
+        elif word in UNITS and (word not in ("o", "oh") or n in zeros):
+            pieces.append(Piece(n, n, UNITS[word]))
+        n += 1
+    return pieces
+
+
+def _spoken_zeros(tokens: Sequence[Token]) -> set[int]:
+    """Which "oh"/"o" tokens are zeros: those in a chain of them beside a number word or
+    digits ("one oh oh five"), never one standing alone ("oh no")."""
+    words = [t.lower for t in tokens]
+
+    def numeric(word: str) -> bool:
+        return word.isdigit() or (word in UNITS and word not in ("o", "oh")) or \
+            word in TEENS or word in TENS or word in REPEAT
+
+    zeros: set[int] = set()
+    n = 0
+    while n < len(words):
+        if words[n] in ("o", "oh"):
+            end = n
+            while end + 1 < len(words) and words[end + 1] in ("o", "oh"):
+                end += 1
+            before = n > 0 and numeric(words[n - 1])
+            after = end + 1 < len(words) and numeric(words[end + 1])
+            if before or after:
+                zeros.update(range(n, end + 1))
+            n = end + 1
+        else:
+            n += 1
+    return zeros
+
+
+def number_runs(tokens: Sequence[Token], pieces: Sequence[Piece]) -> list[list[Piece]]:
+    """Pieces joined into runs: only joiners and fillers may stand between two pieces."""
+    runs: list[list[Piece]] = []
+    for piece in pieces:
+        if runs:
+            previous = runs[-1][-1]
+            between = tokens[previous.last + 1:piece.first]
+            if all(t.text in JOINERS or t.lower in FILLERS for t in between):
+                runs[-1].append(piece)
+                continue
+        runs.append([piece])
+    return runs
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    first: int  # token indices, inclusive
+    last: int
+    kind: str
+
+
+def _phrase_ends(tokens: Sequence[Token], phrases: Iterable[tuple[str, ...]]) -> list[int]:
+    """Indices of the last token of each occurrence of any phrase."""
+    ends = []
+    words = [t.lower for t in tokens]
+    for phrase in phrases:
+        size = len(phrase)
+        for n in range(len(words) - size + 1):
+            if tuple(words[n:n + size]) == phrase:
+                ends.append(n + size - 1)
+    return sorted(ends)
+
+
+def _after_context(run: Sequence[Piece], ends: Sequence[int]) -> bool:
+    return any(0 <= run[0].first - end <= CONTEXT_REACH for end in ends)
+
+
+def find_spans(tokens: Sequence[Token], policy: Policy) -> list[Span]:
+    """What to redact, as token spans, without overlaps."""
+    pieces = number_pieces(tokens)
+    runs = number_runs(tokens, pieces)
+    words = [t.lower for t in tokens]
+    card_context = any(w in CARD_WORDS for w in words)
+    spans: list[Span] = []
+    taken: set[int] = set()
+
+    def add(first: int, last: int, kind: str) -> None:
+        if not taken.intersection(range(first, last + 1)):
+            spans.append(Span(first, last, kind))
+            taken.update(range(first, last + 1))
+
+    if policy.credit_card:
+        for run in runs:
+            for first, last in _card_windows(run, card_context):
+                add(run[first].first, run[last].last, CREDIT_CARD)
+    if policy.ssn:
+        ssn_ends = _phrase_ends(tokens, SSN_PHRASES)
+        for run in runs:
+            digits = "".join(p.digits for p in run)
+            if (len(digits) == 9 and _written_ssn(tokens, run)) or (
+                    len(digits) in (4, 9) and _after_context(run, ssn_ends)):
+                add(run[0].first, run[-1].last, SSN)
+    if policy.security_code:
+        code_ends = _phrase_ends(tokens, SECURITY_PHRASES)
+        for run in runs:
+            if len("".join(p.digits for p in run)) in (3, 4) and _after_context(run, code_ends):
+                add(run[0].first, run[-1].last, SECURITY_CODE)
+    if policy.expiry:
+        expiry_ends = [n for n, w in enumerate(words) if w in EXPIRY_WORDS]
+        for run in runs:
+            if not _after_context(run, expiry_ends):
+                continue
+            digits = "".join(p.digits for p in run)
+            month = run[0].first - 1
+            if 0 <= month < len(words) and words[month] in MONTHS and len(digits) in (2, 4):
+                add(month, run[-1].last, EXPIRY)
+            elif len(digits) in (3, 4, 6):
+                add(run[0].first, run[-1].last, EXPIRY)
+    return sorted(spans, key=lambda s: s.first)
+
+
+def _written_ssn(tokens: Sequence[Token], run: Sequence[Piece]) -> bool:
+    """Three pieces of 3, 2 and 4 written digits with a valid area, group and serial."""
+    if len(run) != 3 or not all(tokens[p.first].text.isdigit() for p in run):
+        return False
+    area, group, serial = (p.digits for p in run)
+    return (len(area), len(group), len(serial)) == (3, 2, 4) and valid_ssn(area, group, serial)
+
+
+def _card_windows(run: Sequence[Piece], context: bool) -> list[tuple[int, int]]:
+    """Card numbers in a run: the whole run; else, with card context in the text, windows
+    on piece boundaries with a brand's prefix, longest first (a long digit run hides a
+    Luhn-valid window by chance too often to accept one without context)."""
+    digits = "".join(p.digits for p in run)
+    if 13 <= len(digits) <= 19 and luhn_valid(digits):
+        return [(0, len(run) - 1)]
+    if not context:
+        return []
+    found: list[tuple[int, int]] = []
+    used: set[int] = set()
+    windows = []
+    for first in range(len(run)):
+        total = ""
+        for last in range(first, len(run)):
+            total += run[last].digits
+            if len(total) > 19:
+                break
+            if len(total) >= 13 and luhn_valid(total) and BRAND_PREFIX.match(total):
+                windows.append((last - first, first, last))
+    for _, first, last in sorted(windows, reverse=True):
+        if not used.intersection(range(first, last + 1)):
+            found.append((first, last))
+            used.update(range(first, last + 1))
+    return found
+
+
+@dataclass
+class Redacted:
+    """One segment's text after redaction, and what was removed from it."""
+
+    text: str
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def summary(self) -> list[dict[str, object]]:
+        return [{"type": kind, "count": n} for kind, n in sorted(self.counts.items())]
+
+
+def redact_segments(texts: Sequence[str], policy: Policy) -> list[Redacted]:
+    """Redact texts as one (a number may run from one into the next); one result each.
+
+    A span that starts in one segment and ends in a later one leaves its placeholder where
+    it starts and removes the rest.
+    """
+    tokens = tokenize(texts)
+    spans = find_spans(tokens, policy) if policy.enabled else []
+    results = [Redacted(text) for text in texts]
+    cuts: list[list[tuple[int, int, str]]] = [[] for _ in texts]  # (start, end, replacement)
+    for span in spans:
+        first, last = tokens[span.first], tokens[span.last]
+        results[first.segment].counts[span.kind] += 1
+        if first.segment == last.segment:
+            cuts[first.segment].append((first.start, last.end, f"[{span.kind}]"))
+            continue
+        cuts[first.segment].append((first.start, len(texts[first.segment]), f"[{span.kind}]"))
+        for middle in range(first.segment + 1, last.segment):
+            cuts[middle].append((0, len(texts[middle]), ""))
+        cuts[last.segment].append((0, last.end, ""))
+    for n, text in enumerate(texts):
+        for start, end, replacement in sorted(cuts[n], reverse=True):
+            text = text[:start] + replacement + text[end:]
+        for kind, pattern in policy.custom:
+            text, count = pattern.subn(f"[{kind}]", text)
+            if count:
+                results[n].counts[kind] += count
+        results[n].text = " ".join(text.split())
+    return results
+
+
+def redact(text: str, policy: Policy) -> Redacted:
+    """Redact one text on its own."""
+    return redact_segments([text], policy)[0]
+
+
+PLACEHOLDER: Final = re.compile(r"\[[a-z][a-z0-9_]*\]")
+
+
+def _open_ending(text: str) -> bool:
+    """Could a number (or the number its context announces) go on after this text?"""
+    tokens = tokenize([PLACEHOLDER.sub(" ", text)])
+    if not tokens:
+        return False
+    words = [t.lower for t in tokens]
+    tail = words[-CONTEXT_REACH:]
+    contexts = CARD_WORDS | EXPIRY_WORDS | {"security", "cvv", "cvc", "code", "social", "ssn",
+                                            "number"}
+    if any(w in contexts for w in tail):
+        return True
+    runs = number_runs(tokens, number_pieces(tokens))
+    if not runs:
+        return False
+    last = runs[-1]
+    trailing = all(t.text in JOINERS or t.lower in FILLERS for t in tokens[last[-1].last + 1:])
+    return trailing and len("".join(p.digits for p in last)) >= 4
+
+
+@dataclass
+class Released(Generic[P]):
+    """A final ready to go out: redacted text, its counts, and what the caller attached."""
+
+    text: str
+    redacted: Redacted
+    payload: P
+
+
+class LegRedactor(Generic[P]):
+    """One leg's redaction across results; see the module docstring."""
+
+    CONTEXT: Final = 2  # released finals kept as context for what follows them
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.held: list[tuple[str, P]] = []
+        self.context: list[str] = []
+        self.totals: Counter[str] = Counter()
+
+    def _redact_held(self, extra: Sequence[str] = ()) -> list[Redacted]:
+        """Redact the held finals (and ``extra``) after the context: results for those only."""
+        texts = self.context + [text for text, _ in self.held] + list(extra)
+        return redact_segments(texts, self.policy)[len(self.context):]
+
+    def final(self, text: str, payload: P) -> list[Released[P]]:
+        """A new final: returns the finals that may go out now (maybe none: held back)."""
+        self.held.append((text, payload))
+        if not self.policy.enabled:
+            return self.flush()
+        # Judge the ending after redaction: a number that is now complete closes it.
+        ending = " ".join(result.text for result in self._redact_held())
+        if not _open_ending(ending):
+            return self.flush()
+        return self._release(keep=len(self.held) - self._first_needed())
+
+    def _first_needed(self) -> int:
+        """The first held final that the open ending may still need: the one holding the
+        start of the last 19 digits of the trailing run, or the context words before it."""
+        texts = [text for text, _ in self.held]
+        tokens = tokenize(texts)
+        needed = len(tokens) - 1
+        words = [t.lower for t in tokens]
+        contexts = CARD_WORDS | EXPIRY_WORDS | {"security", "cvv", "cvc", "code", "social",
+                                                "ssn", "number"}
+        for n in range(max(len(tokens) - 2 * CONTEXT_REACH, 0), len(tokens)):
+            if words[n] in contexts:
+                needed = min(needed, n)
+                break
+        runs = number_runs(tokens, number_pieces(tokens))
+        if runs:
+            digits = 0
+            for piece in reversed(runs[-1]):
+                digits += len(piece.digits)
+                needed = min(needed, piece.first)
+                if digits >= 19:
+                    break
+        return tokens[needed].segment if tokens else len(self.held) - 1
+
+    def flush(self) -> list[Released[P]]:
+        """Release everything held (the hold timed out, or the leg ended)."""
+        return self._release(keep=0)
+
+    def _release(self, *, keep: int) -> list[Released[P]]:
+        """Release all held finals but the last ``keep``."""
+        if not self.held:
+            return []
+        results = self._redact_held()
+        count = len(self.held) - keep
+        released = [Released(results[n].text, results[n], self.held[n][1])
+                    for n in range(count)]
+        self.context = (self.context + [text for text, _ in self.held[:count]])[-self.CONTEXT:]
+        self.held = self.held[count:]
+        for item in released:
+            self.totals.update(item.redacted.counts)
+        return released
+
+    def partial(self, text: str) -> Redacted:
+        """A partial, redacted with the held finals as context; an unfinished trailing run
+        of 4 or more digits is masked as ``[digits]``."""
+        if not self.policy.enabled:
+            return Redacted(text)
+        result = self._redact_held([text])[-1]
+        tokens = tokenize([result.text])
+        runs = number_runs(tokens, number_pieces(tokens))
+        if runs:
+            last = runs[-1]
+            digits = "".join(p.digits for p in last)
+            rest = tokens[last[-1].last + 1:]
+            if len(digits) >= 4 and all(t.text in JOINERS or t.lower in FILLERS for t in rest):
+                start = tokens[last[0].first].start
+                result.text = result.text[:start] + f"[{DIGITS}]"
+                result.counts[DIGITS] += 1
+        return result
+
+    @property
+    def holding(self) -> bool:
+        return bool(self.held)
+
+
+def policy_for(settings: ComplianceSettings) -> Policy:
+    """The policy a deployment configured (``redaction = false`` turns every part off)."""
+    if not settings.redaction:
+        return OFF
+    return Policy(settings.credit_card, settings.security_code, settings.expiry, settings.ssn,
+                  tuple(custom_pattern(entry) for entry in settings.custom_patterns))
