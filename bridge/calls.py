@@ -394,14 +394,16 @@ class Call:
         self._release(leg, leg.redactor.flush())
 
     def _release(self, leg: Leg, released: list[Released[TranscriptResult]]) -> None:
-        """Publish released finals in order; one emptied by a number that began in the final
-        before it lends its end time to that one instead of going out empty."""
+        """Publish released finals in order; one emptied by a number that began in a final
+        before it does not go out (it lends its end time to that final when both leave
+        together)."""
         ready: list[tuple[TranscriptResult, Redacted]] = []
         for item in released:
-            if not item.text and ready:
-                previous, redacted = ready[-1]
-                ready[-1] = (replace(previous, end_ms=item.payload.end_ms), redacted)
-                continue
+            if not item.text:
+                if ready:  # its words were the end of a number redacted in the one before
+                    previous, redacted = ready[-1]
+                    ready[-1] = (replace(previous, end_ms=item.payload.end_ms), redacted)
+                continue  # nothing left to say: sequence numbers are given out below
             ready.append((item.payload, item.redacted))
         for result, redacted in ready:
             leg.sequence += 1

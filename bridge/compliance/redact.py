@@ -60,6 +60,9 @@ EXPIRY_WORDS: Final = frozenset({"expires", "expiry", "expiration", "exp", "expi
                                  "expiring", "thru", "through"})
 SSN_PHRASES: Final = (("social", "security"), ("ssn",), ("social",))
 CONTEXT_REACH: Final = 8  # tokens after a context phrase in which its number may start
+# A final ending in this many digits (or more) may be a number going on in the next one.
+# At 2, at most one digit of a number split after its first digit leaves before the rest.
+HOLD_DIGITS: Final = 2
 # Issuer prefixes (IIN) of the major brands, for a card inside a longer run.
 BRAND_PREFIX: Final = re.compile(
     r"^(4|5[1-5]|2(2[2-9]|[3-6]\d|7[01]|720)|3[47]|6(011|5|4[4-9])|35|3(0[0-5]|[689]))")
@@ -286,8 +289,10 @@ def _written_ssn(tokens: Sequence[Token], run: Sequence[Piece]) -> bool:
 
 def _card_windows(run: Sequence[Piece], context: bool) -> list[tuple[int, int]]:
     """Card numbers in a run: the whole run; else, with card context in the text, windows
-    on piece boundaries with a brand's prefix, longest first (a long digit run hides a
-    Luhn-valid window by chance too often to accept one without context)."""
+    on piece boundaries with a brand's prefix (a long digit run hides a Luhn-valid window
+    by chance too often to accept one without context). When a window is found, the whole
+    run goes: the digits beside it are likely the same number misheard or split, and with
+    card context there is no reason to keep them."""
     digits = "".join(p.digits for p in run)
     if 13 <= len(digits) <= 19 and luhn_valid(digits):
         return [(0, len(run) - 1)]
@@ -308,6 +313,8 @@ def _card_windows(run: Sequence[Piece], context: bool) -> list[tuple[int, int]]:
         if not used.intersection(range(first, last + 1)):
             found.append((first, last))
             used.update(range(first, last + 1))
+    if found and len(found) == 1 and len(digits) <= 2 * 19:
+        return [(0, len(run) - 1)]
     return found
 
 
@@ -322,11 +329,14 @@ class Redacted:
         return [{"type": kind, "count": n} for kind, n in sorted(self.counts.items())]
 
 
-def redact_segments(texts: Sequence[str], policy: Policy) -> list[Redacted]:
+def redact_segments(texts: Sequence[str], policy: Policy, visible_from: int = 0
+                    ) -> list[Redacted]:
     """Redact texts as one (a number may run from one into the next); one result each.
 
     A span that starts in one segment and ends in a later one leaves its placeholder where
-    it starts and removes the rest.
+    it starts and removes the rest; segments before ``visible_from`` are context that was
+    already sent (with the placeholder, when the span was found then), so a span starting
+    there only removes what it covers in the later ones.
     """
     tokens = tokenize(texts)
     spans = find_spans(tokens, policy) if policy.enabled else []
@@ -362,8 +372,16 @@ PLACEHOLDER: Final = re.compile(r"\[[a-z][a-z0-9_]*\]")
 
 
 def _open_ending(text: str) -> bool:
-    """Could a number (or the number its context announces) go on after this text?"""
-    tokens = tokenize([PLACEHOLDER.sub(" ", text)])
+    """Could a number (or the number its context announces) go on after this text?
+
+    Only what follows the last placeholder counts: a context phrase whose number was
+    redacted already announces nothing more.
+    """
+    placeholders = list(PLACEHOLDER.finditer(text))
+    after_placeholder = bool(placeholders)
+    if placeholders:
+        text = text[placeholders[-1].end():]
+    tokens = tokenize([text])
     if not tokens:
         return False
     words = [t.lower for t in tokens]
@@ -372,12 +390,17 @@ def _open_ending(text: str) -> bool:
                                             "number"}
     if any(w in contexts for w in tail):
         return True
+    if words[-1] in REPEAT:  # "... double": the digit it doubles is still to come
+        return True
     runs = number_runs(tokens, number_pieces(tokens))
     if not runs:
         return False
     last = runs[-1]
     trailing = all(t.text in JOINERS or t.lower in FILLERS for t in tokens[last[-1].last + 1:])
-    return trailing and len("".join(p.digits for p in last)) >= 4
+    # Digits right after a redacted number may be the rest of it (a shorter window matched).
+    adjoining = after_placeholder and all(
+        t.text in JOINERS or t.lower in FILLERS for t in tokens[:last[0].first])
+    return trailing and (adjoining or len("".join(p.digits for p in last)) >= HOLD_DIGITS)
 
 
 @dataclass
@@ -392,7 +415,7 @@ class Released(Generic[P]):
 class LegRedactor(Generic[P]):
     """One leg's redaction across results; see the module docstring."""
 
-    CONTEXT: Final = 2  # released finals kept as context for what follows them
+    CONTEXT: Final = 6  # released finals kept as context for what follows them
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
@@ -403,15 +426,17 @@ class LegRedactor(Generic[P]):
     def _redact_held(self, extra: Sequence[str] = ()) -> list[Redacted]:
         """Redact the held finals (and ``extra``) after the context: results for those only."""
         texts = self.context + [text for text, _ in self.held] + list(extra)
-        return redact_segments(texts, self.policy)[len(self.context):]
+        return redact_segments(texts, self.policy, len(self.context))[len(self.context):]
 
     def final(self, text: str, payload: P) -> list[Released[P]]:
         """A new final: returns the finals that may go out now (maybe none: held back)."""
         self.held.append((text, payload))
         if not self.policy.enabled:
             return self.flush()
-        # Judge the ending after redaction: a number that is now complete closes it.
-        ending = " ".join(result.text for result in self._redact_held())
+        # Judge the ending after redaction, released context included: a number that is now
+        # complete closes it; digits right after a redacted one keep it open.
+        texts = self.context + [t for t, _ in self.held]
+        ending = " ".join(r.text for r in redact_segments(texts, self.policy))
         if not _open_ending(ending):
             return self.flush()
         return self._release(keep=len(self.held) - self._first_needed())
