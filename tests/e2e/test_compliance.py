@@ -42,6 +42,8 @@ async def test_card_numbers_from_the_engine_reach_no_webhook_outbox_row_or_log(
     stt.script = SCRIPT
     bridge = await bridge_factory(CALLBRIDGE_STT_INTERIM_RESULTS="true",
                                   CALLBRIDGE_OUTBOX_RETENTION_DAYS="1")
+    on = await bridge.wait_for_log("bridge-side redaction on")  # the secure default
+    assert on["policies"] == ["credit_card", "card_security_code", "card_expiry", "ssn"]
     spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(SPEECH)},
                     call_id="CA-pci")
     await stream_call(bridge.url("/streams/twilio"), build_call(spec), speed=2)
