@@ -103,8 +103,8 @@ async def _speech_to_text(app: web.Application) -> AsyncIterator[None]:
 
 
 def _engine_factory(stt: SttSettings, url: Callable[[], str]) -> EngineFactory:
-    def open_session(encoding: AudioEncoding) -> EngineSession:
-        return TelnyxSession(replace(stt, url=url()), encoding)
+    def open_session(encoding: AudioEncoding, sample_rate: int) -> EngineSession:
+        return TelnyxSession(replace(stt, url=url()), encoding, sample_rate)
     return open_session
 
 

@@ -22,7 +22,6 @@ from typing import Any, Final
 
 import structlog
 
-from bridge.codecs.g711 import BYTES_PER_MS
 from bridge.codecs.reframe import Reframer
 from bridge.compliance.redact import LegRedactor, Redacted, Released, policy_for
 from bridge.config import Settings
@@ -47,7 +46,7 @@ from bridge.stt.base import EngineResult, EngineSession
 
 log = structlog.get_logger("bridge.calls")
 
-EngineFactory = Callable[[AudioEncoding], EngineSession]
+EngineFactory = Callable[[AudioEncoding, int], EngineSession]  # (codec, sample rate)
 
 # How long a finished call waits for its webhooks' outcomes before writing its summary.
 SUMMARY_WAIT_S: Final = 10.0
@@ -71,13 +70,15 @@ class Leg:
         self.speaker = getattr(settings.speakers, track.value)
         self.engine = engine
         self.state = LegState.OPENING
-        self.reframer = Reframer(call.encoding, chunk_ms=settings.audio.chunk_ms,
+        self.reframer = Reframer(call.encoding, sample_rate=call.sample_rate,
+                                 chunk_ms=settings.audio.chunk_ms,
                                  reorder_window=settings.audio.reorder_window_frames,
                                  max_gap_fill_ms=settings.audio.max_gap_fill_ms)
         self._close_grace_s = settings.stt.close_grace_s
         self._buffer: deque[bytes] = deque()
         self._buffered = 0
-        self._max_buffered = settings.audio.max_buffer_ms * BYTES_PER_MS
+        self.bytes_per_ms = self.reframer.bytes_per_ms
+        self._max_buffered = settings.audio.max_buffer_ms * self.bytes_per_ms
         self._wake = asyncio.Event()
         self._audio_ended = False
         self.sent_bytes = 0
@@ -116,8 +117,8 @@ class Leg:
     def _enqueue(self, chunk: bytes) -> None:
         if self.paused:
             # Withheld from the engine; the clock runs on, so later results map past the gap.
-            sent_ms = (self._enqueued - self.bytes_paused) / BYTES_PER_MS
-            self._pause_skips.append((sent_ms, len(chunk) / BYTES_PER_MS))
+            sent_ms = (self._enqueued - self.bytes_paused) / self.bytes_per_ms
+            self._pause_skips.append((sent_ms, len(chunk) / self.bytes_per_ms))
             self.bytes_paused += len(chunk)
             self._enqueued += len(chunk)
             return
@@ -132,7 +133,7 @@ class Leg:
             self._buffered -= len(dropped)
             if self.chunks_dropped == 0:
                 log.warning("upstream is slower than real time; dropping oldest audio",
-                            leg=self.track.value, buffer_ms=self._max_buffered // BYTES_PER_MS)
+                            leg=self.track.value, buffer_ms=self._max_buffered // self.bytes_per_ms)
             self.chunks_dropped += 1
         self._wake.set()
 
@@ -207,7 +208,7 @@ class Leg:
         if result.start_s is not None and result.end_s is not None:
             start_ms, end_ms = to_clock(result.start_s * 1000), to_clock(result.end_s * 1000)
         else:
-            end_ms = to_clock(self.sent_bytes / BYTES_PER_MS)
+            end_ms = to_clock(self.sent_bytes / self.bytes_per_ms)
             previous_end = self._last_final_end_ms
             start_ms = to_clock(0) if previous_end is None else previous_end
         start_ms = min(start_ms, end_ms)
@@ -293,6 +294,10 @@ class Call:
         return self._require_started().encoding
 
     @property
+    def sample_rate(self) -> int:
+        return self._require_started().sample_rate
+
+    @property
     def call_id(self) -> str | None:
         return self.started.call_id if self.started else None
 
@@ -364,7 +369,7 @@ class Call:
         return {t.value: leg.paused for t, leg in self.legs.items()}
 
     def _open_leg(self, track: Track) -> Leg:
-        leg = Leg(self, track, self._engines(self.encoding))
+        leg = Leg(self, track, self._engines(self.encoding, self.sample_rate))
         self.legs[track] = leg
         if self.paused:
             leg.set_paused(True)

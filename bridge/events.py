@@ -17,6 +17,7 @@ class AudioEncoding(enum.StrEnum):
 
     PCMU = "pcmu"  # G.711 µ-law
     PCMA = "pcma"  # G.711 A-law
+    L16 = "l16"  # 16-bit linear PCM, little-endian once inside the bridge
 
 
 class Track(enum.StrEnum):

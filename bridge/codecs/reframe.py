@@ -24,7 +24,7 @@ import heapq
 from dataclasses import dataclass
 from typing import Final
 
-from bridge.codecs.g711 import BYTES_PER_MS, SILENCE_BYTE
+from bridge.codecs.pcm import bytes_per_ms, silence_byte
 from bridge.events import AudioEncoding
 
 JITTER_MS: Final = 10
@@ -48,17 +48,19 @@ class ReframeStats:
 class Reframer:
     """Reorders, gap-fills and chunks one leg's G.711 audio. See the module docstring."""
 
-    def __init__(self, encoding: AudioEncoding, *, chunk_ms: int = 100,
+    def __init__(self, encoding: AudioEncoding, *, sample_rate: int = 8000, chunk_ms: int = 100,
                  reorder_window: int = 5, max_gap_fill_ms: int = 5000) -> None:
         if not MIN_CHUNK_MS <= chunk_ms <= MAX_CHUNK_MS:
             raise ValueError(f"chunk_ms must be {MIN_CHUNK_MS}-{MAX_CHUNK_MS}, got {chunk_ms}")
         self.encoding = encoding
-        self.chunk_bytes = chunk_ms * BYTES_PER_MS
+        self.bytes_per_ms = bytes_per_ms(encoding, sample_rate)
+        self._silence = bytes([silence_byte(encoding)])
+        self.chunk_bytes = chunk_ms * self.bytes_per_ms
         self.reorder_window = reorder_window
         self.max_gap_fill_ms = max_gap_fill_ms
         self.stats = ReframeStats()
         self.origin_ms: int | None = None  # stream time of the leg's first byte
-        self._next_sample = 0  # stream time the next byte belongs at, in samples (1/8 ms)
+        self._next_sample = 0  # stream time the next byte belongs at, in bytes of audio
         self._held: list[tuple[int, int, bytes]] = []  # heap of (timestamp, arrival, payload)
         self._arrivals = 0
         self._pending = bytearray()  # bytes not yet cut into a chunk
@@ -68,11 +70,11 @@ class Reframer:
     @property
     def position_ms(self) -> int:
         """The leg's audio clock: stream time reached so far, silence and jumps included."""
-        return self._next_sample // BYTES_PER_MS
+        return self._next_sample // self.bytes_per_ms
 
     @property
     def _next_ms(self) -> int:
-        return self._next_sample // BYTES_PER_MS
+        return self._next_sample // self.bytes_per_ms
 
     def upstream_to_clock_ms(self, upstream_ms: float) -> int:
         """Map a time in the upstream's audio (ms from its first byte) onto the leg's clock."""
@@ -90,7 +92,7 @@ class Reframer:
             return self._cut()
         if self.origin_ms is None:
             self.origin_ms = timestamp_ms
-            self._next_sample = timestamp_ms * BYTES_PER_MS
+            self._next_sample = timestamp_ms * self.bytes_per_ms
         if timestamp_ms < self._next_ms - JITTER_MS:
             self.stats.late_dropped += 1
             return []
@@ -137,15 +139,15 @@ class Reframer:
             fill_ms = min(gap_ms, self.max_gap_fill_ms)
             self.stats.gaps_filled += 1
             self.stats.gap_fill_ms += fill_ms
-            self._append(bytes([SILENCE_BYTE[self.encoding]]) * (fill_ms * BYTES_PER_MS))
+            self._append(self._silence * (fill_ms * self.bytes_per_ms))
             if gap_ms > fill_ms:
                 self._record_skip(gap_ms - fill_ms)
         self._append(payload)
 
     def _record_skip(self, skip_ms: int) -> None:
-        self._skips.append((self._emitted_bytes / BYTES_PER_MS, skip_ms))
+        self._skips.append((self._emitted_bytes / self.bytes_per_ms, skip_ms))
         self.stats.skipped_ms += skip_ms
-        self._next_sample += skip_ms * BYTES_PER_MS
+        self._next_sample += skip_ms * self.bytes_per_ms
 
     def _skipped_before(self, upstream_ms: float) -> int:
         return sum(skip for at_ms, skip in self._skips if at_ms <= upstream_ms)

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from bridge.codecs.pcm import L16_RATES
 from bridge.errors import InvalidPayload, ProtocolViolation, UnsupportedData
 from bridge.events import (
     AudioEncoding,
@@ -70,7 +71,14 @@ ENCODINGS: Final[Mapping[str, AudioEncoding]] = {
     "pcma": AudioEncoding.PCMA,
     "audio/x-alaw": AudioEncoding.PCMA,
     "alaw": AudioEncoding.PCMA,
+    "l16": AudioEncoding.L16,
+    "audio/x-l16": AudioEncoding.L16,
+    "audio/l16": AudioEncoding.L16,
+    "linear16": AudioEncoding.L16,
+    "audio/x-raw": AudioEncoding.L16,  # Exotel: 16-bit linear PCM
 }
+# Codecs a provider may announce that the bridge does not decode, and what to change.
+UNDECODED: Final = {"g722", "opus", "amr-wb", "amr_wb", "g729"}
 
 
 def parse_json_object(text: str) -> dict[str, Any]:
@@ -134,10 +142,23 @@ def get_track(value: object, *, default: Track = Track.INBOUND) -> Track:
 
 
 def get_encoding(value: object) -> AudioEncoding:
-    """Map an announced media format onto a codec we decode."""
-    if isinstance(value, str) and value.lower() in ENCODINGS:
-        return ENCODINGS[value.lower()]
-    raise UnsupportedData(f"unsupported media encoding {value!r}: only PCMU and PCMA are accepted")
+    """Map an announced media format onto a codec we decode (parameters after ';' ignored)."""
+    name = value.split(";", 1)[0].strip().lower() if isinstance(value, str) else ""
+    if name in ENCODINGS:
+        return ENCODINGS[name]
+    if name in UNDECODED:
+        raise UnsupportedData(f"media encoding {value!r} is not decoded by callbridge: ask the "
+                              "provider for PCMU, PCMA or L16 (Telnyx: stream_codec)")
+    raise UnsupportedData(f"unsupported media encoding {str(value)[:40]!r}: PCMU, PCMA and "
+                          "L16 are accepted")
+
+
+def check_rate(encoding: AudioEncoding, sample_rate: int) -> None:
+    """G.711 exists at 8 kHz only; linear PCM is accepted at 8, 16 and 24 kHz."""
+    allowed = L16_RATES if encoding is AudioEncoding.L16 else (G711_SAMPLE_RATE,)
+    if sample_rate not in allowed:
+        raise UnsupportedData(f"{encoding.name} at {sample_rate} Hz: accepted rates are "
+                              f"{', '.join(str(r) for r in allowed)}")
 
 
 def get_parameters(value: object) -> dict[str, str]:
@@ -227,15 +248,15 @@ class JsonMediaDialect:
             media = get_object(message, "media")
             self._events.append(AudioFrame(
                 track=get_track(media.get("track")),
-                payload=decode_payload(media.get("payload")),
+                payload=self._audio(decode_payload(media.get("payload"))),
                 timestamp_ms=get_counter(media, "timestamp"),
                 chunk=get_counter(media, "chunk"),
             ))
         elif event == "start":
             self._advance(Step.START, event)
             started = self._parse_start(message)
-            if started.sample_rate != G711_SAMPLE_RATE:
-                raise UnsupportedData(f"G.711 at {started.sample_rate} Hz: only 8000 Hz exists")
+            check_rate(started.encoding, started.sample_rate)
+            self.encoding = started.encoding
             self._events.append(started)
         elif event == "dtmf":
             self._advance(Step.MEDIA, event)
@@ -257,6 +278,11 @@ class JsonMediaDialect:
             raise ProtocolViolation(f"unknown event {str(event)[:40]!r}")
 
     has_error_event = False
+    encoding: AudioEncoding = AudioEncoding.PCMU
+
+    def _audio(self, payload: bytes) -> bytes:
+        """Bring a payload to the bridge's form (dialects with big-endian L16 swap it)."""
+        return payload
     # Where each dialect keeps the start message's facts.
     start_keys: StartKeys
 

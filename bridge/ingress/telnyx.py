@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from bridge.events import ProviderErrorReported
+from bridge.codecs.pcm import swap_l16
+from bridge.events import AudioEncoding, ProviderErrorReported
 from bridge.ingress.base import JsonMediaDialect, StartKeys, get_object, get_str
 
 
@@ -24,6 +25,10 @@ class TelnyxDialect(JsonMediaDialect):
     start_keys = StartKeys(call_id="call_control_id", stream_id="stream_id",
                            media_format="media_format", sample_rate="sample_rate",
                            custom_parameters="custom_parameters", default_encoding="PCMU")
+
+    def _audio(self, payload: bytes) -> bytes:
+        # Telnyx sends L16 in network byte order (RFC 2586): big-endian.
+        return swap_l16(payload) if self.encoding is AudioEncoding.L16 else payload
 
     def _parse_error(self, message: dict[str, Any]) -> ProviderErrorReported:
         body = message.get("payload")

@@ -30,20 +30,24 @@ from bridge.stt.base import EngineResult
 
 log = structlog.get_logger("bridge.stt.telnyx")
 
-INPUT_FORMATS: Final = {AudioEncoding.PCMU: "mulaw", AudioEncoding.PCMA: "alaw"}
+INPUT_FORMATS: Final = {AudioEncoding.PCMU: "mulaw", AudioEncoding.PCMA: "alaw",
+                        AudioEncoding.L16: "linear16"}
 CLOSE_STREAM: Final = json.dumps({"type": "CloseStream"})
 MAX_SERVER_MESSAGE: Final = 256 * 1024  # transcript frames are small; bound them anyway
 
 
-def build_url(settings: SttSettings, encoding: AudioEncoding) -> str:
+def build_url(settings: SttSettings, encoding: AudioEncoding, sample_rate: int = 8000) -> str:
     """The session URL for a leg: base URL plus every configured parameter.
+
+    The format is the leg's own: ``mulaw``/``alaw`` at 8000, ``linear16`` at the leg's rate
+    (a 16 kHz leg is sent at 16 kHz, not downsampled).
 
     ``keyterm`` and ``keywords`` are sent once per term, as Telnyx's examples repeat them.
     """
     params: list[tuple[str, str]] = [
         ("transcription_engine", settings.transcription_engine),
         ("input_format", INPUT_FORMATS[encoding]),
-        ("sample_rate", "8000"),
+        ("sample_rate", str(sample_rate)),
     ]
     for key in ("model", "language", "endpointing", "redact"):
         value = getattr(settings, key)
@@ -118,9 +122,10 @@ def _times(frame: dict[str, Any]) -> tuple[float | None, float | None]:
 class TelnyxSession:
     """One Telnyx STT WebSocket session. See ``EngineSession`` for the contract."""
 
-    def __init__(self, settings: SttSettings, encoding: AudioEncoding) -> None:
+    def __init__(self, settings: SttSettings, encoding: AudioEncoding,
+                 sample_rate: int = 8000) -> None:
         self._settings = settings
-        self.url = build_url(settings, encoding)
+        self.url = build_url(settings, encoding, sample_rate)
         self._ws: ClientConnection | None = None
 
     async def open(self) -> None:

@@ -20,7 +20,7 @@ KNOWN_FORMATS: Final = ("mp3", "wav", "webm", "ogg", "flac", "ogg_opus", "webm_o
                         "opus", "amr_nb", "amr-nb", "amr_wb", "amr-wb", "g729", "speex")
 # What this recognizer decodes, and at which rates.
 RATES: Final[Mapping[str, tuple[int, ...]]] = {
-    "mulaw": (8000,), "alaw": (8000,), "linear16": (8000, 16000)}
+    "mulaw": (8000,), "alaw": (8000,), "linear16": (8000, 16000, 24000)}
 # Not a Telnyx code: Telnyx documents no concurrency error for STT. Closed with 1013.
 TOO_MANY_SESSIONS: Final = "42900"
 

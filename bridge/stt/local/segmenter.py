@@ -38,6 +38,7 @@ class Segmenter:
     def __init__(self, sample_rate: int, *, endpointing_ms: int = 600, min_rms: int = 200,
                  preroll_ms: int = 200, min_speech_ms: int = 100,
                  max_utterance_ms: int = 15000, partial_every_ms: int | None = None) -> None:
+        self.rate = sample_rate
         self.block_bytes = sample_rate * BLOCK_MS // 1000 * 2
         self.endpointing_ms = max(endpointing_ms, BLOCK_MS)
         self.min_rms = min_rms

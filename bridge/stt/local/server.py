@@ -18,7 +18,7 @@ import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Final
+from typing import Any, Final
 
 import structlog
 from aiohttp import WSMsgType, web
@@ -145,7 +145,7 @@ class Session:
         self.ws = ws
         self.params = params
         self.pool = pool
-        pcm_rate = params.sample_rate
+        pcm_rate = 16000 if params.sample_rate == 24000 else params.sample_rate
         endpointing = params.endpointing_ms
         self.segmenter = Segmenter(
             pcm_rate,
@@ -155,6 +155,7 @@ class Session:
             partial_every_ms=settings.partial_every_ms if params.interim_results else None)
         self.jobs: asyncio.Queue[Segment | None] = asyncio.Queue(JOB_QUEUE)
         self._odd = b""
+        self._rate_state: Any = None  # audioop.ratecv carries it between frames
 
     async def run(self) -> None:
         """Read until CloseStream or the client's close. Cancelling drops pending results."""
@@ -200,7 +201,7 @@ class Session:
             if not segment.final and not self.jobs.empty():
                 continue  # a newer result is already waiting: this partial is stale
             try:
-                text, confidence = await self.pool.decode(segment.pcm, self.params.sample_rate,
+                text, confidence = await self.pool.decode(segment.pcm, self.segmenter.rate,
                                                           segment.final)
             except BrokenProcessPool:
                 await self.ws.send_str(error_frame(QueryError(
@@ -221,6 +222,10 @@ class Session:
         data = self._odd + data  # linear16: keep a split sample for the next frame
         cut = len(data) - len(data) % 2
         self._odd = data[cut:]
+        if self.params.sample_rate == 24000:  # the model's rate is 16 kHz: no need for more
+            pcm, self._rate_state = audioop.ratecv(data[:cut], 2, 1, 24000, 16000,
+                                                   self._rate_state)
+            return pcm
         return data[:cut]
 
 
