@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from functools import partial
@@ -23,7 +24,7 @@ from bridge.config import DEFAULT_STT_URL, Settings, SttSettings, SttTarget, stt
 from bridge.delivery.dispatcher import DurableDispatcher
 from bridge.errors import CLOSE_INTERNAL_ERROR, CLOSE_MESSAGE_TOO_BIG, MessageTooBig, PeerError
 from bridge.events import AudioEncoding, Track
-from bridge.ingress import DIALECTS, make_dialect
+from bridge.ingress import BINARY_DIALECTS, DIALECTS, SUBPROTOCOLS, make_dialect
 from bridge.security import GuardedResolver
 from bridge.stt.base import EngineSession
 from bridge.stt.local.supervisor import EmbeddedRecognizer
@@ -47,7 +48,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_webhooks)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/streams", partial(media_stream, dialect=None))
-    for name in DIALECTS:
+    for name in [*DIALECTS, *BINARY_DIALECTS]:
         app.router.add_get(f"/streams/{name}", partial(media_stream, dialect=name))
     app.router.add_post("/calls/{call_id}/pause", partial(pause_call, paused=True))
     app.router.add_post("/calls/{call_id}/resume", partial(pause_call, paused=False))
@@ -140,12 +141,14 @@ async def media_stream(request: web.Request, *, dialect: str | None) -> web.Stre
         log.warning("refusing a media connection: max_calls reached",
                     max_calls=settings.server.max_calls)
         raise web.HTTPServiceUnavailable(text="callbridge is at capacity\n")
+    # mod_audio_fork and jambonz offer a subprotocol that must be echoed; AudioHook clients
+    # abort if one is selected, so only these two are ever chosen.
     ws = web.WebSocketResponse(max_msg_size=settings.server.max_message_bytes,
-                               autoping=True, heartbeat=30.0)
+                               autoping=True, heartbeat=30.0, protocols=SUBPROTOCOLS)
     await ws.prepare(request)
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(endpoint=request.path)
-    parser = make_dialect(dialect)
+    parser = make_dialect(dialect, request.query, connection_id=uuid.uuid4().hex)
     reason = "disconnected"
     async with asyncio.TaskGroup() as tasks:
         sink = app[SINK]

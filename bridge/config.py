@@ -177,6 +177,7 @@ class ComplianceSettings:
 class SpeakerSettings:
     inbound: str = "caller"
     outbound: str = "agent"
+    mixed: str = "call"
 
 
 @dataclass(frozen=True, slots=True)

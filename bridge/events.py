@@ -25,6 +25,7 @@ class Track(enum.StrEnum):
 
     INBOUND = "inbound"
     OUTBOUND = "outbound"
+    MIXED = "mixed"  # both parties in one channel (Vonage, mixed forks)
 
 
 @dataclass(frozen=True, slots=True)

@@ -122,9 +122,10 @@ class StreamResult:
     lag_max_s: float = 0.0  # how far behind schedule the sender fell
 
 
-async def stream_call(url: str, messages: Sequence[tuple[float, str]], *, speed: float = 1.0,
-                      session: aiohttp.ClientSession | None = None,
-                      headers: Mapping[str, str] | None = None) -> StreamResult:
+async def stream_call(url: str, messages: Sequence[tuple[float, str | bytes]], *,
+                      speed: float = 1.0, session: aiohttp.ClientSession | None = None,
+                      headers: Mapping[str, str] | None = None,
+                      protocols: Sequence[str] = ()) -> StreamResult:
     """Send the messages over one WebSocket, paced by their times divided by ``speed``.
 
     ``speed`` 0 sends as fast as the socket takes them. Returns once the stream is sent and
@@ -135,7 +136,7 @@ async def stream_call(url: str, messages: Sequence[tuple[float, str]], *, speed:
     client = session or aiohttp.ClientSession()
     result = StreamResult()
     try:
-        async with client.ws_connect(url, headers=headers, autoping=True,
+        async with client.ws_connect(url, headers=headers, autoping=True, protocols=protocols,
                                      max_msg_size=1024 * 1024) as ws:
             start = time.monotonic()
             for at_s, text in messages:
@@ -148,7 +149,10 @@ async def stream_call(url: str, messages: Sequence[tuple[float, str]], *, speed:
                         result.lag_max_s = max(result.lag_max_s, -delay)
                 if ws.closed:
                     break
-                await ws.send_str(text)
+                if isinstance(text, bytes):
+                    await ws.send_bytes(text)  # the binary dialects' audio
+                else:
+                    await ws.send_str(text)
                 result.messages_sent += 1
             await ws.close()
             result.close_code = ws.close_code

@@ -7,17 +7,32 @@ provider is talking, then hands everything to that provider's parser.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Final
 
 from bridge.errors import ProtocolViolation, UnsupportedData
 from bridge.events import IngressEvent
+from bridge.ingress.bandwidth import BandwidthDialect
 from bridge.ingress.base import JsonMediaDialect, parse_json_object
+from bridge.ingress.binary import (
+    AudioForkDialect,
+    BinaryMediaDialect,
+    JambonzDialect,
+    VonageDialect,
+)
+from bridge.ingress.exotel import ExotelDialect
+from bridge.ingress.plivo import PlivoDialect
+from bridge.ingress.signalwire import SignalWireDialect
 from bridge.ingress.telnyx import TelnyxDialect
 from bridge.ingress.twilio import TwilioDialect
 
 DIALECTS: Final[dict[str, type[JsonMediaDialect]]] = {
     "twilio": TwilioDialect,
     "telnyx": TelnyxDialect,
+    "plivo": PlivoDialect,
+    "signalwire": SignalWireDialect,
+    "exotel": ExotelDialect,
+    "bandwidth": BandwidthDialect,
 }
 
 # How many undecided messages we hold before giving up on recognising the peer.
@@ -27,10 +42,20 @@ MAX_UNDECIDED_MESSAGES: Final = 3
 def recognise(message: dict[str, Any]) -> type[JsonMediaDialect] | None:
     """Name the dialect a message belongs to, or None when it could be either.
 
-    Twilio spells keys in camelCase (``streamSid``, ``sequenceNumber``) and says
-    ``"protocol": "Call"`` on ``connected``; Telnyx uses snake_case (``stream_id``,
-    ``sequence_number``). A bare ``{"event":"connected","version":...}`` is undecided.
+    Bandwidth keys its messages ``eventType``; Plivo sends ``extra_headers`` and ``callId``;
+    Exotel spells ``stream_sid``; Twilio (and SignalWire, which copies it) ``streamSid``,
+    ``sequenceNumber`` and ``"protocol": "Call"``; Telnyx ``stream_id``. A bare
+    ``{"event":"connected"}`` is undecided.
     """
+    start = message.get("start")
+    if not isinstance(start, dict):
+        start = {}
+    if "eventType" in message:
+        return BandwidthDialect
+    if "extra_headers" in message or "callId" in start or "streamId" in message:
+        return PlivoDialect
+    if "stream_sid" in message or "call_sid" in start:
+        return ExotelDialect
     if "streamSid" in message or "sequenceNumber" in message or "protocol" in message:
         return TwilioDialect
     if "stream_id" in message or "sequence_number" in message:
@@ -39,11 +64,15 @@ def recognise(message: dict[str, Any]) -> type[JsonMediaDialect] | None:
 
 
 class DetectingDialect:
-    """Recognises the provider from its first messages, then delegates to its parser."""
+    """Recognises the provider from its first messages, then delegates to its parser.
 
-    def __init__(self) -> None:
+    Vonage's ``websocket:connected`` is recognised too (its binary audio follows).
+    """
+
+    def __init__(self, connection_id: str | None = None) -> None:
         self._pending: list[dict[str, Any]] = []
-        self.inner: JsonMediaDialect | None = None
+        self._connection_id = connection_id
+        self.inner: JsonMediaDialect | BinaryMediaDialect | None = None
 
     @property
     def name(self) -> str:
@@ -58,16 +87,21 @@ class DetectingDialect:
             self.inner.receive_text(text)
             return
         message = parse_json_object(text)
+        if message.get("event") == "websocket:connected":
+            self.inner = VonageDialect(None, self._connection_id)
+            self.inner.receive_text(text)
+            return
         self._pending.append(message)
         dialect = recognise(message)
         if dialect is None:
             if len(self._pending) >= MAX_UNDECIDED_MESSAGES:
                 raise ProtocolViolation("cannot recognise the media-stream dialect")
             return
-        self.inner = dialect()
+        inner = dialect()
+        self.inner = inner
         pending, self._pending = self._pending, []
         for held in pending:
-            self.inner.receive_message(held)
+            inner.receive_message(held)
 
     def receive_bytes(self, data: bytes) -> None:
         if self.inner is None:
@@ -81,11 +115,22 @@ class DetectingDialect:
         return self.inner.to_send() if self.inner is not None else []
 
 
-MediaDialect = JsonMediaDialect | DetectingDialect
+BINARY_DIALECTS: Final[dict[str, type[BinaryMediaDialect]]] = {
+    "vonage": VonageDialect,
+    "audiofork": AudioForkDialect,
+    "jambonz": JambonzDialect,
+}
+# WebSocket subprotocols the bridge echoes when a client offers them.
+SUBPROTOCOLS: Final = (AudioForkDialect.subprotocol, JambonzDialect.subprotocol)
+
+MediaDialect = JsonMediaDialect | DetectingDialect | BinaryMediaDialect
 
 
-def make_dialect(name: str | None) -> MediaDialect:
+def make_dialect(name: str | None, query: Mapping[str, str] | None = None,
+                 connection_id: str | None = None) -> MediaDialect:
     """A parser for ``/streams/<name>``; ``None`` for the recognising ``/streams`` endpoint."""
     if name is None:
-        return DetectingDialect()
+        return DetectingDialect(connection_id)
+    if name in BINARY_DIALECTS:
+        return BINARY_DIALECTS[name](query, connection_id)
     return DIALECTS[name]()

@@ -76,6 +76,8 @@ ENCODINGS: Final[Mapping[str, AudioEncoding]] = {
     "audio/l16": AudioEncoding.L16,
     "linear16": AudioEncoding.L16,
     "audio/x-raw": AudioEncoding.L16,  # Exotel: 16-bit linear PCM
+    "audio/pcmu": AudioEncoding.PCMU,  # Bandwidth
+    "audio/pcma": AudioEncoding.PCMA,
 }
 # Codecs a provider may announce that the bridge does not decode, and what to change.
 UNDECODED: Final = {"g722", "opus", "amr-wb", "amr_wb", "g729"}
@@ -274,10 +276,13 @@ class JsonMediaDialect:
         elif event == "error" and self.has_error_event:
             self._advance(Step.ERROR, event)
             self._events.append(self._parse_error(message))
+        elif event in self.ignored_events:
+            pass  # acknowledgements of what a bidirectional stream sent: nothing to do
         else:
             raise ProtocolViolation(f"unknown event {str(event)[:40]!r}")
 
     has_error_event = False
+    ignored_events: frozenset[str] = frozenset()
     encoding: AudioEncoding = AudioEncoding.PCMU
 
     def _audio(self, payload: bytes) -> bytes:

@@ -1,0 +1,143 @@
+"""Every further dialect end to end: a call through a real server, webhooks checked per leg,
+and the audio each leg's upstream received compared with what was streamed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bridge.codecs.pcm import split_stereo
+from bridge.codecs.resample import resample
+from bridge.simulate import stream_call
+from tests.conftest import BridgeProcess
+from tests.support import dialects
+from tests.support.audio import pcm_program, ulaw
+from tests.support.receiver import WebhookReceiver
+from tests.support.telnyx_stt import TelnyxSttEmulator
+
+pytestmark = pytest.mark.e2e
+
+CALLER = pcm_program(("silence", 200), ("tone", 600, 400), ("silence", 500),
+                     ("tone", 400, 700), ("silence", 400))
+AGENT = pcm_program(("silence", 300), ("tone", 500, 1000), ("silence", 700),
+                    ("silence", 500))
+
+
+def at(rate: int, pcm: bytes) -> bytes:
+    return resample(pcm, rate_in=8000, rate_out=rate)
+
+
+def interleave(left: bytes, right: bytes) -> bytes:
+    size = min(len(left), len(right))
+    return b"".join(left[n:n + 2] + right[n:n + 2] for n in range(0, size, 2))
+
+
+def finals(receiver: WebhookReceiver, call_id: str) -> dict[str, list[str]]:
+    by_leg: dict[str, list[str]] = {}
+    for event in receiver.of_call(call_id):
+        if event.type == "transcript.final":
+            by_leg.setdefault(event.data["leg"], []).append(event.data["text"])
+    return by_leg
+
+
+CALLER_SAYS = ["tone 400 hertz", "tone 700 hertz"]
+AGENT_SAYS = ["tone 1000 hertz"]
+
+
+async def play(bridge: BridgeProcess, receiver: WebhookReceiver, path: str,
+               messages: list[dialects.Message], call_id: str, **kwargs: object) -> None:
+    result = await stream_call(bridge.url(path), messages, speed=0, **kwargs)  # type: ignore[arg-type]
+    assert result.close_code == 1000
+    await receiver.wait_for(receiver.ended(call_id))
+
+
+async def test_plivo_l16_two_legs(bridge: BridgeProcess, stt: TelnyxSttEmulator,
+                                  receiver: WebhookReceiver) -> None:
+    tracks = {"inbound": at(16000, CALLER), "outbound": at(16000, AGENT)}
+    await play(bridge, receiver, "/streams/plivo",
+               dialects.plivo(tracks, encoding="audio/x-l16", rate=16000, call_id="plivo-1"),
+               "plivo-1")
+    assert finals(receiver, "plivo-1") == {"inbound": CALLER_SAYS, "outbound": AGENT_SAYS}
+    started = receiver.of_call("plivo-1")[0].data
+    assert started["custom_parameters"] == {"tenant": "acme", "agent": "7"}
+    assert {(s.param("input_format"), s.param("sample_rate")) for s in stt.sessions} == {
+        ("linear16", "16000")}  # a 16 kHz leg goes up at 16 kHz
+    assert sorted(bytes(s.audio) for s in stt.sessions) == sorted(tracks.values())
+
+
+async def test_plivo_mulaw_recognised_on_the_common_endpoint(
+        bridge: BridgeProcess, receiver: WebhookReceiver) -> None:
+    tracks = {"inbound": ulaw(CALLER)}
+    await play(bridge, receiver, "/streams",
+               dialects.plivo(tracks, encoding="audio/x-mulaw", rate=8000, call_id="plivo-2"),
+               "plivo-2")
+    assert receiver.of_call("plivo-2")[0].data["provider"] == "plivo"
+    assert finals(receiver, "plivo-2") == {"inbound": CALLER_SAYS}
+    assert receiver.of_call("plivo-2")[-1].data["reason"] == "disconnected"  # Plivo: no stop
+
+
+async def test_signalwire_big_endian_l16(bridge: BridgeProcess, stt: TelnyxSttEmulator,
+                                         receiver: WebhookReceiver) -> None:
+    tracks = {"inbound": at(16000, CALLER), "outbound": at(16000, AGENT)}
+    await play(bridge, receiver, "/streams/signalwire",
+               dialects.signalwire_l16(tracks, rate=16000, call_id="sw-1"), "sw-1")
+    assert finals(receiver, "sw-1") == {"inbound": CALLER_SAYS, "outbound": AGENT_SAYS}
+    assert sorted(bytes(s.audio) for s in stt.sessions) == sorted(tracks.values())
+
+
+async def test_exotel_linear_pcm(bridge: BridgeProcess, stt: TelnyxSttEmulator,
+                                 receiver: WebhookReceiver) -> None:
+    await play(bridge, receiver, "/streams/exotel",
+               dialects.exotel(CALLER, rate=8000, call_id="ex-call"), "ex-call")
+    assert finals(receiver, "ex-call") == {"inbound": CALLER_SAYS}
+    [session] = stt.sessions
+    assert session.param("input_format") == "linear16" and bytes(session.audio) == CALLER
+
+
+async def test_bandwidth_two_tracks(bridge: BridgeProcess, stt: TelnyxSttEmulator,
+                                    receiver: WebhookReceiver) -> None:
+    tracks = {"inbound": ulaw(CALLER), "outbound": ulaw(AGENT)}
+    await play(bridge, receiver, "/streams/bandwidth",
+               dialects.bandwidth(tracks, call_id="bw-1"), "bw-1")
+    assert finals(receiver, "bw-1") == {"inbound": CALLER_SAYS, "outbound": AGENT_SAYS}
+    assert receiver.of_call("bw-1")[0].data["custom_parameters"] == {"queue": "billing"}
+    assert sorted(bytes(s.audio) for s in stt.sessions) == sorted(tracks.values())
+
+
+async def test_vonage_one_mixed_leg(bridge: BridgeProcess, stt: TelnyxSttEmulator,
+                                    receiver: WebhookReceiver) -> None:
+    audio = at(16000, CALLER)
+    metadata = json.dumps({"event": "websocket:connected",
+                           "content-type": "audio/l16;rate=16000", "call_id": "vonage-1",
+                           "customer": "42"})
+    await play(bridge, receiver, "/streams/vonage",
+               dialects.binary(metadata, audio, rate=16000, channels=1), "vonage-1")
+    assert finals(receiver, "vonage-1") == {"mixed": CALLER_SAYS}
+    first = receiver.of_call("vonage-1")[1].data
+    assert first["speaker"] == "call" and first["custom_parameters"]["customer"] == "42"
+    [session] = stt.sessions
+    assert bytes(session.audio) == audio
+
+
+async def test_audiofork_stereo_is_two_legs(bridge: BridgeProcess, stt: TelnyxSttEmulator,
+                                            receiver: WebhookReceiver) -> None:
+    stereo = interleave(CALLER, AGENT)
+    await play(bridge, receiver, "/streams/audiofork?mix=stereo&rate=8000",
+               dialects.binary('{"callId": "fs-1"}', stereo, rate=8000, channels=2), "fs-1",
+               protocols=("audio.drachtio.org",))
+    assert finals(receiver, "fs-1") == {"inbound": CALLER_SAYS, "outbound": AGENT_SAYS}
+    caller, agent = split_stereo(stereo)
+    assert sorted(bytes(s.audio) for s in stt.sessions) == sorted([caller, agent])
+
+
+async def test_jambonz_listen_stereo_16k(bridge: BridgeProcess, stt: TelnyxSttEmulator,
+                                         receiver: WebhookReceiver) -> None:
+    stereo = interleave(at(16000, CALLER), at(16000, AGENT))
+    metadata = json.dumps({"callSid": "jb-1", "sampleRate": 16000, "mixType": "stereo",
+                           "from": "+15551230000"})
+    await play(bridge, receiver, "/streams/jambonz",
+               dialects.binary(metadata, stereo, rate=16000, channels=2), "jb-1",
+               protocols=("audio.jambonz.org",))
+    assert finals(receiver, "jb-1") == {"inbound": CALLER_SAYS, "outbound": AGENT_SAYS}
+    assert {s.param("sample_rate") for s in stt.sessions} == {"16000"}
