@@ -48,7 +48,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_webhooks)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/streams", partial(media_stream, dialect=None))
-    for name in [*DIALECTS, *BINARY_DIALECTS]:
+    for name in [*DIALECTS, *BINARY_DIALECTS, "audiohook"]:
         app.router.add_get(f"/streams/{name}", partial(media_stream, dialect=name))
     app.router.add_post("/calls/{call_id}/pause", partial(pause_call, paused=True))
     app.router.add_post("/calls/{call_id}/resume", partial(pause_call, paused=False))

@@ -12,6 +12,7 @@ from typing import Any, Final
 
 from bridge.errors import ProtocolViolation, UnsupportedData
 from bridge.events import IngressEvent
+from bridge.ingress.audiohook import AudioHookDialect
 from bridge.ingress.bandwidth import BandwidthDialect
 from bridge.ingress.base import JsonMediaDialect, parse_json_object
 from bridge.ingress.binary import (
@@ -123,7 +124,7 @@ BINARY_DIALECTS: Final[dict[str, type[BinaryMediaDialect]]] = {
 # WebSocket subprotocols the bridge echoes when a client offers them.
 SUBPROTOCOLS: Final = (AudioForkDialect.subprotocol, JambonzDialect.subprotocol)
 
-MediaDialect = JsonMediaDialect | DetectingDialect | BinaryMediaDialect
+MediaDialect = JsonMediaDialect | DetectingDialect | BinaryMediaDialect | AudioHookDialect
 
 
 def make_dialect(name: str | None, query: Mapping[str, str] | None = None,
@@ -131,6 +132,8 @@ def make_dialect(name: str | None, query: Mapping[str, str] | None = None,
     """A parser for ``/streams/<name>``; ``None`` for the recognising ``/streams`` endpoint."""
     if name is None:
         return DetectingDialect(connection_id)
+    if name == "audiohook":
+        return AudioHookDialect()
     if name in BINARY_DIALECTS:
         return BINARY_DIALECTS[name](query, connection_id)
     return DIALECTS[name]()

@@ -141,3 +141,30 @@ async def test_jambonz_listen_stereo_16k(bridge: BridgeProcess, stt: TelnyxSttEm
                protocols=("audio.jambonz.org",))
     assert finals(receiver, "jb-1") == {"inbound": CALLER_SAYS, "outbound": AGENT_SAYS}
     assert {s.param("sample_rate") for s in stt.sessions} == {"16000"}
+
+
+async def test_audiohook_stereo_with_inverted_channels(
+        bridge: BridgeProcess, stt: TelnyxSttEmulator, receiver: WebhookReceiver) -> None:
+    agent, caller = ulaw(AGENT), ulaw(CALLER)
+    size = min(len(agent), len(caller))
+    stereo = bytes(b for pair in zip(agent[:size], caller[:size], strict=True) for b in pair)
+
+    def message(seq: int, kind: str, parameters: dict[str, object]) -> str:
+        return json.dumps({"version": "2", "id": "ah-session", "type": kind, "seq": seq,
+                           "serverseq": 0, "position": "PT0S", "parameters": parameters})
+
+    media = [{"type": "audio", "format": "PCMU", "channels": ["internal", "external"],
+              "rate": 8000}]
+    messages: list[dialects.Message] = [(0.0, message(1, "open", {
+        "organizationId": "org", "conversationId": "conv-ah-1",
+        "participant": {"id": "p", "ani": "+1", "aniName": "", "dnis": "+2"},
+        "media": media}))]
+    messages += [(n * 0.2, stereo[n * 3200:(n + 1) * 3200])
+                 for n in range(-(-len(stereo) // 3200))]
+    messages += [(messages[-1][0], message(2, "ping", {})),
+                 (messages[-1][0], message(3, "close", {"reason": "end"}))]
+    await play(bridge, receiver, "/streams/audiohook", messages, "conv-ah-1")
+    # the first channel listed is the agent (internal): it must land on the outbound leg
+    assert finals(receiver, "conv-ah-1") == {"inbound": CALLER_SAYS, "outbound": AGENT_SAYS}
+    assert receiver.of_call("conv-ah-1")[-1].data["reason"] == "stopped"
+    assert sorted(bytes(s.audio) for s in stt.sessions) == sorted([caller[:size], agent[:size]])
