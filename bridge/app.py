@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -22,9 +23,23 @@ from bridge import __version__
 from bridge.calls import Call, EngineFactory
 from bridge.config import DEFAULT_STT_URL, Settings, SttSettings, SttTarget, stt_target
 from bridge.delivery.dispatcher import DurableDispatcher
-from bridge.errors import CLOSE_INTERNAL_ERROR, CLOSE_MESSAGE_TOO_BIG, MessageTooBig, PeerError
-from bridge.events import AudioEncoding, Track
+from bridge.errors import (
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_MESSAGE_TOO_BIG,
+    AuthenticationFailed,
+    MessageTooBig,
+    PeerError,
+)
+from bridge.events import AudioEncoding, StreamStarted, Track
 from bridge.ingress import BINARY_DIALECTS, DIALECTS, SUBPROTOCOLS, make_dialect
+from bridge.ingress.auth import (
+    check_audiohook,
+    check_basic,
+    check_bearer,
+    check_parameter_token,
+    check_twilio,
+    parse_audiohook_keys,
+)
 from bridge.security import GuardedResolver
 from bridge.stt.base import EngineSession
 from bridge.stt.local.supervisor import EmbeddedRecognizer
@@ -36,6 +51,7 @@ SETTINGS = web.AppKey("settings", Settings)
 SINK = web.AppKey("sink", DurableDispatcher)
 ENGINES: web.AppKey[EngineFactory] = web.AppKey("engines")
 LIVE_CALLS = web.AppKey("live_calls", set[Call])
+AUTH_FAILURES = web.AppKey("auth_failures", dict[str, int])  # per endpoint, for metrics
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -43,6 +59,7 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application()
     app[SETTINGS] = settings
     app[LIVE_CALLS] = set()
+    app[AUTH_FAILURES] = {}
 
     app.cleanup_ctx.append(_speech_to_text)
     app.cleanup_ctx.append(_webhooks)
@@ -137,6 +154,14 @@ async def media_stream(request: web.Request, *, dialect: str | None) -> web.Stre
     """
     app = request.app
     settings = app[SETTINGS]
+    refusal = _authenticate(request, dialect, settings)
+    if refusal is not None:
+        app[AUTH_FAILURES][dialect or "streams"] = app[AUTH_FAILURES].get(dialect or "streams",
+                                                                         0) + 1
+        log.warning("ingress authentication failed", endpoint=request.path, reason=refusal,
+                    remote=request.remote)
+        error = web.HTTPUnauthorized if refusal.startswith("missing") else web.HTTPForbidden
+        raise error(text="authentication failed\n")
     if len(app[LIVE_CALLS]) >= settings.server.max_calls:
         log.warning("refusing a media connection: max_calls reached",
                     max_calls=settings.server.max_calls)
@@ -164,12 +189,17 @@ async def media_stream(request: web.Request, *, dialect: str | None) -> web.Stre
                 elif message.type is WSMsgType.ERROR:
                     _raise_socket_error(ws.exception())
                 for event in parser.events():
+                    if isinstance(event, StreamStarted):
+                        event = _check_stream_token(event, dialect, settings)
                     call.handle(event)
                 for reply in parser.to_send():
                     await ws.send_str(reply)
             reason = "stopped" if parser.stopped else "disconnected"
         except PeerError as exc:
             reason = "protocol_error"
+            if isinstance(exc, AuthenticationFailed):
+                key = dialect or "streams"
+                app[AUTH_FAILURES][key] = app[AUTH_FAILURES].get(key, 0) + 1
             log.warning("closing media connection: peer broke the protocol",
                         dialect=parser.name, error=str(exc), close_code=exc.close_code)
             await ws.close(code=exc.close_code, message=str(exc)[:120].encode())
@@ -182,6 +212,41 @@ async def media_stream(request: web.Request, *, dialect: str | None) -> web.Stre
             app[LIVE_CALLS].discard(call)
             await call.end(reason)
     return ws
+
+
+def _authenticate(request: web.Request, dialect: str | None, settings: Settings) -> str | None:
+    """The handshake check configured for this endpoint: None when it passes (or none is)."""
+    auth = settings.ingress_auth
+    authorization = request.headers.get("Authorization")
+    if dialect == "twilio" and auth.twilio_auth_token:
+        base = auth.twilio_public_url.rstrip("/") or f"wss://{request.host}"
+        return check_twilio(auth.twilio_auth_token.reveal(), base + request.path_qs,
+                            request.headers.get("X-Twilio-Signature"))
+    if dialect == "exotel" and auth.exotel_basic:
+        return check_basic(auth.exotel_basic.reveal(), authorization)
+    if dialect == "audiohook" and auth.audiohook_keys:
+        return check_audiohook(parse_audiohook_keys(auth.audiohook_keys.reveal()),
+                               target=request.path_qs, authority=request.host,
+                               headers=request.headers, now=int(time.time()))
+    if dialect in auth.bearer_endpoints and auth.bearer_token:
+        return check_bearer(auth.bearer_token.reveal(), authorization)
+    return None
+
+
+def _check_stream_token(event: StreamStarted, dialect: str | None,
+                        settings: Settings) -> StreamStarted:
+    """For platforms that sign nothing: the shared token in a custom parameter, which is
+    then removed so that it reaches no webhook."""
+    auth = settings.ingress_auth
+    name = dialect or event.provider
+    if not auth.stream_token or name not in auth.stream_token_endpoints:
+        return event
+    parameters = dict(event.custom_parameters)
+    problem = check_parameter_token(auth.stream_token.reveal(),
+                                    parameters.pop(auth.stream_token_parameter, None))
+    if problem is not None:
+        raise AuthenticationFailed(problem)
+    return replace(event, custom_parameters=parameters)
 
 
 def _raise_socket_error(error: BaseException | None) -> None:

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 from bridge.errors import ConfigError
 from bridge.events import EventType as EventKinds
+from bridge.ingress.auth import parse_audiohook_keys
 from bridge.security import check_webhook_url, is_loopback_host
 
 LOG_FORMATS: Final = ("auto", "json", "console")
@@ -174,6 +175,20 @@ class ComplianceSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class IngressAuthSettings:
+    twilio_auth_token: Secret = field(default_factory=lambda: Secret(""))
+    twilio_public_url: str = ""
+    bearer_token: Secret = field(default_factory=lambda: Secret(""))
+    bearer_endpoints: tuple[str, ...] = ("signalwire",)
+    exotel_basic: Secret = field(default_factory=lambda: Secret(""))
+    audiohook_keys: Secret = field(default_factory=lambda: Secret(""))
+    stream_token: Secret = field(default_factory=lambda: Secret(""))
+    stream_token_parameter: str = "callbridge_token"  # noqa: S105 - a parameter name
+    stream_token_endpoints: tuple[str, ...] = ("telnyx", "plivo", "bandwidth", "vonage",
+                                               "audiofork", "jambonz")
+
+
+@dataclass(frozen=True, slots=True)
 class SpeakerSettings:
     inbound: str = "caller"
     outbound: str = "agent"
@@ -195,6 +210,7 @@ class Settings:
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     compliance: ComplianceSettings = field(default_factory=ComplianceSettings)
+    ingress_auth: IngressAuthSettings = field(default_factory=IngressAuthSettings)
     speakers: SpeakerSettings = field(default_factory=SpeakerSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
 
@@ -203,6 +219,12 @@ class Settings:
 ENVIRONMENT: Final[Mapping[str, tuple[str, str]]] = {
     "CALLBRIDGE_HOST": ("server", "host"),
     "CALLBRIDGE_ADMIN_TOKEN": ("server", "admin_token"),
+    "TWILIO_AUTH_TOKEN": ("ingress_auth", "twilio_auth_token"),
+    "CALLBRIDGE_TWILIO_PUBLIC_URL": ("ingress_auth", "twilio_public_url"),
+    "CALLBRIDGE_INGRESS_TOKEN": ("ingress_auth", "bearer_token"),
+    "CALLBRIDGE_EXOTEL_BASIC": ("ingress_auth", "exotel_basic"),
+    "CALLBRIDGE_AUDIOHOOK_KEYS": ("ingress_auth", "audiohook_keys"),
+    "CALLBRIDGE_STREAM_TOKEN": ("ingress_auth", "stream_token"),
     "CALLBRIDGE_REDACTION": ("compliance", "redaction"),
     "CALLBRIDGE_DTMF": ("compliance", "dtmf"),
     "CALLBRIDGE_PORT": ("server", "port"),
@@ -225,10 +247,15 @@ ENVIRONMENT: Final[Mapping[str, tuple[str, str]]] = {
     "CALLBRIDGE_LOG_LEVEL": ("logging", "level"),
     "CALLBRIDGE_LOG_FORMAT": ("logging", "format"),
 }
-SECRET_KEYS: Final = {("stt", "api_key"), ("webhooks", "secret"), ("server", "admin_token")}
+SECRET_KEYS: Final = {("stt", "api_key"), ("webhooks", "secret"), ("server", "admin_token"),
+                      ("ingress_auth", "twilio_auth_token"), ("ingress_auth", "bearer_token"),
+                      ("ingress_auth", "exotel_basic"), ("ingress_auth", "audiohook_keys"),
+                      ("ingress_auth", "stream_token")}
 SECRET_NAMES: Final = {("stt", "api_key"): "TELNYX_API_KEY",
                        ("webhooks", "secret"): "CALLBRIDGE_WEBHOOK_SECRET",
-                       ("server", "admin_token"): "CALLBRIDGE_ADMIN_TOKEN"}
+                       ("server", "admin_token"): "CALLBRIDGE_ADMIN_TOKEN",
+                       ("ingress_auth", "audiohook_keys"): "CALLBRIDGE_AUDIOHOOK_KEYS",
+                       ("ingress_auth", "exotel_basic"): "CALLBRIDGE_EXOTEL_BASIC"}
 
 T = TypeVar("T")
 
@@ -281,6 +308,7 @@ SECTIONS: Final[Mapping[str, type[Any]]] = {
     "webhooks": WebhookSettings,
     "outbox": OutboxSettings,
     "compliance": ComplianceSettings,
+    "ingress_auth": IngressAuthSettings,
     "speakers": SpeakerSettings,
     "logging": LoggingSettings,
 }
@@ -453,6 +481,18 @@ def _validate(settings: Settings, origin: Mapping[tuple[str, str], str]) -> None
     if s.server.admin_token:
         check(len(s.server.admin_token.reveal()) >= 16, "server", "admin_token",
               "must be at least 16 characters")
+    auth = s.ingress_auth
+    if auth.audiohook_keys:
+        try:
+            parse_audiohook_keys(auth.audiohook_keys.reveal())
+        except ValueError:
+            raise ConfigError(name("ingress_auth", "audiohook_keys"), "expected comma-separated "
+                              "api_key:base64_client_secret pairs") from None
+    if auth.exotel_basic:
+        check(":" in auth.exotel_basic.reveal(), "ingress_auth", "exotel_basic",
+              "expected user:password")
+    check(auth.twilio_public_url == "" or auth.twilio_public_url.startswith("wss://"),
+          "ingress_auth", "twilio_public_url", "must start with wss:// (as Twilio dials it)")
     check(s.logging.level in LOG_LEVELS, "logging", "level", f"must be one of {LOG_LEVELS}")
     check(s.logging.format in LOG_FORMATS, "logging", "format", f"must be one of {LOG_FORMATS}")
     for url in s.webhooks.urls:

@@ -6,6 +6,7 @@
     │   ├── ProtocolViolation       malformed JSON, unknown event, wrong order (close 1002)
     │   ├── InvalidPayload          bad base64 (close 1007)
     │   ├── UnsupportedData         unknown codec or track, binary on a JSON dialect (close 1003)
+    │   ├── AuthenticationFailed    a missing or wrong stream token (close 1008)
     │   └── MessageTooBig           a message over the configured size (close 1009)
     ├── UpstreamError           the speech-to-text service failed a leg
     │   ├── UpstreamRefused         bad key or bad parameters: fatal for that leg, never retried
@@ -76,6 +77,12 @@ class UnsupportedData(PeerError):
     """A kind of frame this dialect never carries (a binary frame on a JSON dialect)."""
 
     close_code = CLOSE_UNSUPPORTED_DATA
+
+
+class AuthenticationFailed(PeerError):
+    """The stream's in-band credentials (a token custom parameter) are missing or wrong."""
+
+    close_code = CLOSE_POLICY_VIOLATION
 
 
 class MessageTooBig(PeerError):
