@@ -248,9 +248,10 @@ class JsonMediaDialect:
         if event == "media":  # first: by far the most frequent message
             self._advance(Step.MEDIA, event)
             media = get_object(message, "media")
+            track = get_track(media.get("track"))
             self._events.append(AudioFrame(
-                track=get_track(media.get("track")),
-                payload=self._audio(decode_payload(media.get("payload"))),
+                track=track,
+                payload=self._track_audio(track, decode_payload(media.get("payload"))),
                 timestamp_ms=get_counter(media, "timestamp"),
                 chunk=get_counter(media, "chunk"),
             ))
@@ -288,6 +289,10 @@ class JsonMediaDialect:
     def _audio(self, payload: bytes) -> bytes:
         """Bring a payload to the bridge's form (dialects with big-endian L16 swap it)."""
         return payload
+
+    def _track_audio(self, track: Track, payload: bytes) -> bytes:
+        """Like ``_audio``, for dialects whose decoding keeps state per track."""
+        return self._audio(payload)
     # Where each dialect keeps the start message's facts.
     start_keys: StartKeys
 

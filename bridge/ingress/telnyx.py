@@ -13,8 +13,9 @@ from __future__ import annotations
 from typing import Any
 
 from bridge.codecs.pcm import swap_l16
-from bridge.events import AudioEncoding, ProviderErrorReported
-from bridge.ingress.base import JsonMediaDialect, StartKeys, get_object, get_str
+from bridge.codecs.transcode import DECODERS, PacketDecoder
+from bridge.events import AudioEncoding, ProviderErrorReported, StreamStarted, Track
+from bridge.ingress.base import JsonMediaDialect, StartKeys, get_counter, get_object, get_str
 
 
 class TelnyxDialect(JsonMediaDialect):
@@ -26,7 +27,27 @@ class TelnyxDialect(JsonMediaDialect):
                            media_format="media_format", sample_rate="sample_rate",
                            custom_parameters="custom_parameters", default_encoding="PCMU")
 
-    def _audio(self, payload: bytes) -> bytes:
+    _decoders: dict[Track, PacketDecoder] | None = None
+
+    def _parse_start(self, message: dict[str, Any]) -> StreamStarted:
+        media_format = get_object(get_object(message, "start"), "media_format", required=False)
+        codec = str(media_format.get("encoding", "")).lower()
+        if codec in DECODERS:
+            # G.722 and Opus are decoded here, per track, and the legs carry L16.
+            rate = get_counter(media_format, "sample_rate") or 8000
+            probe = PacketDecoder(codec, rate)
+            self._decoders = {}
+            self._codec = (codec, rate)
+            media_format["encoding"] = "L16"
+            media_format["sample_rate"] = probe.rate
+        return super()._parse_start(message)
+
+    def _track_audio(self, track: Track, payload: bytes) -> bytes:
+        if self._decoders is not None:
+            decoder = self._decoders.get(track)
+            if decoder is None:
+                decoder = self._decoders[track] = PacketDecoder(*self._codec)
+            return decoder.decode(payload)
         # Telnyx sends L16 in network byte order (RFC 2586): big-endian.
         return swap_l16(payload) if self.encoding is AudioEncoding.L16 else payload
 

@@ -105,3 +105,24 @@ def binary(metadata: str, audio: bytes, *, rate: int, channels: int) -> list[Mes
     frame = rate // 1000 * 20 * 2 * channels
     return [(0.0, metadata)] + [(n * 0.02, payload)
                                 for n, payload in enumerate(_frames(audio, frame))]
+
+
+def telnyx_packets(tracks: Mapping[str, list[bytes]], *, codec: str, rate: int,
+                   call_id: str) -> list[Message]:
+    """Telnyx media carrying one compressed packet (20 ms) per message."""
+    out: list[Message] = [
+        (0.0, json.dumps({"event": "connected", "version": "1.0.0"})),
+        (0.0, json.dumps({"event": "start", "sequence_number": "1", "stream_id": "tx-1",
+                          "start": {"call_control_id": call_id,
+                                    "media_format": {"encoding": codec, "sample_rate": rate,
+                                                     "channels": 1}}}))]
+    for track, packets in tracks.items():
+        for n, payload in enumerate(packets):
+            out.append((n * 0.02, json.dumps({
+                "event": "media", "sequence_number": str(n + 2), "stream_id": "tx-1",
+                "media": {"track": track, "chunk": str(n + 1), "timestamp": str(n * 20),
+                          "payload": _b64(payload)}})))
+    out = sorted(out, key=lambda m: m[0])
+    out.append((out[-1][0] + 0.02, json.dumps({"event": "stop", "sequence_number": "9999",
+                                               "stream_id": "tx-1", "stop": {}})))
+    return out

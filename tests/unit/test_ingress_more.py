@@ -83,7 +83,7 @@ def test_telnyx_l16_arrives_big_endian_and_is_swapped() -> None:
     assert isinstance(frame, AudioFrame) and frame.payload == PCM
 
 
-@pytest.mark.parametrize("codec", ["G722", "OPUS", "AMR-WB"])
+@pytest.mark.parametrize("codec", ["AMR-WB", "G729"])
 def test_codecs_not_decoded_say_what_to_change(codec: str) -> None:
     with pytest.raises(UnsupportedData, match="stream_codec"):
         TelnyxDialect().receive_text(json.dumps({"event": "start", "stream_id": "S", "start": {
