@@ -135,8 +135,8 @@ def test_telnyx_error_frame_in_both_documented_shapes(frame: str) -> None:
 
 def test_unsupported_codec_is_refused_with_1003() -> None:
     dialect = TelnyxDialect()
-    with pytest.raises(UnsupportedData, match="G722") as caught:
-        dialect.receive_text(TELNYX_START.replace('"PCMA"', '"G722"'))
+    with pytest.raises(UnsupportedData, match="AMR-WB") as caught:
+        dialect.receive_text(TELNYX_START.replace('"PCMA"', '"AMR-WB"'))
     assert caught.value.close_code == CLOSE_UNSUPPORTED_DATA
 
 
