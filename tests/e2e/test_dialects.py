@@ -191,3 +191,19 @@ async def test_telnyx_compressed_codecs_are_decoded(
         assert all(abs(p - e) <= 0.15 * e for p, e in zip(pitches, expected, strict=True))
     assert {(s.param("input_format"), s.param("sample_rate")) for s in stt.sessions} == {
         ("linear16", "16000")}
+
+
+@pytest.mark.parametrize(("path", "offered", "selected"), [
+    ("/streams/audiofork", ("audio.drachtio.org",), "audio.drachtio.org"),
+    ("/streams/jambonz", ("audio.jambonz.org",), "audio.jambonz.org"),
+    ("/streams/audiohook", (), None),  # Genesys offers none and aborts if one is chosen
+    ("/streams/twilio", ("something-else",), None),
+])
+async def test_subprotocols_are_echoed_only_when_offered(
+        bridge: BridgeProcess, path: str, offered: tuple[str, ...],
+        selected: str | None) -> None:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session, session.ws_connect(
+            bridge.url(path), protocols=offered) as ws:
+        assert ws.protocol == selected
