@@ -66,7 +66,6 @@ HOLD_DIGITS: Final = 2
 # Issuer prefixes (IIN) of the major brands, for a card inside a longer run.
 BRAND_PREFIX: Final = re.compile(
     r"^(4|5[1-5]|2(2[2-9]|[3-6]\d|7[01]|720)|3[47]|6(011|5|4[4-9])|35|3(0[0-5]|[689]))")
-WRITTEN_SSN: Final = re.compile(r"(?<!\d)(\d{3})[- ](\d{2})[- ](\d{4})(?!\d)")
 TOKEN: Final = re.compile(r"\d+|[^\W\d_]+(?:'[^\W\d_]+)?|[^\s\w]|_")
 
 P = TypeVar("P")
@@ -329,14 +328,12 @@ class Redacted:
         return [{"type": kind, "count": n} for kind, n in sorted(self.counts.items())]
 
 
-def redact_segments(texts: Sequence[str], policy: Policy, visible_from: int = 0
-                    ) -> list[Redacted]:
+def redact_segments(texts: Sequence[str], policy: Policy) -> list[Redacted]:
     """Redact texts as one (a number may run from one into the next); one result each.
 
     A span that starts in one segment and ends in a later one leaves its placeholder where
-    it starts and removes the rest; segments before ``visible_from`` are context that was
-    already sent (with the placeholder, when the span was found then), so a span starting
-    there only removes what it covers in the later ones.
+    it starts and removes the rest (so when the first segments are context that was already
+    sent, a span starting there only removes what it covers in the later ones).
     """
     tokens = tokenize(texts)
     spans = find_spans(tokens, policy) if policy.enabled else []
@@ -426,7 +423,7 @@ class LegRedactor(Generic[P]):
     def _redact_held(self, extra: Sequence[str] = ()) -> list[Redacted]:
         """Redact the held finals (and ``extra``) after the context: results for those only."""
         texts = self.context + [text for text, _ in self.held] + list(extra)
-        return redact_segments(texts, self.policy, len(self.context))[len(self.context):]
+        return redact_segments(texts, self.policy)[len(self.context):]
 
     def final(self, text: str, payload: P) -> list[Released[P]]:
         """A new final: returns the finals that may go out now (maybe none: held back)."""

@@ -144,7 +144,6 @@ class DurableDispatcher:
         self._waiting: dict[str, _Waiting] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._workers: dict[str, asyncio.Task[None]] = {}
-        self._closing = False
         self._new_targets: list[tuple[str, str, str]] = []
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -185,7 +184,6 @@ class DurableDispatcher:
 
         Undelivered events stay in the outbox for the next start. Cancelling skips the drain.
         """
-        self._closing = True
         try:
             await self._writes.join()
             async with asyncio.timeout(drain_timeout_s):

@@ -74,10 +74,6 @@ CREATE TABLE IF NOT EXISTS live_legs (
 """
 
 
-class OutboxFull(Exception):
-    """The outbox holds ``max_events`` already: the event was not stored."""
-
-
 class OutboxDiskFull(Exception):
     """The disk under the outbox is full: the event was not stored."""
 

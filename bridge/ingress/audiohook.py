@@ -70,7 +70,7 @@ class AudioHookDialect:
 
     name = "audiohook"
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
+    def __init__(self) -> None:
         self.state = StreamState.AWAITING_START
         self._events: list[IngressEvent] = []
         self._replies: list[str] = []

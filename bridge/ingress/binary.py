@@ -62,7 +62,6 @@ class BinaryMediaDialect:
         self.state = StreamState.AWAITING_START
         self._events: list[IngressEvent] = []
         self._tracks: tuple[Track, ...] = ()
-        self._frame_bytes = 0
 
     @property
     def stopped(self) -> bool:
