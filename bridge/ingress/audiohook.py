@@ -26,13 +26,12 @@ from bridge.errors import ProtocolViolation, UnsupportedData
 from bridge.events import (
     AudioEncoding,
     AudioFrame,
-    IngressEvent,
     ProviderErrorReported,
     StreamStarted,
     StreamStopped,
     Track,
 )
-from bridge.ingress.base import StreamState, parse_json_object
+from bridge.ingress.base import SansIoStream, StreamState, parse_json_object
 
 PROBE_CONVERSATION: Final = "00000000-0000-0000-0000-000000000000"
 CHANNEL_TRACKS: Final = {"external": Track.INBOUND, "internal": Track.OUTBOUND}
@@ -65,15 +64,13 @@ def choose_media(offers: object) -> dict[str, Any]:
     return max(usable, key=lambda m: (len(m["channels"]), m["format"] == "PCMU"))
 
 
-class AudioHookDialect:
+class AudioHookDialect(SansIoStream):
     """Sans-I/O AudioHook server session."""
 
     name = "audiohook"
 
     def __init__(self) -> None:
-        self.state = StreamState.AWAITING_START
-        self._events: list[IngressEvent] = []
-        self._replies: list[str] = []
+        super().__init__()
         self.session_id = ""
         self.server_seq = 0
         self.client_seq = 0
@@ -83,19 +80,7 @@ class AudioHookDialect:
         self._tracks: tuple[Track, ...] = ()
         self._width = 1
         self._samples = 0  # per channel: the audio position
-        self.closed = False
 
-    @property
-    def stopped(self) -> bool:
-        return self.state is StreamState.STOPPED
-
-    def events(self) -> list[IngressEvent]:
-        events, self._events = self._events, []
-        return events
-
-    def to_send(self) -> list[str]:
-        replies, self._replies = self._replies, []
-        return replies
 
     # -- client messages ---------------------------------------------------------------------
 

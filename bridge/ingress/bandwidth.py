@@ -16,7 +16,6 @@ from bridge.ingress.base import (
     G711_SAMPLE_RATE,
     JsonMediaDialect,
     Step,
-    check_rate,
     decode_payload,
     get_counter,
     get_encoding,
@@ -41,10 +40,7 @@ class BandwidthDialect(JsonMediaDialect):
                                            timestamp_ms=None, chunk=None))
         elif event == "start":
             self._advance(Step.START, event)
-            started = self._parse_start(message)
-            check_rate(started.encoding, started.sample_rate)
-            self.encoding = started.encoding
-            self._events.append(started)
+            self._accept_start(message)
         elif event == "stop":
             self._advance(Step.STOP, event)
             self._events.append(StreamStopped())

@@ -202,19 +202,36 @@ class StartKeys:
     default_encoding: str
 
 
-class JsonMediaDialect:
-    """Base of the JSON dialects: state tracking, event queue, the sans-I/O surface."""
+class SansIoStream:
+    """What every dialect shares: its state, the decoded events, the replies to write."""
 
-    name: str = "json"
+    name: str = "stream"
 
     def __init__(self) -> None:
         self.state = StreamState.AWAITING_START
         self._events: list[IngressEvent] = []
+        self._replies: list[str] = []
 
     @property
     def stopped(self) -> bool:
         """True once the provider said the stream is over."""
         return self.state is StreamState.STOPPED
+
+    def events(self) -> list[IngressEvent]:
+        """Hand over the events decoded since the last call."""
+        events, self._events = self._events, []
+        return events
+
+    def to_send(self) -> list[str]:
+        """Replies to write to the peer (only AudioHook has any)."""
+        replies, self._replies = self._replies, []
+        return replies
+
+
+class JsonMediaDialect(SansIoStream):
+    """Base of the JSON dialects: the message table and the common readers."""
+
+    name: str = "json"
 
     def receive_text(self, text: str) -> None:
         """Feed one text frame. Raises a ``PeerError`` for anything we cannot accept."""
@@ -227,15 +244,6 @@ class JsonMediaDialect:
     def receive_bytes(self, data: bytes) -> None:
         """JSON dialects never carry binary frames."""
         raise UnsupportedData(f"binary frame on the {self.name} dialect, which is JSON text only")
-
-    def events(self) -> list[IngressEvent]:
-        """Hand over the events decoded since the last call."""
-        events, self._events = self._events, []
-        return events
-
-    def to_send(self) -> list[str]:
-        """Replies to write to the peer; the one-way JSON dialects have none."""
-        return []
 
     def _advance(self, step: Step, event_name: str) -> None:
         next_state = TRANSITIONS.get((self.state, step))
@@ -257,10 +265,7 @@ class JsonMediaDialect:
             ))
         elif event == "start":
             self._advance(Step.START, event)
-            started = self._parse_start(message)
-            check_rate(started.encoding, started.sample_rate)
-            self.encoding = started.encoding
-            self._events.append(started)
+            self._accept_start(message)
         elif event == "dtmf":
             self._advance(Step.MEDIA, event)
             dtmf = get_object(message, "dtmf")
@@ -281,6 +286,12 @@ class JsonMediaDialect:
             pass  # acknowledgements of what a bidirectional stream sent: nothing to do
         else:
             raise ProtocolViolation(f"unknown event {str(event)[:40]!r}")
+
+    def _accept_start(self, message: dict[str, Any]) -> None:
+        started = self._parse_start(message)
+        check_rate(started.encoding, started.sample_rate)
+        self.encoding = started.encoding
+        self._events.append(started)
 
     has_error_event = False
     ignored_events: frozenset[str] = frozenset()

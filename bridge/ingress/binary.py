@@ -29,11 +29,10 @@ from bridge.events import (
     AudioEncoding,
     AudioFrame,
     Dtmf,
-    IngressEvent,
     StreamStarted,
     Track,
 )
-from bridge.ingress.base import StreamState, check_rate
+from bridge.ingress.base import SansIoStream, StreamState, check_rate
 
 MIX_TRACKS = {"mono": (Track.INBOUND,), "mixed": (Track.MIXED,),
               "stereo": (Track.INBOUND, Track.OUTBOUND)}
@@ -50,29 +49,17 @@ def _rate(value: object, default: int = 8000) -> int:
     return default
 
 
-class BinaryMediaDialect:
+class BinaryMediaDialect(SansIoStream):
     """Shared by the binary dialects: metadata first, then PCM frames split into legs."""
 
     name = "binary"
 
     def __init__(self, query: Mapping[str, str] | None = None,
                  connection_id: str | None = None) -> None:
+        super().__init__()
         self.query = dict(query or {})
         self.connection_id = connection_id or uuid.uuid4().hex
-        self.state = StreamState.AWAITING_START
-        self._events: list[IngressEvent] = []
         self._tracks: tuple[Track, ...] = ()
-
-    @property
-    def stopped(self) -> bool:
-        return self.state is StreamState.STOPPED
-
-    def events(self) -> list[IngressEvent]:
-        events, self._events = self._events, []
-        return events
-
-    def to_send(self) -> list[str]:
-        return []
 
     def receive_text(self, text: str) -> None:
         if self.state is StreamState.AWAITING_START:
