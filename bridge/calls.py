@@ -43,6 +43,14 @@ from bridge.events import (
     TranscriptResult,
 )
 from bridge.stt.base import EngineResult, EngineSession
+from bridge.stt.reconnect import (
+    MAX_RECONNECTS,
+    QUICK_FAILURES,
+    QUICK_S,
+    Decision,
+    classify,
+    reconnect_delays,
+)
 
 log = structlog.get_logger("bridge.calls")
 
@@ -96,6 +104,13 @@ class Leg:
         self.pauses: list[list[int | None]] = []  # [start_ms, end_ms] on the leg's clock
         self.bytes_paused = 0
         self._enqueued = 0  # bytes of reframed audio so far, sent or not
+        self._replay: deque[tuple[float, bytes]] = deque()  # (upstream ms, chunk) since a final
+        self._replay_bytes = 0
+        self._max_replay_bytes = settings.stt.replay_ms * self.bytes_per_ms
+        self._session_origin_ms = 0.0
+        self._session_bytes = 0
+        self._results_this_session = 0
+        self.reconnects = 0
         self._pause_skips: list[tuple[float, float]] = []  # (upstream ms, ms withheld there)
 
     # -- media side: synchronous, called for every frame -------------------------------------
@@ -140,45 +155,109 @@ class Leg:
     # -- upstream side -----------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Open the session, stream the audio, collect results, close.
+        """Open the session, stream the audio, collect results, close; reconnect when the
+        upstream drops.
 
-        Upstream failures end the leg's transcription (a ``transcription.error`` event and one
-        log line) but never the call. Cancelling leaves the upstream socket closed and the
-        buffered audio unsent.
+        A dropped session (network error, a retryable close code) is replaced after a short
+        backoff by a new one with the same parameters, which first receives the audio sent
+        since the last final again (from a buffer of at most ``stt.replay_ms``); results are
+        shifted onto the leg's clock, and finals ending before the last one delivered are
+        dropped. Fatal failures end the leg's transcription (a ``transcription.error`` event
+        and one log line) but never the call. Cancelling leaves the upstream socket closed
+        and the buffered audio unsent.
         """
         structlog.contextvars.bind_contextvars(leg=self.track.value)
-        try:
-            await self.engine.open()
-            self.state = LegState.STREAMING
-            async with asyncio.TaskGroup() as tasks:
-                receiver = tasks.create_task(self._receive())
-                await self._send_until_end()
-                self.state = LegState.FINISHING
-                await self.engine.finish()
-                # Some engines close after their last final, others never do: bound the wait.
-                await asyncio.wait({receiver}, timeout=self._close_grace_s)
+        delays = reconnect_delays()
+        quick_failures = failures_in_row = 0
+        while True:
+            loop = asyncio.get_running_loop()
+            opened_at = loop.time()
+            try:
+                await self._session()
+                self.state = LegState.DONE
+                return
+            except* UpstreamError as group:
+                error = _first(group.exceptions)
+            finally:
                 await self.engine.close()
-            self.state = LegState.DONE
-        except* UpstreamError as group:
-            self._fail(_first(group.exceptions))
-        finally:
+            productive = self._results_this_session > 0
+            quick = loop.time() - opened_at < QUICK_S and not productive
+            quick_failures = quick_failures + 1 if quick else 0
+            failures_in_row = 0 if productive else failures_in_row + 1
+            if productive:
+                delays = reconnect_delays()  # it worked for a while: start the backoff over
+            if (classify(error) is Decision.FATAL or self.state is LegState.FINISHING
+                    or quick_failures >= QUICK_FAILURES or failures_in_row > MAX_RECONNECTS):
+                self._fail(error)
+                return
+            delay = next(delays)
+            self.reconnects += 1
+            log.warning("speech-to-text session dropped; reconnecting and replaying",
+                        leg=self.track.value, error=str(error), retry_in_s=round(delay, 2),
+                        replay_ms=round(self._replay_bytes / self.bytes_per_ms))
+            await asyncio.sleep(delay)
+            self.engine = self.call.open_engine()
+
+    async def _session(self) -> None:
+        """One upstream session: open, replay, stream until the end of audio, finish."""
+        self._results_this_session = 0
+        await self.engine.open()
+        self.state = LegState.STREAMING
+        # The new session's audio starts where the replayed audio starts.
+        replay = list(self._replay)
+        self._session_origin_ms = (replay[0][0] if replay
+                                   else self.sent_bytes / self.bytes_per_ms)
+        self._session_bytes = 0
+        async with asyncio.TaskGroup() as tasks:
+            receiver = tasks.create_task(self._receive())
+            for _, chunk in replay:
+                await self.engine.send_audio(chunk)
+                self._session_bytes += len(chunk)
+            await self._send_until_end()
+            self.state = LegState.FINISHING
+            await self.engine.finish()
+            # Some engines close after their last final, others never do: bound the wait.
+            await asyncio.wait({receiver}, timeout=self._close_grace_s)
             await self.engine.close()
 
     async def _send_until_end(self) -> None:
         while True:
             while self._buffer:
-                chunk = self._buffer.popleft()
-                self._buffered -= len(chunk)
+                chunk = self._buffer[0]
                 await self.engine.send_audio(chunk)
+                self._buffer.popleft()  # only once sent: a drop here replays it
+                self._buffered -= len(chunk)
+                self._remember(chunk)
                 self.sent_bytes += len(chunk)
+                self._session_bytes += len(chunk)
             if self._audio_ended:
                 return
             self._wake.clear()
             await self._wake.wait()
 
+    def _remember(self, chunk: bytes) -> None:
+        """Keep sent audio for a replay, at most ``stt.replay_ms`` of it."""
+        self._replay.append((self.sent_bytes / self.bytes_per_ms, chunk))
+        self._replay_bytes += len(chunk)
+        while self._replay_bytes > self._max_replay_bytes and len(self._replay) > 1:
+            _, dropped = self._replay.popleft()
+            self._replay_bytes -= len(dropped)
+
+    def _forget_until(self, upstream_ms: float) -> None:
+        """A final covers the audio up to ``upstream_ms``: it needs no replay."""
+        while self._replay:
+            start, chunk = self._replay[0]
+            if start + len(chunk) / self.bytes_per_ms > upstream_ms:
+                break
+            self._replay.popleft()
+            self._replay_bytes -= len(chunk)
+
     async def _receive(self) -> None:
         async for result in self.engine.results():
-            self.call.on_result(self, self._place(result))
+            self._results_this_session += 1
+            placed = self._place(result)
+            if placed is not None:
+                self.call.on_result(self, placed)
 
     def set_paused(self, paused: bool) -> bool:
         """Pause or resume sending this leg's audio; False when nothing changed."""
@@ -196,7 +275,7 @@ class Leg:
         withheld = sum(ms for at, ms in self._pause_skips if at <= upstream_ms)
         return self.reframer.upstream_to_clock_ms(upstream_ms + withheld)
 
-    def _place(self, result: EngineResult) -> TranscriptResult:
+    def _place(self, result: EngineResult) -> TranscriptResult | None:
         """Put a result on the leg's audio clock.
 
         Engines that give segment times are mapped through the reframer (silence inserted
@@ -205,15 +284,22 @@ class Leg:
         that includes the engine's endpointing delay.
         """
         to_clock = self._to_clock
+        origin = self._session_origin_ms  # where this session's audio began, upstream ms
         if result.start_s is not None and result.end_s is not None:
-            start_ms, end_ms = to_clock(result.start_s * 1000), to_clock(result.end_s * 1000)
+            end_upstream = origin + result.end_s * 1000
+            start_ms, end_ms = to_clock(origin + result.start_s * 1000), to_clock(end_upstream)
         else:
-            end_ms = to_clock(self.sent_bytes / self.bytes_per_ms)
+            end_upstream = origin + self._session_bytes / self.bytes_per_ms
+            end_ms = to_clock(end_upstream)
             previous_end = self._last_final_end_ms
             start_ms = to_clock(0) if previous_end is None else previous_end
         start_ms = min(start_ms, end_ms)
         if result.is_final:
+            if self._last_final_end_ms is not None and end_ms <= self._last_final_end_ms \
+                    and self.reconnects:
+                return None  # replayed audio recognised again: delivered already
             self._last_final_end_ms = end_ms
+            self._forget_until(end_upstream)
         return TranscriptResult(result.text, result.is_final, result.confidence, start_ms, end_ms)
 
     def _fail(self, error: UpstreamError) -> None:
@@ -242,6 +328,7 @@ class Leg:
             "transcripts": self.sequence,
             "partials": self.partials,
             "upstream": "failed" if self.state is LegState.FAILED else "ok",
+            "reconnects": self.reconnects,
             "redaction": {
                 "enabled": self.call.policy.enabled,
                 "policies": self.call.policy.names(),
@@ -368,8 +455,12 @@ class Call:
                      leg=track.value if track else "all", reason=reason)
         return {t.value: leg.paused for t, leg in self.legs.items()}
 
+    def open_engine(self) -> EngineSession:
+        """A new upstream session for a leg of this call (its codec and rate)."""
+        return self._engines(self.encoding, self.sample_rate)
+
     def _open_leg(self, track: Track) -> Leg:
-        leg = Leg(self, track, self._engines(self.encoding, self.sample_rate))
+        leg = Leg(self, track, self.open_engine())
         self.legs[track] = leg
         if self.paused:
             leg.set_paused(True)

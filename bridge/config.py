@@ -94,6 +94,8 @@ class SttSettings:
     keywords: tuple[str, ...] = ()
     connect_timeout_s: float = 10.0
     close_grace_s: float = 2.0
+    replay_ms: int = 30000
+    ping_interval_s: float = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -464,6 +466,8 @@ def _validate(settings: Settings, origin: Mapping[tuple[str, str], str]) -> None
           "must be a number of milliseconds or \"false\"")
     check(s.stt.connect_timeout_s > 0, "stt", "connect_timeout_s", "must be positive")
     check(0 <= s.stt.close_grace_s <= 60, "stt", "close_grace_s", "must be 0-60 (seconds)")
+    check(1000 <= s.stt.replay_ms <= 300000, "stt", "replay_ms", "must be 1000-300000")
+    check(1 <= s.stt.ping_interval_s <= 300, "stt", "ping_interval_s", "must be 1-300")
     check(s.webhooks.timeout_s > 0, "webhooks", "timeout_s", "must be positive")
     check(s.webhooks.ttl_s > 0, "webhooks", "ttl_s", "must be positive")
     check(1 <= s.webhooks.max_in_flight <= 256, "webhooks", "max_in_flight", "must be 1-256")

@@ -145,6 +145,10 @@ class TelnyxSession:
                 max_queue=64,
                 write_limit=64 * 1024,
                 close_timeout=self._settings.close_grace_s,
+                # Pings find half-open sockets: no pong within the interval drops the session
+                # (close 1011), which reconnects.
+                ping_interval=self._settings.ping_interval_s,
+                ping_timeout=self._settings.ping_interval_s,
             )
         except InvalidStatus as exc:
             status = exc.response.status_code

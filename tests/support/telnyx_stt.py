@@ -87,6 +87,9 @@ class Recognizer:
         self._since_partial_ms = 0
         self._partials = 0
         self.sample_rate = sample_rate
+        self.blocks = 0  # audio time: 20 ms blocks received
+        self.utterance_start_ms = self.utterance_end_ms = 0
+        self.final_times: list[tuple[int, int]] = []  # (start, end) ms of each final, in turn
 
     def feed(self, data: bytes) -> list[tuple[str, bool]]:
         """Take audio; return (text, is_final) results in order."""
@@ -97,7 +100,11 @@ class Recognizer:
             chunk = bytes(self._raw[:block])
             del self._raw[:block]
             pcm = self._decode(chunk)
+            self.blocks += 1
             if audioop.rms(pcm, 2) >= VOICED_RMS:
+                if not self._voiced:
+                    self.utterance_start_ms = (self.blocks - 1) * BLOCK_MS
+                self.utterance_end_ms = self.blocks * BLOCK_MS
                 self._voiced += pcm
                 self._silent_ms = 0
                 self._since_partial_ms += BLOCK_MS
@@ -108,11 +115,15 @@ class Recognizer:
             elif self._voiced:
                 self._silent_ms += BLOCK_MS
                 if self.endpointing_ms is not None and self._silent_ms >= self.endpointing_ms:
+                    self.final_times.append((self.utterance_start_ms, self.utterance_end_ms))
                     out.append((self._final_text(), True))
         return out
 
     def flush(self) -> list[tuple[str, bool]]:
-        return [(self._final_text(), True)] if self._voiced else []
+        if not self._voiced:
+            return []
+        self.final_times.append((self.utterance_start_ms, self.utterance_end_ms))
+        return [(self._final_text(), True)]
 
     def _partial_text(self) -> str:
         """With a script, the first words of the coming final, more each time."""
@@ -147,13 +158,16 @@ class TelnyxSttEmulator:
     def __init__(self, *, api_key: str = "test-telnyx-key", with_type_field: bool = False,
                  script: list[str] | None = None, reject_status: int | None = None,
                  error_after_audio_bytes: int | None = None,
-                 drop_after_audio_bytes: int | None = None) -> None:
+                 drop_after_audio_bytes: int | None = None,
+                 drops: list[int] | None = None, with_times: bool = False) -> None:
         self.api_key = api_key
         self.with_type_field = with_type_field
         self.script = script
         self.reject_status = reject_status
         self.error_after_audio_bytes = error_after_audio_bytes
         self.drop_after_audio_bytes = drop_after_audio_bytes
+        self.drops = list(drops or [])  # per new session, in turn: drop after N audio bytes
+        self.with_times = with_times  # add start_time/duration (s) to finals, as some do
         self.sessions: list[EmulatorSession] = []
         self._server: Server | None = None
         self.session_opened = asyncio.Event()
@@ -256,22 +270,23 @@ class TelnyxSttEmulator:
         deepgram_like = engine != "Telnyx"
         if engine == "Telnyx" and interim:
             recognizer = Recognizer("mulaw", 8000, None, None)  # observed: no output at all
+        drop_at = self.drops.pop(0) if self.drops else self.drop_after_audio_bytes
         async for message in ws:
             if isinstance(message, str):
                 session.text_frames.append(message)
                 control = _control_type(message)
                 if control == "CloseStream":
                     for text, _final in recognizer.flush():
-                        await self._final(ws, session, text, deepgram_like)
+                        await self._final(ws, session, text, deepgram_like,
+                                          recognizer.final_times.pop(0))
                     if engine in CLOSES_ON_CLOSE_STREAM:
                         await ws.close(1000)
                         return
                 continue  # other text is ignored, as Telnyx documents
             session.audio += message
             session.binary_frames += 1
-            if (self.drop_after_audio_bytes is not None
-                    and len(session.audio) >= self.drop_after_audio_bytes):
-                ws.transport.abort()
+            if drop_at is not None and len(session.audio) >= drop_at:
+                ws.transport.abort()  # the client sees 1006: no close frame
                 return
             if (self.error_after_audio_bytes is not None
                     and len(session.audio) >= self.error_after_audio_bytes):
@@ -281,16 +296,20 @@ class TelnyxSttEmulator:
                 return
             for text, final in recognizer.feed(message):
                 if final:
-                    await self._final(ws, session, text, deepgram_like)
+                    await self._final(ws, session, text, deepgram_like,
+                                      recognizer.final_times.pop(0))
                 elif interim and deepgram_like:
                     await self._send(ws, session, {"transcript": text, "is_final": False,
                                                    "speech_final": False, "confidence": 0.0})
 
     async def _final(self, ws: ServerConnection, session: EmulatorSession, text: str,
-                     deepgram_like: bool) -> None:
+                     deepgram_like: bool, times: tuple[int, int]) -> None:
+        extra: dict[str, Any] = {}
+        if self.with_times:
+            extra = {"start_time": times[0] / 1000, "duration": (times[1] - times[0]) / 1000}
         if deepgram_like:
             await self._send(ws, session, {"transcript": text, "is_final": True,
-                                           "speech_final": True, "confidence": 0.92})
+                                           "speech_final": True, "confidence": 0.92, **extra})
             await self._send(ws, session, {"transcript": "", "is_final": True,
                                            "utterance_end": True})
         else:
