@@ -42,6 +42,7 @@ from bridge.ingress.auth import (
 )
 from bridge.security import GuardedResolver
 from bridge.stt.base import EngineSession
+from bridge.stt.deepgram import DeepgramSession
 from bridge.stt.local.supervisor import EmbeddedRecognizer
 from bridge.stt.telnyx import TelnyxSession
 
@@ -103,6 +104,16 @@ async def _speech_to_text(app: web.Application) -> AsyncIterator[None]:
     """Resolve where legs are transcribed; start the embedded recognizer when that is it."""
     settings = app[SETTINGS]
     target = stt_target(settings)
+    if target is SttTarget.DEEPGRAM:
+        deepgram = settings.deepgram
+
+        def open_deepgram(encoding: AudioEncoding, sample_rate: int) -> EngineSession:
+            return DeepgramSession(deepgram, encoding, sample_rate)
+
+        app[ENGINES] = open_deepgram
+        log.info("speech-to-text", target=target.value, url=deepgram.url, model=deepgram.model)
+        yield
+        return
     if target is not SttTarget.EMBEDDED:
         url = settings.stt.url or DEFAULT_STT_URL
         app[ENGINES] = _engine_factory(settings.stt, lambda: url)

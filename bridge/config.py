@@ -82,6 +82,7 @@ class AudioSettings:
 
 @dataclass(frozen=True, slots=True)
 class SttSettings:
+    engine: str = "telnyx"
     url: str = ""
     api_key: Secret = field(default_factory=lambda: Secret(""))
     transcription_engine: str = "Deepgram"
@@ -95,6 +96,23 @@ class SttSettings:
     connect_timeout_s: float = 10.0
     close_grace_s: float = 2.0
     replay_ms: int = 30000
+    ping_interval_s: float = 20.0
+
+
+@dataclass(frozen=True, slots=True)
+class DeepgramSettings:
+    url: str = "wss://api.deepgram.com/v1/listen"
+    api_key: Secret = field(default_factory=lambda: Secret(""))
+    model: str = "nova-3"
+    language: str = "en-US"
+    interim_results: bool = False
+    endpointing: str = "300"
+    utterance_end_ms: int = 1000
+    smart_format: bool = True
+    redact: tuple[str, ...] = ()
+    keyterms: tuple[str, ...] = ()
+    keepalive_s: float = 4.0
+    connect_timeout_s: float = 10.0
     ping_interval_s: float = 20.0
 
 
@@ -209,6 +227,7 @@ class Settings:
     audio: AudioSettings = field(default_factory=AudioSettings)
     stt: SttSettings = field(default_factory=SttSettings)
     local_stt: LocalSttSettings = field(default_factory=LocalSttSettings)
+    deepgram: DeepgramSettings = field(default_factory=DeepgramSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     compliance: ComplianceSettings = field(default_factory=ComplianceSettings)
@@ -232,6 +251,10 @@ ENVIRONMENT: Final[Mapping[str, tuple[str, str]]] = {
     "CALLBRIDGE_PORT": ("server", "port"),
     "CALLBRIDGE_CHUNK_MS": ("audio", "chunk_ms"),
     "CALLBRIDGE_STT_URL": ("stt", "url"),
+    "CALLBRIDGE_ENGINE": ("stt", "engine"),
+    "DEEPGRAM_API_KEY": ("deepgram", "api_key"),
+    "CALLBRIDGE_DEEPGRAM_URL": ("deepgram", "url"),
+    "CALLBRIDGE_DEEPGRAM_KEEPALIVE_S": ("deepgram", "keepalive_s"),
     "TELNYX_API_KEY": ("stt", "api_key"),
     "CALLBRIDGE_STT_ENGINE": ("stt", "transcription_engine"),
     "CALLBRIDGE_STT_INTERIM_RESULTS": ("stt", "interim_results"),
@@ -250,6 +273,7 @@ ENVIRONMENT: Final[Mapping[str, tuple[str, str]]] = {
     "CALLBRIDGE_LOG_FORMAT": ("logging", "format"),
 }
 SECRET_KEYS: Final = {("stt", "api_key"), ("webhooks", "secret"), ("server", "admin_token"),
+                      ("deepgram", "api_key"),
                       ("ingress_auth", "twilio_auth_token"), ("ingress_auth", "bearer_token"),
                       ("ingress_auth", "exotel_basic"), ("ingress_auth", "audiohook_keys"),
                       ("ingress_auth", "stream_token")}
@@ -307,6 +331,7 @@ SECTIONS: Final[Mapping[str, type[Any]]] = {
     "audio": AudioSettings,
     "stt": SttSettings,
     "local_stt": LocalSttSettings,
+    "deepgram": DeepgramSettings,
     "webhooks": WebhookSettings,
     "outbox": OutboxSettings,
     "compliance": ComplianceSettings,
@@ -467,6 +492,15 @@ def _validate(settings: Settings, origin: Mapping[tuple[str, str], str]) -> None
     check(s.stt.connect_timeout_s > 0, "stt", "connect_timeout_s", "must be positive")
     check(0 <= s.stt.close_grace_s <= 60, "stt", "close_grace_s", "must be 0-60 (seconds)")
     check(1000 <= s.stt.replay_ms <= 300000, "stt", "replay_ms", "must be 1000-300000")
+    check(s.stt.engine in ("telnyx", "deepgram"), "stt", "engine", "must be telnyx or deepgram")
+    if s.stt.engine == "deepgram":
+        check(s.deepgram.url.startswith(("ws://", "wss://")), "deepgram", "url",
+              "must be a ws:// or wss:// URL")
+        dg_host = urlsplit(s.deepgram.url).hostname or ""
+        check(bool(s.deepgram.api_key) or is_loopback_host(dg_host), "deepgram", "api_key",
+              "DEEPGRAM_API_KEY must be set: deepgram.url is not on this machine")
+    check(0.1 <= s.deepgram.keepalive_s <= 9, "deepgram", "keepalive_s",
+          "must be 0.1-9 (Deepgram closes after 10 s without audio)")
     check(1 <= s.stt.ping_interval_s <= 300, "stt", "ping_interval_s", "must be 1-300")
     check(s.webhooks.timeout_s > 0, "webhooks", "timeout_s", "must be positive")
     check(s.webhooks.ttl_s > 0, "webhooks", "ttl_s", "must be positive")
@@ -556,10 +590,13 @@ class SttTarget(enum.Enum):
     TELNYX = "telnyx"  # the Telnyx service (a key is set)
     CONFIGURED = "configured"  # stt.url as given (a local server or an emulator)
     EMBEDDED = "embedded"  # no key, no URL: the bridge starts the embedded recognizer
+    DEEPGRAM = "deepgram"  # Deepgram's own streaming API (stt.engine = "deepgram")
 
 
 def stt_target(settings: Settings) -> SttTarget:
     """Decide where transcription goes: an explicit URL, Telnyx with a key, else embedded."""
+    if settings.stt.engine == "deepgram":
+        return SttTarget.DEEPGRAM
     if settings.stt.url:
         return SttTarget.CONFIGURED
     return SttTarget.TELNYX if settings.stt.api_key else SttTarget.EMBEDDED

@@ -1,0 +1,213 @@
+"""Deepgram live streaming (``/v1/listen``): one session per leg.
+
+Configuration is the query string: the leg's codec (``encoding=mulaw|alaw|linear16``,
+``sample_rate``, ``channels=1``), ``model``, ``interim_results``, ``endpointing``,
+``utterance_end_ms``, ``smart_format``, ``redact`` (one parameter per value), ``keyterm``
+(Nova-3 and Flux) or ``keywords`` (older models), one parameter per term. Auth is
+``Authorization: Token <key>``.
+
+Deepgram finalises an utterance in pieces: each ``is_final`` result is a settled segment,
+and ``speech_final`` (or an ``UtteranceEnd`` message) ends the utterance. The session joins
+the settled segments into one final per utterance, with the first segment's start and the
+last one's end (seconds from the session's first audio); a partial is the settled segments
+so far plus the interim one. Deepgram closes a session after 10 s without audio
+(``NET-0001``), so a ``KeepAlive`` goes out whenever no audio was sent for
+``keepalive_s``. At the end: ``Finalize``, then ``CloseStream``; the server sends what it
+has left and closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Final
+from urllib.parse import urlencode
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from bridge import __version__
+from bridge.config import DeepgramSettings
+from bridge.errors import UpstreamRefused, UpstreamUnavailable
+from bridge.events import AudioEncoding
+from bridge.stt.base import EngineResult
+
+ENCODINGS: Final = {AudioEncoding.PCMU: "mulaw", AudioEncoding.PCMA: "alaw",
+                    AudioEncoding.L16: "linear16"}
+KEYTERM_MODELS: Final = ("nova-3", "flux")
+MAX_SERVER_MESSAGE: Final = 1024 * 1024
+
+
+def build_url(settings: DeepgramSettings, encoding: AudioEncoding, sample_rate: int) -> str:
+    params: list[tuple[str, str]] = [
+        ("encoding", ENCODINGS[encoding]), ("sample_rate", str(sample_rate)),
+        ("channels", "1"), ("model", settings.model), ("language", settings.language)]
+    if settings.interim_results:
+        params.append(("interim_results", "true"))
+    if settings.endpointing:
+        params.append(("endpointing", settings.endpointing))
+    if settings.utterance_end_ms:
+        params.append(("utterance_end_ms", str(settings.utterance_end_ms)))
+    if settings.smart_format:
+        params.append(("smart_format", "true"))
+    params += [("redact", value) for value in settings.redact]
+    key = "keyterm" if settings.model.startswith(KEYTERM_MODELS) else "keywords"
+    params += [(key, term) for term in settings.keyterms]
+    return f"{settings.url}?{urlencode(params)}"
+
+
+@dataclass
+class UtteranceJoiner:
+    """Joins Deepgram's settled segments into one final per utterance. Pure."""
+
+    settled: list[str] = field(default_factory=list)
+    start_s: float | None = None
+    end_s: float | None = None
+    confidences: list[float] = field(default_factory=list)
+
+    def take(self, message: dict[str, Any]) -> EngineResult | None:
+        """One ``Results`` message in; a partial or a final out (or nothing)."""
+        alternatives = (message.get("channel") or {}).get("alternatives") or [{}]
+        best = alternatives[0] if isinstance(alternatives[0], dict) else {}
+        text = str(best.get("transcript") or "").strip()
+        start = float(message.get("start") or 0.0)
+        end = start + float(message.get("duration") or 0.0)
+        if message.get("is_final"):
+            if text:
+                self.settled.append(text)
+                self.start_s = start if self.start_s is None else self.start_s
+                self.end_s = end
+                confidence = best.get("confidence")
+                if isinstance(confidence, (int, float)):
+                    self.confidences.append(float(confidence))
+            if message.get("speech_final") or message.get("from_finalize"):
+                return self.close()
+            return None
+        if not text and not self.settled:
+            return None
+        return EngineResult(" ".join([*self.settled, text]).strip(), False, None,
+                            self.start_s if self.start_s is not None else start, end)
+
+    def close(self) -> EngineResult | None:
+        """The utterance is over (``speech_final`` or ``UtteranceEnd``): its final."""
+        if not self.settled:
+            return None
+        confidence = (sum(self.confidences) / len(self.confidences)
+                      if self.confidences else None)
+        result = EngineResult(" ".join(self.settled), True, confidence, self.start_s, self.end_s)
+        self.settled, self.confidences, self.start_s, self.end_s = [], [], None, None
+        return result
+
+
+def classify_close(code: int, reason: str) -> UpstreamRefused | UpstreamUnavailable | None:
+    """Deepgram's close frames: ``DATA-0000`` (audio it cannot decode) is fatal; ``NET-``
+    codes and 1011 are retryable; a normal close is the end."""
+    if code in (1000, 1001):
+        return None
+    if "DATA" in reason or code == 1008:
+        return UpstreamRefused(f"speech-to-text refused the audio: {reason[:40]}",
+                               code=str(code))
+    return UpstreamUnavailable(f"speech-to-text connection dropped: {reason[:40]}",
+                               code=str(code))
+
+
+class DeepgramSession:
+    """One Deepgram live session. See ``EngineSession`` for the contract."""
+
+    def __init__(self, settings: DeepgramSettings, encoding: AudioEncoding,
+                 sample_rate: int = 8000) -> None:
+        self._settings = settings
+        self.url = build_url(settings, encoding, sample_rate)
+        self._ws: ClientConnection | None = None
+        self._joiner = UtteranceJoiner()
+        self._last_send = 0.0
+        self._keepalive: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        try:
+            self._ws = await connect(
+                self.url, origin=None, compression=None, max_size=MAX_SERVER_MESSAGE,
+                additional_headers={"Authorization": f"Token {self._settings.api_key.reveal()}"},
+                user_agent_header=f"callbridge/{__version__}",
+                open_timeout=self._settings.connect_timeout_s,
+                ping_interval=self._settings.ping_interval_s,
+                ping_timeout=self._settings.ping_interval_s)
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            error = UpstreamRefused if 400 <= status < 500 and status != 429 \
+                else UpstreamUnavailable
+            raise error("speech-to-text handshake refused", status=status) from None
+        except (OSError, TimeoutError, InvalidHandshake) as exc:
+            raise UpstreamUnavailable(f"cannot connect to speech-to-text: "
+                                      f"{type(exc).__name__}") from None
+        self._last_send = asyncio.get_running_loop().time()
+        self._keepalive = asyncio.create_task(self._keep_alive(), name="deepgram keepalive")
+
+    async def _keep_alive(self) -> None:
+        """Deepgram closes after 10 s without audio: say we are here while none flows."""
+        loop = asyncio.get_running_loop()
+        interval = self._settings.keepalive_s
+        while True:
+            await asyncio.sleep(interval / 2)
+            if loop.time() - self._last_send >= interval:
+                with contextlib.suppress(ConnectionClosed):
+                    await self._connection().send(json.dumps({"type": "KeepAlive"}))
+                self._last_send = loop.time()
+
+    async def send_audio(self, chunk: bytes) -> None:
+        try:
+            await self._connection().send(chunk)
+        except ConnectionClosed:
+            raise UpstreamUnavailable("speech-to-text connection closed while sending") from None
+        self._last_send = asyncio.get_running_loop().time()
+
+    async def results(self) -> AsyncIterator[EngineResult]:
+        ws = self._connection()
+        try:
+            async for message in ws:
+                if isinstance(message, bytes):
+                    continue
+                try:
+                    frame = json.loads(message)
+                except ValueError:
+                    continue
+                if not isinstance(frame, dict):
+                    continue
+                kind = frame.get("type")
+                result = None
+                if kind == "Results":
+                    result = self._joiner.take(frame)
+                elif kind == "UtteranceEnd":
+                    result = self._joiner.close()
+                if result is not None:
+                    yield result
+        except ConnectionClosed as exc:
+            code = exc.rcvd.code if exc.rcvd is not None else 1006
+            error = classify_close(code, exc.rcvd.reason if exc.rcvd is not None else "")
+            if error is not None:
+                raise error from None
+        final = self._joiner.close()  # a session that ended mid-utterance
+        if final is not None:
+            yield final
+
+    async def finish(self) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            await self._connection().send(json.dumps({"type": "Finalize"}))
+            await self._connection().send(json.dumps({"type": "CloseStream"}))
+
+    async def close(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keepalive
+            self._keepalive = None
+        if self._ws is not None:
+            await self._ws.close()
+
+    def _connection(self) -> ClientConnection:
+        if self._ws is None:
+            raise RuntimeError("session used before open()")
+        return self._ws

@@ -1,0 +1,141 @@
+"""A Deepgram ``/v1/listen`` emulator: a real ``websockets`` server on 127.0.0.1.
+
+It checks ``Authorization: Token``, the query (``encoding`` needs ``sample_rate``), closes
+with 1011 ``NET-0001`` after ``idle_s`` without audio or ``KeepAlive`` (10 s on the real
+service), and answers from the audio like the Telnyx emulator does ("tone 400 hertz"),
+in Deepgram's shape: each utterance settles in two ``is_final`` segments, the second with
+``speech_final``, with ``start``/``duration`` in seconds of audio. ``Finalize`` flushes
+(``from_finalize``), ``CloseStream`` flushes, sends ``Metadata`` and closes with 1000.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from tests.support.telnyx_stt import Recognizer
+
+PATH = "/v1/listen"
+FORMATS = {"mulaw": "mulaw", "alaw": "alaw", "linear16": "linear16"}
+
+
+@dataclass
+class DeepgramSession:
+    query: dict[str, list[str]]
+    headers: Headers
+    audio: bytearray = field(default_factory=bytearray)
+    keepalives: int = 0
+    text_frames: list[str] = field(default_factory=list)
+    closed_with: tuple[int, str] | None = None
+
+    def param(self, name: str) -> str | None:
+        values = self.query.get(name)
+        return values[0] if values else None
+
+
+class DeepgramEmulator:
+    def __init__(self, *, api_key: str = "test-deepgram-key", idle_s: float = 10.0) -> None:
+        self.api_key = api_key
+        self.idle_s = idle_s
+        self.sessions: list[DeepgramSession] = []
+        self._server: Server | None = None
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return f"ws://127.0.0.1:{self._server.sockets[0].getsockname()[1]}{PATH}"
+
+    async def __aenter__(self) -> DeepgramEmulator:
+        self._server = await serve(self._handle, "127.0.0.1", 0,
+                                   process_request=self._check, max_size=2**20)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    def _check(self, connection: ServerConnection, request: Request) -> Response | None:
+        split = urlsplit(request.path)
+        if split.path != PATH:
+            return connection.respond(HTTPStatus.NOT_FOUND, "Not Found\n")
+        if request.headers.get("Authorization") != f"Token {self.api_key}":
+            return connection.respond(HTTPStatus.UNAUTHORIZED, '{"err_code":"INVALID_AUTH",'
+                                      '"err_msg":"Invalid credentials."}')
+        query = parse_qs(split.query)
+        if "encoding" in query and "sample_rate" not in query:
+            return connection.respond(HTTPStatus.BAD_REQUEST,
+                                      '{"err_code":"INVALID_QUERY_PARAMETER"}')
+        return None
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        assert ws.request is not None
+        split = urlsplit(ws.request.path)
+        session = DeepgramSession(parse_qs(split.query), ws.request.headers)
+        self.sessions.append(session)
+        fmt = FORMATS.get(session.param("encoding") or "", "linear16")
+        rate = int(session.param("sample_rate") or 16000)
+        recognizer = Recognizer(fmt, rate, int(session.param("endpointing") or 10), None)
+        interim = session.param("interim_results") == "true"
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(self.idle_s):
+                        message = await ws.recv()
+                except TimeoutError:
+                    session.closed_with = (1011, "NET-0001")
+                    await ws.close(1011, "NET-0001")
+                    return
+                if isinstance(message, str):
+                    session.text_frames.append(message)
+                    kind = json.loads(message).get("type")
+                    if kind == "KeepAlive":
+                        session.keepalives += 1
+                    elif kind in ("Finalize", "CloseStream"):
+                        for text, _ in recognizer.flush():
+                            await self._final(ws, text, recognizer.final_times.pop(0),
+                                              finalize=kind == "Finalize")
+                        if kind == "CloseStream":
+                            await ws.send(json.dumps({"type": "Metadata",
+                                                      "request_id": "emulated"}))
+                            session.closed_with = (1000, "")
+                            await ws.close(1000)
+                            return
+                    continue
+                session.audio += message
+                for text, final in recognizer.feed(message):
+                    if final:
+                        await self._final(ws, text, recognizer.final_times.pop(0))
+                    elif interim:
+                        await ws.send(json.dumps(self._results(text, False, False, 0, 0)))
+        except ConnectionClosed:
+            pass
+
+    async def _final(self, ws: ServerConnection, text: str, times: tuple[int, int],
+                     finalize: bool = False) -> None:
+        words = text.split()
+        start, end = times[0] / 1000, times[1] / 1000
+        middle = (start + end) / 2
+        first = self._results(" ".join(words[:-1]), True, False, start, middle - start)
+        last = self._results(words[-1], True, True, middle, end - middle)
+        if finalize:
+            last["from_finalize"] = True
+        await ws.send(json.dumps(first))
+        await ws.send(json.dumps(last))
+
+    @staticmethod
+    def _results(text: str, is_final: bool, speech_final: bool, start: float,
+                 duration: float) -> dict[str, Any]:
+        return {"type": "Results", "channel_index": [0, 1], "duration": duration,
+                "start": start, "is_final": is_final, "speech_final": speech_final,
+                "channel": {"alternatives": [{"transcript": text, "confidence": 0.97,
+                                              "words": []}]}}
