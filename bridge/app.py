@@ -41,6 +41,7 @@ from bridge.ingress.auth import (
     parse_audiohook_keys,
 )
 from bridge.security import GuardedResolver
+from bridge.stt.assemblyai import AssemblyAISession
 from bridge.stt.base import EngineSession
 from bridge.stt.deepgram import DeepgramSession
 from bridge.stt.local.supervisor import EmbeddedRecognizer
@@ -104,6 +105,17 @@ async def _speech_to_text(app: web.Application) -> AsyncIterator[None]:
     """Resolve where legs are transcribed; start the embedded recognizer when that is it."""
     settings = app[SETTINGS]
     target = stt_target(settings)
+    if target is SttTarget.ASSEMBLYAI:
+        assemblyai = settings.assemblyai
+
+        def open_assemblyai(encoding: AudioEncoding, sample_rate: int) -> EngineSession:
+            return AssemblyAISession(assemblyai, encoding, sample_rate)
+
+        app[ENGINES] = open_assemblyai
+        log.info("speech-to-text", target=target.value, url=assemblyai.url,
+                 model=assemblyai.speech_model)
+        yield
+        return
     if target is SttTarget.DEEPGRAM:
         deepgram = settings.deepgram
 

@@ -117,6 +117,18 @@ class DeepgramSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AssemblyAISettings:
+    url: str = "wss://streaming.assemblyai.com/v3/ws"
+    api_key: Secret = field(default_factory=lambda: Secret(""))
+    speech_model: str = "universal-streaming-english"
+    format_turns: bool = True
+    keyterms: tuple[str, ...] = ()
+    redact: tuple[str, ...] = ()
+    connect_timeout_s: float = 10.0
+    ping_interval_s: float = 20.0
+
+
+@dataclass(frozen=True, slots=True)
 class LocalSttSettings:
     host: str = "127.0.0.1"
     port: int = 8765
@@ -228,6 +240,7 @@ class Settings:
     stt: SttSettings = field(default_factory=SttSettings)
     local_stt: LocalSttSettings = field(default_factory=LocalSttSettings)
     deepgram: DeepgramSettings = field(default_factory=DeepgramSettings)
+    assemblyai: AssemblyAISettings = field(default_factory=AssemblyAISettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     compliance: ComplianceSettings = field(default_factory=ComplianceSettings)
@@ -255,6 +268,8 @@ ENVIRONMENT: Final[Mapping[str, tuple[str, str]]] = {
     "DEEPGRAM_API_KEY": ("deepgram", "api_key"),
     "CALLBRIDGE_DEEPGRAM_URL": ("deepgram", "url"),
     "CALLBRIDGE_DEEPGRAM_KEEPALIVE_S": ("deepgram", "keepalive_s"),
+    "ASSEMBLYAI_API_KEY": ("assemblyai", "api_key"),
+    "CALLBRIDGE_ASSEMBLYAI_URL": ("assemblyai", "url"),
     "TELNYX_API_KEY": ("stt", "api_key"),
     "CALLBRIDGE_STT_ENGINE": ("stt", "transcription_engine"),
     "CALLBRIDGE_STT_INTERIM_RESULTS": ("stt", "interim_results"),
@@ -273,7 +288,7 @@ ENVIRONMENT: Final[Mapping[str, tuple[str, str]]] = {
     "CALLBRIDGE_LOG_FORMAT": ("logging", "format"),
 }
 SECRET_KEYS: Final = {("stt", "api_key"), ("webhooks", "secret"), ("server", "admin_token"),
-                      ("deepgram", "api_key"),
+                      ("deepgram", "api_key"), ("assemblyai", "api_key"),
                       ("ingress_auth", "twilio_auth_token"), ("ingress_auth", "bearer_token"),
                       ("ingress_auth", "exotel_basic"), ("ingress_auth", "audiohook_keys"),
                       ("ingress_auth", "stream_token")}
@@ -332,6 +347,7 @@ SECTIONS: Final[Mapping[str, type[Any]]] = {
     "stt": SttSettings,
     "local_stt": LocalSttSettings,
     "deepgram": DeepgramSettings,
+    "assemblyai": AssemblyAISettings,
     "webhooks": WebhookSettings,
     "outbox": OutboxSettings,
     "compliance": ComplianceSettings,
@@ -492,7 +508,14 @@ def _validate(settings: Settings, origin: Mapping[tuple[str, str], str]) -> None
     check(s.stt.connect_timeout_s > 0, "stt", "connect_timeout_s", "must be positive")
     check(0 <= s.stt.close_grace_s <= 60, "stt", "close_grace_s", "must be 0-60 (seconds)")
     check(1000 <= s.stt.replay_ms <= 300000, "stt", "replay_ms", "must be 1000-300000")
-    check(s.stt.engine in ("telnyx", "deepgram"), "stt", "engine", "must be telnyx or deepgram")
+    check(s.stt.engine in ("telnyx", "deepgram", "assemblyai"), "stt", "engine",
+          "must be telnyx, deepgram or assemblyai")
+    if s.stt.engine == "assemblyai":
+        check(s.assemblyai.url.startswith(("ws://", "wss://")), "assemblyai", "url",
+              "must be a ws:// or wss:// URL")
+        aai_host = urlsplit(s.assemblyai.url).hostname or ""
+        check(bool(s.assemblyai.api_key) or is_loopback_host(aai_host), "assemblyai",
+              "api_key", "ASSEMBLYAI_API_KEY must be set: assemblyai.url is not on this machine")
     if s.stt.engine == "deepgram":
         check(s.deepgram.url.startswith(("ws://", "wss://")), "deepgram", "url",
               "must be a ws:// or wss:// URL")
@@ -591,12 +614,15 @@ class SttTarget(enum.Enum):
     CONFIGURED = "configured"  # stt.url as given (a local server or an emulator)
     EMBEDDED = "embedded"  # no key, no URL: the bridge starts the embedded recognizer
     DEEPGRAM = "deepgram"  # Deepgram's own streaming API (stt.engine = "deepgram")
+    ASSEMBLYAI = "assemblyai"  # AssemblyAI Universal-Streaming (stt.engine = "assemblyai")
 
 
 def stt_target(settings: Settings) -> SttTarget:
     """Decide where transcription goes: an explicit URL, Telnyx with a key, else embedded."""
     if settings.stt.engine == "deepgram":
         return SttTarget.DEEPGRAM
+    if settings.stt.engine == "assemblyai":
+        return SttTarget.ASSEMBLYAI
     if settings.stt.url:
         return SttTarget.CONFIGURED
     return SttTarget.TELNYX if settings.stt.api_key else SttTarget.EMBEDDED

@@ -1,0 +1,208 @@
+"""AssemblyAI Universal-Streaming v3: one session per leg.
+
+The query string carries ``speech_model``, ``encoding`` (``pcm_mulaw`` for µ-law legs;
+``pcm_s16le`` for linear legs, and for A-law legs, decoded exactly rather than re-encoded),
+``sample_rate``, ``format_turns``, ``keyterms_prompt`` (a JSON list) and the redaction
+parameters mapped from the bridge's ``redact`` values. ``Authorization`` is the raw key
+(no "Bearer").
+
+Two rules of the service shape the sending side: each audio message must hold 50-1000 ms
+(else close 3007), and audio may not arrive faster than real time (3007 again). Chunks are
+gathered into messages of at least 100 ms, the last one padded with silence to 50 ms, and
+sending waits whenever the session's audio would run ahead of the wall clock (replays after
+a reconnect included).
+
+``Turn`` messages with ``end_of_turn`` are finals; with ``format_turns`` the service sends
+the turn twice, unformatted then formatted, and the formatted one is kept. Word times (ms
+from the session's first audio) place results. ``Terminate`` ends a session: the service
+answers with its last turns, then ``Termination``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any, Final
+from urllib.parse import urlencode
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from bridge import __version__
+from bridge.codecs import g711
+from bridge.config import AssemblyAISettings
+from bridge.errors import UpstreamError, UpstreamRefused, UpstreamUnavailable
+from bridge.events import AudioEncoding
+from bridge.stt.base import EngineResult
+
+MIN_MESSAGE_MS: Final = 50
+TARGET_MESSAGE_MS: Final = 100
+AHEAD_SLACK_S: Final = 0.5  # how far ahead of real time the sender may run
+# The bridge's redact values, as AssemblyAI PII policies.
+PII_POLICIES: Final = {
+    "pci": ("credit_card_number", "credit_card_cvv", "credit_card_expiration"),
+    "ssn": ("us_social_security_number",),
+    "numbers": ("account_number", "banking_information", "phone_number"),
+}
+FATAL_CODES: Final = frozenset({1008, 3006, 3007, 4001, 4002, 4003})
+
+
+def build_url(settings: AssemblyAISettings, encoding: AudioEncoding, sample_rate: int) -> str:
+    params: list[tuple[str, str]] = [
+        ("speech_model", settings.speech_model),
+        ("encoding", "pcm_mulaw" if encoding is AudioEncoding.PCMU else "pcm_s16le"),
+        ("sample_rate", str(sample_rate)),
+        ("format_turns", "true" if settings.format_turns else "false")]
+    if settings.keyterms:
+        params.append(("keyterms_prompt", json.dumps(list(settings.keyterms))))
+    policies = [p for value in settings.redact for p in PII_POLICIES.get(value, ())]
+    if policies:
+        params += [("redact_pii", "true"), ("redact_pii_policies", json.dumps(policies)),
+                   ("redact_pii_sub", "entity_name")]
+    return f"{settings.url}?{urlencode(params)}"
+
+
+def error_for(code: int, message: str) -> UpstreamError:
+    """An Error frame or close code: 1008/3006/3007/4001-4003 are refusals; the rest
+    (3005 server error, 3008 session expired, 3009 rate of new sessions) may be retried."""
+    error = UpstreamRefused if code in FATAL_CODES else UpstreamUnavailable
+    return error(f"speech-to-text error: {message[:80]}", code=str(code))
+
+
+class TurnReader:
+    """Turns to results: partials, and one final per turn (the formatted one if asked). Pure."""
+
+    def __init__(self, formatted: bool) -> None:
+        self.formatted = formatted
+        self.done_turns: set[int] = set()
+
+    def take(self, message: dict[str, Any]) -> EngineResult | None:
+        order = message.get("turn_order")
+        text = str(message.get("transcript") or "").strip()
+        words = [w for w in message.get("words") or [] if isinstance(w, dict)]
+        start = words[0].get("start") if words else None
+        end = words[-1].get("end") if words else None
+        start_s = start / 1000 if isinstance(start, (int, float)) else None
+        end_s = end / 1000 if isinstance(end, (int, float)) else None
+        if not message.get("end_of_turn"):
+            return EngineResult(text, False, None, start_s, end_s) if text else None
+        if self.formatted and not message.get("turn_is_formatted"):
+            return None  # the formatted copy of this turn follows
+        if order in self.done_turns or not text:
+            return None
+        self.done_turns.add(order if isinstance(order, int) else -1)
+        confidences = [float(w["confidence"]) for w in words
+                       if isinstance(w.get("confidence"), (int, float))]
+        confidence = sum(confidences) / len(confidences) if confidences else None
+        return EngineResult(text, True, confidence, start_s, end_s)
+
+
+class AssemblyAISession:
+    """One Universal-Streaming session. See ``EngineSession`` for the contract."""
+
+    def __init__(self, settings: AssemblyAISettings, encoding: AudioEncoding,
+                 sample_rate: int = 8000) -> None:
+        self._settings = settings
+        self._encoding = encoding
+        self.url = build_url(settings, encoding, sample_rate)
+        width = 1 if encoding is AudioEncoding.PCMU else 2
+        self._bytes_per_ms = sample_rate // 1000 * width
+        self._silence = b"\xff" if encoding is AudioEncoding.PCMU else b"\x00"
+        self._pending = bytearray()
+        self._sent_ms = 0.0
+        self._started_at: float | None = None
+        self._ws: ClientConnection | None = None
+        self._reader = TurnReader(settings.format_turns)
+
+    async def open(self) -> None:
+        try:
+            self._ws = await connect(
+                self.url, origin=None, compression=None, max_size=1024 * 1024,
+                additional_headers={"Authorization": self._settings.api_key.reveal()},
+                user_agent_header=f"callbridge/{__version__}",
+                open_timeout=self._settings.connect_timeout_s,
+                ping_interval=self._settings.ping_interval_s,
+                ping_timeout=self._settings.ping_interval_s)
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            error = UpstreamRefused if 400 <= status < 500 and status != 429 \
+                else UpstreamUnavailable
+            raise error("speech-to-text handshake refused", status=status) from None
+        except (OSError, TimeoutError, InvalidHandshake) as exc:
+            raise UpstreamUnavailable(f"cannot connect to speech-to-text: "
+                                      f"{type(exc).__name__}") from None
+
+    async def send_audio(self, chunk: bytes) -> None:
+        if self._encoding is AudioEncoding.PCMA:
+            chunk = g711.decode_alaw(chunk)  # sent as pcm_s16le: exact, no re-encoding
+        self._pending += chunk
+        if len(self._pending) >= TARGET_MESSAGE_MS * self._bytes_per_ms:
+            await self._send_pending()
+
+    async def _send_pending(self) -> None:
+        """Send what is gathered as one message (at most 1000 ms), never ahead of real time."""
+        loop = asyncio.get_running_loop()
+        while self._pending:
+            size = min(len(self._pending), 1000 * self._bytes_per_ms)
+            message = bytes(self._pending[:size])
+            del self._pending[:size]
+            if len(message) < MIN_MESSAGE_MS * self._bytes_per_ms:
+                message += self._silence * (MIN_MESSAGE_MS * self._bytes_per_ms - len(message))
+            if self._started_at is None:
+                self._started_at = loop.time()
+            ahead = self._sent_ms / 1000 - (loop.time() - self._started_at) - AHEAD_SLACK_S
+            if ahead > 0:
+                await asyncio.sleep(ahead)  # the service's rule: no faster than real time
+            try:
+                await self._connection().send(message)
+            except ConnectionClosed:
+                raise UpstreamUnavailable("speech-to-text connection closed while "
+                                          "sending") from None
+            self._sent_ms += len(message) / self._bytes_per_ms
+
+    async def results(self) -> AsyncIterator[EngineResult]:
+        ws = self._connection()
+        try:
+            async for message in ws:
+                if isinstance(message, bytes):
+                    continue
+                try:
+                    frame = json.loads(message)
+                except ValueError:
+                    continue
+                if not isinstance(frame, dict):
+                    continue
+                kind = frame.get("type")
+                if kind == "Turn":
+                    result = self._reader.take(frame)
+                    if result is not None:
+                        yield result
+                elif kind == "Termination":
+                    return
+                elif kind == "Error" or (kind is None and "error" in frame):
+                    code = frame.get("error_code")
+                    raise error_for(code if isinstance(code, int) else 3005,
+                                    str(frame.get("error", "")))
+        except ConnectionClosed as exc:
+            code = exc.rcvd.code if exc.rcvd is not None else 1006
+            if code not in (1000, 1001):
+                if code >= 3000 or code == 1008:
+                    raise error_for(code, exc.rcvd.reason if exc.rcvd else "") from None
+                raise UpstreamUnavailable("speech-to-text connection dropped",
+                                          code=str(code)) from None
+
+    async def finish(self) -> None:
+        with contextlib.suppress(ConnectionClosed, UpstreamUnavailable):
+            await self._send_pending()
+            await self._connection().send(json.dumps({"type": "Terminate"}))
+
+    async def close(self) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+
+    def _connection(self) -> ClientConnection:
+        if self._ws is None:
+            raise RuntimeError("session used before open()")
+        return self._ws
