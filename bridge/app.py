@@ -11,7 +11,7 @@ import asyncio
 import hmac
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from functools import partial
 
@@ -20,8 +20,8 @@ import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from bridge import __version__
-from bridge.calls import Call, EngineFactory
-from bridge.config import DEFAULT_STT_URL, Settings, SttSettings, SttTarget, stt_target
+from bridge.calls import Call
+from bridge.config import DEFAULT_STT_URL, Settings, SttTarget, stt_target, uses_telnyx_protocol
 from bridge.delivery.dispatcher import DurableDispatcher
 from bridge.errors import (
     CLOSE_INTERNAL_ERROR,
@@ -30,7 +30,7 @@ from bridge.errors import (
     MessageTooBig,
     PeerError,
 )
-from bridge.events import AudioEncoding, StreamStarted, Track
+from bridge.events import StreamStarted, Track
 from bridge.ingress import BINARY_DIALECTS, DIALECTS, SUBPROTOCOLS, make_dialect
 from bridge.ingress.auth import (
     check_audiohook,
@@ -41,17 +41,14 @@ from bridge.ingress.auth import (
     parse_audiohook_keys,
 )
 from bridge.security import GuardedResolver
-from bridge.stt.assemblyai import AssemblyAISession
-from bridge.stt.base import EngineSession
-from bridge.stt.deepgram import DeepgramSession
+from bridge.stt.engines import Engines
 from bridge.stt.local.supervisor import EmbeddedRecognizer
-from bridge.stt.telnyx import TelnyxSession
 
 log = structlog.get_logger("bridge.app")
 
 SETTINGS = web.AppKey("settings", Settings)
 SINK = web.AppKey("sink", DurableDispatcher)
-ENGINES: web.AppKey[EngineFactory] = web.AppKey("engines")
+ENGINES = web.AppKey("engines", Engines)
 LIVE_CALLS = web.AppKey("live_calls", set[Call])
 AUTH_FAILURES = web.AppKey("auth_failures", dict[str, int])  # per endpoint, for metrics
 
@@ -102,35 +99,16 @@ async def pause_call(request: web.Request, *, paused: bool) -> web.Response:
 
 
 async def _speech_to_text(app: web.Application) -> AsyncIterator[None]:
-    """Resolve where legs are transcribed; start the embedded recognizer when that is it."""
+    """The engines legs use; starts the embedded recognizer when the Telnyx-protocol engine
+    is in use with neither a key nor a URL."""
     settings = app[SETTINGS]
     target = stt_target(settings)
-    if target is SttTarget.ASSEMBLYAI:
-        assemblyai = settings.assemblyai
-
-        def open_assemblyai(encoding: AudioEncoding, sample_rate: int) -> EngineSession:
-            return AssemblyAISession(assemblyai, encoding, sample_rate)
-
-        app[ENGINES] = open_assemblyai
-        log.info("speech-to-text", target=target.value, url=assemblyai.url,
-                 model=assemblyai.speech_model)
-        yield
-        return
-    if target is SttTarget.DEEPGRAM:
-        deepgram = settings.deepgram
-
-        def open_deepgram(encoding: AudioEncoding, sample_rate: int) -> EngineSession:
-            return DeepgramSession(deepgram, encoding, sample_rate)
-
-        app[ENGINES] = open_deepgram
-        log.info("speech-to-text", target=target.value, url=deepgram.url, model=deepgram.model)
-        yield
-        return
-    if target is not SttTarget.EMBEDDED:
+    if not uses_telnyx_protocol(settings) or target is not SttTarget.EMBEDDED:
         url = settings.stt.url or DEFAULT_STT_URL
-        app[ENGINES] = _engine_factory(settings.stt, lambda: url)
-        log.info("speech-to-text", target=target.value, url=url.split("?", 1)[0],
-                 engine=settings.stt.transcription_engine)
+        app[ENGINES] = Engines(settings, lambda: url)
+        log.info("speech-to-text", engines=list(app[ENGINES].names),
+                 telnyx=target.value if uses_telnyx_protocol(settings) else None,
+                 url=url.split("?", 1)[0] if uses_telnyx_protocol(settings) else None)
         yield
         return
     local = settings.local_stt
@@ -139,14 +117,8 @@ async def _speech_to_text(app: web.Application) -> AsyncIterator[None]:
         log.warning("no TELNYX_API_KEY: transcribing with the embedded recognizer "
                     "(PocketSphinx, offline); its accuracy is for development, not production",
                     url=embedded.url, pid=embedded.pid)
-        app[ENGINES] = _engine_factory(settings.stt, lambda: embedded.url)
+        app[ENGINES] = Engines(settings, lambda: embedded.url)
         yield
-
-
-def _engine_factory(stt: SttSettings, url: Callable[[], str]) -> EngineFactory:
-    def open_session(encoding: AudioEncoding, sample_rate: int) -> EngineSession:
-        return TelnyxSession(replace(stt, url=url()), encoding, sample_rate)
-    return open_session
 
 
 async def _webhooks(app: web.Application) -> AsyncIterator[None]:

@@ -27,7 +27,7 @@ from bridge.compliance.redact import LegRedactor, Redacted, Released, policy_for
 from bridge.config import Settings
 from bridge.delivery.retry import Outcome
 from bridge.delivery.webhooks import EventSink
-from bridge.errors import ProtocolViolation, UpstreamError, UpstreamRefused
+from bridge.errors import ProtocolViolation, UpstreamError, UpstreamRefused, UpstreamUnavailable
 from bridge.events import (
     AudioEncoding,
     AudioFrame,
@@ -43,6 +43,7 @@ from bridge.events import (
     TranscriptResult,
 )
 from bridge.stt.base import EngineResult, EngineSession
+from bridge.stt.engines import Engines
 from bridge.stt.reconnect import (
     MAX_RECONNECTS,
     QUICK_FAILURES,
@@ -54,7 +55,6 @@ from bridge.stt.reconnect import (
 
 log = structlog.get_logger("bridge.calls")
 
-EngineFactory = Callable[[AudioEncoding, int], EngineSession]  # (codec, sample rate)
 
 # How long a finished call waits for its webhooks' outcomes before writing its summary.
 SUMMARY_WAIT_S: Final = 10.0
@@ -75,6 +75,12 @@ class Leg:
         settings = call.settings
         self.call = call
         self.track = track
+        self.engine_name = call.engine_name
+        self._silence_timeout_s = settings.stt.silence_timeout_s
+        self._roll_margin_s = settings.stt.roll_margin_s
+        self._roll = False
+        self.rolls = 0
+        self.failed_over = False
         self.speaker = getattr(settings.speakers, track.value)
         self.engine = engine
         self.state = LegState.OPENING
@@ -173,11 +179,21 @@ class Leg:
             loop = asyncio.get_running_loop()
             opened_at = loop.time()
             try:
-                await self._session()
-                self.state = LegState.DONE
-                return
+                rolled = await self._session()
             except* UpstreamError as group:
                 error = _first(group.exceptions)
+            else:
+                if not rolled:
+                    self.state = LegState.DONE
+                    return
+                # A long session ended at a pause before the engine's limit: go on in a
+                # new one, which gets the audio since the last final first.
+                self.rolls += 1
+                log.info("speech-to-text session rolled over before its limit",
+                         leg=self.track.value, engine=self.engine_name)
+                self.engine = self.call.open_engine(self.engine_name)
+                quick_failures = failures_in_row = 0
+                continue
             finally:
                 await self.engine.close()
             productive = self._results_this_session > 0
@@ -188,6 +204,10 @@ class Leg:
                 delays = reconnect_delays()  # it worked for a while: start the backoff over
             if (classify(error) is Decision.FATAL or self.state is LegState.FINISHING
                     or quick_failures >= QUICK_FAILURES or failures_in_row > MAX_RECONNECTS):
+                if self.state is not LegState.FINISHING and self._fail_over(error):
+                    quick_failures = failures_in_row = 0
+                    delays = reconnect_delays()
+                    continue
                 self._fail(error)
                 return
             delay = next(delays)
@@ -196,11 +216,30 @@ class Leg:
                         leg=self.track.value, error=str(error), retry_in_s=round(delay, 2),
                         replay_ms=round(self._replay_bytes / self.bytes_per_ms))
             await asyncio.sleep(delay)
-            self.engine = self.call.open_engine()
+            self.engine = self.call.open_engine(self.engine_name)
 
-    async def _session(self) -> None:
-        """One upstream session: open, replay, stream until the end of audio, finish."""
+    def _fail_over(self, error: UpstreamError) -> bool:
+        """Move the leg to the secondary engine, once; False when there is none."""
+        secondary = self.call.secondary_engine
+        if secondary is None or self.failed_over or secondary == self.engine_name:
+            return False
+        self.failed_over = True
+        previous, self.engine_name = self.engine_name, secondary
+        log.warning("speech-to-text failing over to the secondary engine",
+                    leg=self.track.value, engine=previous, to=secondary, error=str(error))
+        self.call.on_failover(self, previous, error)
+        self.engine = self.call.open_engine(secondary)
+        return True
+
+    async def _session(self) -> bool:
+        """One upstream session: open, replay, stream until the end of audio (or a roll
+        over: then True), finish."""
         self._results_this_session = 0
+        self._roll = False
+        loop = asyncio.get_running_loop()
+        self._session_opened = loop.time()
+        self._last_heard = loop.time()
+        self._heard_at_bytes = 0
         await self.engine.open()
         self.state = LegState.STREAMING
         # The new session's audio starts where the replayed audio starts.
@@ -210,15 +249,33 @@ class Leg:
         self._session_bytes = 0
         async with asyncio.TaskGroup() as tasks:
             receiver = tasks.create_task(self._receive())
+            watchdog = tasks.create_task(self._watch_silence())
             for _, chunk in replay:
                 await self.engine.send_audio(chunk)
                 self._session_bytes += len(chunk)
             await self._send_until_end()
-            self.state = LegState.FINISHING
+            watchdog.cancel()
+            if not self._roll:
+                self.state = LegState.FINISHING
             await self.engine.finish()
             # Some engines close after their last final, others never do: bound the wait.
             await asyncio.wait({receiver}, timeout=self._close_grace_s)
             await self.engine.close()
+        return self._roll
+
+    async def _watch_silence(self) -> None:
+        """An engine that says nothing for ``stt.silence_timeout_s`` while audio flows to it
+        is treated as dropped (off at 0: some engines say nothing in silence)."""
+        limit = self._silence_timeout_s
+        if limit <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(limit / 4)
+            flowing = (self._session_bytes - self._heard_at_bytes) / self.bytes_per_ms
+            if loop.time() - self._last_heard > limit and flowing > limit * 1000:
+                raise UpstreamUnavailable(f"the engine sent nothing for {limit:g}s while "
+                                          "audio flowed")
 
     async def _send_until_end(self) -> None:
         while True:
@@ -230,7 +287,7 @@ class Leg:
                 self._remember(chunk)
                 self.sent_bytes += len(chunk)
                 self._session_bytes += len(chunk)
-            if self._audio_ended:
+            if self._audio_ended or self._roll:
                 return
             self._wake.clear()
             await self._wake.wait()
@@ -253,11 +310,20 @@ class Leg:
             self._replay_bytes -= len(chunk)
 
     async def _receive(self) -> None:
+        loop = asyncio.get_running_loop()
         async for result in self.engine.results():
             self._results_this_session += 1
+            self._last_heard = loop.time()
+            self._heard_at_bytes = self._session_bytes
             placed = self._place(result)
-            if placed is not None:
-                self.call.on_result(self, placed)
+            if placed is None:
+                continue
+            self.call.on_result(self, placed)
+            limit = self.call.max_session_s(self.engine_name)
+            if placed.is_final and limit and self.state is LegState.STREAMING and \
+                    loop.time() - self._session_opened > limit - self._roll_margin_s:
+                self._roll = True  # a pause, before the engine's limit: roll over here
+                self._wake.set()
 
     def set_paused(self, paused: bool) -> bool:
         """Pause or resume sending this leg's audio; False when nothing changed."""
@@ -295,9 +361,12 @@ class Leg:
             start_ms = to_clock(0) if previous_end is None else previous_end
         start_ms = min(start_ms, end_ms)
         if result.is_final:
-            if self._last_final_end_ms is not None and end_ms <= self._last_final_end_ms \
-                    and self.reconnects:
-                return None  # replayed audio recognised again: delivered already
+            # Replayed audio recognised again: delivered already. Only engines that give
+            # segment times can say so; for the others the replay starts after the last
+            # final, so there is nothing to repeat.
+            if result.end_s is not None and self._last_final_end_ms is not None \
+                    and end_ms <= self._last_final_end_ms and (self.reconnects or self.rolls):
+                return None
             self._last_final_end_ms = end_ms
             self._forget_until(end_upstream)
         return TranscriptResult(result.text, result.is_final, result.confidence, start_ms, end_ms)
@@ -329,6 +398,9 @@ class Leg:
             "partials": self.partials,
             "upstream": "failed" if self.state is LegState.FAILED else "ok",
             "reconnects": self.reconnects,
+            "engine": self.engine_name,
+            "failed_over": self.failed_over,
+            "rolls": self.rolls,
             "redaction": {
                 "enabled": self.call.policy.enabled,
                 "policies": self.call.policy.names(),
@@ -356,7 +428,7 @@ class CallState(enum.Enum):
 class Call:
     """One media connection and its legs. Feed it events with ``handle``; end it with ``end``."""
 
-    def __init__(self, *, settings: Settings, sink: EventSink, engines: EngineFactory,
+    def __init__(self, *, settings: Settings, sink: EventSink, engines: Engines,
                  tasks: asyncio.TaskGroup,
                  route: Callable[[StreamStarted], tuple[str, ...]] = lambda _: ()) -> None:
         self.settings = settings
@@ -421,6 +493,7 @@ class Call:
     def _start(self, event: StreamStarted) -> None:
         self.started = event
         self.targets = self._route(event)
+        self.engine_name, self.engine_options = self._engines.for_call(event.custom_parameters)
         self.state = CallState.STARTED
         structlog.contextvars.bind_contextvars(call_id=event.call_id, stream_id=event.stream_id,
                                                provider=event.provider)
@@ -455,12 +528,19 @@ class Call:
                      leg=track.value if track else "all", reason=reason)
         return {t.value: leg.paused for t, leg in self.legs.items()}
 
-    def open_engine(self) -> EngineSession:
-        """A new upstream session for a leg of this call (its codec and rate)."""
-        return self._engines(self.encoding, self.sample_rate)
+    def open_engine(self, name: str) -> EngineSession:
+        """A new upstream session of engine ``name`` for a leg of this call."""
+        return self._engines.open(name, self.encoding, self.sample_rate, self.engine_options)
+
+    @property
+    def secondary_engine(self) -> str | None:
+        return self._engines.secondary
+
+    def max_session_s(self, name: str) -> float:
+        return self._engines.max_session_s(name)
 
     def _open_leg(self, track: Track) -> Leg:
-        leg = Leg(self, track, self.open_engine())
+        leg = Leg(self, track, self.open_engine(self.engine_name))
         self.legs[track] = leg
         if self.paused:
             leg.set_paused(True)
@@ -518,6 +598,11 @@ class Call:
                           "end_ms": result.end_ms,
                           "redactions": redacted.summary(),
                       })
+
+    def on_failover(self, leg: Leg, previous: str, error: UpstreamError) -> None:
+        self._publish(EventType.TRANSCRIPTION_FAILOVER, leg, {
+            "from": previous, "to": leg.engine_name,
+            "error": {"code": error.code, "status": error.status, "message": error.reason}})
 
     def on_leg_error(self, leg: Leg, error: UpstreamError) -> None:
         self._publish(EventType.TRANSCRIPTION_ERROR, leg, {

@@ -83,6 +83,10 @@ class AudioSettings:
 @dataclass(frozen=True, slots=True)
 class SttSettings:
     engine: str = "telnyx"
+    secondary_engine: str = ""
+    call_options: tuple[str, ...] = ("language",)
+    silence_timeout_s: float = 0.0
+    roll_margin_s: float = 300.0
     url: str = ""
     api_key: Secret = field(default_factory=lambda: Secret(""))
     transcription_engine: str = "Deepgram"
@@ -126,6 +130,7 @@ class AssemblyAISettings:
     redact: tuple[str, ...] = ()
     connect_timeout_s: float = 10.0
     ping_interval_s: float = 20.0
+    max_session_s: float = 10800.0  # the service ends a session after 3 h (close 3008)
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,6 +270,10 @@ ENVIRONMENT: Final[Mapping[str, tuple[str, str]]] = {
     "CALLBRIDGE_CHUNK_MS": ("audio", "chunk_ms"),
     "CALLBRIDGE_STT_URL": ("stt", "url"),
     "CALLBRIDGE_ENGINE": ("stt", "engine"),
+    "CALLBRIDGE_SECONDARY_ENGINE": ("stt", "secondary_engine"),
+    "CALLBRIDGE_STT_SILENCE_TIMEOUT_S": ("stt", "silence_timeout_s"),
+    "CALLBRIDGE_STT_ROLL_MARGIN_S": ("stt", "roll_margin_s"),
+    "CALLBRIDGE_ASSEMBLYAI_MAX_SESSION_S": ("assemblyai", "max_session_s"),
     "DEEPGRAM_API_KEY": ("deepgram", "api_key"),
     "CALLBRIDGE_DEEPGRAM_URL": ("deepgram", "url"),
     "CALLBRIDGE_DEEPGRAM_KEEPALIVE_S": ("deepgram", "keepalive_s"),
@@ -508,20 +517,27 @@ def _validate(settings: Settings, origin: Mapping[tuple[str, str], str]) -> None
     check(s.stt.connect_timeout_s > 0, "stt", "connect_timeout_s", "must be positive")
     check(0 <= s.stt.close_grace_s <= 60, "stt", "close_grace_s", "must be 0-60 (seconds)")
     check(1000 <= s.stt.replay_ms <= 300000, "stt", "replay_ms", "must be 1000-300000")
-    check(s.stt.engine in ("telnyx", "deepgram", "assemblyai"), "stt", "engine",
-          "must be telnyx, deepgram or assemblyai")
-    if s.stt.engine == "assemblyai":
-        check(s.assemblyai.url.startswith(("ws://", "wss://")), "assemblyai", "url",
-              "must be a ws:// or wss:// URL")
-        aai_host = urlsplit(s.assemblyai.url).hostname or ""
-        check(bool(s.assemblyai.api_key) or is_loopback_host(aai_host), "assemblyai",
-              "api_key", "ASSEMBLYAI_API_KEY must be set: assemblyai.url is not on this machine")
-    if s.stt.engine == "deepgram":
+    engines = ("telnyx", "deepgram", "assemblyai")
+    check(s.stt.engine in engines, "stt", "engine", "must be telnyx, deepgram or assemblyai")
+    check(s.stt.secondary_engine in ("", *engines) and s.stt.secondary_engine != s.stt.engine,
+          "stt", "secondary_engine", "must be another of telnyx, deepgram, assemblyai, or empty")
+    check(all(o in ("engine", "language") for o in s.stt.call_options), "stt", "call_options",
+          "may list engine and language")
+    check(s.stt.silence_timeout_s >= 0, "stt", "silence_timeout_s", "must be >= 0 (0: off)")
+    check(s.stt.roll_margin_s >= 0, "stt", "roll_margin_s", "must be >= 0")
+    used = {s.stt.engine, s.stt.secondary_engine}
+    if "deepgram" in used:
         check(s.deepgram.url.startswith(("ws://", "wss://")), "deepgram", "url",
               "must be a ws:// or wss:// URL")
         dg_host = urlsplit(s.deepgram.url).hostname or ""
         check(bool(s.deepgram.api_key) or is_loopback_host(dg_host), "deepgram", "api_key",
               "DEEPGRAM_API_KEY must be set: deepgram.url is not on this machine")
+    if "assemblyai" in used:
+        check(s.assemblyai.url.startswith(("ws://", "wss://")), "assemblyai", "url",
+              "must be a ws:// or wss:// URL")
+        aai_host = urlsplit(s.assemblyai.url).hostname or ""
+        check(bool(s.assemblyai.api_key) or is_loopback_host(aai_host), "assemblyai",
+              "api_key", "ASSEMBLYAI_API_KEY must be set: assemblyai.url is not on this machine")
     check(0.1 <= s.deepgram.keepalive_s <= 9, "deepgram", "keepalive_s",
           "must be 0.1-9 (Deepgram closes after 10 s without audio)")
     check(1 <= s.stt.ping_interval_s <= 300, "stt", "ping_interval_s", "must be 1-300")
@@ -613,16 +629,15 @@ class SttTarget(enum.Enum):
     TELNYX = "telnyx"  # the Telnyx service (a key is set)
     CONFIGURED = "configured"  # stt.url as given (a local server or an emulator)
     EMBEDDED = "embedded"  # no key, no URL: the bridge starts the embedded recognizer
-    DEEPGRAM = "deepgram"  # Deepgram's own streaming API (stt.engine = "deepgram")
-    ASSEMBLYAI = "assemblyai"  # AssemblyAI Universal-Streaming (stt.engine = "assemblyai")
+
+
+def uses_telnyx_protocol(settings: Settings) -> bool:
+    return "telnyx" in (settings.stt.engine, settings.stt.secondary_engine)
 
 
 def stt_target(settings: Settings) -> SttTarget:
-    """Decide where transcription goes: an explicit URL, Telnyx with a key, else embedded."""
-    if settings.stt.engine == "deepgram":
-        return SttTarget.DEEPGRAM
-    if settings.stt.engine == "assemblyai":
-        return SttTarget.ASSEMBLYAI
+    """Where the Telnyx-protocol engine goes: an explicit URL, Telnyx with a key, else the
+    embedded recognizer (only started when the Telnyx engine is in use)."""
     if settings.stt.url:
         return SttTarget.CONFIGURED
     return SttTarget.TELNYX if settings.stt.api_key else SttTarget.EMBEDDED

@@ -106,6 +106,7 @@ class EventType(enum.StrEnum):
     TRANSCRIPT_FINAL = "transcript.final"
     CALL_ENDED = "call.ended"
     TRANSCRIPTION_ERROR = "transcription.error"
+    TRANSCRIPTION_FAILOVER = "transcription.failover"
     TRANSCRIPTION_PAUSED = "transcription.paused"
     TRANSCRIPTION_RESUMED = "transcription.resumed"
     DTMF = "dtmf"

@@ -159,7 +159,8 @@ class TelnyxSttEmulator:
                  script: list[str] | None = None, reject_status: int | None = None,
                  error_after_audio_bytes: int | None = None,
                  drop_after_audio_bytes: int | None = None,
-                 drops: list[int] | None = None, with_times: bool = False) -> None:
+                 drops: list[int] | None = None, with_times: bool = False,
+                 mute_sessions: int = 0) -> None:
         self.api_key = api_key
         self.with_type_field = with_type_field
         self.script = script
@@ -168,6 +169,7 @@ class TelnyxSttEmulator:
         self.drop_after_audio_bytes = drop_after_audio_bytes
         self.drops = list(drops or [])  # per new session, in turn: drop after N audio bytes
         self.with_times = with_times  # add start_time/duration (s) to finals, as some do
+        self.mute_sessions = mute_sessions  # the first N sessions take audio, answer nothing
         self.sessions: list[EmulatorSession] = []
         self._server: Server | None = None
         self.session_opened = asyncio.Event()
@@ -254,6 +256,8 @@ class TelnyxSttEmulator:
 
     async def _send(self, ws: ServerConnection, session: EmulatorSession,
                     frame: dict[str, Any]) -> None:
+        if self.sessions.index(session) < self.mute_sessions:
+            return  # a stalled engine: it reads, it says nothing
         if self.with_type_field:
             frame = {"type": "transcript"} | frame
         session.sent.append(frame)

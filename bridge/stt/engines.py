@@ -1,0 +1,68 @@
+"""The engines a bridge can use, by name, and the per-call options they accept.
+
+``stt.engine`` is the primary; ``stt.secondary_engine`` (optional) takes over a leg whose
+primary failed fatally or kept failing. A call may pick among these two with the custom
+parameter ``callbridge_engine``, and set the options listed in ``stt.call_options`` (such as
+``callbridge_language=de-DE``), when the allow-list names them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Final
+
+from bridge.config import Settings
+from bridge.events import AudioEncoding
+from bridge.stt.assemblyai import AssemblyAISession
+from bridge.stt.base import EngineSession
+from bridge.stt.deepgram import DeepgramSession
+from bridge.stt.telnyx import TelnyxSession
+
+OPTION_VALUE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,39}$")
+PARAMETER_PREFIX: Final = "callbridge_"
+
+
+class Engines:
+    """Opens sessions of the configured engines (see the module docstring)."""
+
+    def __init__(self, settings: Settings, telnyx_url: Callable[[], str]) -> None:
+        self.settings = settings
+        self._telnyx_url = telnyx_url
+        stt = settings.stt
+        self.primary = stt.engine
+        self.secondary = stt.secondary_engine or None
+        self.names = tuple(n for n in (self.primary, self.secondary) if n)
+
+    def for_call(self, parameters: Mapping[str, str]) -> tuple[str, dict[str, str]]:
+        """The engine and the options a call's custom parameters choose, within the
+        allow-list; anything else in them is ignored."""
+        allowed = self.settings.stt.call_options
+        options = {}
+        for name in allowed:
+            value = parameters.get(PARAMETER_PREFIX + name)
+            if name != "engine" and value and OPTION_VALUE.match(value):
+                options[name] = value
+        engine = parameters.get(PARAMETER_PREFIX + "engine")
+        chosen = engine if "engine" in allowed and engine in self.names else self.primary
+        return chosen, options
+
+    def open(self, name: str, encoding: AudioEncoding, sample_rate: int,
+             options: Mapping[str, str]) -> EngineSession:
+        language = options.get("language")
+        if name == "deepgram":
+            deepgram = self.settings.deepgram
+            if language:
+                deepgram = replace(deepgram, language=language)
+            return DeepgramSession(deepgram, encoding, sample_rate)
+        if name == "assemblyai":
+            return AssemblyAISession(self.settings.assemblyai, encoding, sample_rate)
+        stt = replace(self.settings.stt, url=self._telnyx_url())
+        if language:
+            stt = replace(stt, language=language)
+        return TelnyxSession(stt, encoding, sample_rate)
+
+    def max_session_s(self, name: str) -> float:
+        """How long a session of this engine may live (0: no limit)."""
+        return self.settings.assemblyai.max_session_s if name == "assemblyai" else 0.0
