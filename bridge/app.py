@@ -173,7 +173,8 @@ async def media_stream(request: web.Request, *, dialect: str | None) -> web.Stre
     async with asyncio.TaskGroup() as tasks:
         sink = app[SINK]
         call = Call(settings=settings, sink=sink, engines=app[ENGINES], tasks=tasks,
-                    route=lambda started: sink.route(request.path, started.custom_parameters))
+                    route=lambda started: sink.route(request.path, started.custom_parameters),
+                    path=request.path)
         app[LIVE_CALLS].add(call)
         try:
             async for message in ws:

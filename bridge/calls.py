@@ -369,7 +369,10 @@ class Leg:
                 return None
             self._last_final_end_ms = end_ms
             self._forget_until(end_upstream)
-        return TranscriptResult(result.text, result.is_final, result.confidence, start_ms, end_ms)
+        words = tuple((w.text, to_clock(origin + w.start_s * 1000),
+                       to_clock(origin + w.end_s * 1000), w.confidence) for w in result.words)
+        return TranscriptResult(result.text, result.is_final, result.confidence, start_ms, end_ms,
+                                words)
 
     def _fail(self, error: UpstreamError) -> None:
         self.state = LegState.FAILED
@@ -430,11 +433,13 @@ class Call:
 
     def __init__(self, *, settings: Settings, sink: EventSink, engines: Engines,
                  tasks: asyncio.TaskGroup,
-                 route: Callable[[StreamStarted], tuple[str, ...]] = lambda _: ()) -> None:
+                 route: Callable[[StreamStarted], tuple[str, ...]] = lambda _: (),
+                 path: str = "") -> None:
         self.settings = settings
         self.policy = policy_for(settings.compliance)
         self._sink = sink
         self._route = route
+        self.path = path
         self.paused = False
         self.targets: tuple[str, ...] = ()
         self._engines = engines
@@ -493,7 +498,8 @@ class Call:
     def _start(self, event: StreamStarted) -> None:
         self.started = event
         self.targets = self._route(event)
-        self.engine_name, self.engine_options = self._engines.for_call(event.custom_parameters)
+        self.engine_name, self.engine_options = self._engines.for_call(event.custom_parameters,
+                                                                       self.path)
         self.state = CallState.STARTED
         structlog.contextvars.bind_contextvars(call_id=event.call_id, stream_id=event.stream_id,
                                                provider=event.provider)
@@ -597,6 +603,11 @@ class Call:
                           "start_ms": result.start_ms,
                           "end_ms": result.end_ms,
                           "redactions": redacted.summary(),
+                          # Word times when the engine gives them, and only for text the
+                          # redactor left as it was: words would carry what it removed.
+                          **({"words": [{"text": t, "start_ms": s, "end_ms": e,
+                                         "confidence": c} for t, s, e, c in result.words]}
+                             if result.words and redacted.text == result.text else {}),
                       })
 
     def on_failover(self, leg: Leg, previous: str, error: UpstreamError) -> None:

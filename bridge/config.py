@@ -81,12 +81,23 @@ class AudioSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class EngineRouteSettings:
+    """An engine (and language) for calls on ``path`` whose parameters all match."""
+
+    engine: str = ""
+    language: str = ""
+    path: str = ""
+    parameters: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class SttSettings:
     engine: str = "telnyx"
     secondary_engine: str = ""
     call_options: tuple[str, ...] = ("language",)
     silence_timeout_s: float = 0.0
     roll_margin_s: float = 300.0
+    routes: tuple[EngineRouteSettings, ...] = ()
     url: str = ""
     api_key: Secret = field(default_factory=lambda: Secret(""))
     transcription_engine: str = "Deepgram"
@@ -371,6 +382,7 @@ def _build(raw: dict[str, dict[str, Any]], origin: dict[tuple[str, str], str],
     sections: dict[str, Any] = {}
     tables: dict[str, Any] = {}
     hooks = raw.get("webhooks", {})
+    engine_routes = raw.get("stt", {}).pop("routes", None)
     if "targets" in hooks:
         tables["targets"] = _targets(hooks.pop("targets"), env)
     if "routes" in hooks:
@@ -388,6 +400,8 @@ def _build(raw: dict[str, dict[str, Any]], origin: dict[tuple[str, str], str],
             changes[key] = _coerce(name, value, getattr(default, key))
         if section == "webhooks":
             changes.update(tables)
+        if section == "stt" and engine_routes is not None:
+            changes["routes"] = _engine_routes(engine_routes)
         sections[section] = replace(default, **changes)
     return Settings(**sections)
 
@@ -412,6 +426,29 @@ def _targets(value: Any, env: Mapping[str, str]) -> tuple[TargetSettings, ...]:
         targets.append(TargetSettings(item["name"], item["url"], Secret(env.get(secret_env, "")),
                                       secret_env, tuple(events)))
     return tuple(targets)
+
+
+def _engine_routes(value: Any) -> tuple[EngineRouteSettings, ...]:
+    if not isinstance(value, list):
+        raise ConfigError("stt.routes", "must be an array of tables ([[stt.routes]])")
+    routes = []
+    for n, item in enumerate(value):
+        name = f"stt.routes[{n}]"
+        if not isinstance(item, dict):
+            raise ConfigError(name, "must be a table")
+        unknown = set(item) - {"engine", "language", "path", "parameters"}
+        if unknown:
+            raise ConfigError(f"{name}.{sorted(unknown)[0]}", "unknown setting")
+        parameters = item.get("parameters", {})
+        values = [item.get(k, "") for k in ("engine", "language", "path")]
+        if not all(isinstance(v, str) for v in values) or not isinstance(parameters, dict) \
+                or not all(isinstance(v, str) for v in parameters.values()):
+            raise ConfigError(name, "engine, language and path are strings; parameters a "
+                              "table of strings")
+        engine, language, route_path = values
+        routes.append(EngineRouteSettings(engine, language, route_path,
+                                          tuple(sorted(parameters.items()))))
+    return tuple(routes)
 
 
 def _routes(value: Any) -> tuple[RouteSettings, ...]:
@@ -523,6 +560,11 @@ def _validate(settings: Settings, origin: Mapping[tuple[str, str], str]) -> None
           "stt", "secondary_engine", "must be another of telnyx, deepgram, assemblyai, or empty")
     check(all(o in ("engine", "language") for o in s.stt.call_options), "stt", "call_options",
           "may list engine and language")
+    for n, engine_route in enumerate(s.stt.routes):
+        if engine_route.engine and engine_route.engine not in (s.stt.engine,
+                                                               s.stt.secondary_engine):
+            raise ConfigError(f"stt.routes[{n}]", f"engine {engine_route.engine!r} is neither "
+                              "stt.engine nor stt.secondary_engine")
     check(s.stt.silence_timeout_s >= 0, "stt", "silence_timeout_s", "must be >= 0 (0: off)")
     check(s.stt.roll_margin_s >= 0, "stt", "roll_margin_s", "must be >= 0")
     used = {s.stt.engine, s.stt.secondary_engine}

@@ -96,6 +96,7 @@ class TranscriptResult:
     confidence: float | None
     start_ms: int
     end_ms: int
+    words: tuple[tuple[str, int, int, float | None], ...] = ()  # (text, start, end, conf.)
 
 
 class EventType(enum.StrEnum):

@@ -35,7 +35,7 @@ from bridge.codecs import g711
 from bridge.config import AssemblyAISettings
 from bridge.errors import UpstreamError, UpstreamRefused, UpstreamUnavailable
 from bridge.events import AudioEncoding
-from bridge.stt.base import EngineResult
+from bridge.stt.base import EngineResult, Word
 
 MIN_MESSAGE_MS: Final = 50
 TARGET_MESSAGE_MS: Final = 100
@@ -96,7 +96,12 @@ class TurnReader:
         confidences = [float(w["confidence"]) for w in words
                        if isinstance(w.get("confidence"), (int, float))]
         confidence = sum(confidences) / len(confidences) if confidences else None
-        return EngineResult(text, True, confidence, start_s, end_s)
+        timed = tuple(Word(str(w.get("text", "")), w["start"] / 1000, w["end"] / 1000,
+                           float(w["confidence"]) if isinstance(w.get("confidence"),
+                                                                (int, float)) else None)
+                      for w in words if isinstance(w.get("start"), (int, float))
+                      and isinstance(w.get("end"), (int, float)))
+        return EngineResult(text, True, confidence, start_s, end_s, timed)
 
 
 class AssemblyAISession:

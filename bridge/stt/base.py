@@ -14,6 +14,16 @@ from bridge.events import AudioEncoding
 
 
 @dataclass(frozen=True, slots=True)
+class Word:
+    """One recognised word; times in seconds from the session's first audio."""
+
+    text: str
+    start_s: float
+    end_s: float
+    confidence: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class EngineResult:
     """A recognition result as the engine gave it.
 
@@ -26,6 +36,7 @@ class EngineResult:
     confidence: float | None
     start_s: float | None = None
     end_s: float | None = None
+    words: tuple[Word, ...] = ()
 
 
 class EngineSession(Protocol):

@@ -33,7 +33,7 @@ from bridge import __version__
 from bridge.config import DeepgramSettings
 from bridge.errors import UpstreamRefused, UpstreamUnavailable
 from bridge.events import AudioEncoding
-from bridge.stt.base import EngineResult
+from bridge.stt.base import EngineResult, Word
 
 ENCODINGS: Final = {AudioEncoding.PCMU: "mulaw", AudioEncoding.PCMA: "alaw",
                     AudioEncoding.L16: "linear16"}
@@ -64,6 +64,7 @@ class UtteranceJoiner:
     """Joins Deepgram's settled segments into one final per utterance. Pure."""
 
     settled: list[str] = field(default_factory=list)
+    words: list[Word] = field(default_factory=list)
     start_s: float | None = None
     end_s: float | None = None
     confidences: list[float] = field(default_factory=list)
@@ -78,6 +79,7 @@ class UtteranceJoiner:
         if message.get("is_final"):
             if text:
                 self.settled.append(text)
+                self.words += _words(best)
                 self.start_s = start if self.start_s is None else self.start_s
                 self.end_s = end
                 confidence = best.get("confidence")
@@ -97,9 +99,24 @@ class UtteranceJoiner:
             return None
         confidence = (sum(self.confidences) / len(self.confidences)
                       if self.confidences else None)
-        result = EngineResult(" ".join(self.settled), True, confidence, self.start_s, self.end_s)
+        result = EngineResult(" ".join(self.settled), True, confidence, self.start_s, self.end_s,
+                              tuple(self.words))
         self.settled, self.confidences, self.start_s, self.end_s = [], [], None, None
+        self.words = []
         return result
+
+
+def _words(alternative: dict[str, Any]) -> list[Word]:
+    words = []
+    for item in alternative.get("words") or []:
+        if isinstance(item, dict) and isinstance(item.get("start"), (int, float)) \
+                and isinstance(item.get("end"), (int, float)):
+            confidence = item.get("confidence")
+            words.append(Word(str(item.get("punctuated_word") or item.get("word") or ""),
+                              float(item["start"]), float(item["end"]),
+                              float(confidence) if isinstance(confidence, (int, float))
+                              else None))
+    return words
 
 
 def classify_close(code: int, reason: str) -> UpstreamRefused | UpstreamUnavailable | None:

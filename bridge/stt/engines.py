@@ -35,17 +35,28 @@ class Engines:
         self.secondary = stt.secondary_engine or None
         self.names = tuple(n for n in (self.primary, self.secondary) if n)
 
-    def for_call(self, parameters: Mapping[str, str]) -> tuple[str, dict[str, str]]:
-        """The engine and the options a call's custom parameters choose, within the
-        allow-list; anything else in them is ignored."""
+    def for_call(self, parameters: Mapping[str, str],
+                 path: str = "") -> tuple[str, dict[str, str]]:
+        """The engine and the options for a call: the first matching ``stt.routes`` entry
+        sets them, then the call's own custom parameters may change what the allow-list
+        lets them; anything else in them is ignored."""
         allowed = self.settings.stt.call_options
-        options = {}
+        chosen = self.primary
+        options: dict[str, str] = {}
+        for route in self.settings.stt.routes:
+            if (not route.path or route.path == path) and all(
+                    parameters.get(k) == v for k, v in route.parameters):
+                chosen = route.engine or chosen
+                if route.language:
+                    options["language"] = route.language
+                break
         for name in allowed:
             value = parameters.get(PARAMETER_PREFIX + name)
             if name != "engine" and value and OPTION_VALUE.match(value):
                 options[name] = value
         engine = parameters.get(PARAMETER_PREFIX + "engine")
-        chosen = engine if "engine" in allowed and engine in self.names else self.primary
+        if "engine" in allowed and engine in self.names:
+            chosen = engine
         return chosen, options
 
     def open(self, name: str, encoding: AudioEncoding, sample_rate: int,

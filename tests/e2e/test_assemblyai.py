@@ -43,6 +43,10 @@ async def test_audio_in_allowed_sizes_at_real_time_and_formatted_finals(
     finals = [e.data for e in receiver.of_call("v2:aai") if e.type == "transcript.final"]
     assert [f["text"] for f in finals] == ["Tone 400 hertz.", "Tone 700 hertz."]
     assert 150 <= finals[0]["start_ms"] < finals[0]["end_ms"] <= 900
+    words = finals[0]["words"]  # word times, on the leg's clock
+    assert [w["text"] for w in words] == ["Tone", "400", "hertz."]
+    assert words[0]["start_ms"] == finals[0]["start_ms"] and words[-1]["end_ms"] == finals[0][
+        "end_ms"]
     [session] = assemblyai.sessions
     assert session.headers["Authorization"] == "test-assemblyai-key"  # no "Bearer"
     assert (session.param("encoding"), session.param("sample_rate"),

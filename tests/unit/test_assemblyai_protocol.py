@@ -35,8 +35,12 @@ def test_the_formatted_end_of_turn_is_the_final() -> None:
     assert reader.take(turn(0, "hello", False, False)) == EngineResult(
         "hello", False, None, 0.5, 1.5)
     assert reader.take(turn(0, "hello there", True, False)) is None
-    assert reader.take(turn(0, "Hello there.", True, True)) == EngineResult(
+    final = reader.take(turn(0, "Hello there.", True, True))
+    assert final is not None
+    assert (final.text, final.is_final, final.confidence, final.start_s, final.end_s) == (
         "Hello there.", True, 0.9, 0.5, 1.5)
+    assert [(w.text, w.start_s, w.end_s) for w in final.words] == [("x", 0.5, 0.9),
+                                                                    ("y", 0.9, 1.5)]
     assert reader.take(turn(0, "Hello there.", True, True)) is None  # once per turn
 
 

@@ -86,3 +86,26 @@ def test_secrets_never_show_in_reprs_or_descriptions() -> None:
     assert view["stt.api_key"] == "set" and view["webhooks.secret"] == "set"
     assert "KEY123secret" not in str(view)
     assert str(Secret("x")) == "Secret('**********')"
+
+
+def test_engine_routes_and_per_call_choices(tmp_path: Path) -> None:
+    from bridge.stt.engines import Engines
+
+    path = tmp_path / "c.toml"
+    path.write_text('[stt]\nsecondary_engine = "deepgram"\ncall_options = ["engine", "language"]\n'
+                    '[[stt.routes]]\npath = "/streams/plivo"\nengine = "deepgram"\n'
+                    'language = "es-US"\n'
+                    '[[stt.routes]]\nparameters = { tenant = "acme" }\nlanguage = "fr-FR"\n')
+    settings = load_settings(path, environ={**LOCAL, "DEEPGRAM_API_KEY": "k"})
+    engines = Engines(settings, lambda: "ws://127.0.0.1:9/")
+    assert engines.for_call({}, "/streams/plivo") == ("deepgram", {"language": "es-US"})
+    assert engines.for_call({"tenant": "acme"}, "/streams/twilio") == (
+        "telnyx", {"language": "fr-FR"})
+    assert engines.for_call({"callbridge_engine": "deepgram",
+                             "callbridge_language": "de-DE"}, "/streams/twilio") == (
+        "deepgram", {"language": "de-DE"})
+    assert engines.for_call({"callbridge_engine": "nonsense",
+                             "callbridge_language": "x; drop"}, "/x") == ("telnyx", {})
+    path.write_text('[[stt.routes]]\nengine = "assemblyai"\n')
+    with pytest.raises(ConfigError, match="neither"):
+        load_settings(path, environ=LOCAL)
