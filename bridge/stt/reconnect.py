@@ -35,8 +35,11 @@ def classify(error: UpstreamError) -> Decision:
         return Decision.FATAL
     if error.status is not None and 400 <= error.status < 500 and error.status != 429:
         return Decision.FATAL
-    if error.code is not None and error.code.isdigit() and len(error.code) == 4 \
-            and error.code not in RETRYABLE_CLOSE_CODES:
+    # Standard WebSocket close codes (1xxx) other than the transient ones are fatal; the
+    # engines' own codes (3xxx, 4xxx) are judged by their module, which says Refused or not.
+    code = error.code
+    if code is not None and code.isdigit() and 1000 <= int(code) < 2000 \
+            and code not in RETRYABLE_CLOSE_CODES:
         return Decision.FATAL
     return Decision.RETRY
 

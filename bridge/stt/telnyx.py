@@ -27,6 +27,7 @@ from bridge.config import SttSettings
 from bridge.errors import UpstreamRefused, UpstreamUnavailable
 from bridge.events import AudioEncoding
 from bridge.stt.base import EngineResult
+from bridge.stt.reconnect import RETRYABLE_CLOSE_CODES
 
 log = structlog.get_logger("bridge.stt.telnyx")
 
@@ -179,8 +180,10 @@ class TelnyxSession:
         except ConnectionClosed as exc:
             code = exc.rcvd.code if exc.rcvd is not None else 1006
             if code not in (1000, 1001):
-                raise UpstreamUnavailable("speech-to-text connection dropped",
-                                          code=str(code)) from None
+                # Telnyx's own client retries only the transient codes; the rest are final.
+                error = UpstreamUnavailable if str(code) in RETRYABLE_CLOSE_CODES \
+                    else UpstreamRefused
+                raise error("speech-to-text connection dropped", code=str(code)) from None
 
     async def finish(self) -> None:
         with contextlib.suppress(ConnectionClosed):  # already gone: nothing left to flush

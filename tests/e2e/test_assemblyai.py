@@ -66,3 +66,19 @@ async def test_a_bad_key_is_one_error_and_no_retry(
     errors = [e for e in receiver.of_call("CA-aai-401") if e.type == "transcription.error"]
     assert len(errors) == 1 and errors[0].data["error"]["code"] == "1008"
     assert len(assemblyai.sessions) == 1  # refused once: not retried
+
+
+async def test_a_server_error_reconnects_and_replays_at_real_time(
+        bridge_factory: BridgeFactory, assemblyai: AssemblyAIEmulator,
+        receiver: WebhookReceiver) -> None:
+    assemblyai.faults = [(12000, 3005)]  # 1.5 s in: "Session Cancelled", retryable
+    bridge = await bridge_factory(**engine(assemblyai))
+    spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(CALLER)},
+                    call_id="CA-aai-3005")
+    await stream_call(bridge.url("/streams/twilio"), build_call(spec), speed=0)
+    await receiver.wait_for(receiver.ended("CA-aai-3005"), within_s=30)
+    finals = [e.data["text"] for e in receiver.of_call("CA-aai-3005")
+              if e.type == "transcript.final"]
+    assert finals == ["Tone 400 hertz.", "Tone 700 hertz."]
+    assert len(assemblyai.sessions) == 2
+    assert assemblyai.sessions[1].closed_with == 1000  # the replay broke no audio rule

@@ -75,3 +75,36 @@ async def test_a_silent_hold_keeps_the_session_alive(
     assert leg["reconnects"] == 0 and leg["upstream"] == "ok"
     texts = [e.data["text"] for e in receiver.of_call("CA-hold") if e.type == "transcript.final"]
     assert texts == ["tone 400 hertz", "tone 700 hertz"]  # the call's end, after the hold
+
+
+async def test_drops_and_a_server_error_are_survived_with_every_final_once(
+        bridge_factory: BridgeFactory, deepgram: DeepgramEmulator,
+        receiver: WebhookReceiver) -> None:
+    deepgram.faults = [(4000, "drop"), (9600, 1011)]  # mid first tone; then a 1011 close
+    bridge = await bridge_factory(CALLBRIDGE_ENGINE="deepgram",
+                                  DEEPGRAM_API_KEY="test-deepgram-key",
+                                  CALLBRIDGE_DEEPGRAM_URL=deepgram.url)
+    spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(CALLER)},
+                    call_id="CA-dg-drops")
+    await stream_call(bridge.url("/streams/twilio"), build_call(spec), speed=2)
+    await receiver.wait_for(receiver.ended("CA-dg-drops"), within_s=30)
+    finals = [e.data for e in receiver.of_call("CA-dg-drops") if e.type == "transcript.final"]
+    assert [f["text"] for f in finals] == ["tone 400 hertz", "tone 700 hertz"]
+    assert finals[0]["start_ms"] >= 150 and finals[1]["start_ms"] >= 1200  # the call's clock
+    [leg] = receiver.of_call("CA-dg-drops")[-1].data["legs"]
+    assert leg["reconnects"] == 2 and len(deepgram.sessions) == 3
+
+
+async def test_a_rejected_handshake_is_one_error(
+        bridge_factory: BridgeFactory, receiver: WebhookReceiver) -> None:
+    async with DeepgramEmulator(reject_status=400) as rejecting:
+        bridge = await bridge_factory(CALLBRIDGE_ENGINE="deepgram",
+                                      DEEPGRAM_API_KEY="test-deepgram-key",
+                                      CALLBRIDGE_DEEPGRAM_URL=rejecting.url)
+        spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(CALLER)},
+                        call_id="CA-dg-400")
+        await stream_call(bridge.url("/streams/twilio"), build_call(spec), speed=0)
+        await receiver.wait_for(receiver.ended("CA-dg-400"))
+    errors = [e for e in receiver.of_call("CA-dg-400") if e.type == "transcription.error"]
+    assert len(errors) == 1 and errors[0].data["error"]["status"] == 400
+    assert bridge.log_events("speech-to-text session dropped; reconnecting and replaying") == []

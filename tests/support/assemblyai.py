@@ -44,6 +44,9 @@ class AssemblyAIEmulator:
                  ) -> None:
         self.api_key = api_key
         self.rate_slack_s = rate_slack_s
+        # Faults, one entry per new session in turn: (audio bytes, close code) after which
+        # the session ends with an Error frame and that code (3005: a server error).
+        self.faults: list[tuple[int, int] | None] = []
         self.sessions: list[AssemblySession] = []
         self._server: Server | None = None
 
@@ -90,6 +93,7 @@ class AssemblyAIEmulator:
         recognizer = Recognizer("mulaw" if width == 1 else "linear16", rate, 300, None)
         formatted = session.param("format_turns") == "true"
         turn = 0
+        fault = self.faults.pop(0) if self.faults else None
         started: float | None = None
         received_s = 0.0
         async for message in ws:
@@ -121,6 +125,9 @@ class AssemblyAIEmulator:
                                   f"Received {received_s:.1f} sec. audio in {wall:.1f} sec")
                 return
             session.audio += message
+            if fault is not None and len(session.audio) >= fault[0]:
+                await self._error(ws, session, fault[1], "Session Cancelled: An error occurred")
+                return
             for text, final in recognizer.feed(message):
                 if final:
                     await self._end_of_turn(ws, turn, text, recognizer.final_times.pop(0),

@@ -43,9 +43,14 @@ class DeepgramSession:
 
 
 class DeepgramEmulator:
-    def __init__(self, *, api_key: str = "test-deepgram-key", idle_s: float = 10.0) -> None:
+    def __init__(self, *, api_key: str = "test-deepgram-key", idle_s: float = 10.0,
+                 reject_status: int | None = None) -> None:
         self.api_key = api_key
         self.idle_s = idle_s
+        self.reject_status = reject_status
+        # Faults, one entry per new session in turn: (audio bytes, what) with what "drop"
+        # (no close frame), "stall" (stop answering) or a close code.
+        self.faults: list[tuple[int, str | int] | None] = []
         self.sessions: list[DeepgramSession] = []
         self._server: Server | None = None
 
@@ -68,6 +73,8 @@ class DeepgramEmulator:
         split = urlsplit(request.path)
         if split.path != PATH:
             return connection.respond(HTTPStatus.NOT_FOUND, "Not Found\n")
+        if self.reject_status is not None:
+            return connection.respond(HTTPStatus(self.reject_status), "{}")
         if request.headers.get("Authorization") != f"Token {self.api_key}":
             return connection.respond(HTTPStatus.UNAUTHORIZED, '{"err_code":"INVALID_AUTH",'
                                       '"err_msg":"Invalid credentials."}')
@@ -86,6 +93,8 @@ class DeepgramEmulator:
         rate = int(session.param("sample_rate") or 16000)
         recognizer = Recognizer(fmt, rate, int(session.param("endpointing") or 10), None)
         interim = session.param("interim_results") == "true"
+        fault = self.faults.pop(0) if self.faults else None
+        stalled = False
         try:
             while True:
                 try:
@@ -112,6 +121,18 @@ class DeepgramEmulator:
                             return
                     continue
                 session.audio += message
+                if fault is not None and len(session.audio) >= fault[0]:
+                    if fault[1] == "drop":
+                        ws.transport.abort()
+                        return
+                    if fault[1] == "stall":
+                        stalled = True
+                    else:
+                        session.closed_with = (int(fault[1]), "emulated")
+                        await ws.close(int(fault[1]), "emulated")
+                        return
+                if stalled:
+                    continue
                 for text, final in recognizer.feed(message):
                     if final:
                         await self._final(ws, text, recognizer.final_times.pop(0))

@@ -20,7 +20,8 @@ from bridge.stt.reconnect import Decision, classify, reconnect_delays
     (UpstreamUnavailable("dropped", code="1012"), Decision.RETRY),
     (UpstreamUnavailable("dropped", code="1013"), Decision.RETRY),
     (UpstreamUnavailable("closed", code="1008"), Decision.FATAL),
-    (UpstreamUnavailable("closed", code="4001"), Decision.FATAL),
+    (UpstreamRefused("closed", code="4001"), Decision.FATAL),
+    (UpstreamUnavailable("session cancelled", code="3005"), Decision.RETRY),
 ])
 def test_classification(error: UpstreamError, decision: Decision) -> None:
     assert classify(error) is decision
