@@ -27,15 +27,12 @@ from collections.abc import AsyncIterator
 from typing import Any, Final
 from urllib.parse import urlencode
 
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
-
-from bridge import __version__
 from bridge.codecs import g711
 from bridge.config import AssemblyAISettings
 from bridge.errors import UpstreamError, UpstreamRefused, UpstreamUnavailable
 from bridge.events import AudioEncoding
 from bridge.stt.base import EngineResult, Word
+from bridge.stt.websocket import WebSocketSession
 
 MIN_MESSAGE_MS: Final = 50
 TARGET_MESSAGE_MS: Final = 100
@@ -104,11 +101,12 @@ class TurnReader:
         return EngineResult(text, True, confidence, start_s, end_s, timed)
 
 
-class AssemblyAISession:
+class AssemblyAISession(WebSocketSession):
     """One Universal-Streaming session. See ``EngineSession`` for the contract."""
 
     def __init__(self, settings: AssemblyAISettings, encoding: AudioEncoding,
                  sample_rate: int = 8000) -> None:
+        super().__init__()
         self._settings = settings
         self._encoding = encoding
         self.url = build_url(settings, encoding, sample_rate)
@@ -118,26 +116,12 @@ class AssemblyAISession:
         self._pending = bytearray()
         self._sent_ms = 0.0
         self._started_at: float | None = None
-        self._ws: ClientConnection | None = None
         self._reader = TurnReader(settings.format_turns)
 
     async def open(self) -> None:
-        try:
-            self._ws = await connect(
-                self.url, origin=None, compression=None, max_size=1024 * 1024,
-                additional_headers={"Authorization": self._settings.api_key.reveal()},
-                user_agent_header=f"callbridge/{__version__}",
-                open_timeout=self._settings.connect_timeout_s,
-                ping_interval=self._settings.ping_interval_s,
-                ping_timeout=self._settings.ping_interval_s)
-        except InvalidStatus as exc:
-            status = exc.response.status_code
-            error = UpstreamRefused if 400 <= status < 500 and status != 429 \
-                else UpstreamUnavailable
-            raise error("speech-to-text handshake refused", status=status) from None
-        except (OSError, TimeoutError, InvalidHandshake) as exc:
-            raise UpstreamUnavailable(f"cannot connect to speech-to-text: "
-                                      f"{type(exc).__name__}") from None
+        await self._connect({"Authorization": self._settings.api_key.reveal()},
+                            open_timeout=self._settings.connect_timeout_s,
+                            ping_interval=self._settings.ping_interval_s)
 
     async def send_audio(self, chunk: bytes) -> None:
         if self._encoding is AudioEncoding.PCMA:
@@ -160,54 +144,29 @@ class AssemblyAISession:
             ahead = self._sent_ms / 1000 - (loop.time() - self._started_at) - AHEAD_SLACK_S
             if ahead > 0:
                 await asyncio.sleep(ahead)  # the service's rule: no faster than real time
-            try:
-                await self._connection().send(message)
-            except ConnectionClosed:
-                raise UpstreamUnavailable("speech-to-text connection closed while "
-                                          "sending") from None
+            await self._send(message)
             self._sent_ms += len(message) / self._bytes_per_ms
 
     async def results(self) -> AsyncIterator[EngineResult]:
-        ws = self._connection()
-        try:
-            async for message in ws:
-                if isinstance(message, bytes):
-                    continue
-                try:
-                    frame = json.loads(message)
-                except ValueError:
-                    continue
-                if not isinstance(frame, dict):
-                    continue
-                kind = frame.get("type")
-                if kind == "Turn":
-                    result = self._reader.take(frame)
-                    if result is not None:
-                        yield result
-                elif kind == "Termination":
-                    return
-                elif kind == "Error" or (kind is None and "error" in frame):
-                    code = frame.get("error_code")
-                    raise error_for(code if isinstance(code, int) else 3005,
-                                    str(frame.get("error", "")))
-        except ConnectionClosed as exc:
-            code = exc.rcvd.code if exc.rcvd is not None else 1006
-            if code not in (1000, 1001):
-                if code >= 3000 or code == 1008:
-                    raise error_for(code, exc.rcvd.reason if exc.rcvd else "") from None
-                raise UpstreamUnavailable("speech-to-text connection dropped",
-                                          code=str(code)) from None
+        async for frame in self.text_frames():
+            kind = frame.get("type")
+            if kind == "Turn":
+                result = self._reader.take(frame)
+                if result is not None:
+                    yield result
+            elif kind == "Termination":
+                return
+            elif kind == "Error" or (kind is None and "error" in frame):
+                code = frame.get("error_code")
+                raise error_for(code if isinstance(code, int) else 3005,
+                                str(frame.get("error", "")))
+
+    def closed_error(self, code: int, reason: str) -> UpstreamError | None:
+        if code >= 3000 or code == 1008:
+            return error_for(code, reason)
+        return UpstreamUnavailable("speech-to-text connection dropped", code=str(code))
 
     async def finish(self) -> None:
-        with contextlib.suppress(ConnectionClosed, UpstreamUnavailable):
+        with contextlib.suppress(UpstreamUnavailable):
             await self._send_pending()
-            await self._connection().send(json.dumps({"type": "Terminate"}))
-
-    async def close(self) -> None:
-        if self._ws is not None:
-            await self._ws.close()
-
-    def _connection(self) -> ClientConnection:
-        if self._ws is None:
-            raise RuntimeError("session used before open()")
-        return self._ws
+        await self._send_quietly(json.dumps({"type": "Terminate"}))

@@ -26,19 +26,15 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import urlencode
 
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
-
-from bridge import __version__
 from bridge.config import DeepgramSettings
-from bridge.errors import UpstreamRefused, UpstreamUnavailable
+from bridge.errors import UpstreamError, UpstreamRefused, UpstreamUnavailable
 from bridge.events import AudioEncoding
 from bridge.stt.base import EngineResult, Word
+from bridge.stt.websocket import WebSocketSession
 
 ENCODINGS: Final = {AudioEncoding.PCMU: "mulaw", AudioEncoding.PCMA: "alaw",
                     AudioEncoding.L16: "linear16"}
 KEYTERM_MODELS: Final = ("nova-3", "flux")
-MAX_SERVER_MESSAGE: Final = 1024 * 1024
 
 
 def build_url(settings: DeepgramSettings, encoding: AudioEncoding, sample_rate: int) -> str:
@@ -131,35 +127,22 @@ def classify_close(code: int, reason: str) -> UpstreamRefused | UpstreamUnavaila
                                code=str(code))
 
 
-class DeepgramSession:
+class DeepgramSession(WebSocketSession):
     """One Deepgram live session. See ``EngineSession`` for the contract."""
 
     def __init__(self, settings: DeepgramSettings, encoding: AudioEncoding,
                  sample_rate: int = 8000) -> None:
+        super().__init__()
         self._settings = settings
         self.url = build_url(settings, encoding, sample_rate)
-        self._ws: ClientConnection | None = None
         self._joiner = UtteranceJoiner()
         self._last_send = 0.0
         self._keepalive: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
-        try:
-            self._ws = await connect(
-                self.url, origin=None, compression=None, max_size=MAX_SERVER_MESSAGE,
-                additional_headers={"Authorization": f"Token {self._settings.api_key.reveal()}"},
-                user_agent_header=f"callbridge/{__version__}",
-                open_timeout=self._settings.connect_timeout_s,
-                ping_interval=self._settings.ping_interval_s,
-                ping_timeout=self._settings.ping_interval_s)
-        except InvalidStatus as exc:
-            status = exc.response.status_code
-            error = UpstreamRefused if 400 <= status < 500 and status != 429 \
-                else UpstreamUnavailable
-            raise error("speech-to-text handshake refused", status=status) from None
-        except (OSError, TimeoutError, InvalidHandshake) as exc:
-            raise UpstreamUnavailable(f"cannot connect to speech-to-text: "
-                                      f"{type(exc).__name__}") from None
+        await self._connect({"Authorization": f"Token {self._settings.api_key.reveal()}"},
+                            open_timeout=self._settings.connect_timeout_s,
+                            ping_interval=self._settings.ping_interval_s)
         self._last_send = asyncio.get_running_loop().time()
         self._keepalive = asyncio.create_task(self._keep_alive(), name="deepgram keepalive")
 
@@ -170,50 +153,33 @@ class DeepgramSession:
         while True:
             await asyncio.sleep(interval / 2)
             if loop.time() - self._last_send >= interval:
-                with contextlib.suppress(ConnectionClosed):
-                    await self._connection().send(json.dumps({"type": "KeepAlive"}))
+                await self._send_quietly(json.dumps({"type": "KeepAlive"}))
                 self._last_send = loop.time()
 
     async def send_audio(self, chunk: bytes) -> None:
-        try:
-            await self._connection().send(chunk)
-        except ConnectionClosed:
-            raise UpstreamUnavailable("speech-to-text connection closed while sending") from None
+        await self._send(chunk)
         self._last_send = asyncio.get_running_loop().time()
 
     async def results(self) -> AsyncIterator[EngineResult]:
-        ws = self._connection()
-        try:
-            async for message in ws:
-                if isinstance(message, bytes):
-                    continue
-                try:
-                    frame = json.loads(message)
-                except ValueError:
-                    continue
-                if not isinstance(frame, dict):
-                    continue
-                kind = frame.get("type")
-                result = None
-                if kind == "Results":
-                    result = self._joiner.take(frame)
-                elif kind == "UtteranceEnd":
-                    result = self._joiner.close()
-                if result is not None:
-                    yield result
-        except ConnectionClosed as exc:
-            code = exc.rcvd.code if exc.rcvd is not None else 1006
-            error = classify_close(code, exc.rcvd.reason if exc.rcvd is not None else "")
-            if error is not None:
-                raise error from None
+        async for frame in self.text_frames():
+            kind = frame.get("type")
+            result = None
+            if kind == "Results":
+                result = self._joiner.take(frame)
+            elif kind == "UtteranceEnd":
+                result = self._joiner.close()
+            if result is not None:
+                yield result
         final = self._joiner.close()  # a session that ended mid-utterance
         if final is not None:
             yield final
 
+    def closed_error(self, code: int, reason: str) -> UpstreamError | None:
+        return classify_close(code, reason)
+
     async def finish(self) -> None:
-        with contextlib.suppress(ConnectionClosed):
-            await self._connection().send(json.dumps({"type": "Finalize"}))
-            await self._connection().send(json.dumps({"type": "CloseStream"}))
+        await self._send_quietly(json.dumps({"type": "Finalize"}))
+        await self._send_quietly(json.dumps({"type": "CloseStream"}))
 
     async def close(self) -> None:
         if self._keepalive is not None:
@@ -221,10 +187,4 @@ class DeepgramSession:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._keepalive
             self._keepalive = None
-        if self._ws is not None:
-            await self._ws.close()
-
-    def _connection(self) -> ClientConnection:
-        if self._ws is None:
-            raise RuntimeError("session used before open()")
-        return self._ws
+        await super().close()

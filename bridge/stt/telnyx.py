@@ -11,7 +11,6 @@ do, so the session closes itself after a grace period.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,22 +18,19 @@ from typing import Any, Final
 from urllib.parse import urlencode
 
 import structlog
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from bridge import __version__
 from bridge.config import SttSettings
-from bridge.errors import UpstreamRefused, UpstreamUnavailable
+from bridge.errors import UpstreamError, UpstreamRefused, UpstreamUnavailable
 from bridge.events import AudioEncoding
 from bridge.stt.base import EngineResult
 from bridge.stt.reconnect import RETRYABLE_CLOSE_CODES
+from bridge.stt.websocket import WebSocketSession
 
 log = structlog.get_logger("bridge.stt.telnyx")
 
 INPUT_FORMATS: Final = {AudioEncoding.PCMU: "mulaw", AudioEncoding.PCMA: "alaw",
                         AudioEncoding.L16: "linear16"}
 CLOSE_STREAM: Final = json.dumps({"type": "CloseStream"})
-MAX_SERVER_MESSAGE: Final = 256 * 1024  # transcript frames are small; bound them anyway
 
 
 def build_url(settings: SttSettings, encoding: AudioEncoding, sample_rate: int = 8000) -> str:
@@ -84,8 +80,11 @@ def parse_server_frame(text: str) -> ServerFrame:
         frame = json.loads(text)
     except ValueError:
         return None
-    if not isinstance(frame, dict):
-        return None
+    return parse_frame_object(frame) if isinstance(frame, dict) else None
+
+
+def parse_frame_object(frame: dict[str, Any]) -> ServerFrame:
+    """``parse_server_frame`` for an already decoded JSON object."""
     errors = frame.get("errors")
     if isinstance(errors, list) and errors:
         first = errors[0] if isinstance(errors[0], dict) else {}
@@ -120,81 +119,39 @@ def _times(frame: dict[str, Any]) -> tuple[float | None, float | None]:
     return None, None
 
 
-class TelnyxSession:
+class TelnyxSession(WebSocketSession):
     """One Telnyx STT WebSocket session. See ``EngineSession`` for the contract."""
 
     def __init__(self, settings: SttSettings, encoding: AudioEncoding,
                  sample_rate: int = 8000) -> None:
+        super().__init__()
         self._settings = settings
         self.url = build_url(settings, encoding, sample_rate)
-        self._ws: ClientConnection | None = None
 
     async def open(self) -> None:
         headers = {}
         if self._settings.api_key:
             headers["Authorization"] = f"Bearer {self._settings.api_key.reveal()}"
-        try:
-            self._ws = await connect(
-                self.url,
-                additional_headers=headers,
-                # Telnyx's edge is reported to refuse handshakes carrying Origin; send none.
-                origin=None,
-                user_agent_header=f"callbridge/{__version__}",
-                open_timeout=self._settings.connect_timeout_s,
-                compression=None,  # G.711 does not compress; spare the CPU
-                max_size=MAX_SERVER_MESSAGE,
-                max_queue=64,
-                write_limit=64 * 1024,
-                close_timeout=self._settings.close_grace_s,
-                # Pings find half-open sockets: no pong within the interval drops the session
-                # (close 1011), which reconnects.
-                ping_interval=self._settings.ping_interval_s,
-                ping_timeout=self._settings.ping_interval_s,
-            )
-        except InvalidStatus as exc:
-            status = exc.response.status_code
-            error = UpstreamRefused if status in (400, 401, 403, 404) else UpstreamUnavailable
-            raise error("speech-to-text handshake refused", status=status) from None
-        except (OSError, TimeoutError, InvalidHandshake) as exc:
-            raise UpstreamUnavailable(f"cannot connect to speech-to-text: "
-                                      f"{type(exc).__name__}") from None
+        await self._connect(headers, open_timeout=self._settings.connect_timeout_s,
+                            ping_interval=self._settings.ping_interval_s,
+                            close_timeout=self._settings.close_grace_s)
 
     async def send_audio(self, chunk: bytes) -> None:
-        try:
-            await self._connection().send(chunk)
-        except ConnectionClosed:
-            raise UpstreamUnavailable("speech-to-text connection closed while sending") from None
+        await self._send(chunk)
 
     async def results(self) -> AsyncIterator[EngineResult]:
-        ws = self._connection()
-        try:
-            async for message in ws:
-                if isinstance(message, bytes):
-                    continue
-                frame = parse_server_frame(message)
-                if isinstance(frame, ServerError):
-                    raise UpstreamRefused(f"speech-to-text error: {frame.title}".strip(),
-                                          code=frame.code or None)
-                if frame is not None:
-                    yield frame
-        except ConnectionClosed as exc:
-            code = exc.rcvd.code if exc.rcvd is not None else 1006
-            if code not in (1000, 1001):
-                # Telnyx's own client retries only the transient codes; the rest are final.
-                error = UpstreamUnavailable if str(code) in RETRYABLE_CLOSE_CODES \
-                    else UpstreamRefused
-                raise error("speech-to-text connection dropped", code=str(code)) from None
+        async for raw in self.text_frames():
+            frame = parse_frame_object(raw)
+            if isinstance(frame, ServerError):
+                raise UpstreamRefused(f"speech-to-text error: {frame.title}".strip(),
+                                      code=frame.code or None)
+            if frame is not None:
+                yield frame
+
+    def closed_error(self, code: int, reason: str) -> UpstreamError | None:
+        # Telnyx's own client retries only the transient codes; the rest are final.
+        error = UpstreamUnavailable if str(code) in RETRYABLE_CLOSE_CODES else UpstreamRefused
+        return error("speech-to-text connection dropped", code=str(code))
 
     async def finish(self) -> None:
-        with contextlib.suppress(ConnectionClosed):  # already gone: nothing left to flush
-            await self._connection().send(CLOSE_STREAM)
-
-    async def close(self) -> None:
-        if self._ws is not None:
-            await self._ws.close()
-
-    def _connection(self) -> ClientConnection:
-        if self._ws is None:
-            raise RuntimeError("session used before open()")
-        return self._ws
-
+        await self._send_quietly(CLOSE_STREAM)

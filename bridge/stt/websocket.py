@@ -1,0 +1,97 @@
+"""What the WebSocket engines share: connecting, sending, reading text frames, closing.
+
+Each engine module subclasses ``WebSocketSession`` with its URL and headers, reads its
+frames with ``text_frames()`` and says what a close code means in ``closed_error()``.
+Handshake refusals map to errors here: a 4xx status (but 429) is a refusal, never
+retried; anything else that prevents the connection may pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, Final
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from bridge import __version__
+from bridge.errors import UpstreamError, UpstreamRefused, UpstreamUnavailable
+
+MAX_SERVER_MESSAGE: Final = 1024 * 1024
+
+
+class WebSocketSession:
+    """The transport of one engine session; the engine modules add the protocol."""
+
+    url: str
+
+    def __init__(self) -> None:
+        self._ws: ClientConnection | None = None
+
+    async def _connect(self, headers: Mapping[str, str], *, open_timeout: float,
+                       ping_interval: float, close_timeout: float = 10.0) -> None:
+        try:
+            self._ws = await connect(
+                self.url, additional_headers=dict(headers),
+                origin=None,  # Telnyx's edge is reported to refuse handshakes with Origin
+                user_agent_header=f"callbridge/{__version__}",
+                open_timeout=open_timeout,
+                compression=None,  # audio does not compress; spare the CPU
+                max_size=MAX_SERVER_MESSAGE, max_queue=64, write_limit=64 * 1024,
+                close_timeout=close_timeout,
+                # Pings find half-open sockets: no pong within the interval drops the
+                # session (close 1011), which reconnects.
+                ping_interval=ping_interval, ping_timeout=ping_interval)
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            error = UpstreamRefused if 400 <= status < 500 and status != 429 \
+                else UpstreamUnavailable
+            raise error("speech-to-text handshake refused", status=status) from None
+        except (OSError, TimeoutError, InvalidHandshake) as exc:
+            raise UpstreamUnavailable(f"cannot connect to speech-to-text: "
+                                      f"{type(exc).__name__}") from None
+
+    async def _send(self, data: bytes | str) -> None:
+        try:
+            await self._connection().send(data)
+        except ConnectionClosed:
+            raise UpstreamUnavailable("speech-to-text connection closed while sending") from None
+
+    async def _send_quietly(self, data: str) -> None:
+        """A control message at the end: if the socket is gone, there is nothing to flush."""
+        with contextlib.suppress(ConnectionClosed):
+            await self._connection().send(data)
+
+    async def text_frames(self) -> AsyncIterator[dict[str, Any]]:
+        """The server's JSON objects until the session ends; an abnormal end raises the
+        error ``closed_error`` gives for its close code."""
+        try:
+            async for message in self._connection():
+                if isinstance(message, bytes):
+                    continue
+                try:
+                    frame = json.loads(message)
+                except ValueError:
+                    continue
+                if isinstance(frame, dict):
+                    yield frame
+        except ConnectionClosed as exc:
+            code = exc.rcvd.code if exc.rcvd is not None else 1006
+            reason = exc.rcvd.reason if exc.rcvd is not None else ""
+            error = self.closed_error(code, reason) if code not in (1000, 1001) else None
+            if error is not None:
+                raise error from None
+
+    def closed_error(self, code: int, reason: str) -> UpstreamError | None:
+        return UpstreamUnavailable("speech-to-text connection dropped", code=str(code))
+
+    async def close(self) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+
+    def _connection(self) -> ClientConnection:
+        if self._ws is None:
+            raise RuntimeError("session used before open()")
+        return self._ws
