@@ -178,11 +178,15 @@ class Leg:
         while True:
             loop = asyncio.get_running_loop()
             opened_at = loop.time()
+            error: UpstreamError | None = None
+            rolled = False
             try:
                 rolled = await self._session()
             except* UpstreamError as group:
                 error = _first(group.exceptions)
-            else:
+            finally:
+                await self.engine.close()
+            if error is None:
                 if not rolled:
                     self.state = LegState.DONE
                     return
@@ -194,8 +198,6 @@ class Leg:
                 self.engine = self.call.open_engine(self.engine_name)
                 quick_failures = failures_in_row = 0
                 continue
-            finally:
-                await self.engine.close()
             productive = self._results_this_session > 0
             quick = loop.time() - opened_at < QUICK_S and not productive
             quick_failures = quick_failures + 1 if quick else 0
