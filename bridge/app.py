@@ -8,16 +8,19 @@ client live in ``cleanup_ctx`` and are drained on shutdown.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from functools import partial
+from typing import Any
 
 import aiohttp
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bridge import __version__
 from bridge.calls import Call
@@ -40,6 +43,7 @@ from bridge.ingress.auth import (
     check_twilio,
     parse_audiohook_keys,
 )
+from bridge.metrics import Metrics, counter, gauge
 from bridge.security import GuardedResolver
 from bridge.stt.engines import Engines
 from bridge.stt.local.supervisor import EmbeddedRecognizer
@@ -51,6 +55,8 @@ SINK = web.AppKey("sink", DurableDispatcher)
 ENGINES = web.AppKey("engines", Engines)
 LIVE_CALLS = web.AppKey("live_calls", set[Call])
 AUTH_FAILURES = web.AppKey("auth_failures", dict[str, int])  # per endpoint, for metrics
+METRICS = web.AppKey("metrics", Metrics)
+DRAINING = web.AppKey("draining", bool)
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -59,10 +65,18 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[LIVE_CALLS] = set()
     app[AUTH_FAILURES] = {}
+    app[METRICS] = Metrics()
+    app[DRAINING] = False
 
     app.cleanup_ctx.append(_speech_to_text)
     app.cleanup_ctx.append(_webhooks)
+    app.cleanup_ctx.append(_observability)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/calls", list_calls)
+    app.router.add_get("/calls/{call_id}", show_call)
+    app.router.add_post("/calls/{call_id}/end", end_call)
     app.router.add_get("/streams", partial(media_stream, dialect=None))
     for name in [*DIALECTS, *BINARY_DIALECTS, "audiohook"]:
         app.router.add_get(f"/streams/{name}", partial(media_stream, dialect=name))
@@ -85,10 +99,8 @@ def _authorise(request: web.Request) -> None:
 async def pause_call(request: web.Request, *, paused: bool) -> web.Response:
     """Pause or resume transcription of a live call (``?leg=inbound|outbound`` for one leg)."""
     _authorise(request)
-    call_id = request.match_info["call_id"]
-    call = next((c for c in request.app[LIVE_CALLS] if c.call_id == call_id), None)
-    if call is None:
-        raise web.HTTPNotFound(text="no live call with that id\n")
+    call = _live_call(request)
+    call_id = call.call_id
     leg = request.query.get("leg")
     try:
         track = Track(leg) if leg else None
@@ -135,6 +147,105 @@ async def _webhooks(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def _observability(app: web.Application) -> AsyncIterator[None]:
+    """Event-loop lag measurement, and the values metrics read when scraped."""
+    registry = app[METRICS]
+
+    def scraped() -> Iterator[Any]:
+        dispatcher = app.get(SINK)
+        if dispatcher is not None:
+            stats = dispatcher.stats
+            yield counter("callbridge_webhook_deliveries", "Webhook deliveries by outcome",
+                          ["outcome"], {("delivered",): stats.delivered,
+                                        ("retried",): stats.retried, ("dead",): stats.dead,
+                                        ("partial_sent",): stats.partials_sent,
+                                        ("partial_dropped",): stats.partials_dropped,
+                                        ("refused_outbox_full",): stats.outbox_rejected})
+            yield gauge("callbridge_outbox_pending", "Deliveries waiting in the outbox",
+                        ["target"], {(name,): sum(t.pending.values())
+                                     for name, t in dispatcher.targets.items()})
+        yield counter("callbridge_auth_failures", "Refused media connections",
+                      ["endpoint"], {(k,): v for k, v in app[AUTH_FAILURES].items()})
+
+    registry.watch(scraped)
+    lag = asyncio.create_task(registry.measure_loop_lag(), name="loop lag")
+    yield
+    lag.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await lag
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition."""
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready to take calls: not draining, the outbox writable, the engine reachable."""
+    app = request.app
+    problems = []
+    if app[DRAINING]:
+        problems.append("draining")
+    dispatcher = app.get(SINK)
+    try:
+        if dispatcher is None:
+            raise RuntimeError("not started")
+        async with asyncio.timeout(2):
+            await dispatcher.db.call(lambda ob: ob.check_writable())
+    except Exception:  # noqa: BLE001 - any failure here means "not ready", said below
+        problems.append("outbox not writable")
+    engines = app.get(ENGINES)
+    if engines is None or not await engines.reachable():
+        problems.append("speech-to-text engine not reachable")
+    status = 503 if problems else 200
+    return web.json_response({"ready": not problems, "problems": problems}, status=status)
+
+
+def _call_view(call: Call, *, detail: bool) -> dict[str, Any]:
+    started = call.started
+    view: dict[str, Any] = {
+        "call_id": call.call_id, "provider": started.provider if started else None,
+        "stream_id": started.stream_id if started else None, "state": call.state.value,
+        "engine": getattr(call, "engine_name", None),
+        "duration_s": round(time.time() - call.opened_at, 1), "paused": call.paused,
+        "legs": {track.value: {k: v for k, v in leg.summary().items()
+                               if detail or k in ("speaker", "audio_ms", "transcripts",
+                                                  "upstream", "engine")}
+                 for track, leg in call.legs.items()}}
+    return view
+
+
+async def list_calls(request: web.Request) -> web.Response:
+    """Live calls (admin API)."""
+    _authorise(request)
+    calls = [_call_view(c, detail=False) for c in request.app[LIVE_CALLS] if c.started]
+    return web.json_response({"calls": calls})
+
+
+def _live_call(request: web.Request) -> Call:
+    call_id = request.match_info["call_id"]
+    call = next((c for c in request.app[LIVE_CALLS] if c.call_id == call_id), None)
+    if call is None:
+        raise web.HTTPNotFound(text="no live call with that id\n")
+    return call
+
+
+async def show_call(request: web.Request) -> web.Response:
+    """One live call with its legs' counters (admin API)."""
+    _authorise(request)
+    return web.json_response(_call_view(_live_call(request), detail=True))
+
+
+async def end_call(request: web.Request) -> web.Response:
+    """End a live call: its media connection closes, its legs finish and deliver their last
+    finals, ``call.ended`` says ``ended_by_admin`` (admin API)."""
+    _authorise(request)
+    call = _live_call(request)
+    await call.hang_up()
+    return web.json_response({"call_id": call.call_id, "ending": True}, status=202)
+
+
 async def healthz(request: web.Request) -> web.Response:
     """The process is alive and serving."""
     return web.json_response({"status": "ok", "version": __version__,
@@ -174,7 +285,8 @@ async def media_stream(request: web.Request, *, dialect: str | None) -> web.Stre
         sink = app[SINK]
         call = Call(settings=settings, sink=sink, engines=app[ENGINES], tasks=tasks,
                     route=lambda started: sink.route(request.path, started.custom_parameters),
-                    path=request.path)
+                    path=request.path, metrics=app[METRICS])
+        call.media_socket = ws
         app[LIVE_CALLS].add(call)
         try:
             async for message in ws:
@@ -190,7 +302,7 @@ async def media_stream(request: web.Request, *, dialect: str | None) -> web.Stre
                     call.handle(event)
                 for reply in parser.to_send():
                     await ws.send_str(reply)
-            reason = "stopped" if parser.stopped else "disconnected"
+            reason = call.end_reason or ("stopped" if parser.stopped else "disconnected")
         except PeerError as exc:
             reason = "protocol_error"
             if isinstance(exc, AuthenticationFailed):

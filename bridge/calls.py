@@ -42,6 +42,7 @@ from bridge.events import (
     Track,
     TranscriptResult,
 )
+from bridge.metrics import Metrics
 from bridge.stt.base import EngineResult, EngineSession
 from bridge.stt.engines import Engines
 from bridge.stt.reconnect import (
@@ -193,6 +194,7 @@ class Leg:
                 # A long session ended at a pause before the engine's limit: go on in a
                 # new one, which gets the audio since the last final first.
                 self.rolls += 1
+                self.call.metrics.upstream.labels(self.engine_name, "rolled").inc()
                 log.info("speech-to-text session rolled over before its limit",
                          leg=self.track.value, engine=self.engine_name)
                 self.engine = self.call.open_engine(self.engine_name)
@@ -214,6 +216,7 @@ class Leg:
                 return
             delay = next(delays)
             self.reconnects += 1
+            self.call.metrics.upstream.labels(self.engine_name, "reconnected").inc()
             log.warning("speech-to-text session dropped; reconnecting and replaying",
                         leg=self.track.value, error=str(error), retry_in_s=round(delay, 2),
                         replay_ms=round(self._replay_bytes / self.bytes_per_ms))
@@ -226,6 +229,7 @@ class Leg:
         if secondary is None or self.failed_over or secondary == self.engine_name:
             return False
         self.failed_over = True
+        self.call.metrics.upstream.labels(self.engine_name, "failed_over").inc()
         previous, self.engine_name = self.engine_name, secondary
         log.warning("speech-to-text failing over to the secondary engine",
                     leg=self.track.value, engine=previous, to=secondary, error=str(error))
@@ -243,6 +247,7 @@ class Leg:
         self._last_heard = loop.time()
         self._heard_at_bytes = 0
         await self.engine.open()
+        self.call.metrics.upstream.labels(self.engine_name, "opened").inc()
         self.state = LegState.STREAMING
         # The new session's audio starts where the replayed audio starts.
         replay = list(self._replay)
@@ -362,6 +367,10 @@ class Leg:
             previous_end = self._last_final_end_ms
             start_ms = to_clock(0) if previous_end is None else previous_end
         start_ms = min(start_ms, end_ms)
+        if result.is_final and result.end_s is not None:
+            # How long after its audio was sent did the final come (engines that give times)
+            behind_ms = origin + self._session_bytes / self.bytes_per_ms - end_upstream
+            self.call.metrics.latency.labels(self.engine_name).observe(max(behind_ms, 0) / 1000)
         if result.is_final:
             # Replayed audio recognised again: delivered already. Only engines that give
             # segment times can say so; for the others the replay starts after the last
@@ -377,6 +386,7 @@ class Leg:
                                 words)
 
     def _fail(self, error: UpstreamError) -> None:
+        self.call.metrics.upstream.labels(self.engine_name, "failed").inc()
         self.state = LegState.FAILED
         self.error = error
         self.bytes_discarded += self._buffered
@@ -436,12 +446,16 @@ class Call:
     def __init__(self, *, settings: Settings, sink: EventSink, engines: Engines,
                  tasks: asyncio.TaskGroup,
                  route: Callable[[StreamStarted], tuple[str, ...]] = lambda _: (),
-                 path: str = "") -> None:
+                 path: str = "", metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.policy = policy_for(settings.compliance)
         self._sink = sink
         self._route = route
         self.path = path
+        self.metrics = metrics or Metrics()
+        self.opened_at = time.time()
+        self.media_socket: Any = None  # the aiohttp WebSocketResponse, for hang_up()
+        self.end_reason: str | None = None
         self.paused = False
         self.targets: tuple[str, ...] = ()
         self._engines = engines
@@ -499,6 +513,7 @@ class Call:
 
     def _start(self, event: StreamStarted) -> None:
         self.started = event
+        self.metrics.calls_active.labels(event.provider).inc()
         self.targets = self._route(event)
         self.engine_name, self.engine_options = self._engines.for_call(event.custom_parameters,
                                                                        self.path)
@@ -515,6 +530,12 @@ class Call:
         })
         if event.custom_parameters.get("callbridge_paused", "").lower() in ("true", "1", "yes"):
             self.set_paused(True, None, reason="stream")
+
+    async def hang_up(self, reason: str = "ended_by_admin") -> None:
+        """Close the media connection; the call then ends as usual with ``reason``."""
+        self.end_reason = reason
+        if self.media_socket is not None:
+            await self.media_socket.close(code=1000, message=b"call ended by the bridge")
 
     def set_paused(self, paused: bool, track: Track | None, *, reason: str) -> dict[str, bool]:
         """Pause or resume one leg, or the whole call (``track`` None, also legs to come).
@@ -548,6 +569,7 @@ class Call:
         return self._engines.max_session_s(name)
 
     def _open_leg(self, track: Track) -> Leg:
+        self.metrics.legs_active.labels(self._require_started().provider).inc()
         leg = Leg(self, track, self.open_engine(self.engine_name))
         self.legs[track] = leg
         if self.paused:
@@ -596,6 +618,7 @@ class Call:
 
     def _publish_transcript(self, leg: Leg, result: TranscriptResult, redacted: Redacted,
                             sequence: int) -> None:
+        self.metrics.transcripts.labels("final" if result.is_final else "partial").inc()
         self._publish(EventType.TRANSCRIPT_FINAL if result.is_final
                       else EventType.TRANSCRIPT_PARTIAL, leg, {
                           "sequence": sequence,
@@ -649,6 +672,17 @@ class Call:
         if not was_started:
             log.info("connection closed before the stream started", reason=reason)
             return
+        provider = self._require_started().provider
+        metrics = self.metrics
+        metrics.calls_active.labels(provider).dec()
+        metrics.calls.labels(provider, reason).inc()
+        for leg in self.legs.values():
+            stats = leg.reframer.stats
+            metrics.legs_active.labels(provider).dec()
+            metrics.frames.labels(provider).inc(stats.frames)
+            metrics.media_bytes.labels(provider).inc(stats.bytes_in)
+            metrics.gaps.labels(provider).inc(stats.gaps_filled)
+            metrics.chunks_dropped.labels(provider).inc(leg.chunks_dropped)
         duration_ms = int((time.monotonic() - self._opened_at) * 1000)
         legs = [leg.summary() | {"text": " ".join(leg.finals)} for leg in self.legs.values()]
         self._publish(EventType.CALL_ENDED, None, {

@@ -149,10 +149,13 @@ async def stream_call(url: str, messages: Sequence[tuple[float, str | bytes]], *
                         result.lag_max_s = max(result.lag_max_s, -delay)
                 if ws.closed:
                     break
-                if isinstance(text, bytes):
-                    await ws.send_bytes(text)  # the binary dialects' audio
-                else:
-                    await ws.send_str(text)
+                try:
+                    if isinstance(text, bytes):
+                        await ws.send_bytes(text)  # the binary dialects' audio
+                    else:
+                        await ws.send_str(text)
+                except (aiohttp.ClientConnectionResetError, ConnectionResetError):
+                    break  # the bridge ended the stream (its close arrives below)
                 result.messages_sent += 1
             await ws.close()
             result.close_code = ws.close_code

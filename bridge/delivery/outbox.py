@@ -227,6 +227,11 @@ class Outbox:
                 (1 if attempted else 0, status, error, now, event_seq, target))
             self._finish_event(event_seq, now)
 
+    def check_writable(self) -> None:
+        """Raises if the outbox cannot take a write now (for readiness)."""
+        with self._transaction():
+            self.db.execute("UPDATE targets SET name = name WHERE 0")
+
     def retry_now(self, now: float | None = None) -> int:
         """Make every pending delivery due (at start: the receivers may be back)."""
         now = time.time() if now is None else now

@@ -8,10 +8,12 @@ parameter ``callbridge_engine``, and set the options listed in ``stt.call_option
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Final
+from urllib.parse import urlsplit
 
 from bridge.config import Settings
 from bridge.events import AudioEncoding
@@ -34,6 +36,8 @@ class Engines:
         self.primary = stt.engine
         self.secondary = stt.secondary_engine or None
         self.names = tuple(n for n in (self.primary, self.secondary) if n)
+        self._reachable: bool | None = None
+        self._checked_at = 0.0
 
     def for_call(self, parameters: Mapping[str, str],
                  path: str = "") -> tuple[str, dict[str, str]]:
@@ -73,6 +77,27 @@ class Engines:
         if language:
             stt = replace(stt, language=language)
         return TelnyxSession(stt, encoding, sample_rate)
+
+    async def reachable(self) -> bool:
+        """Whether the primary engine's host accepts a TCP connection (checked at most
+        every 10 s; the embedded recognizer is its child process on this machine)."""
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._checked_at < 10 and self._reachable is not None:
+            return self._reachable
+        url = {"deepgram": self.settings.deepgram.url,
+               "assemblyai": self.settings.assemblyai.url}.get(self.primary)
+        parts = urlsplit(url or self._telnyx_url())
+        port = parts.port or (443 if parts.scheme == "wss" else 80)
+        try:
+            async with asyncio.timeout(2):
+                _, writer = await asyncio.open_connection(parts.hostname, port)
+            writer.close()
+            await writer.wait_closed()
+            self._reachable = True
+        except (OSError, TimeoutError):
+            self._reachable = False
+        self._checked_at = loop.time()
+        return self._reachable
 
     def max_session_s(self, name: str) -> float:
         """How long a session of this engine may live (0: no limit)."""
