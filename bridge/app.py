@@ -56,6 +56,7 @@ ENGINES = web.AppKey("engines", Engines)
 LIVE_CALLS = web.AppKey("live_calls", set[Call])
 AUTH_FAILURES = web.AppKey("auth_failures", dict[str, int])  # per endpoint, for metrics
 METRICS = web.AppKey("metrics", Metrics)
+CALLS_CHANGED = web.AppKey("calls_changed", asyncio.Event)  # set when a call ends
 DRAINING = web.AppKey("draining", bool)
 
 
@@ -67,6 +68,7 @@ def create_app(settings: Settings) -> web.Application:
     app[AUTH_FAILURES] = {}
     app[METRICS] = Metrics()
     app[DRAINING] = False
+    app[CALLS_CHANGED] = asyncio.Event()
 
     app.cleanup_ctx.append(_speech_to_text)
     app.cleanup_ctx.append(_webhooks)
@@ -268,6 +270,8 @@ async def media_stream(request: web.Request, *, dialect: str | None) -> web.Stre
                     remote=request.remote)
         error = web.HTTPUnauthorized if refusal.startswith("missing") else web.HTTPForbidden
         raise error(text="authentication failed\n")
+    if app[DRAINING]:
+        raise web.HTTPServiceUnavailable(text="callbridge is draining: no new calls\n")
     if len(app[LIVE_CALLS]) >= settings.server.max_calls:
         log.warning("refusing a media connection: max_calls reached",
                     max_calls=settings.server.max_calls)
@@ -317,8 +321,9 @@ async def media_stream(request: web.Request, *, dialect: str | None) -> web.Stre
             await ws.close(code=CLOSE_INTERNAL_ERROR, message=b"internal error")
             raise
         finally:
-            app[LIVE_CALLS].discard(call)
             await call.end(reason)
+            app[LIVE_CALLS].discard(call)
+            app[CALLS_CHANGED].set()
     return ws
 
 

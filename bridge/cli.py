@@ -11,7 +11,15 @@ from pathlib import Path
 import structlog
 
 from bridge import __version__
-from bridge.config import Settings, SttTarget, describe, load_settings, override, stt_target
+from bridge.config import (
+    Settings,
+    SttTarget,
+    describe,
+    load_settings,
+    override,
+    stt_target,
+    uses_telnyx_protocol,
+)
 from bridge.errors import ConfigError
 from bridge.events import AudioEncoding, Track
 from bridge.observability import configure_logging
@@ -97,15 +105,11 @@ def _settings_or_exit(args: argparse.Namespace) -> Settings | None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
-    from bridge.app import create_app
-
     settings = _settings_or_exit(args)
     if settings is None:
         return 2
     configure_logging(settings.logging.level, settings.logging.format)
-    if stt_target(settings) is SttTarget.EMBEDDED:
+    if uses_telnyx_protocol(settings) and stt_target(settings) is SttTarget.EMBEDDED:
         from bridge.stt.local import recognizer
 
         if not recognizer.available():
@@ -127,11 +131,9 @@ def run_serve(args: argparse.Namespace) -> int:
                     "reach webhooks as the engine wrote them", dtmf=settings.compliance.dtmf)
     if not settings.webhooks.urls:
         log.warning("no webhook URLs configured: transcripts are produced but sent nowhere")
-    web.run_app(create_app(settings), host=settings.server.host, port=settings.server.port,
-                access_log=None, shutdown_timeout=settings.webhooks.drain_timeout_s,
-                print=lambda _banner: log.info("listening", host=settings.server.host,
-                                               port=settings.server.port))
-    return 0
+    from bridge.server import serve
+
+    return asyncio.run(serve(settings))
 
 
 def run_stt_local(args: argparse.Namespace) -> int:

@@ -69,6 +69,7 @@ class ServerSettings:
     port: int = 8080
     max_message_bytes: int = 64 * 1024
     max_calls: int = 2000
+    drain_s: float = 30.0
     admin_token: Secret = field(default_factory=lambda: Secret(""))
 
 
@@ -268,6 +269,7 @@ class Settings:
 # Environment variable -> (section, key). Values are parsed like the file's, as strings.
 ENVIRONMENT: Final[Mapping[str, tuple[str, str]]] = {
     "CALLBRIDGE_HOST": ("server", "host"),
+    "CALLBRIDGE_DRAIN_S": ("server", "drain_s"),
     "CALLBRIDGE_ADMIN_TOKEN": ("server", "admin_token"),
     "TWILIO_AUTH_TOKEN": ("ingress_auth", "twilio_auth_token"),
     "CALLBRIDGE_TWILIO_PUBLIC_URL": ("ingress_auth", "twilio_public_url"),
@@ -538,6 +540,7 @@ def _validate(settings: Settings, origin: Mapping[tuple[str, str], str]) -> None
     check(1024 <= s.server.max_message_bytes <= 16 * 1024 * 1024, "server",
           "max_message_bytes", "must be 1024-16777216")
     check(s.server.max_calls >= 1, "server", "max_calls", "must be at least 1")
+    check(0 <= s.server.drain_s <= 3600, "server", "drain_s", "must be 0-3600 (seconds)")
     check(20 <= s.audio.chunk_ms <= 1000, "audio", "chunk_ms", "must be 20-1000 (ms)")
     check(0 <= s.audio.reorder_window_frames <= 50, "audio", "reorder_window_frames",
           "must be 0-50")

@@ -95,3 +95,31 @@ async def test_admin_views_and_ending_a_call(bridge_factory: BridgeFactory,
     ended = [e for e in events if e.type == "call.ended" and e.data["call_id"] == "CA-admin"]
     assert ended[0].data["reason"] == "ended_by_admin"
     assert (await get(bridge, "/calls/CA-admin"))[0] == 404
+
+
+async def test_sigterm_drains_two_live_calls_and_exits_cleanly(
+        bridge_factory: BridgeFactory, receiver: WebhookReceiver) -> None:
+    import signal
+
+    bridge = await bridge_factory(CALLBRIDGE_DRAIN_S="0.5")
+    long_call = pcm_program(("silence", 200), ("tone", 600, 400), ("silence", 500),
+                            ("tone", 400, 700), ("silence", 8000))
+    calls = [asyncio.create_task(stream_call(
+        bridge.url("/streams/twilio"),
+        build_call(CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(long_call)},
+                            call_id=f"CA-drain-{n}")), speed=1)) for n in (1, 2)]
+    await receiver.wait_for(lambda events: sum(
+        e.type == "transcript.final" and e.data["call_id"].startswith("CA-drain")
+        for e in events) >= 4)  # both calls have said both tones
+    bridge.process.send_signal(signal.SIGTERM)
+    await bridge.wait_for_log("draining: no new calls; live calls may finish")
+    refused = await get(bridge, "/readyz", token=None)
+    assert refused[0] == 503 and "draining" in refused[1]
+    async with asyncio.timeout(30):
+        assert await bridge.process.wait() == 0
+    await asyncio.gather(*calls, return_exceptions=True)
+    for n in (1, 2):
+        events = receiver.of_call(f"CA-drain-{n}")
+        assert [e.data["text"] for e in events if e.type == "transcript.final"] == [
+            "tone 400 hertz", "tone 700 hertz"]
+        assert events[-1].type == "call.ended" and events[-1].data["reason"] == "shutdown"

@@ -1,0 +1,80 @@
+"""Running the bridge: serve until SIGTERM, then drain.
+
+On the first SIGTERM (or SIGINT) the bridge stops taking media connections (they are
+refused with 503, and ``/readyz`` answers 503 at once), lets live calls finish for up to
+``server.drain_s``, then ends the rest itself: each call's legs close their upstream
+sessions, deliver their last finals, and ``call.ended`` says ``shutdown``. Webhook delivery
+then gets ``webhooks.drain_timeout_s``; what is left stays in the outbox for the next
+start. A second signal cuts the waiting short; nothing stored is lost either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Collection
+from typing import Final
+
+import structlog
+from aiohttp import web
+
+from bridge.app import CALLS_CHANGED, DRAINING, LIVE_CALLS, create_app
+from bridge.config import Settings
+
+log = structlog.get_logger("bridge.serve")
+
+END_CALLS_TIMEOUT_S: Final = 30.0  # for calls told to end to finish their last finals
+
+
+async def serve(settings: Settings) -> int:
+    """Serve until told to stop; returns the exit status."""
+    app = create_app(settings)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                           shutdown_timeout=settings.webhooks.drain_timeout_s)
+    await runner.setup()
+    stop, force = asyncio.Event(), asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        (force if stop.is_set() else stop).set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        await web.TCPSite(runner, settings.server.host, settings.server.port).start()
+        log.info("listening", host=settings.server.host, port=settings.server.port)
+        await stop.wait()
+        app[DRAINING] = True
+        calls = app[LIVE_CALLS]
+        log.info("draining: no new calls; live calls may finish", calls=len(calls),
+                 drain_s=settings.server.drain_s)
+        changed = app[CALLS_CHANGED]
+        await _until_no_calls(calls, changed, settings.server.drain_s, force)
+        if calls:
+            log.info("drain time is over: ending the remaining calls", calls=len(calls))
+            for call in list(calls):
+                await call.hang_up("shutdown")
+            await _until_no_calls(calls, changed, END_CALLS_TIMEOUT_S, force)
+    finally:
+        await runner.cleanup()  # webhook delivery drains; the embedded recognizer stops
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("stopped")
+    return 0
+
+
+async def _until_no_calls(calls: Collection[object], changed: asyncio.Event, within_s: float,
+                          force: asyncio.Event) -> None:
+    """Wait until no call is live, ``within_s`` passes, or ``force`` is set."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(within_s):
+            while calls and not force.is_set():
+                changed.clear()
+                waits = [asyncio.ensure_future(changed.wait()),
+                         asyncio.ensure_future(force.wait())]
+                try:
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for wait in waits:
+                        wait.cancel()
