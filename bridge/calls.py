@@ -409,6 +409,7 @@ class Leg:
             "gap_fill_ms": stats.gap_fill_ms,
             "late_frames_dropped": stats.late_dropped,
             "chunks_dropped": self.chunks_dropped,
+            "bytes_untranscribed": self.bytes_discarded,  # after a fatal upstream failure
             "transcripts": self.sequence,
             "partials": self.partials,
             "upstream": "failed" if self.state is LegState.FAILED else "ok",

@@ -73,17 +73,22 @@ class _Callback(Collector):
         return self._produce()
 
 
-def counter(name: str, documentation: str, labels: list[str],
-            values: dict[tuple[str, ...], float]) -> CounterMetricFamily:
-    family = CounterMetricFamily(name, documentation, labels=labels)
+def _family(kind: type[CounterMetricFamily] | type[GaugeMetricFamily], name: str,
+            documentation: str, labels: list[str],
+            values: dict[tuple[str, ...], float]) -> CounterMetricFamily | GaugeMetricFamily:
+    family = kind(name, documentation, labels=labels)
     for key, value in values.items():
         family.add_metric(list(key), value)
     return family
+
+
+def counter(name: str, documentation: str, labels: list[str],
+            values: dict[tuple[str, ...], float]) -> CounterMetricFamily | GaugeMetricFamily:
+    """A counter whose values are read at scrape time."""
+    return _family(CounterMetricFamily, name, documentation, labels, values)
 
 
 def gauge(name: str, documentation: str, labels: list[str],
-          values: dict[tuple[str, ...], float]) -> GaugeMetricFamily:
-    family = GaugeMetricFamily(name, documentation, labels=labels)
-    for key, value in values.items():
-        family.add_metric(list(key), value)
-    return family
+          values: dict[tuple[str, ...], float]) -> CounterMetricFamily | GaugeMetricFamily:
+    """A gauge whose values are read at scrape time."""
+    return _family(GaugeMetricFamily, name, documentation, labels, values)

@@ -10,8 +10,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from bridge.events import AudioEncoding
-
 
 @dataclass(frozen=True, slots=True)
 class Word:
@@ -57,8 +55,3 @@ class EngineSession(Protocol):
     async def close(self) -> None:
         """Close the connection now (after ``finish`` and its grace period, or on error)."""
 
-
-class EngineFactory(Protocol):
-    """Opens sessions: called once per leg with the leg's codec."""
-
-    def __call__(self, encoding: AudioEncoding, sample_rate: int) -> EngineSession: ...
