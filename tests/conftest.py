@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from tests.support.receiver import SECRET, WebhookReceiver
@@ -50,6 +51,15 @@ class BridgeProcess:
 
     def url(self, path: str) -> str:
         return f"ws://127.0.0.1:{self.port}{path}"
+
+    async def http(self, method: str, path: str, token: str | None = None,
+                   **query: str) -> tuple[int, str]:
+        """One HTTP request to the bridge (with a bearer token if given): status and body."""
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with aiohttp.ClientSession() as session, session.request(
+                method, f"http://127.0.0.1:{self.port}{path}", headers=headers,
+                params=query) as response:
+            return response.status, await response.text()
 
     def log_events(self, event: str) -> list[dict[str, Any]]:
         return [line for line in self.logs if line.get("event") == event]

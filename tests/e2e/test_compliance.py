@@ -8,7 +8,6 @@ import json
 import sqlite3
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from bridge.events import AudioEncoding, Track
@@ -128,14 +127,11 @@ async def test_key_presses_reach_no_webhook_log_or_outbox_as_digits(
 
 async def admin(bridge: BridgeProcess, action: str, call_id: str, token: str = TOKEN,
                 **query: str) -> tuple[int, dict[str, object] | str]:
-    async with aiohttp.ClientSession() as session, session.post(
-            f"http://127.0.0.1:{bridge.port}/calls/{call_id}/{action}", params=query,
-            headers={"Authorization": f"Bearer {token}"}) as response:
-        body = await response.text()
-        try:
-            return response.status, json.loads(body)
-        except ValueError:
-            return response.status, body
+    status, body = await bridge.http("POST", f"/calls/{call_id}/{action}", token, **query)
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, body
 
 
 LONG = pcm_program(("silence", 200), ("tone", 800, 400), ("silence", 600),

@@ -21,6 +21,11 @@ CALLER = pcm_program(("silence", 200), ("tone", 600, 400), ("silence", 500),
                      ("tone", 400, 700), ("silence", 500))
 
 
+def engine(emulator: DeepgramEmulator, **extra: str) -> dict[str, str]:
+    return {"CALLBRIDGE_ENGINE": "deepgram", "DEEPGRAM_API_KEY": "test-deepgram-key",
+            "CALLBRIDGE_DEEPGRAM_URL": emulator.url, **extra}
+
+
 @pytest.fixture
 async def deepgram() -> AsyncIterator[DeepgramEmulator]:
     async with DeepgramEmulator(idle_s=1.0) as emulator:  # 10 s on the real service
@@ -30,9 +35,7 @@ async def deepgram() -> AsyncIterator[DeepgramEmulator]:
 async def test_settled_segments_become_one_final_per_utterance(
         bridge_factory: BridgeFactory, deepgram: DeepgramEmulator,
         receiver: WebhookReceiver) -> None:
-    bridge = await bridge_factory(CALLBRIDGE_ENGINE="deepgram",
-                                  DEEPGRAM_API_KEY="test-deepgram-key",
-                                  CALLBRIDGE_DEEPGRAM_URL=deepgram.url)
+    bridge = await bridge_factory(**engine(deepgram))
     spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(CALLER)},
                     call_id="CA-dg")
     await stream_call(bridge.url("/streams/twilio"), build_call(spec), speed=0)
@@ -51,11 +54,8 @@ async def test_settled_segments_become_one_final_per_utterance(
 async def test_a_silent_hold_keeps_the_session_alive(
         bridge_factory: BridgeFactory, deepgram: DeepgramEmulator,
         receiver: WebhookReceiver) -> None:
-    bridge = await bridge_factory(CALLBRIDGE_ENGINE="deepgram",
-                                  DEEPGRAM_API_KEY="test-deepgram-key",
-                                  CALLBRIDGE_DEEPGRAM_URL=deepgram.url,
-                                  CALLBRIDGE_DEEPGRAM_KEEPALIVE_S="0.3",
-                                  CALLBRIDGE_ADMIN_TOKEN=TOKEN)
+    bridge = await bridge_factory(**engine(deepgram, CALLBRIDGE_DEEPGRAM_KEEPALIVE_S="0.3",
+                                         CALLBRIDGE_ADMIN_TOKEN=TOKEN))
     held = pcm_program(("silence", 200), ("tone", 600, 400), ("silence", 4500),
                        ("tone", 400, 700), ("silence", 500))
     spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(held)},
@@ -81,9 +81,7 @@ async def test_drops_and_a_server_error_are_survived_with_every_final_once(
         bridge_factory: BridgeFactory, deepgram: DeepgramEmulator,
         receiver: WebhookReceiver) -> None:
     deepgram.faults = [(4000, "drop"), (9600, 1011)]  # mid first tone; then a 1011 close
-    bridge = await bridge_factory(CALLBRIDGE_ENGINE="deepgram",
-                                  DEEPGRAM_API_KEY="test-deepgram-key",
-                                  CALLBRIDGE_DEEPGRAM_URL=deepgram.url)
+    bridge = await bridge_factory(**engine(deepgram))
     spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(CALLER)},
                     call_id="CA-dg-drops")
     await stream_call(bridge.url("/streams/twilio"), build_call(spec), speed=2)
@@ -98,9 +96,7 @@ async def test_drops_and_a_server_error_are_survived_with_every_final_once(
 async def test_a_rejected_handshake_is_one_error(
         bridge_factory: BridgeFactory, receiver: WebhookReceiver) -> None:
     async with DeepgramEmulator(reject_status=400) as rejecting:
-        bridge = await bridge_factory(CALLBRIDGE_ENGINE="deepgram",
-                                      DEEPGRAM_API_KEY="test-deepgram-key",
-                                      CALLBRIDGE_DEEPGRAM_URL=rejecting.url)
+        bridge = await bridge_factory(**engine(rejecting))
         spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(CALLER)},
                         call_id="CA-dg-400")
         await stream_call(bridge.url("/streams/twilio"), build_call(spec), speed=0)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -24,10 +23,7 @@ AGENT = pcm_program(("silence", 300), ("tone", 500, 1000), ("silence", 3100))
 
 async def get(bridge: BridgeProcess, path: str, token: str | None = TOKEN,
               method: str = "GET") -> tuple[int, str]:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with aiohttp.ClientSession() as session, session.request(
-            method, f"http://127.0.0.1:{bridge.port}{path}", headers=headers) as response:
-        return response.status, await response.text()
+    return await bridge.http(method, path, token)
 
 
 async def samples(bridge: BridgeProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
