@@ -15,7 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.support.receiver import SECRET, WebhookReceiver
+from bridge.simulate import CallSpec, build_call, stream_call
+from tests.support.receiver import SECRET, Received, WebhookReceiver
 from tests.support.telnyx_stt import TelnyxSttEmulator
 
 API_KEY = "test-telnyx-key"
@@ -94,6 +95,17 @@ async def _read_logs(bridge: BridgeProcess, listening: asyncio.Future[None]) -> 
 
 
 BridgeFactory = Callable[..., Awaitable[BridgeProcess]]
+
+
+async def run_call(bridge: BridgeProcess, receiver: WebhookReceiver, spec: CallSpec,
+                   path: str | None = None, speed: float = 0,
+                   within_s: float = 20) -> list[Received]:
+    """Stream one whole call, check it closed normally, and return its webhooks once ended."""
+    result = await stream_call(bridge.url(path or f"/streams/{spec.dialect}"),
+                               build_call(spec), speed=speed)
+    assert result.close_code == 1000
+    await receiver.wait_for(receiver.ended(spec.call_id), within_s=within_s)
+    return receiver.of_call(spec.call_id)
 
 
 @pytest.fixture

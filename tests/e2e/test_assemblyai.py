@@ -8,7 +8,7 @@ import pytest
 
 from bridge.events import AudioEncoding, Track
 from bridge.simulate import CallSpec, build_call, stream_call
-from tests.conftest import BridgeFactory
+from tests.conftest import BridgeFactory, run_call
 from tests.support.assemblyai import AssemblyAIEmulator
 from tests.support.audio import alaw, pcm_program, ulaw
 from tests.support.receiver import WebhookReceiver
@@ -61,9 +61,8 @@ async def test_a_bad_key_is_one_error_and_no_retry(
     bridge = await bridge_factory(**engine(assemblyai, key="wrong-key"))
     spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(CALLER)},
                     call_id="CA-aai-401")
-    await stream_call(bridge.url("/streams/twilio"), build_call(spec), speed=0)
-    await receiver.wait_for(receiver.ended("CA-aai-401"), within_s=30)
-    errors = [e for e in receiver.of_call("CA-aai-401") if e.type == "transcription.error"]
+    events = await run_call(bridge, receiver, spec, within_s=30)
+    errors = [e for e in events if e.type == "transcription.error"]
     assert len(errors) == 1 and errors[0].data["error"]["code"] == "1008"
     assert len(assemblyai.sessions) == 1  # refused once: not retried
 
@@ -75,9 +74,8 @@ async def test_a_server_error_reconnects_and_replays_at_real_time(
     bridge = await bridge_factory(**engine(assemblyai))
     spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(CALLER)},
                     call_id="CA-aai-3005")
-    await stream_call(bridge.url("/streams/twilio"), build_call(spec), speed=0)
-    await receiver.wait_for(receiver.ended("CA-aai-3005"), within_s=30)
-    finals = [e.data["text"] for e in receiver.of_call("CA-aai-3005")
+    events = await run_call(bridge, receiver, spec, within_s=30)
+    finals = [e.data["text"] for e in events
               if e.type == "transcript.final"]
     assert finals == ["Tone 400 hertz.", "Tone 700 hertz."]
     assert len(assemblyai.sessions) == 2

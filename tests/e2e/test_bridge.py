@@ -15,7 +15,7 @@ import pytest
 
 from bridge.events import AudioEncoding, Track
 from bridge.simulate import CallSpec, build_call, stream_call
-from tests.conftest import API_KEY, BridgeFactory, BridgeProcess
+from tests.conftest import API_KEY, BridgeFactory, BridgeProcess, run_call
 from tests.support.audio import alaw, pcm_program, ulaw
 from tests.support.receiver import Received, WebhookReceiver
 from tests.support.telnyx_stt import TelnyxSttEmulator
@@ -30,15 +30,6 @@ AGENT = pcm_program(("silence", 300), ("tone", 500, 1000), ("silence", 700))
 def transcripts(events: list[Received], leg: str) -> list[tuple[str, int, str]]:
     return [(e.type, e.data["sequence"], e.data["text"]) for e in events
             if e.type.startswith("transcript.") and e.data["leg"] == leg]
-
-
-async def run_call(bridge: BridgeProcess, receiver: WebhookReceiver, spec: CallSpec,
-                   path: str | None = None, speed: float = 0) -> list[Received]:
-    result = await stream_call(bridge.url(path or f"/streams/{spec.dialect}"),
-                               build_call(spec), speed=speed)
-    assert result.close_code == 1000
-    await receiver.wait_for(receiver.ended(spec.call_id))
-    return receiver.of_call(spec.call_id)
 
 
 async def test_two_leg_twilio_call_delivers_exact_webhooks_per_leg(

@@ -12,7 +12,7 @@ import pytest
 
 from bridge.events import AudioEncoding, Track
 from bridge.simulate import CallSpec, build_call, stream_call
-from tests.conftest import BridgeFactory, BridgeProcess
+from tests.conftest import BridgeFactory, BridgeProcess, run_call
 from tests.support.audio import pcm_program, ulaw
 from tests.support.receiver import WebhookReceiver
 from tests.support.telnyx_stt import TelnyxSttEmulator
@@ -47,9 +47,7 @@ async def test_card_numbers_from_the_engine_reach_no_webhook_outbox_row_or_log(
     assert on["policies"] == ["credit_card", "card_security_code", "card_expiry", "ssn"]
     spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(SPEECH)},
                     call_id="CA-pci")
-    await stream_call(bridge.url("/streams/twilio"), build_call(spec), speed=2)
-    await receiver.wait_for(receiver.ended("CA-pci"), within_s=30)
-    events = receiver.of_call("CA-pci")
+    events = await run_call(bridge, receiver, spec, speed=2, within_s=30)
 
     # the engine really said the numbers, in partials and finals
     sent = " ".join(json.dumps(frame) for s in stt.sessions for frame in s.sent)
@@ -84,9 +82,8 @@ async def test_redaction_can_be_turned_off_explicitly(
                               "SSNs reach webhooks as the engine wrote them")
     spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(SPEECH)},
                     call_id="CA-off")
-    await stream_call(bridge.url("/streams/twilio"), build_call(spec), speed=0)
-    await receiver.wait_for(receiver.ended("CA-off"))
-    texts = [e.data["text"] for e in receiver.of_call("CA-off") if e.type == "transcript.final"]
+    events = await run_call(bridge, receiver, spec)
+    texts = [e.data["text"] for e in events if e.type == "transcript.final"]
     assert texts == SCRIPT
 
 

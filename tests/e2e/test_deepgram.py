@@ -9,7 +9,7 @@ import pytest
 
 from bridge.events import AudioEncoding, Track
 from bridge.simulate import CallSpec, build_call, stream_call
-from tests.conftest import BridgeFactory
+from tests.conftest import BridgeFactory, run_call
 from tests.e2e.test_compliance import TOKEN, admin
 from tests.support.audio import pcm_program, ulaw
 from tests.support.deepgram import DeepgramEmulator
@@ -38,9 +38,8 @@ async def test_settled_segments_become_one_final_per_utterance(
     bridge = await bridge_factory(**engine(deepgram))
     spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(CALLER)},
                     call_id="CA-dg")
-    await stream_call(bridge.url("/streams/twilio"), build_call(spec), speed=0)
-    await receiver.wait_for(receiver.ended("CA-dg"))
-    finals = [e.data for e in receiver.of_call("CA-dg") if e.type == "transcript.final"]
+    events = await run_call(bridge, receiver, spec)
+    finals = [e.data for e in events if e.type == "transcript.final"]
     assert [f["text"] for f in finals] == ["tone 400 hertz", "tone 700 hertz"]
     assert finals[0]["confidence"] == 0.97
     assert 150 <= finals[0]["start_ms"] < finals[0]["end_ms"] <= 900  # Deepgram's own times
@@ -84,12 +83,11 @@ async def test_drops_and_a_server_error_are_survived_with_every_final_once(
     bridge = await bridge_factory(**engine(deepgram))
     spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(CALLER)},
                     call_id="CA-dg-drops")
-    await stream_call(bridge.url("/streams/twilio"), build_call(spec), speed=2)
-    await receiver.wait_for(receiver.ended("CA-dg-drops"), within_s=30)
-    finals = [e.data for e in receiver.of_call("CA-dg-drops") if e.type == "transcript.final"]
+    events = await run_call(bridge, receiver, spec, speed=2, within_s=30)
+    finals = [e.data for e in events if e.type == "transcript.final"]
     assert [f["text"] for f in finals] == ["tone 400 hertz", "tone 700 hertz"]
     assert finals[0]["start_ms"] >= 150 and finals[1]["start_ms"] >= 1200  # the call's clock
-    [leg] = receiver.of_call("CA-dg-drops")[-1].data["legs"]
+    [leg] = events[-1].data["legs"]
     assert leg["reconnects"] == 2 and len(deepgram.sessions) == 3
 
 
@@ -99,8 +97,7 @@ async def test_a_rejected_handshake_is_one_error(
         bridge = await bridge_factory(**engine(rejecting))
         spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(CALLER)},
                         call_id="CA-dg-400")
-        await stream_call(bridge.url("/streams/twilio"), build_call(spec), speed=0)
-        await receiver.wait_for(receiver.ended("CA-dg-400"))
-    errors = [e for e in receiver.of_call("CA-dg-400") if e.type == "transcription.error"]
+        events = await run_call(bridge, receiver, spec)
+    errors = [e for e in events if e.type == "transcription.error"]
     assert len(errors) == 1 and errors[0].data["error"]["status"] == 400
     assert bridge.log_events("speech-to-text session dropped; reconnecting and replaying") == []

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from bridge.events import AudioEncoding, Track
-from bridge.simulate import CallSpec, build_call, stream_call
-from tests.conftest import BridgeFactory
+from bridge.simulate import CallSpec
+from tests.conftest import BridgeFactory, BridgeProcess, run_call
 from tests.support.assemblyai import AssemblyAIEmulator
 from tests.support.audio import pcm_program, ulaw
 from tests.support.deepgram import DeepgramEmulator
@@ -33,12 +33,11 @@ def texts(receiver: WebhookReceiver, call_id: str) -> list[str]:
     return [e.data["text"] for e in receiver.of_call(call_id) if e.type == "transcript.final"]
 
 
-async def call(bridge, receiver: WebhookReceiver, call_id: str,  # type: ignore[no-untyped-def]
+async def call(bridge: BridgeProcess, receiver: WebhookReceiver, call_id: str,
                speed: float = 0, **parameters: str) -> None:
     spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(CALLER)},
                     call_id=call_id, custom_parameters=parameters)
-    await stream_call(bridge.url("/streams/twilio"), build_call(spec), speed=speed)
-    await receiver.wait_for(receiver.ended(call_id), within_s=30)
+    await run_call(bridge, receiver, spec, speed=speed, within_s=30)
 
 
 async def test_a_fatal_engine_error_fails_over_and_the_transcript_continues(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from bridge.events import AudioEncoding, Track
-from bridge.simulate import CallSpec, build_call, stream_call
-from tests.conftest import BridgeFactory
+from bridge.simulate import CallSpec
+from tests.conftest import BridgeFactory, run_call
 from tests.support.audio import pcm_program, ulaw
 from tests.support.receiver import WebhookReceiver
 from tests.support.telnyx_stt import TelnyxSttEmulator
@@ -28,10 +28,7 @@ async def test_two_drops_mid_utterance_lose_and_repeat_nothing(
     bridge = await bridge_factory(CALLBRIDGE_CHUNK_MS="20")
     spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(CALLER)},
                     call_id="CA-drops")
-    result = await stream_call(bridge.url("/streams/twilio"), build_call(spec), speed=2)
-    assert result.close_code == 1000
-    await receiver.wait_for(receiver.ended("CA-drops"), within_s=30)
-    events = receiver.of_call("CA-drops")
+    events = await run_call(bridge, receiver, spec, speed=2, within_s=30)
     finals = [e.data for e in events if e.type == "transcript.final"]
     assert [f["text"] for f in finals] == ["tone 400 hertz", "tone 700 hertz",
                                            "tone 1000 hertz"]
@@ -61,9 +58,8 @@ async def test_a_refusal_is_not_retried(bridge_factory: BridgeFactory, stt: Teln
     bridge = await bridge_factory(TELNYX_API_KEY="wrong-key")
     spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(CALLER)},
                     call_id="CA-refused")
-    await stream_call(bridge.url("/streams/twilio"), build_call(spec), speed=0)
-    await receiver.wait_for(receiver.ended("CA-refused"))
-    errors = [e for e in receiver.of_call("CA-refused") if e.type == "transcription.error"]
+    events = await run_call(bridge, receiver, spec)
+    errors = [e for e in events if e.type == "transcription.error"]
     assert len(errors) == 1
     assert stt.sessions == []  # refused at the handshake, once: no session, no retry storm
     assert bridge.log_events("speech-to-text session dropped; reconnecting and replaying") == []
