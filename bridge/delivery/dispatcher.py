@@ -103,7 +103,7 @@ class Target:
 
 @dataclass(slots=True)
 class DeliveryStats:
-    """Counters for logs, the demo and (later) metrics."""
+    """Counters for logs, the demo and the metrics endpoint."""
 
     delivered: int = 0
     retried: int = 0
