@@ -1,15 +1,15 @@
 """The aiohttp application: media-stream endpoints, health, and the shared resources.
 
 Routes: ``/streams/<dialect>`` for each known provider, ``/streams`` (recognises the
-provider from its first messages), ``GET /healthz``. The webhook dispatcher and its HTTP
-client live in ``cleanup_ctx`` and are drained on shutdown.
+provider from its first messages), ``GET /healthz``, ``/readyz``, ``/metrics``, and the
+admin API and live feed of ``bridge.admin``. The webhook dispatcher and its HTTP client
+live in ``cleanup_ctx`` and are drained on shutdown.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -23,9 +23,22 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bridge import __version__
+from bridge.admin import add_admin_routes
+from bridge.appkeys import (
+    AUTH_FAILURES,
+    CALLS_CHANGED,
+    DRAINING,
+    ENGINES,
+    FEEDS,
+    LIVE_CALLS,
+    METRICS,
+    SETTINGS,
+    SINK,
+)
 from bridge.calls import Call
 from bridge.config import DEFAULT_STT_URL, Settings, SttTarget, stt_target, uses_telnyx_protocol
 from bridge.delivery.dispatcher import DurableDispatcher
+from bridge.delivery.feed import LiveTee
 from bridge.errors import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_MESSAGE_TOO_BIG,
@@ -33,7 +46,7 @@ from bridge.errors import (
     MessageTooBig,
     PeerError,
 )
-from bridge.events import StreamStarted, Track
+from bridge.events import StreamStarted
 from bridge.ingress import BINARY_DIALECTS, DIALECTS, SUBPROTOCOLS, make_dialect
 from bridge.ingress.auth import (
     check_audiohook,
@@ -49,15 +62,6 @@ from bridge.stt.engines import Engines
 from bridge.stt.local.supervisor import EmbeddedRecognizer
 
 log = structlog.get_logger("bridge.app")
-
-SETTINGS = web.AppKey("settings", Settings)
-SINK = web.AppKey("sink", DurableDispatcher)
-ENGINES = web.AppKey("engines", Engines)
-LIVE_CALLS = web.AppKey("live_calls", set[Call])
-AUTH_FAILURES = web.AppKey("auth_failures", dict[str, int])  # per endpoint, for metrics
-METRICS = web.AppKey("metrics", Metrics)
-CALLS_CHANGED = web.AppKey("calls_changed", asyncio.Event)  # set when a call ends
-DRAINING = web.AppKey("draining", bool)
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -76,40 +80,11 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
-    app.router.add_get("/calls", list_calls)
-    app.router.add_get("/calls/{call_id}", show_call)
-    app.router.add_post("/calls/{call_id}/end", end_call)
     app.router.add_get("/streams", partial(media_stream, dialect=None))
     for name in [*DIALECTS, *BINARY_DIALECTS, "audiohook"]:
         app.router.add_get(f"/streams/{name}", partial(media_stream, dialect=name))
-    app.router.add_post("/calls/{call_id}/pause", partial(pause_call, paused=True))
-    app.router.add_post("/calls/{call_id}/resume", partial(pause_call, paused=False))
+    add_admin_routes(app)
     return app
-
-
-def _authorise(request: web.Request) -> None:
-    """The admin API: off (404) without CALLBRIDGE_ADMIN_TOKEN; else a bearer token."""
-    token = request.app[SETTINGS].server.admin_token
-    if not token:
-        raise web.HTTPNotFound(text="the admin API is off: set CALLBRIDGE_ADMIN_TOKEN\n")
-    given = request.headers.get("Authorization", "").encode()
-    if not hmac.compare_digest(given, f"Bearer {token.reveal()}".encode()):
-        raise web.HTTPUnauthorized(headers={"WWW-Authenticate": "Bearer"},
-                                   text="a valid bearer token is required\n")
-
-
-async def pause_call(request: web.Request, *, paused: bool) -> web.Response:
-    """Pause or resume transcription of a live call (``?leg=inbound|outbound`` for one leg)."""
-    _authorise(request)
-    call = _live_call(request)
-    call_id = call.call_id
-    leg = request.query.get("leg")
-    try:
-        track = Track(leg) if leg else None
-    except ValueError:
-        raise web.HTTPBadRequest(text="leg must be inbound or outbound\n") from None
-    state = call.set_paused(paused, track, reason="admin")
-    return web.json_response({"call_id": call_id, "paused": state, "call_paused": call.paused})
 
 
 async def _speech_to_text(app: web.Application) -> AsyncIterator[None]:
@@ -168,6 +143,12 @@ async def _observability(app: web.Application) -> AsyncIterator[None]:
                                      for name, t in dispatcher.targets.items()})
         yield counter("callbridge_auth_failures", "Refused media connections",
                       ["endpoint"], {(k,): v for k, v in app[AUTH_FAILURES].items()})
+        feeds = app.get(FEEDS)
+        if feeds is not None:
+            yield gauge("callbridge_live_viewers", "Open live feed streams", [],
+                        {(): feeds.viewers})
+            yield counter("callbridge_live_viewers_cut_off", "Live feed streams closed for "
+                          "falling behind", [], {(): feeds.viewers_cut_off})
 
     registry.watch(scraped)
     lag = asyncio.create_task(registry.measure_loop_lag(), name="loop lag")
@@ -202,50 +183,6 @@ async def readyz(request: web.Request) -> web.Response:
         problems.append("speech-to-text engine not reachable")
     status = 503 if problems else 200
     return web.json_response({"ready": not problems, "problems": problems}, status=status)
-
-
-def _call_view(call: Call, *, detail: bool) -> dict[str, Any]:
-    started = call.started
-    view: dict[str, Any] = {
-        "call_id": call.call_id, "provider": started.provider if started else None,
-        "stream_id": started.stream_id if started else None, "state": call.state.value,
-        "engine": getattr(call, "engine_name", None),
-        "duration_s": round(time.time() - call.opened_at, 1), "paused": call.paused,
-        "legs": {track.value: {k: v for k, v in leg.summary().items()
-                               if detail or k in ("speaker", "audio_ms", "transcripts",
-                                                  "upstream", "engine")}
-                 for track, leg in call.legs.items()}}
-    return view
-
-
-async def list_calls(request: web.Request) -> web.Response:
-    """Live calls (admin API)."""
-    _authorise(request)
-    calls = [_call_view(c, detail=False) for c in request.app[LIVE_CALLS] if c.started]
-    return web.json_response({"calls": calls})
-
-
-def _live_call(request: web.Request) -> Call:
-    call_id = request.match_info["call_id"]
-    call = next((c for c in request.app[LIVE_CALLS] if c.call_id == call_id), None)
-    if call is None:
-        raise web.HTTPNotFound(text="no live call with that id\n")
-    return call
-
-
-async def show_call(request: web.Request) -> web.Response:
-    """One live call with its legs' counters (admin API)."""
-    _authorise(request)
-    return web.json_response(_call_view(_live_call(request), detail=True))
-
-
-async def end_call(request: web.Request) -> web.Response:
-    """End a live call: its media connection closes, its legs finish and deliver their last
-    finals, ``call.ended`` says ``ended_by_admin`` (admin API)."""
-    _authorise(request)
-    call = _live_call(request)
-    await call.hang_up()
-    return web.json_response({"call_id": call.call_id, "ending": True}, status=202)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -285,10 +222,13 @@ async def media_stream(request: web.Request, *, dialect: str | None) -> web.Stre
     structlog.contextvars.bind_contextvars(endpoint=request.path)
     parser = make_dialect(dialect, request.query, connection_id=uuid.uuid4().hex)
     reason = "disconnected"
+    dispatcher = app[SINK]
+    feeds = app.get(FEEDS)
+    sink = dispatcher if feeds is None else LiveTee(dispatcher, feeds)
     async with asyncio.TaskGroup() as tasks:
-        sink = app[SINK]
         call = Call(settings=settings, sink=sink, engines=app[ENGINES], tasks=tasks,
-                    route=lambda started: sink.route(request.path, started.custom_parameters),
+                    route=lambda started: dispatcher.route(request.path,
+                                                           started.custom_parameters),
                     path=request.path, metrics=app[METRICS])
         call.media_socket = ws
         app[LIVE_CALLS].add(call)
@@ -321,9 +261,13 @@ async def media_stream(request: web.Request, *, dialect: str | None) -> web.Stre
             await ws.close(code=CLOSE_INTERNAL_ERROR, message=b"internal error")
             raise
         finally:
-            await call.end(reason)
-            app[LIVE_CALLS].discard(call)
-            app[CALLS_CHANGED].set()
+            try:
+                await call.end(reason)
+            finally:
+                if isinstance(sink, LiveTee):
+                    sink.close()
+                app[LIVE_CALLS].discard(call)
+                app[CALLS_CHANGED].set()
     return ws
 
 

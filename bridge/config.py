@@ -245,6 +245,16 @@ class SpeakerSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LiveSettings:
+    token_ttl_s: float = 900.0
+    backlog_bytes: int = 64 * 1024
+    viewer_buffer: int = 256
+    max_viewers: int = 20
+    keepalive_s: float = 15.0
+    retain_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingSettings:
     level: str = "info"
     format: str = "auto"
@@ -263,6 +273,7 @@ class Settings:
     compliance: ComplianceSettings = field(default_factory=ComplianceSettings)
     ingress_auth: IngressAuthSettings = field(default_factory=IngressAuthSettings)
     speakers: SpeakerSettings = field(default_factory=SpeakerSettings)
+    live: LiveSettings = field(default_factory=LiveSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
 
 
@@ -271,6 +282,7 @@ ENVIRONMENT: Final[Mapping[str, tuple[str, str]]] = {
     "CALLBRIDGE_HOST": ("server", "host"),
     "CALLBRIDGE_DRAIN_S": ("server", "drain_s"),
     "CALLBRIDGE_ADMIN_TOKEN": ("server", "admin_token"),
+    "CALLBRIDGE_LIVE_TOKEN_TTL_S": ("live", "token_ttl_s"),
     "TWILIO_AUTH_TOKEN": ("ingress_auth", "twilio_auth_token"),
     "CALLBRIDGE_TWILIO_PUBLIC_URL": ("ingress_auth", "twilio_public_url"),
     "CALLBRIDGE_INGRESS_TOKEN": ("ingress_auth", "bearer_token"),
@@ -375,6 +387,7 @@ SECTIONS: Final[Mapping[str, type[Any]]] = {
     "compliance": ComplianceSettings,
     "ingress_auth": IngressAuthSettings,
     "speakers": SpeakerSettings,
+    "live": LiveSettings,
     "logging": LoggingSettings,
 }
 
@@ -541,6 +554,13 @@ def _validate(settings: Settings, origin: Mapping[tuple[str, str], str]) -> None
           "max_message_bytes", "must be 1024-16777216")
     check(s.server.max_calls >= 1, "server", "max_calls", "must be at least 1")
     check(0 <= s.server.drain_s <= 3600, "server", "drain_s", "must be 0-3600 (seconds)")
+    check(60 <= s.live.token_ttl_s <= 86400, "live", "token_ttl_s", "must be 60-86400 (seconds)")
+    check(0 <= s.live.backlog_bytes <= 16 * 1024 * 1024, "live", "backlog_bytes",
+          "must be 0-16777216")
+    check(16 <= s.live.viewer_buffer <= 10000, "live", "viewer_buffer", "must be 16-10000")
+    check(1 <= s.live.max_viewers <= 1000, "live", "max_viewers", "must be 1-1000")
+    check(1 <= s.live.keepalive_s <= 300, "live", "keepalive_s", "must be 1-300 (seconds)")
+    check(0 <= s.live.retain_s <= 3600, "live", "retain_s", "must be 0-3600 (seconds)")
     check(20 <= s.audio.chunk_ms <= 1000, "audio", "chunk_ms", "must be 20-1000 (ms)")
     check(0 <= s.audio.reorder_window_frames <= 50, "audio", "reorder_window_frames",
           "must be 0-50")

@@ -23,7 +23,8 @@ from typing import Any, Final, TextIO
 
 from aiohttp import web
 
-from bridge.app import SINK, create_app
+from bridge.app import create_app
+from bridge.appkeys import SINK
 from bridge.config import load_settings
 from bridge.delivery.dispatcher import DurableDispatcher
 from bridge.delivery.signing import verify

@@ -19,7 +19,8 @@ from typing import Final
 import structlog
 from aiohttp import web
 
-from bridge.app import CALLS_CHANGED, DRAINING, LIVE_CALLS, create_app
+from bridge.app import create_app
+from bridge.appkeys import CALLS_CHANGED, DRAINING, LIVE_CALLS
 from bridge.config import Settings
 
 log = structlog.get_logger("bridge.serve")

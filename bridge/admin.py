@@ -1,0 +1,255 @@
+"""The admin API, the live feed and its two pages; all off (404) without an admin token.
+
+Routes: ``GET /calls`` (JSON; the calls page for a browser), ``GET /calls/{id}``,
+``POST /calls/{id}/end``, ``/pause``, ``/resume``, ``/token``; ``GET /calls/{id}/events``
+(Server-Sent Events); ``GET /captions/{id}`` (the captions page).
+
+The admin token is sent as ``Authorization: Bearer``. The event stream also takes a token in
+``?token=`` (browsers' ``EventSource`` cannot send headers): a short-lived one from
+``POST /calls/{id}/token``, or the admin token itself. The pages are static: they carry no
+data and read their token from the URL's fragment, which browsers never send to a server.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import time
+from functools import partial
+from importlib import resources
+from typing import Any, Final
+from urllib.parse import quote
+
+import structlog
+from aiohttp import web
+
+from bridge.appkeys import FEEDS, LIVE_CALLS, SETTINGS, TOKENS
+from bridge.calls import Call
+from bridge.delivery.feed import LiveFeeds, LiveTokens, Viewer
+from bridge.events import Track
+
+log = structlog.get_logger("bridge.admin")
+
+# Retry delay an EventSource uses after a dropped stream (ms); the captions page uses its own.
+SSE_RETRY_MS: Final = 2000
+
+
+def add_admin_routes(app: web.Application) -> None:
+    """Register the routes; the live feed's state exists only with an admin token."""
+    settings = app[SETTINGS]
+    token = settings.server.admin_token
+    if token:
+        live = settings.live
+        app[FEEDS] = LiveFeeds(backlog_bytes=live.backlog_bytes,
+                               viewer_buffer=live.viewer_buffer, retain_s=live.retain_s)
+        app[TOKENS] = LiveTokens(token.reveal())
+        app.on_shutdown.append(_end_feeds)
+    app.router.add_get("/calls", list_calls)
+    app.router.add_get("/calls/{call_id}", show_call)
+    app.router.add_post("/calls/{call_id}/end", end_call)
+    app.router.add_post("/calls/{call_id}/pause", partial(pause_call, paused=True))
+    app.router.add_post("/calls/{call_id}/resume", partial(pause_call, paused=False))
+    app.router.add_post("/calls/{call_id}/token", issue_token)
+    app.router.add_get("/calls/{call_id}/events", live_events)
+    app.router.add_get("/captions/{call_id}", captions_page)
+
+
+async def _end_feeds(app: web.Application) -> None:
+    app[FEEDS].close()
+
+
+def _require_admin_api(request: web.Request) -> str:
+    token = request.app[SETTINGS].server.admin_token
+    if not token:
+        raise web.HTTPNotFound(text="the admin API is off: set CALLBRIDGE_ADMIN_TOKEN\n")
+    return token.reveal()
+
+
+def _authorise(request: web.Request) -> None:
+    """The admin token as a bearer token, or 401."""
+    expected = _require_admin_api(request)
+    given = request.headers.get("Authorization", "").encode()
+    if not hmac.compare_digest(given, f"Bearer {expected}".encode()):
+        raise web.HTTPUnauthorized(headers={"WWW-Authenticate": "Bearer"},
+                                   text="a valid bearer token is required\n")
+
+
+def _live_call(request: web.Request) -> Call:
+    call_id = request.match_info["call_id"]
+    call = next((c for c in request.app[LIVE_CALLS] if c.call_id == call_id), None)
+    if call is None:
+        raise web.HTTPNotFound(text="no live call with that id\n")
+    return call
+
+
+def _call_view(call: Call, *, detail: bool) -> dict[str, Any]:
+    started = call.started
+    return {
+        "call_id": call.call_id, "provider": started.provider if started else None,
+        "stream_id": started.stream_id if started else None, "state": call.state.value,
+        "engine": getattr(call, "engine_name", None),
+        "duration_s": round(time.time() - call.opened_at, 1), "paused": call.paused,
+        "legs": {track.value: {k: v for k, v in leg.summary().items()
+                               if detail or k in ("speaker", "audio_ms", "transcripts",
+                                                  "upstream", "engine")}
+                 for track, leg in call.legs.items()}}
+
+
+async def list_calls(request: web.Request) -> web.Response:
+    """Live calls; a browser asking for HTML without credentials gets the calls page."""
+    if "text/html" in request.headers.get("Accept", "") and \
+            "Authorization" not in request.headers:
+        _require_admin_api(request)
+        return _page("calls.html")
+    _authorise(request)
+    calls = [_call_view(c, detail=False) for c in request.app[LIVE_CALLS] if c.started]
+    return web.json_response({"calls": calls})
+
+
+async def show_call(request: web.Request) -> web.Response:
+    """One live call with its legs' counters."""
+    _authorise(request)
+    return web.json_response(_call_view(_live_call(request), detail=True))
+
+
+async def end_call(request: web.Request) -> web.Response:
+    """End a live call: its media connection closes, its legs finish and deliver their last
+    finals, ``call.ended`` says ``ended_by_admin``."""
+    _authorise(request)
+    call = _live_call(request)
+    await call.hang_up()
+    return web.json_response({"call_id": call.call_id, "ending": True}, status=202)
+
+
+async def pause_call(request: web.Request, *, paused: bool) -> web.Response:
+    """Pause or resume transcription of a live call (``?leg=inbound|outbound`` for one leg)."""
+    _authorise(request)
+    call = _live_call(request)
+    leg = request.query.get("leg")
+    try:
+        track = Track(leg) if leg else None
+    except ValueError:
+        raise web.HTTPBadRequest(text="leg must be inbound or outbound\n") from None
+    state = call.set_paused(paused, track, reason="admin")
+    return web.json_response({"call_id": call.call_id, "paused": state,
+                              "call_paused": call.paused})
+
+
+def _token_fields(request: web.Request, call_id: str, ttl_s: float) -> dict[str, Any]:
+    token, expires = request.app[TOKENS].issue(call_id, now=time.time(), ttl_s=ttl_s)
+    return {"token": token, "expires_at": expires}
+
+
+async def issue_token(request: web.Request) -> web.Response:
+    """A short-lived token for one live call's feed (``?ttl_s=`` shortens it)."""
+    _authorise(request)
+    call_id = request.match_info["call_id"]
+    if request.app[FEEDS].get(call_id) is None:
+        raise web.HTTPNotFound(text="no live call with that id\n")
+    limit = request.app[SETTINGS].live.token_ttl_s
+    try:
+        ttl_s = float(request.query.get("ttl_s", limit))
+    except ValueError:
+        raise web.HTTPBadRequest(text="ttl_s must be a number of seconds\n") from None
+    if not 1 <= ttl_s <= limit:
+        raise web.HTTPBadRequest(text=f"ttl_s must be 1-{limit:g}\n")
+    fields = _token_fields(request, call_id, ttl_s)
+    quoted = quote(call_id, safe="")
+    return web.json_response(fields | {
+        "events_url": f"/calls/{quoted}/events?token={fields['token']}",
+        "captions_url": f"/captions/{quoted}#token={fields['token']}"})
+
+
+def _feed_access(request: web.Request, call_id: str) -> None:
+    """The admin token (header or query) or a live token for this call, or 401."""
+    admin = _require_admin_api(request)
+    header = request.headers.get("Authorization", "")
+    if header:
+        _authorise(request)
+        return
+    given = request.query.get("token", "")
+    if given and (hmac.compare_digest(given.encode(), admin.encode())
+                  or request.app[TOKENS].check(call_id, given, now=time.time())):
+        return
+    raise web.HTTPUnauthorized(
+        headers={"WWW-Authenticate": "Bearer"},
+        text="a valid token is required (expired? ask POST /calls/{id}/token for another)\n")
+
+
+def _resume_point(request: web.Request) -> int:
+    raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id") or "0"
+    return int(raw) if raw.isdigit() and len(raw) < 12 else 0
+
+
+async def live_events(request: web.Request) -> web.StreamResponse:
+    """A live call's events as Server-Sent Events, each ``data`` the webhook's body (so
+    redacted exactly as webhooks are), each ``id`` for resuming with ``Last-Event-ID``.
+
+    First the backlog after the resume point, then events as they happen; a ``token`` event
+    brings a fresh token before the one in use runs out. The stream ends after the call's
+    ``call.ended``; a viewer that falls behind is disconnected and may resume.
+    """
+    call_id = request.match_info["call_id"]
+    _feed_access(request, call_id)
+    app = request.app
+    feed = app[FEEDS].get(call_id)
+    if feed is None:
+        raise web.HTTPNotFound(text="no live call with that id\n")
+    live = app[SETTINGS].live
+    if len(feed.viewers) >= live.max_viewers:
+        raise web.HTTPTooManyRequests(text="too many viewers of this call\n")
+    viewer = feed.watch(_resume_point(request))
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream", "Cache-Control": "no-store",
+        "X-Accel-Buffering": "no"})  # nginx would buffer the stream otherwise
+    try:
+        await response.prepare(request)
+        await response.write(b"retry: %d\n\n" % SSE_RETRY_MS)
+        await _stream(response, request, call_id, viewer, live.keepalive_s, live.token_ttl_s)
+    except (ConnectionResetError, ConnectionError):
+        pass  # the viewer went away
+    finally:
+        feed.leave(viewer)
+    if viewer.overflowed:
+        log.info("live feed viewer fell behind and was disconnected", call_id=call_id)
+    return response
+
+
+async def _stream(response: web.StreamResponse, request: web.Request, call_id: str,
+                  viewer: Viewer, keepalive_s: float, token_ttl_s: float) -> None:
+    refresh_at = 0.0
+    while True:
+        now = time.monotonic()
+        if now >= refresh_at:
+            # Well before the viewer's token can run out, a fresh one for reconnecting.
+            fields = _token_fields(request, call_id, token_ttl_s)
+            await response.write(b"event: token\ndata: %s\n\n" % fields["token"].encode())
+            refresh_at = now + token_ttl_s / 3
+        frames = await viewer.take(min(keepalive_s, max(refresh_at - now, 0.1)))
+        if frames:
+            await response.write(b"".join(frame.encode() for frame in frames))
+        elif viewer.closed:
+            return
+        else:
+            await response.write(b": keep-alive\n\n")
+
+
+async def captions_page(request: web.Request) -> web.Response:
+    """The captions page of one call (static; the call's feed gives it its content)."""
+    _require_admin_api(request)
+    return _page("captions.html")
+
+
+def _page(name: str) -> web.Response:
+    """A page from ``bridge/pages``, with a fresh nonce for its inline script and style and
+    a policy that lets it load nothing else and talk to this origin only."""
+    nonce = secrets.token_urlsafe(16)
+    text = resources.files("bridge.pages").joinpath(name).read_text(encoding="utf-8")
+    policy = (f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
+              "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
+              "frame-ancestors 'none'")
+    return web.Response(text=text.replace("{{nonce}}", nonce), content_type="text/html",
+                        headers={"Content-Security-Policy": policy,
+                                 "Referrer-Policy": "no-referrer",
+                                 "X-Content-Type-Options": "nosniff",
+                                 "Cache-Control": "no-store"})

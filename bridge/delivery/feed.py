@@ -1,0 +1,240 @@
+"""The live feed: each call's events as Server-Sent Events, and the tokens that open it.
+
+Calls publish through a ``LiveTee``: every event goes to the webhook sink as before and,
+encoded exactly as its webhook body, to the call's ``LiveFeed``. A feed numbers its events
+(the SSE ``id``), keeps a bounded backlog so that a viewer who opens the page mid-call, or
+reconnects with ``Last-Event-ID``, sees what it missed, and hands new events to each viewer's
+bounded buffer. Nothing here waits: a viewer too slow to keep up is cut off (its browser
+reconnects and resumes from the backlog); the call never notices.
+
+Partials are transient: the backlog keeps only each leg's latest one, and drops it once that
+leg's next final arrives. Every other event is kept until the backlog's byte budget is used,
+oldest first out.
+
+Tokens are ``<expiry>.<signature>``: HMAC-SHA256, under a key derived from the admin token,
+of the call id and the expiry. A token opens that one call's feed until it expires; every
+instance sharing the admin token accepts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+from collections import deque
+from dataclasses import dataclass
+from typing import Final
+
+from bridge.delivery.retry import Outcome
+from bridge.delivery.webhooks import EventSink, encode_event
+from bridge.events import EventType, OutboundEvent
+
+TOKEN_CONTEXT: Final = b"callbridge live feed token v1"
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One encoded SSE event."""
+
+    id: int
+    kind: EventType
+    leg: str | None
+    data: bytes
+
+    def encode(self) -> bytes:
+        return b"id: %d\nevent: %s\ndata: %s\n\n" % (self.id, self.kind.value.encode(), self.data)
+
+
+class Viewer:
+    """One open feed connection's buffer: bounded; overflowing it closes the viewer."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.frames: deque[Frame] = deque()
+        self.closed = False
+        self.overflowed = False
+        self._wake = asyncio.Event()
+
+    def offer(self, frame: Frame) -> None:
+        if self.closed:
+            return
+        if len(self.frames) >= self.limit:
+            self.overflowed = True
+            self.close()
+            return
+        self.frames.append(frame)
+        self._wake.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake.set()
+
+    async def take(self, within_s: float) -> list[Frame]:
+        """What is buffered, waiting up to ``within_s`` for something; [] on a quiet spell
+        or once closed and empty."""
+        if not self.frames and not self.closed:
+            self._wake.clear()
+            try:
+                async with asyncio.timeout(within_s):
+                    await self._wake.wait()
+            except TimeoutError:
+                return []
+        frames = list(self.frames)
+        self.frames.clear()
+        return frames
+
+
+class LiveFeed:
+    """One call's events, numbered, with a bounded backlog and the viewers watching it."""
+
+    def __init__(self, call_id: str, *, backlog_bytes: int, viewer_buffer: int) -> None:
+        self.call_id = call_id
+        self.streams = 0  # media connections publishing into this feed
+        self.ended = False
+        self.viewers: set[Viewer] = set()
+        self.cut_off = 0  # viewers closed for falling behind
+        self._backlog_limit = backlog_bytes
+        self._viewer_buffer = viewer_buffer
+        self._backlog: deque[Frame] = deque()
+        self._backlog_size = 0
+        self._partials: dict[str | None, Frame] = {}
+        self._last_id = 0
+
+    def publish(self, event: OutboundEvent) -> None:
+        self._last_id += 1
+        frame = Frame(self._last_id, event.type, event.leg, encode_event(event))
+        if event.type is EventType.TRANSCRIPT_PARTIAL:
+            self._partials[event.leg] = frame
+        else:
+            if event.type is EventType.TRANSCRIPT_FINAL:
+                self._partials.pop(event.leg, None)
+            self._keep(frame)
+        for viewer in list(self.viewers):
+            viewer.offer(frame)
+            if viewer.overflowed:
+                self.viewers.discard(viewer)
+                self.cut_off += 1
+
+    def _keep(self, frame: Frame) -> None:
+        self._backlog.append(frame)
+        self._backlog_size += len(frame.data)
+        while self._backlog_size > self._backlog_limit and self._backlog:
+            self._backlog_size -= len(self._backlog.popleft().data)
+
+    def watch(self, after: int) -> Viewer:
+        """A new viewer, given first what the backlog holds after event ``after``."""
+        viewer = Viewer(self._viewer_buffer)
+        kept = [f for f in (*self._backlog, *self._partials.values()) if f.id > after]
+        viewer.frames.extend(sorted(kept, key=lambda f: f.id))
+        if self.ended:
+            viewer.close()
+        else:
+            self.viewers.add(viewer)
+        return viewer
+
+    def leave(self, viewer: Viewer) -> None:
+        self.viewers.discard(viewer)
+
+    def end(self) -> None:
+        self.ended = True
+        self._partials.clear()
+        for viewer in self.viewers:
+            viewer.close()
+        self.viewers.clear()
+
+
+class LiveFeeds:
+    """Every call's feed, by call id; an ended call's feed is kept ``retain_s`` for viewers
+    reconnecting to see its end."""
+
+    def __init__(self, *, backlog_bytes: int, viewer_buffer: int, retain_s: float) -> None:
+        self.feeds: dict[str, LiveFeed] = {}
+        self._backlog_bytes = backlog_bytes
+        self._viewer_buffer = viewer_buffer
+        self._retain_s = retain_s
+        self.cut_off = 0  # viewers closed for falling behind, in feeds already forgotten
+
+    def get(self, call_id: str) -> LiveFeed | None:
+        return self.feeds.get(call_id)
+
+    def attach(self, call_id: str) -> LiveFeed:
+        """A media connection's call started: the feed it publishes to."""
+        feed = self.feeds.get(call_id)
+        if feed is None or feed.ended:
+            feed = LiveFeed(call_id, backlog_bytes=self._backlog_bytes,
+                            viewer_buffer=self._viewer_buffer)
+            self.feeds[call_id] = feed
+        feed.streams += 1
+        return feed
+
+    def detach(self, feed: LiveFeed) -> None:
+        """A media connection ended; the feed ends with the last one."""
+        feed.streams -= 1
+        if feed.streams > 0:
+            return
+        feed.end()
+        asyncio.get_running_loop().call_later(self._retain_s, self._forget, feed)
+
+    def _forget(self, feed: LiveFeed) -> None:
+        if self.feeds.get(feed.call_id) is feed:
+            del self.feeds[feed.call_id]
+        self.cut_off += feed.cut_off
+
+    def close(self) -> None:
+        """Shutting down: every viewer's stream ends."""
+        for feed in self.feeds.values():
+            feed.end()
+
+    @property
+    def viewers(self) -> int:
+        return sum(len(feed.viewers) for feed in self.feeds.values())
+
+    @property
+    def viewers_cut_off(self) -> int:
+        return self.cut_off + sum(feed.cut_off for feed in self.feeds.values())
+
+
+class LiveTee:
+    """A call's sink: the webhook sink, and the call's live feed once the call has an id."""
+
+    def __init__(self, sink: EventSink, feeds: LiveFeeds) -> None:
+        self._sink = sink
+        self._feeds = feeds
+        self.feed: LiveFeed | None = None
+
+    def publish(self, event: OutboundEvent) -> asyncio.Future[Outcome]:
+        outcome = self._sink.publish(event)
+        if self.feed is None:
+            self.feed = self._feeds.attach(event.call_id)
+        self.feed.publish(event)
+        return outcome
+
+    def close(self) -> None:
+        if self.feed is not None:
+            self._feeds.detach(self.feed)
+            self.feed = None
+
+
+class LiveTokens:
+    """Short-lived tokens that open one call's live feed."""
+
+    def __init__(self, admin_token: str) -> None:
+        self._key = hmac.new(admin_token.encode(), TOKEN_CONTEXT, hashlib.sha256).digest()
+
+    def _signature(self, call_id: str, expires: int) -> str:
+        mac = hmac.new(self._key, f"{call_id}\n{expires}".encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+    def issue(self, call_id: str, *, now: float, ttl_s: float) -> tuple[str, int]:
+        """A token for ``call_id`` and its expiry (Unix seconds)."""
+        expires = int(now + ttl_s)
+        return f"{expires}.{self._signature(call_id, expires)}", expires
+
+    def check(self, call_id: str, token: str, *, now: float) -> bool:
+        """Whether ``token`` opens ``call_id``'s feed at ``now``."""
+        expires, _, signature = token.partition(".")
+        if not expires.isdigit() or len(expires) > 12 or int(expires) < now:
+            return False
+        expected = self._signature(call_id, int(expires))
+        return hmac.compare_digest(signature.encode(), expected.encode())

@@ -1,0 +1,155 @@
+"""The live feed's numbering, backlog, viewers and tokens, without a server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from bridge.delivery.feed import LiveFeed, LiveFeeds, LiveTee, LiveTokens
+from bridge.delivery.retry import Outcome
+from bridge.delivery.webhooks import encode_event
+from bridge.events import EventType, OutboundEvent
+
+ADMIN = "admin-token-for-tests-0123456789"
+
+
+def event(kind: EventType, leg: str | None = "inbound", text: str = "", sequence: int = 1,
+          call_id: str = "CA1") -> OutboundEvent:
+    return OutboundEvent(id="msg_x", type=kind, timestamp="2026-01-01T00:00:00.000Z",
+                         data={"call_id": call_id, "leg": leg, "text": text,
+                               "sequence": sequence}, call_id=call_id, leg=leg)
+
+
+def feed(backlog_bytes: int = 65536, viewer_buffer: int = 16) -> LiveFeed:
+    return LiveFeed("CA1", backlog_bytes=backlog_bytes, viewer_buffer=viewer_buffer)
+
+
+def texts(frames: object) -> list[str]:
+    return [json.loads(f.data)["data"]["text"] for f in frames]  # type: ignore[attr-defined]
+
+
+def test_frames_carry_the_webhook_body_and_increasing_ids() -> None:
+    live = feed()
+    viewer = live.watch(0)
+    first = event(EventType.TRANSCRIPT_FINAL, text="hello")
+    live.publish(first)
+    live.publish(event(EventType.TRANSCRIPT_PARTIAL, text="how", sequence=2))
+    frames = list(viewer.frames)
+    assert [f.id for f in frames] == [1, 2]
+    assert frames[0].data == encode_event(first)
+    assert frames[0].encode() == b"id: 1\nevent: transcript.final\ndata: " + \
+        encode_event(first) + b"\n\n"
+
+
+def test_a_late_viewer_gets_the_finals_and_only_the_latest_partial_of_each_leg() -> None:
+    live = feed()
+    live.publish(event(EventType.CALL_STARTED, leg=None))
+    live.publish(event(EventType.TRANSCRIPT_PARTIAL, text="hel"))
+    live.publish(event(EventType.TRANSCRIPT_PARTIAL, text="hello"))
+    live.publish(event(EventType.TRANSCRIPT_PARTIAL, leg="outbound", text="hi"))
+    live.publish(event(EventType.TRANSCRIPT_FINAL, text="hello there"))
+    live.publish(event(EventType.TRANSCRIPT_PARTIAL, text="and", sequence=2))
+    viewer = live.watch(0)
+    assert [f.kind for f in viewer.frames] == [
+        EventType.CALL_STARTED, EventType.TRANSCRIPT_PARTIAL, EventType.TRANSCRIPT_FINAL,
+        EventType.TRANSCRIPT_PARTIAL]
+    assert texts(viewer.frames) == ["", "hi", "hello there", "and"]
+    assert [f.id for f in viewer.frames] == [1, 4, 5, 6]
+
+
+def test_resuming_after_an_id_skips_what_the_viewer_already_has() -> None:
+    live = feed()
+    for n in range(1, 6):
+        live.publish(event(EventType.TRANSCRIPT_FINAL, text=f"final {n}", sequence=n))
+    assert texts(live.watch(3).frames) == ["final 4", "final 5"]
+    assert list(live.watch(5).frames) == []
+
+
+def test_the_backlog_keeps_the_newest_events_within_its_byte_budget() -> None:
+    one = len(encode_event(event(EventType.TRANSCRIPT_FINAL, text="final 1")))
+    live = feed(backlog_bytes=3 * one)
+    for n in range(1, 10):
+        live.publish(event(EventType.TRANSCRIPT_FINAL, text=f"final {n}", sequence=n))
+    assert texts(live.watch(0).frames) == ["final 7", "final 8", "final 9"]
+
+
+def test_a_viewer_that_falls_behind_is_cut_off_and_others_carry_on() -> None:
+    live = feed(viewer_buffer=16)
+    slow, quick = live.watch(0), live.watch(0)
+    for n in range(1, 18):
+        live.publish(event(EventType.TRANSCRIPT_FINAL, text=f"final {n}", sequence=n))
+        quick.frames.clear()  # this one keeps up
+    assert slow.overflowed and slow.closed
+    assert not quick.closed
+    assert live.viewers == {quick} and live.cut_off == 1
+
+
+async def test_a_viewer_waits_for_events_then_ends_with_the_feed() -> None:
+    live = feed()
+    viewer = live.watch(0)
+    assert await viewer.take(0.01) == []  # a quiet spell
+    waiting = asyncio.ensure_future(viewer.take(10))
+    await asyncio.sleep(0)
+    live.publish(event(EventType.TRANSCRIPT_FINAL, text="hello"))
+    assert texts(await waiting) == ["hello"]
+    live.publish(event(EventType.CALL_ENDED, leg=None))
+    live.end()
+    assert [f.kind for f in await viewer.take(10)] == [EventType.CALL_ENDED]
+    assert viewer.closed and await viewer.take(10) == []
+    late = live.watch(0)  # an ended feed replays its backlog, then closes
+    assert late.closed and [f.kind for f in late.frames] == [EventType.TRANSCRIPT_FINAL,
+                                                             EventType.CALL_ENDED]
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.events: list[OutboundEvent] = []
+
+    def publish(self, published: OutboundEvent) -> asyncio.Future[Outcome]:
+        self.events.append(published)
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        future.set_result(Outcome.DELIVERED)
+        return future
+
+
+async def test_two_streams_of_one_call_share_a_feed_that_ends_with_the_last() -> None:
+    feeds = LiveFeeds(backlog_bytes=65536, viewer_buffer=16, retain_s=0)
+    sink = Sink()
+    first, second = LiveTee(sink, feeds), LiveTee(sink, feeds)
+    first.publish(event(EventType.CALL_STARTED, leg=None))
+    second.publish(event(EventType.CALL_STARTED, leg=None))
+    live = feeds.get("CA1")
+    assert live is not None and live.streams == 2 and len(sink.events) == 2
+    viewer = live.watch(0)
+    first.close()
+    assert not viewer.closed
+    second.close()
+    assert viewer.closed and live.ended
+    await asyncio.sleep(0.01)  # retained for retain_s (0 here), then forgotten
+    assert feeds.get("CA1") is None
+
+
+def test_a_token_opens_one_call_until_it_expires() -> None:
+    tokens = LiveTokens(ADMIN)
+    token, expires = tokens.issue("CA1", now=1000.0, ttl_s=60)
+    assert expires == 1060
+    assert tokens.check("CA1", token, now=1059.0)
+    assert not tokens.check("CA1", token, now=1061.0)
+    assert not tokens.check("CA2", token, now=1001.0)
+    assert not LiveTokens(ADMIN + "x").check("CA1", token, now=1001.0)
+
+
+@pytest.mark.parametrize("forged", [
+    "", ".", "abc", "9999999999.", "9999999999.AAAA", "-1.AAAA", "1e99.AAAA",
+    "99999999999999999999.AAAA"])
+def test_forged_tokens_are_refused(forged: str) -> None:
+    assert not LiveTokens(ADMIN).check("CA1", forged, now=1000.0)
+
+
+def test_a_token_for_a_later_expiry_cannot_be_made_from_an_earlier_one() -> None:
+    tokens = LiveTokens(ADMIN)
+    token, expires = tokens.issue("CA1", now=1000.0, ttl_s=60)
+    signature = token.partition(".")[2]
+    assert not tokens.check("CA1", f"{expires + 3600}.{signature}", now=1001.0)
