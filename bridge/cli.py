@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import structlog
@@ -133,7 +133,28 @@ def run_serve(args: argparse.Namespace) -> int:
         log.warning("no webhook URLs configured: transcripts are produced but sent nowhere")
     from bridge.server import serve
 
-    return asyncio.run(serve(settings))
+    try:
+        factory = event_loop_factory(settings.server.event_loop)
+    except ConfigError as exc:
+        print(f"callbridge: {exc}", file=sys.stderr)
+        return 2
+    log.info("event loop", loop="uvloop" if factory else "asyncio")
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(serve(settings))
+
+
+def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop for ``uvloop``, and for ``auto`` when it is installed; else asyncio's."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ConfigError("server.event_loop", "uvloop is not installed "
+                              "(pip install 'callbridge[fast]')") from None
+        return None
+    return uvloop.new_event_loop
 
 
 def run_stt_local(args: argparse.Namespace) -> int:

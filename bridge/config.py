@@ -70,6 +70,7 @@ class ServerSettings:
     max_message_bytes: int = 64 * 1024
     max_calls: int = 2000
     drain_s: float = 30.0
+    event_loop: str = "auto"
     admin_token: Secret = field(default_factory=lambda: Secret(""))
 
 
@@ -292,6 +293,8 @@ ENVIRONMENT: Final[Mapping[str, tuple[str, str]]] = {
     "CALLBRIDGE_REDACTION": ("compliance", "redaction"),
     "CALLBRIDGE_DTMF": ("compliance", "dtmf"),
     "CALLBRIDGE_PORT": ("server", "port"),
+    "CALLBRIDGE_MAX_CALLS": ("server", "max_calls"),
+    "CALLBRIDGE_EVENT_LOOP": ("server", "event_loop"),
     "CALLBRIDGE_CHUNK_MS": ("audio", "chunk_ms"),
     "CALLBRIDGE_STT_URL": ("stt", "url"),
     "CALLBRIDGE_ENGINE": ("stt", "engine"),
@@ -554,6 +557,8 @@ def _validate(settings: Settings, origin: Mapping[tuple[str, str], str]) -> None
           "max_message_bytes", "must be 1024-16777216")
     check(s.server.max_calls >= 1, "server", "max_calls", "must be at least 1")
     check(0 <= s.server.drain_s <= 3600, "server", "drain_s", "must be 0-3600 (seconds)")
+    check(s.server.event_loop in ("auto", "asyncio", "uvloop"), "server", "event_loop",
+          "must be auto, asyncio or uvloop")
     check(60 <= s.live.token_ttl_s <= 86400, "live", "token_ttl_s", "must be 60-86400 (seconds)")
     check(0 <= s.live.backlog_bytes <= 16 * 1024 * 1024, "live", "backlog_bytes",
           "must be 0-16777216")

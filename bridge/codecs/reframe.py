@@ -21,6 +21,7 @@ passed through in arrival order. Pure code: no clock, no I/O.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -30,6 +31,7 @@ from bridge.events import AudioEncoding
 JITTER_MS: Final = 10
 MIN_CHUNK_MS: Final = 20
 MAX_CHUNK_MS: Final = 1000
+NO_CHUNKS: Final[tuple[bytes, ...]] = ()
 
 
 @dataclass(slots=True)
@@ -81,12 +83,25 @@ class Reframer:
         origin = self.origin_ms or 0
         return int(origin + upstream_ms + self._skipped_before(upstream_ms))
 
-    def push(self, payload: bytes, timestamp_ms: int | None) -> list[bytes]:
+    def push(self, payload: bytes, timestamp_ms: int | None) -> Sequence[bytes]:
         """Take one frame; return the chunks that became complete."""
-        self.stats.frames += 1
-        self.stats.bytes_in += len(payload)
-        if not payload:
-            return []
+        stats = self.stats
+        stats.frames += 1
+        size = len(payload)
+        stats.bytes_in += size
+        if not size:
+            return NO_CHUNKS
+        if not self._held and timestamp_ms is not None and self.origin_ms is not None and \
+                abs(timestamp_ms - self._next_sample // self.bytes_per_ms) <= JITTER_MS:
+            # The usual case, per frame: in order, nothing held. What _append and _cut do,
+            # without the calls.
+            pending = self._pending
+            pending += payload
+            self._emitted_bytes += size
+            self._next_sample += size
+            if len(pending) < self.chunk_bytes:
+                return NO_CHUNKS
+            return self._cut()
         if timestamp_ms is None:
             self._append(payload)
             return self._cut()
@@ -95,7 +110,7 @@ class Reframer:
             self._next_sample = timestamp_ms * self.bytes_per_ms
         if timestamp_ms < self._next_ms - JITTER_MS:
             self.stats.late_dropped += 1
-            return []
+            return NO_CHUNKS
         if timestamp_ms <= self._next_ms + JITTER_MS:
             self._append(payload)
             self._release_in_order()

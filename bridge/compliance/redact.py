@@ -237,6 +237,8 @@ def _after_context(run: Sequence[Piece], ends: Sequence[int]) -> bool:
 def find_spans(tokens: Sequence[Token], policy: Policy) -> list[Span]:
     """What to redact, as token spans, without overlaps."""
     pieces = number_pieces(tokens)
+    if not pieces:
+        return []  # every kind of span is a number: most finals stop here
     runs = number_runs(tokens, pieces)
     words = [t.lower for t in tokens]
     card_context = any(w in CARD_WORDS for w in words)
@@ -433,9 +435,9 @@ class LegRedactor(Generic[P]):
         # Judge the ending after redaction, released context included: a number that is now
         # complete closes it; digits right after a redacted one keep it open.
         texts = self.context + [t for t, _ in self.held]
-        ending = " ".join(r.text for r in redact_segments(texts, self.policy))
-        if not _open_ending(ending):
-            return self.flush()
+        results = redact_segments(texts, self.policy)
+        if not _open_ending(" ".join(r.text for r in results)):
+            return self._release(keep=0, results=results[len(self.context):])
         return self._release(keep=len(self.held) - self._first_needed())
 
     def _first_needed(self) -> int:
@@ -465,11 +467,14 @@ class LegRedactor(Generic[P]):
         """Release everything held (the hold timed out, or the leg ended)."""
         return self._release(keep=0)
 
-    def _release(self, *, keep: int) -> list[Released[P]]:
-        """Release all held finals but the last ``keep``."""
+    def _release(self, *, keep: int,
+                 results: Sequence[Redacted] | None = None) -> list[Released[P]]:
+        """Release all held finals but the last ``keep`` (``results``: the held finals'
+        redaction, when the caller has it already)."""
         if not self.held:
             return []
-        results = self._redact_held()
+        if results is None:
+            results = self._redact_held()
         count = len(self.held) - keep
         released = [Released(results[n].text, results[n], self.held[n][1])
                     for n in range(count)]

@@ -7,7 +7,7 @@ provider is talking, then hands everything to that provider's parser.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from bridge.errors import ProtocolViolation, UnsupportedData
@@ -112,8 +112,8 @@ class DetectingDialect:
     def events(self) -> list[IngressEvent]:
         return self.inner.events() if self.inner is not None else []
 
-    def to_send(self) -> list[str]:
-        return self.inner.to_send() if self.inner is not None else []
+    def to_send(self) -> Sequence[str]:
+        return self.inner.to_send() if self.inner is not None else ()
 
 
 BINARY_DIALECTS: Final[dict[str, type[BinaryMediaDialect]]] = {

@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.events import AudioEncoding, Track
 from bridge.simulate import CallSpec, build_call, stream_call
-from tests.conftest import BridgeFactory, BridgeProcess, free_port
+from tests.conftest import BridgeFactory, BridgeProcess, free_port, run_call
 from tests.e2e.test_compliance import TOKEN
 from tests.support.audio import pcm_program, ulaw
 from tests.support.receiver import WebhookReceiver
@@ -119,3 +119,16 @@ async def test_sigterm_drains_two_live_calls_and_exits_cleanly(
         assert [e.data["text"] for e in events if e.type == "transcript.final"] == [
             "tone 400 hertz", "tone 700 hertz"]
         assert events[-1].type == "call.ended" and events[-1].data["reason"] == "shutdown"
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+async def test_both_event_loops_carry_a_call(bridge_factory: BridgeFactory,
+                                             receiver: WebhookReceiver, loop: str) -> None:
+    bridge = await bridge_factory(CALLBRIDGE_EVENT_LOOP=loop)
+    assert (await bridge.wait_for_log("event loop"))["loop"] == loop
+    spec = CallSpec("twilio", AudioEncoding.PCMU,
+                    {Track.INBOUND: ulaw(CALLER), Track.OUTBOUND: ulaw(AGENT)},
+                    call_id=f"CA-{loop}")
+    events = await run_call(bridge, receiver, spec)
+    finals = sorted(e.data["text"] for e in events if e.type == "transcript.final")
+    assert finals == ["tone 1000 hertz", "tone 400 hertz", "tone 700 hertz"]

@@ -52,6 +52,9 @@ def test_config_file_named_by_environment(tmp_path: Path) -> None:
     ({"CALLBRIDGE_WEBHOOK_URLS": "https://h.example/x"}, "CALLBRIDGE_WEBHOOK_SECRET"),
     ({"CALLBRIDGE_WEBHOOK_SECRET": "hunter2"}, "CALLBRIDGE_WEBHOOK_SECRET"),
     ({"CALLBRIDGE_LOG_LEVEL": "loud"}, "CALLBRIDGE_LOG_LEVEL"),
+    ({"CALLBRIDGE_EVENT_LOOP": "trio"}, "CALLBRIDGE_EVENT_LOOP"),
+    ({"CALLBRIDGE_LIVE_TOKEN_TTL_S": "5"}, "CALLBRIDGE_LIVE_TOKEN_TTL_S"),
+    ({"CALLBRIDGE_MAX_CALLS": "0"}, "CALLBRIDGE_MAX_CALLS"),
     ({"CALLBRIDGE_CONFIG": "/nonexistent/callbridge.toml"}, "CALLBRIDGE_CONFIG"),
 ])
 def test_a_wrong_value_names_its_setting(environ: dict[str, str], setting: str) -> None:
