@@ -22,7 +22,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import time
 import warnings
+from array import array
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -152,6 +154,25 @@ class Recognizer:
         return chunk
 
 
+@dataclass
+class SinkStats:
+    """What sink mode measured, over every session."""
+
+    sessions: int = 0
+    closed: int = 0
+    bytes: int = 0
+    lags_ms: array[float] = field(default_factory=lambda: array("f"))
+
+    def report(self) -> dict[str, Any]:
+        lags = sorted(self.lags_ms)
+
+        def at(q: float) -> float | None:
+            return round(lags[min(len(lags) - 1, int(q * len(lags)))], 1) if lags else None
+        return {"sessions": self.sessions, "closed": self.closed, "bytes": self.bytes,
+                "messages": len(lags),
+                "lag_ms": {"p50": at(0.5), "p99": at(0.99), "max": at(1.0)}}
+
+
 class TelnyxSttEmulator:
     """Run with ``async with TelnyxSttEmulator() as emulator:``; connect to ``emulator.url``."""
 
@@ -160,7 +181,8 @@ class TelnyxSttEmulator:
                  error_after_audio_bytes: int | None = None,
                  drop_after_audio_bytes: int | None = None,
                  drops: list[int] | None = None, with_times: bool = False,
-                 mute_sessions: int = 0) -> None:
+                 mute_sessions: int = 0, sink: bool = False,
+                 sink_final_every_s: float = 0.0) -> None:
         self.api_key = api_key
         self.with_type_field = with_type_field
         self.script = script
@@ -170,6 +192,11 @@ class TelnyxSttEmulator:
         self.drops = list(drops or [])  # per new session, in turn: drop after N audio bytes
         self.with_times = with_times  # add start_time/duration (s) to finals, as some do
         self.mute_sessions = mute_sessions  # the first N sessions take audio, answer nothing
+        # Sink mode, for load tests: no recognition and no audio kept; each binary message's
+        # lateness is measured instead, and (optionally) a final is sent per N s of audio.
+        self.sink = sink
+        self.sink_final_every_s = sink_final_every_s
+        self.sink_stats = SinkStats()
         self.sessions: list[EmulatorSession] = []
         self._server: Server | None = None
         self.session_opened = asyncio.Event()
@@ -191,6 +218,8 @@ class TelnyxSttEmulator:
         await self._server.wait_closed()
 
     def _check_handshake(self, connection: ServerConnection, request: Request) -> Response | None:
+        if request.path == "/stats" and self.sink:
+            return connection.respond(HTTPStatus.OK, json.dumps(self.sink_stats.report()))
         if urlsplit(request.path).path != PATH:
             return connection.respond(HTTPStatus.NOT_FOUND, "Not Found\n")
         if request.headers.get("Authorization") != f"Bearer {self.api_key}":
@@ -213,7 +242,10 @@ class TelnyxSttEmulator:
                 await self._send_error(ws, session, *error)
                 await ws.close(1000)
                 return
-            await self._stream(ws, session)
+            if self.sink:
+                await self._absorb(ws, session)
+            else:
+                await self._stream(ws, session)
         except ConnectionClosed:
             pass
         finally:
@@ -306,6 +338,39 @@ class TelnyxSttEmulator:
                     await self._send(ws, session, {"transcript": text, "is_final": False,
                                                    "speech_final": False, "confidence": 0.0})
 
+    async def _absorb(self, ws: ServerConnection, session: EmulatorSession) -> None:
+        """Sink mode: take audio as fast as it comes and time it against its own clock.
+
+        A message's offset is its arrival time minus the audio time it completes; its lag is
+        how much later that is than the first message's offset (never below zero): how far
+        the client fell behind real time after its first chunk, whatever the fixed delay of
+        the path and of opening the session. Only byte counts are kept, never the audio.
+        """
+        width = 2 if session.param("input_format") == "linear16" else 1
+        bytes_per_s = int(session.param("sample_rate") or 8000) * width
+        stats = self.sink_stats
+        stats.sessions += 1
+        offsets = array("d")
+        received = 0
+        next_final = self.sink_final_every_s * bytes_per_s
+        async for message in ws:
+            if isinstance(message, str):
+                if _control_type(message) == "CloseStream":
+                    await ws.close(1000)
+                    break
+                continue
+            received += len(message)
+            offsets.append(time.monotonic() - received / bytes_per_s)
+            if next_final and received >= next_final:
+                next_final += self.sink_final_every_s * bytes_per_s
+                await ws.send('{"transcript":"sink final","is_final":true,"speech_final":true,'
+                              '"confidence":0.9}')
+        if offsets:
+            first = offsets[0]
+            stats.lags_ms.extend(max(0.0, offset - first) * 1000 for offset in offsets[1:])
+        stats.bytes += received
+        stats.closed += 1
+
     async def _final(self, ws: ServerConnection, session: EmulatorSession, text: str,
                      deepgram_like: bool, times: tuple[int, int]) -> None:
         extra: dict[str, Any] = {}
@@ -336,11 +401,13 @@ def expected_frequency_text(freq_hz: float) -> str:
 
 
 
-async def _serve_forever(port: int, api_key: str) -> None:
-    emulator = TelnyxSttEmulator(api_key=api_key)
+async def _serve_forever(port: int, api_key: str, sink: bool, final_every_s: float) -> None:
+    emulator = TelnyxSttEmulator(api_key=api_key, sink=sink, sink_final_every_s=final_every_s)
     emulator._server = await serve(emulator._handle, "127.0.0.1", port,
-                                   process_request=emulator._check_handshake, max_size=2**20)
-    print(f"Telnyx STT emulator on {emulator.url} (key {api_key!r})", flush=True)
+                                   process_request=emulator._check_handshake, max_size=2**20,
+                                   compression=None, backlog=4096)
+    mode = " in sink mode (GET /stats)" if sink else ""
+    print(f"Telnyx STT emulator on {emulator.url}{mode} (key {api_key!r})", flush=True)
     await emulator._server.wait_closed()
 
 
@@ -350,5 +417,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Run the Telnyx STT emulator on 127.0.0.1.")
     parser.add_argument("--port", type=int, default=9100)
     parser.add_argument("--api-key", default="test-telnyx-key")
+    parser.add_argument("--sink", action="store_true",
+                        help="take audio without recognising it; measure its lateness")
+    parser.add_argument("--final-every-s", type=float, default=0.0,
+                        help="in sink mode, send a final per this many seconds of audio")
     options = parser.parse_args()
-    asyncio.run(_serve_forever(options.port, options.api_key))
+    asyncio.run(_serve_forever(options.port, options.api_key, options.sink,
+                               options.final_every_s))

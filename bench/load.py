@@ -1,0 +1,392 @@
+#!/usr/bin/env python3
+"""Load a bridge with N two-leg calls in real time and print what it cost.
+
+Starts three processes besides this one: the Telnyx STT emulator in sink mode (it takes the
+audio, measures how late each message arrives against the audio's own clock, and can send a
+final per N seconds of audio), a webhook receiver, and the bridge under test:
+``callbridge serve`` or ``bench/forwarder.py`` (a per-frame forwarder written the way sample
+bridges are). This process then streams N Twilio calls, both tracks on each, at real-time
+pace.
+
+The generator stays cheap: messages come from the simulate client's ``build_call`` once,
+are framed and masked as WebSocket client frames once, and are shared by every call (only
+the ``start`` message differs). Each 20 ms slot of a call is one write of pre-built bytes.
+Calls start in 50 groups spread over ``--ramp-s`` seconds, at different phases of the 20 ms
+cycle; one task per group.
+
+Printed per run: legs; the bridge's CPU seconds per leg-second of audio (from
+``/proc/<pid>/stat``, over the streaming time); its peak RSS and RSS per leg above its idle
+size; upstream lag p50/p99/max (from the sink: how far each leg's upstream bytes fell
+behind the audio clock after its first chunk); the bridge's event-loop lag; chunks dropped;
+calls completed; and how late the generator itself was.
+
+    python bench/load.py --calls 500 --seconds 30
+    python bench/load.py --calls 150 --bridge forwarder
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bridge.events import AudioEncoding, Track  # noqa: E402 - after the path is set
+from bridge.simulate import CallSpec, build_call  # noqa: E402
+
+SAMPLE = ROOT / "bridge" / "samples" / "support_call"
+API_KEY = "bench-telnyx-key"
+SECRET = "whsec_" + base64.b64encode(b"callbridge-bench-secret-32-bytes").decode()
+SLOT_MS = 20
+GROUPS = 50
+MASK = b"\x37\xfa\x21\x3d"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# -- WebSocket client frames, built once ------------------------------------------------------
+
+def client_frame(payload: bytes, opcode: int = 0x1) -> bytes:
+    """One masked client frame (RFC 6455 section 5.2). One fixed key serves every frame: a
+    load generator has no cache-poisoning proxy to defeat."""
+    n = len(payload)
+    if n < 126:
+        header = bytes([0x80 | opcode, 0x80 | n])
+    elif n < 65536:
+        header = bytes([0x80 | opcode, 0x80 | 126]) + n.to_bytes(2, "big")
+    else:
+        header = bytes([0x80 | opcode, 0x80 | 127]) + n.to_bytes(8, "big")
+    key = (MASK * (n // 4 + 1))[:n]
+    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big")
+    return header + MASK + masked
+
+
+@dataclass
+class Script:
+    """A call as pre-built bytes: the head (connected, start), one write per 20 ms slot, the
+    tail (stop, then a close frame)."""
+
+    head_before_start: bytes
+    start_template: str
+    slots: list[bytes]
+    tail: bytes
+
+    def head(self, call_id: str) -> bytes:
+        return self.head_before_start + client_frame(
+            self.start_template.replace("CALL_ID_HERE", call_id).encode())
+
+
+def build_script(seconds: float) -> Script:
+    caller = (SAMPLE / "caller.ulaw").read_bytes()
+    agent = (SAMPLE / "agent.ulaw").read_bytes()
+    size = int(seconds * 8000)
+    caller = (caller * (size // len(caller) + 1))[:size]
+    agent = (agent * (size // len(agent) + 1))[:size]
+    spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: caller,
+                                                   Track.OUTBOUND: agent},
+                    call_id="CALL_ID_HERE", stream_id="MZbench")
+    messages = build_call(spec)
+    connected, start = messages[0][1], messages[1][1]
+    by_slot: dict[int, list[bytes]] = {}
+    for at_s, text in messages[2:-1]:
+        by_slot.setdefault(round(at_s * 1000) // SLOT_MS, []).append(client_frame(text.encode()))
+    slots = [b"".join(by_slot.get(n, [])) for n in range(max(by_slot) + 1)]
+    close = client_frame((1000).to_bytes(2, "big"), opcode=0x8)
+    return Script(client_frame(connected.encode()), start, slots,
+                  client_frame(messages[-1][1].encode()) + close)
+
+
+# -- one call's connection -----------------------------------------------------------------------
+
+@dataclass
+class Connection:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    close_code: int | None = None
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+async def connect(host: str, port: int, path: str) -> Connection:
+    reader, writer = await asyncio.open_connection(host, port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write((f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    answer = await reader.readuntil(b"\r\n\r\n")
+    if not answer.startswith(b"HTTP/1.1 101"):
+        raise RuntimeError(f"handshake refused: {answer.splitlines()[0].decode()}")
+    return Connection(reader, writer)
+
+
+async def read_frames(conn: Connection) -> None:
+    """Answer pings, note the close code; everything else the bridge says is ignored."""
+    try:
+        while True:
+            head = await conn.reader.readexactly(2)
+            opcode, n = head[0] & 0x0F, head[1] & 0x7F
+            if n == 126:
+                n = int.from_bytes(await conn.reader.readexactly(2), "big")
+            elif n == 127:
+                n = int.from_bytes(await conn.reader.readexactly(8), "big")
+            payload = await conn.reader.readexactly(n)
+            if opcode == 0x9:
+                conn.writer.write(client_frame(payload, opcode=0xA))
+            elif opcode == 0x8:
+                conn.close_code = int.from_bytes(payload[:2], "big") if n >= 2 else 1005
+                break
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        conn.closed.set()
+        conn.writer.close()
+
+
+# -- measuring the bridge ------------------------------------------------------------------------
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+
+
+def rss_bytes(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+
+
+def peak_rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+async def scrape(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    """Sums of each metric family of the bridge's /metrics (labels summed over)."""
+    from prometheus_client.parser import text_string_to_metric_families
+    async with session.get(url) as response:
+        text = await response.text()
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    return totals
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+@dataclass
+class Processes:
+    bridge: subprocess.Popen[bytes]
+    sink: subprocess.Popen[bytes]
+    bridge_port: int
+    sink_port: int
+
+
+def start_processes(kind: str, calls: int, final_every_s: float, chunk_ms: int,
+                    receiver_url: str, workdir: Path, event_loop: str) -> Processes:
+    sink_port, bridge_port = free_port(), free_port()
+    sink = subprocess.Popen(  # noqa: S603 - our own interpreter and module, fixed arguments
+        [sys.executable, "-m", "tests.support.telnyx_stt", "--sink", "--port", str(sink_port),
+         "--api-key", API_KEY, "--final-every-s", str(final_every_s)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert sink.stdout is not None
+    sink.stdout.readline()  # it says where it listens once it does
+    stt_url = f"ws://127.0.0.1:{sink_port}/v2/speech-to-text/transcription"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLBRIDGE_")}
+    if kind == "callbridge":
+        env.update({
+            "CALLBRIDGE_PORT": str(bridge_port), "CALLBRIDGE_STT_URL": stt_url,
+            "TELNYX_API_KEY": API_KEY, "CALLBRIDGE_WEBHOOK_URLS": receiver_url,
+            "CALLBRIDGE_WEBHOOK_SECRET": SECRET, "CALLBRIDGE_WEBHOOK_ALLOW_PRIVATE": "true",
+            "CALLBRIDGE_OUTBOX_PATH": str(workdir / "outbox.db"),
+            "CALLBRIDGE_LOG_FORMAT": "json", "CALLBRIDGE_LOG_LEVEL": "warning",
+            "CALLBRIDGE_CHUNK_MS": str(chunk_ms), "CALLBRIDGE_MAX_CALLS": str(calls + 10),
+        })
+        env["CALLBRIDGE_EVENT_LOOP"] = event_loop
+        command = [sys.executable, "-m", "bridge", "serve"]
+    else:
+        command = [sys.executable, str(ROOT / "bench" / "forwarder.py"), "--port",
+                   str(bridge_port), "--stt-url", stt_url, "--api-key", API_KEY]
+    log = (workdir / "bridge.log").open("wb")
+    bridge = subprocess.Popen(command, cwd=ROOT, env=env,  # noqa: S603 - fixed commands
+                              stdout=log, stderr=log)
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) >= 2:
+        # The bridge gets a core of its own; the generator and the sink share the rest, so
+        # they neither steal its time nor blur its figures.
+        os.sched_setaffinity(bridge.pid, cpus[:1])
+        os.sched_setaffinity(sink.pid, cpus[1:])
+        os.sched_setaffinity(0, cpus[1:])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", bridge_port), timeout=0.2):
+                break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        raise RuntimeError(f"the bridge did not start; see {workdir / 'bridge.log'}")
+    return Processes(bridge, sink, bridge_port, sink_port)
+
+
+async def receiver() -> tuple[web.AppRunner, str]:
+    """A webhook receiver that takes everything (its cost is not the bridge's)."""
+    async def take(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(status=204)
+    app = web.Application()
+    app.router.add_post("/hook", take)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, f"http://127.0.0.1:{port}/hook"
+
+
+async def stream(conns: Sequence[Connection], script: Script, start: float,
+                 lateness: list[float]) -> None:
+    """Write each slot to this group's connections when it is due."""
+    loop = asyncio.get_running_loop()
+    for n, slot in enumerate(script.slots):
+        due = start + n * SLOT_MS / 1000
+        delay = due - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        else:
+            lateness.append(-delay)
+        for conn in conns:
+            if not conn.closed.is_set():
+                conn.writer.write(slot)
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    script = build_script(args.seconds)
+    legs = args.calls * 2
+    runner, hook_url = await receiver()
+    with tempfile.TemporaryDirectory(prefix="callbridge-load-") as tmp:
+        procs = start_processes(args.bridge, args.calls, args.final_every_s, args.chunk_ms,
+                                hook_url, Path(tmp), args.event_loop)
+        pid = procs.bridge.pid
+        metrics_url = f"http://127.0.0.1:{procs.bridge_port}/metrics"
+        http = aiohttp.ClientSession()
+        try:
+            await asyncio.sleep(1.0)
+            idle_rss = rss_bytes(pid)
+            conns = [await connect("127.0.0.1", procs.bridge_port, "/streams/twilio")
+                     for _ in range(args.calls)]
+            readers = [asyncio.create_task(read_frames(c)) for c in conns]
+            for n, conn in enumerate(conns):
+                conn.writer.write(script.head(f"CAbench{n:05d}"))
+            loop = asyncio.get_running_loop()
+            t0 = loop.time() + 0.5
+            cpu0, wall0 = cpu_seconds(pid), time.monotonic()
+            lateness: list[float] = []
+            # Calls start in GROUPS groups spread over the ramp, each at its own phase of
+            # the 20 ms cycle, as calls do not begin together.
+            groups = min(GROUPS, args.calls)
+            senders = [asyncio.create_task(stream(
+                conns[g::groups], script,
+                t0 + g * args.ramp_s / groups + (g % SLOT_MS) / 1000, lateness))
+                for g in range(groups)]
+            rss_peak, loop_lags = 0, []
+            while not all(s.done() for s in senders):
+                await asyncio.sleep(1.0)
+                rss_peak = max(rss_peak, rss_bytes(pid))
+                if args.bridge == "callbridge":
+                    loop_lags.append((await scrape(http, metrics_url)).get(
+                        "callbridge_event_loop_lag_seconds", 0.0))
+            await asyncio.gather(*senders)
+            cpu1, wall1 = cpu_seconds(pid), time.monotonic()
+            rss_peak = max(rss_peak, peak_rss_bytes(pid))
+            for conn in conns:
+                conn.writer.write(script.tail)
+            async with asyncio.timeout(120):
+                await asyncio.gather(*readers)
+            after: dict[str, float] = {}
+            if args.bridge == "callbridge":
+                await asyncio.sleep(1.0)
+                after = await scrape(http, metrics_url)
+            async with http.get(f"http://127.0.0.1:{procs.sink_port}/stats") as response:
+                sink = json.loads(await response.text())
+        finally:
+            await http.close()
+            procs.bridge.terminate()
+            procs.bridge.wait(timeout=60)
+            procs.sink.terminate()
+            procs.sink.wait(timeout=10)
+            await runner.cleanup()
+    audio_s = len(script.slots) * SLOT_MS / 1000
+    cpu = cpu1 - cpu0
+    completed = sum(c.close_code == 1000 for c in conns)
+    return {
+        "bridge": args.bridge + (f" ({args.event_loop} loop)" if args.bridge == "callbridge"
+                                 else ""),
+        "legs": legs,
+        "audio_s_per_leg": audio_s,
+        "streaming_wall_s": round(wall1 - wall0, 1),
+        "bridge_cpu_s": round(cpu, 2),
+        "cpu_ms_per_leg_second": round(cpu * 1000 / (legs * audio_s), 3),
+        "bridge_cpu_share": round(cpu / (wall1 - wall0), 2),
+        "peak_rss_mib": round(rss_peak / 2**20, 1),
+        "idle_rss_mib": round(idle_rss / 2**20, 1),
+        "rss_kib_per_leg": round((rss_peak - idle_rss) / 1024 / legs, 1),
+        "upstream_lag_ms": sink["lag_ms"],
+        "upstream_sessions": sink["sessions"],
+        "event_loop_lag_ms": {
+            "median": round(statistics.median(loop_lags) * 1000, 1) if loop_lags else None,
+            "max": round(max(loop_lags) * 1000, 1) if loop_lags else None},
+        "chunks_dropped": int(after.get("callbridge_chunks_dropped_total", 0)),
+        "calls_completed": f"{completed}/{args.calls}",
+        "generator_late_ms": {
+            "p99": round(sorted(lateness)[int(0.99 * len(lateness))] * 1000, 1)
+            if lateness else 0.0,
+            "max": round(max(lateness, default=0.0) * 1000, 1)},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=100, help="two-leg calls at once")
+    parser.add_argument("--seconds", type=float, default=30.0, help="audio per call")
+    parser.add_argument("--bridge", choices=("callbridge", "forwarder"), default="callbridge")
+    parser.add_argument("--chunk-ms", type=int, default=100, help="callbridge's audio.chunk_ms")
+    parser.add_argument("--final-every-s", type=float, default=5.0,
+                        help="the sink sends a final per this much audio per leg (0: never)")
+    parser.add_argument("--ramp-s", type=float, default=5.0,
+                        help="calls start spread over this many seconds")
+    parser.add_argument("--event-loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+                        help="callbridge's server.event_loop")
+    parser.add_argument("--json", action="store_true", help="print one JSON line")
+    args = parser.parse_args()
+    result = asyncio.run(run(args))
+    if args.json:
+        print(json.dumps(result))
+        return
+    for key, value in result.items():
+        print(f"{key:>24}: {value}")
+
+
+if __name__ == "__main__":
+    main()
