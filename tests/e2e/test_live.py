@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -73,7 +74,9 @@ async def test_the_feed_streams_partials_and_finals_in_order_redacted_as_webhook
         events = await until_ended(response)
     assert (await call).close_code == 1000
 
-    assert events[0].event == "token"  # a fresh token, for reconnecting later
+    assert events[0].event == "token"  # a fresh token, for reconnecting later: it works
+    async with feed(bridge, f"/calls/CA-live/events?token={events[0].data}") as response:
+        assert response.status == 200  # the ended call's feed is kept for reconnecting
     numbered = [e for e in events if e.id is not None]
     assert [int(e.id or 0) for e in numbered] == sorted({int(e.id or 0) for e in numbered})
     assert numbered[0].event == "call.started" and numbered[-1].event == "call.ended"
@@ -143,6 +146,10 @@ async def test_feed_access_needs_a_token_for_that_call(bridge_factory: BridgeFac
     assert (await bridge.http("POST", "/calls/CA-one/token", None))[0] == 401
     assert (await bridge.http("POST", "/calls/CA-none/token", TOKEN))[0] == 404
     assert (await bridge.http("POST", "/calls/CA-one/token", TOKEN, ttl_s="0"))[0] == 400
+    assert (await bridge.http("POST", "/calls/CA-one/token", TOKEN, ttl_s="100000"))[0] == 400
+    short = json.loads((await bridge.http("POST", "/calls/CA-one/token", TOKEN,
+                                          ttl_s="60"))[1])
+    assert short["expires_at"] <= time.time() + 61
     async with feed(bridge, f"/calls/CA-none/events?token={TOKEN}") as response:
         assert response.status == 404
     for call in calls:
