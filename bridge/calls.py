@@ -14,7 +14,7 @@ import contextlib
 import enum
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -467,7 +467,10 @@ class Call:
         self.dtmf_count = 0
         self.provider_errors = 0
         self._opened_at = time.monotonic()
-        self._deliveries: list[asyncio.Future[Outcome]] = []
+        # Deliveries still in flight, and the outcomes of those that settled: a long call
+        # keeps counts, not one future per event.
+        self._in_flight: set[asyncio.Future[Outcome]] = set()
+        self._outcomes: Counter[str] = Counter()
         self._partials_published = 0
 
     @property
@@ -696,13 +699,18 @@ class Call:
                  partials_published=self._partials_published, webhooks=outcomes)
 
     async def _delivery_outcomes(self) -> dict[str, int]:
-        if self._deliveries:
-            await asyncio.wait(self._deliveries, timeout=SUMMARY_WAIT_S)
-        counts: dict[str, int] = {}
-        for future in self._deliveries:
-            key = future.result().value if future.done() else "pending"
-            counts[key] = counts.get(key, 0) + 1
-        return counts
+        if self._in_flight:
+            await asyncio.wait(set(self._in_flight), timeout=SUMMARY_WAIT_S)
+        counts = Counter(self._outcomes)
+        for future in self._in_flight:  # still in flight, or settled a moment ago
+            settled = future.done() and not future.cancelled()
+            counts[future.result().value if settled else "pending"] += 1
+        return dict(counts)
+
+    def _settled(self, future: asyncio.Future[Outcome]) -> None:
+        self._in_flight.discard(future)
+        if not future.cancelled():
+            self._outcomes[future.result().value] += 1
 
     def _publish(self, event_type: EventType, leg: Leg | None, fields: Mapping[str, Any]) -> None:
         started = self._require_started()
@@ -728,7 +736,8 @@ class Call:
         if event_type is EventType.TRANSCRIPT_PARTIAL:
             self._partials_published += 1  # best effort: not waited for
         else:
-            self._deliveries.append(outcome)
+            self._in_flight.add(outcome)
+            outcome.add_done_callback(self._settled)
 
     def _require_started(self) -> StreamStarted:
         if self.started is None:
