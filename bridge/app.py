@@ -201,8 +201,7 @@ async def media_stream(request: web.Request, *, dialect: str | None) -> web.Stre
     settings = app[SETTINGS]
     refusal = _authenticate(request, dialect, settings)
     if refusal is not None:
-        app[AUTH_FAILURES][dialect or "streams"] = app[AUTH_FAILURES].get(dialect or "streams",
-                                                                         0) + 1
+        _count_auth_failure(app, dialect)
         log.warning("ingress authentication failed", endpoint=request.path, reason=refusal,
                     remote=request.remote)
         error = web.HTTPUnauthorized if refusal.startswith("missing") else web.HTTPForbidden
@@ -250,8 +249,7 @@ async def media_stream(request: web.Request, *, dialect: str | None) -> web.Stre
         except PeerError as exc:
             reason = "protocol_error"
             if isinstance(exc, AuthenticationFailed):
-                key = dialect or "streams"
-                app[AUTH_FAILURES][key] = app[AUTH_FAILURES].get(key, 0) + 1
+                _count_auth_failure(app, dialect)
             log.warning("closing media connection: peer broke the protocol",
                         dialect=parser.name, error=str(exc), close_code=exc.close_code)
             await ws.close(code=exc.close_code, message=str(exc)[:120].encode())
@@ -269,6 +267,11 @@ async def media_stream(request: web.Request, *, dialect: str | None) -> web.Stre
                 app[LIVE_CALLS].discard(call)
                 app[CALLS_CHANGED].set()
     return ws
+
+
+def _count_auth_failure(app: web.Application, dialect: str | None) -> None:
+    key = dialect or "streams"
+    app[AUTH_FAILURES][key] = app[AUTH_FAILURES].get(key, 0) + 1
 
 
 def _authenticate(request: web.Request, dialect: str | None, settings: Settings) -> str | None:

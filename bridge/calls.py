@@ -27,7 +27,13 @@ from bridge.compliance.redact import LegRedactor, Redacted, Released, policy_for
 from bridge.config import Settings
 from bridge.delivery.retry import Outcome
 from bridge.delivery.webhooks import EventSink
-from bridge.errors import ProtocolViolation, UpstreamError, UpstreamRefused, UpstreamUnavailable
+from bridge.errors import (
+    CLOSE_NORMAL,
+    ProtocolViolation,
+    UpstreamError,
+    UpstreamRefused,
+    UpstreamUnavailable,
+)
 from bridge.events import (
     AudioEncoding,
     AudioFrame,
@@ -539,7 +545,7 @@ class Call:
         """Close the media connection; the call then ends as usual with ``reason``."""
         self.end_reason = reason
         if self.media_socket is not None:
-            await self.media_socket.close(code=1000, message=b"call ended by the bridge")
+            await self.media_socket.close(code=CLOSE_NORMAL, message=b"call ended by the bridge")
 
     def set_paused(self, paused: bool, track: Track | None, *, reason: str) -> dict[str, bool]:
         """Pause or resume one leg, or the whole call (``track`` None, also legs to come).

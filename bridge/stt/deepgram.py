@@ -27,7 +27,7 @@ from typing import Any, Final
 from urllib.parse import urlencode
 
 from bridge.config import DeepgramSettings
-from bridge.errors import UpstreamError, UpstreamRefused, UpstreamUnavailable
+from bridge.errors import NORMAL_CLOSES, UpstreamError, UpstreamRefused, UpstreamUnavailable
 from bridge.events import AudioEncoding
 from bridge.stt.base import EngineResult, Word
 from bridge.stt.websocket import WebSocketSession
@@ -118,7 +118,7 @@ def _words(alternative: dict[str, Any]) -> list[Word]:
 def classify_close(code: int, reason: str) -> UpstreamRefused | UpstreamUnavailable | None:
     """Deepgram's close frames: ``DATA-0000`` (audio it cannot decode) is fatal; ``NET-``
     codes and 1011 are retryable; a normal close is the end."""
-    if code in (1000, 1001):
+    if code in NORMAL_CLOSES:
         return None
     if "DATA" in reason or code == 1008:
         return UpstreamRefused(f"speech-to-text refused the audio: {reason[:40]}",

@@ -17,7 +17,13 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from bridge import __version__
-from bridge.errors import UpstreamError, UpstreamRefused, UpstreamUnavailable
+from bridge.errors import (
+    CLOSE_ABNORMAL,
+    NORMAL_CLOSES,
+    UpstreamError,
+    UpstreamRefused,
+    UpstreamUnavailable,
+)
 
 MAX_SERVER_MESSAGE: Final = 1024 * 1024
 
@@ -78,9 +84,9 @@ class WebSocketSession:
                 if isinstance(frame, dict):
                     yield frame
         except ConnectionClosed as exc:
-            code = exc.rcvd.code if exc.rcvd is not None else 1006
+            code = exc.rcvd.code if exc.rcvd is not None else CLOSE_ABNORMAL
             reason = exc.rcvd.reason if exc.rcvd is not None else ""
-            error = self.closed_error(code, reason) if code not in (1000, 1001) else None
+            error = self.closed_error(code, reason) if code not in NORMAL_CLOSES else None
             if error is not None:
                 raise error from None
 

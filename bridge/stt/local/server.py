@@ -25,6 +25,7 @@ from aiohttp import WSMsgType, web
 
 from bridge.codecs.g711 import audioop
 from bridge.config import LocalSttSettings
+from bridge.errors import CLOSE_NORMAL
 from bridge.stt.local import recognizer
 from bridge.stt.local.protocol import (
     PATH,
@@ -171,7 +172,7 @@ class Session:
                         recognising.cancel()
             await recognising
             if closing and not self.ws.closed:
-                await self.ws.close(code=1000)
+                await self.ws.close(code=CLOSE_NORMAL)
 
     async def _read(self) -> bool:
         """Feed audio to the segmenter; True when the client asked to close the stream."""
