@@ -87,33 +87,23 @@ class Reframer:
         """Take one frame; return the chunks that became complete."""
         stats = self.stats
         stats.frames += 1
-        size = len(payload)
-        stats.bytes_in += size
-        if not size:
+        stats.bytes_in += len(payload)
+        if not payload:
             return NO_CHUNKS
-        if not self._held and timestamp_ms is not None and self.origin_ms is not None and \
-                abs(timestamp_ms - self._next_sample // self.bytes_per_ms) <= JITTER_MS:
-            # The usual case, per frame: in order, nothing held. What _append and _cut do,
-            # without the calls.
-            pending = self._pending
-            pending += payload
-            self._emitted_bytes += size
-            self._next_sample += size
-            if len(pending) < self.chunk_bytes:
-                return NO_CHUNKS
-            return self._cut()
         if timestamp_ms is None:
             self._append(payload)
             return self._cut()
         if self.origin_ms is None:
             self.origin_ms = timestamp_ms
             self._next_sample = timestamp_ms * self.bytes_per_ms
-        if timestamp_ms < self._next_ms - JITTER_MS:
-            self.stats.late_dropped += 1
+        next_ms = self._next_ms
+        if timestamp_ms < next_ms - JITTER_MS:
+            stats.late_dropped += 1
             return NO_CHUNKS
-        if timestamp_ms <= self._next_ms + JITTER_MS:
+        if timestamp_ms <= next_ms + JITTER_MS:  # in order: the usual case
             self._append(payload)
-            self._release_in_order()
+            if self._held:
+                self._release_in_order()
         else:
             self._arrivals += 1
             heapq.heappush(self._held, (timestamp_ms, self._arrivals, payload))
@@ -127,7 +117,7 @@ class Reframer:
         while self._held:
             self._release_earliest()
             self._release_in_order()
-        chunks = self._cut()
+        chunks = list(self._cut())
         if self._pending:
             chunks.append(bytes(self._pending))
             self._pending.clear()
@@ -167,10 +157,10 @@ class Reframer:
     def _skipped_before(self, upstream_ms: float) -> int:
         return sum(skip for at_ms, skip in self._skips if at_ms <= upstream_ms)
 
-    def _cut(self) -> list[bytes]:
+    def _cut(self) -> Sequence[bytes]:
         size = self.chunk_bytes
         if len(self._pending) < size:
-            return []
+            return NO_CHUNKS  # most frames: nothing allocated
         count = len(self._pending) // size
         view = bytes(self._pending[: count * size])
         del self._pending[: count * size]

@@ -118,17 +118,15 @@ def get_str(message: Mapping[str, Any], key: str, *, default: str | None = None)
 def get_counter(message: Mapping[str, Any], key: str) -> int | None:
     """Read a counter or timestamp that arrives as a JSON string or a number; absent is None."""
     value = message.get(key)
-    if type(value) is str and value.isdigit():  # the usual form, first: it is per frame
-        return int(value)
-    if value is None:
+    if isinstance(value, str):  # the usual form (Twilio, Telnyx): first, it is per frame
+        # isdecimal, not isdigit: "²" is a digit that int() refuses.
+        if value.strip().isdecimal():
+            return int(value)
+    elif value is None:
         return None
-    if isinstance(value, bool):
-        raise ProtocolViolation(f"field {key!r} must be a number")
-    if isinstance(value, int):
+    elif isinstance(value, int) and not isinstance(value, bool):
         return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.strip().isdigit():
+    elif isinstance(value, float) and value.is_integer():
         return int(value)
     raise ProtocolViolation(f"field {key!r} must be a number")
 
@@ -141,16 +139,12 @@ TRACK_NAMES: Final[Mapping[str, Track]] = {
 
 def get_track(value: object, *, default: Track = Track.INBOUND) -> Track:
     """Normalise a track name: ``inbound``, ``inbound_track`` -> INBOUND, likewise outbound."""
-    if type(value) is str and value in TRACK_NAMES:  # the usual spellings, per frame
-        return TRACK_NAMES[value]
     if value is None:
         return default
     if isinstance(value, str):
-        name = value.lower().removesuffix("_track")
-        if name == "inbound":
-            return Track.INBOUND
-        if name == "outbound":
-            return Track.OUTBOUND
+        track = TRACK_NAMES.get(value) or TRACK_NAMES.get(value.lower())
+        if track is not None:
+            return track
     raise UnsupportedData(f"unsupported track {value!r}")
 
 
@@ -272,11 +266,8 @@ class JsonMediaDialect(SansIoStream):
     def _dispatch(self, message: dict[str, Any]) -> None:
         event = message.get("event")
         if event == "media":  # first: by far the most frequent message
-            if self.state is not StreamState.STREAMING:  # else the table says STREAMING
-                self._advance(Step.MEDIA, event)
-            media = message.get("media")
-            if type(media) is not dict:
-                media = get_object(message, "media")
+            self._advance(Step.MEDIA, event)
+            media = get_object(message, "media")
             track = get_track(media.get("track"))
             self._events.append(AudioFrame(
                 track=track,

@@ -88,6 +88,13 @@ def test_counters_may_be_strings_or_numbers(chunk: object, ts: object) -> None:
     assert dialect.events() == [AudioFrame(Track.INBOUND, AUDIO, 140, 7)]
 
 
+@pytest.mark.parametrize("counter", ["\u00b2", "-1", "1e3", 4.5, True, "seven"])
+def test_a_counter_that_is_not_a_whole_number_is_a_protocol_violation(counter: object) -> None:
+    dialect = started_twilio()
+    with pytest.raises(ProtocolViolation):  # never an undocumented error ("²" is a digit)
+        dialect.receive_text(twilio_media(chunk=counter))
+
+
 def test_telnyx_stream_reads_top_level_stream_id_and_announced_codec() -> None:
     dialect = TelnyxDialect()
     dialect.receive_text('{"event":"connected","version":"1.0.0"}')
