@@ -44,6 +44,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -184,7 +185,6 @@ def peak_rss_bytes(pid: int) -> int:
 
 async def scrape(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
     """Sums of each metric family of the bridge's /metrics (labels summed over)."""
-    from prometheus_client.parser import text_string_to_metric_families
     async with session.get(url) as response:
         text = await response.text()
     totals: dict[str, float] = {}

@@ -12,6 +12,7 @@ data and read their token from the URL's fragment, which browsers never send to 
 
 from __future__ import annotations
 
+import functools
 import hmac
 import secrets
 import time
@@ -135,11 +136,6 @@ async def pause_call(request: web.Request, *, paused: bool) -> web.Response:
                               "call_paused": call.paused})
 
 
-def _token_fields(request: web.Request, call_id: str, ttl_s: float) -> dict[str, Any]:
-    token, expires = request.app[TOKENS].issue(call_id, now=time.time(), ttl_s=ttl_s)
-    return {"token": token, "expires_at": expires}
-
-
 async def issue_token(request: web.Request) -> web.Response:
     """A short-lived token for one live call's feed (``?ttl_s=`` shortens it)."""
     _authorise(request)
@@ -153,11 +149,12 @@ async def issue_token(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text="ttl_s must be a number of seconds\n") from None
     if not 1 <= ttl_s <= limit:
         raise web.HTTPBadRequest(text=f"ttl_s must be 1-{limit:g}\n")
-    fields = _token_fields(request, call_id, ttl_s)
+    token, expires = request.app[TOKENS].issue(call_id, now=time.time(), ttl_s=ttl_s)
     quoted = quote(call_id, safe="")
-    return web.json_response(fields | {
-        "events_url": f"/calls/{quoted}/events?token={fields['token']}",
-        "captions_url": f"/captions/{quoted}#token={fields['token']}"})
+    return web.json_response({
+        "token": token, "expires_at": expires,
+        "events_url": f"/calls/{quoted}/events?token={token}",
+        "captions_url": f"/captions/{quoted}#token={token}"})
 
 
 def _feed_access(request: web.Request, call_id: str) -> None:
@@ -206,7 +203,7 @@ async def live_events(request: web.Request) -> web.StreamResponse:
         await response.prepare(request)
         await response.write(b"retry: %d\n\n" % SSE_RETRY_MS)
         await _stream(response, request, call_id, viewer, live.keepalive_s, live.token_ttl_s)
-    except (ConnectionResetError, ConnectionError):
+    except ConnectionError:
         pass  # the viewer went away
     finally:
         feed.leave(viewer)
@@ -222,8 +219,8 @@ async def _stream(response: web.StreamResponse, request: web.Request, call_id: s
         now = time.monotonic()
         if now >= refresh_at:
             # Well before the viewer's token can run out, a fresh one for reconnecting.
-            fields = _token_fields(request, call_id, token_ttl_s)
-            await response.write(b"event: token\ndata: %s\n\n" % fields["token"].encode())
+            token, _ = request.app[TOKENS].issue(call_id, now=time.time(), ttl_s=token_ttl_s)
+            await response.write(b"event: token\ndata: %s\n\n" % token.encode())
             refresh_at = now + token_ttl_s / 3
         frames = await viewer.take(min(keepalive_s, max(refresh_at - now, 0.1)))
         if frames:
@@ -240,11 +237,17 @@ async def captions_page(request: web.Request) -> web.Response:
     return _page("captions.html")
 
 
+@functools.cache
+def _template(name: str) -> str:
+    """A page's text, read from the package once."""
+    return resources.files("bridge.pages").joinpath(name).read_text(encoding="utf-8")
+
+
 def _page(name: str) -> web.Response:
     """A page from ``bridge/pages``, with a fresh nonce for its inline script and style and
     a policy that lets it load nothing else and talk to this origin only."""
     nonce = secrets.token_urlsafe(16)
-    text = resources.files("bridge.pages").joinpath(name).read_text(encoding="utf-8")
+    text = _template(name)
     policy = (f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
               "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
               "frame-ancestors 'none'")
