@@ -27,12 +27,16 @@ from aiohttp import web
 from bridge.appkeys import FEEDS, LIVE_CALLS, SETTINGS, TOKENS
 from bridge.calls import Call
 from bridge.delivery.feed import LiveFeeds, LiveTokens, Viewer
+from bridge.errors import InvalidNumber
 from bridge.events import Track
+from bridge.ingress.auth import raw_bytes
+from bridge.numbers import read_float, read_int
 
 log = structlog.get_logger("bridge.admin")
 
 # Retry delay an EventSource uses after a dropped stream (ms); the captions page uses its own.
 SSE_RETRY_MS: Final = 2000
+MAX_EVENT_ID: Final = 2**53 - 1
 
 
 def add_admin_routes(app: web.Application) -> None:
@@ -69,7 +73,7 @@ def _require_admin_api(request: web.Request) -> str:
 def _authorise(request: web.Request) -> None:
     """The admin token as a bearer token, or 401."""
     expected = _require_admin_api(request)
-    given = request.headers.get("Authorization", "").encode()
+    given = raw_bytes(request.headers.get("Authorization", ""))
     if not hmac.compare_digest(given, f"Bearer {expected}".encode()):
         raise web.HTTPUnauthorized(headers={"WWW-Authenticate": "Bearer"},
                                    text="a valid bearer token is required\n")
@@ -144,11 +148,10 @@ async def issue_token(request: web.Request) -> web.Response:
         raise web.HTTPNotFound(text="no live call with that id\n")
     limit = request.app[SETTINGS].live.token_ttl_s
     try:
-        ttl_s = float(request.query.get("ttl_s", limit))
-    except ValueError:
-        raise web.HTTPBadRequest(text="ttl_s must be a number of seconds\n") from None
-    if not 1 <= ttl_s <= limit:
-        raise web.HTTPBadRequest(text=f"ttl_s must be 1-{limit:g}\n")
+        ttl_s = read_float(request.query.get("ttl_s", limit), field="ttl_s", low=1, high=limit)
+    except InvalidNumber:
+        raise web.HTTPBadRequest(text=f"ttl_s must be a number of seconds, 1-{limit:g}\n"
+                                 ) from None
     token, expires = request.app[TOKENS].issue(call_id, now=time.time(), ttl_s=ttl_s)
     quoted = quote(call_id, safe="")
     return web.json_response({
@@ -165,7 +168,7 @@ def _feed_access(request: web.Request, call_id: str) -> None:
         _authorise(request)
         return
     given = request.query.get("token", "")
-    if given and (hmac.compare_digest(given.encode(), admin.encode())
+    if given and (hmac.compare_digest(raw_bytes(given), admin.encode())
                   or request.app[TOKENS].check(call_id, given, now=time.time())):
         return
     raise web.HTTPUnauthorized(
@@ -174,8 +177,13 @@ def _feed_access(request: web.Request, call_id: str) -> None:
 
 
 def _resume_point(request: web.Request) -> int:
+    """Where a reconnecting viewer resumes; a value that is no event id starts from the
+    backlog, as a new viewer would (EventSource resends whatever id it was given)."""
     raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id") or "0"
-    return int(raw) if raw.isdigit() and len(raw) < 12 else 0
+    try:
+        return read_int(raw, field="Last-Event-ID", low=0, high=MAX_EVENT_ID)
+    except InvalidNumber:
+        return 0
 
 
 async def live_events(request: web.Request) -> web.StreamResponse:

@@ -5,8 +5,10 @@
     ├── PeerError               the media peer sent something we cannot accept
     │   ├── ProtocolViolation       malformed JSON, unknown event, wrong order (close 1002)
     │   ├── InvalidPayload          bad base64 (close 1007)
+    │   │   └── InvalidNumber           a number that is not one, or out of its bounds
     │   ├── UnsupportedData         unknown codec or track, binary on a JSON dialect (close 1003)
-    │   ├── AuthenticationFailed    a missing or wrong stream token (close 1008)
+    │   ├── AuthenticationFailed    a missing or wrong credential (close 1008)
+    │   ├── PolicyRefusal           no start in time, a call id in use, at capacity (1008/1013)
     │   └── MessageTooBig           a message over the configured size (close 1009)
     ├── UpstreamError           the speech-to-text service failed a leg
     │   ├── UpstreamRefused         bad key or bad parameters: fatal for that leg, never retried
@@ -31,6 +33,7 @@ CLOSE_POLICY_VIOLATION = 1008
 CLOSE_ABNORMAL = 1006  # never sent: the connection ended without a close frame
 CLOSE_MESSAGE_TOO_BIG = 1009
 CLOSE_INTERNAL_ERROR = 1011
+CLOSE_TRY_AGAIN_LATER = 1013  # RFC 6455's registry: the server is overloaded
 NORMAL_CLOSES = frozenset({CLOSE_NORMAL, CLOSE_GOING_AWAY})  # an end, not a failure
 
 
@@ -51,9 +54,11 @@ class ConfigError(CallbridgeError):
 
 
 class PeerError(CallbridgeError):
-    """The media-stream peer broke the protocol; the connection closes with ``close_code``."""
+    """A peer broke the protocol: a media connection closes with ``close_code``, an HTTP
+    request is answered with ``http_status``."""
 
     close_code = CLOSE_PROTOCOL_ERROR
+    http_status = 400
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -75,6 +80,18 @@ class InvalidPayload(PeerError):
     close_code = CLOSE_INVALID_PAYLOAD
 
 
+class InvalidNumber(InvalidPayload):
+    """A number read from the network is malformed or outside its bounds (``bridge.numbers``).
+
+    The message names the field, never more than the field's name and the bounds.
+    """
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
 class UnsupportedData(PeerError):
     """A kind of frame this dialect never carries (a binary frame on a JSON dialect)."""
 
@@ -82,9 +99,23 @@ class UnsupportedData(PeerError):
 
 
 class AuthenticationFailed(PeerError):
-    """The stream's in-band credentials (a token custom parameter) are missing or wrong."""
+    """The stream's credentials are missing or wrong: the handshake's for the dialect the
+    stream turned out to be, or its in-band token (a custom parameter)."""
 
     close_code = CLOSE_POLICY_VIOLATION
+    http_status = 401
+
+
+class PolicyRefusal(PeerError):
+    """The peer did nothing malformed, but the bridge's policy refuses the stream: no start
+    message within ``server.start_timeout_s``, a call id another live stream holds, a dialect
+    that is not enabled. ``close_code`` is 1008, or 1013 (try again later) at capacity."""
+
+    close_code = CLOSE_POLICY_VIOLATION
+
+    def __init__(self, reason: str, *, close_code: int = CLOSE_POLICY_VIOLATION) -> None:
+        super().__init__(reason)
+        self.close_code = close_code
 
 
 class MessageTooBig(PeerError):

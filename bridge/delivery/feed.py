@@ -28,9 +28,12 @@ from typing import Final
 
 from bridge.delivery.retry import Outcome
 from bridge.delivery.webhooks import EventSink, encode_event
+from bridge.errors import InvalidNumber
 from bridge.events import EventType, OutboundEvent
+from bridge.numbers import read_int
 
 TOKEN_CONTEXT: Final = b"callbridge live feed token v1"
+MAX_EXPIRY: Final = 10**11  # Unix seconds: far beyond any token's lifetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,8 +236,12 @@ class LiveTokens:
 
     def check(self, call_id: str, token: str, *, now: float) -> bool:
         """Whether ``token`` opens ``call_id``'s feed at ``now``."""
-        expires, _, signature = token.partition(".")
-        if not expires.isdigit() or len(expires) > 12 or int(expires) < now:
+        raw, _, signature = token.partition(".")
+        try:
+            expires = read_int(raw, field="token expiry", low=0, high=MAX_EXPIRY)
+        except InvalidNumber:
             return False
-        expected = self._signature(call_id, int(expires))
+        if expires < now:
+            return False
+        expected = self._signature(call_id, expires)
         return hmac.compare_digest(signature.encode(), expected.encode())

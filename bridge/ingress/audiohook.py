@@ -22,7 +22,7 @@ import re
 from typing import Any, Final
 
 from bridge.codecs.pcm import split_stereo
-from bridge.errors import ProtocolViolation, UnsupportedData
+from bridge.errors import InvalidNumber, ProtocolViolation, UnsupportedData
 from bridge.events import (
     AudioEncoding,
     AudioFrame,
@@ -31,23 +31,37 @@ from bridge.events import (
     StreamStopped,
     Track,
 )
-from bridge.ingress.base import SansIoStream, StreamState, parse_json_object
+from bridge.ingress.base import (
+    MAX_ID,
+    SansIoStream,
+    StreamState,
+    flat_parameters,
+    parse_json_object,
+    short_text,
+)
 
 PROBE_CONVERSATION: Final = "00000000-0000-0000-0000-000000000000"
 CHANNEL_TRACKS: Final = {"external": Track.INBOUND, "internal": Track.OUTBOUND}
 FORMATS: Final = {"PCMU": AudioEncoding.PCMU, "L16": AudioEncoding.L16}
-DURATION: Final = re.compile(r"^PT(?:(\d+(?:\.\d+)?)H)?(?:(\d+(?:\.\d+)?)M)?(?:(\d+(?:\.\d+)?)S)?$")
+# Bounded on purpose: a few digits per part (a day of audio is 86400 s), so a peer's
+# "PT<400 digits>S" is refused as malformed instead of overflowing the clock.
+_PART: Final = r"([0-9]{1,6}(?:\.[0-9]{1,9})?)"
+DURATION: Final = re.compile(rf"PT(?:{_PART}H)?(?:{_PART}M)?(?:{_PART}S)?", re.ASCII)
+MAX_DURATION_MS: Final = 7 * 86400 * 1000
 
 
 def parse_duration_ms(value: object) -> int | None:
     """``"PT12.34S"`` (ISO-8601 duration, hours and minutes too) in milliseconds."""
     if not isinstance(value, str):
         return None
-    match = DURATION.match(value)
+    match = DURATION.fullmatch(value)
     if match is None or value == "PT":
-        return None
+        raise InvalidNumber("AudioHook duration", "not an ISO-8601 duration like PT12.5S")
     hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
-    return round((hours * 3600 + minutes * 60 + seconds) * 1000)
+    ms = round((hours * 3600 + minutes * 60 + seconds) * 1000)
+    if ms > MAX_DURATION_MS:
+        raise InvalidNumber("AudioHook duration", "longer than a week")
+    return ms
 
 
 def choose_media(offers: object) -> dict[str, Any]:
@@ -55,9 +69,10 @@ def choose_media(offers: object) -> dict[str, Any]:
     if not isinstance(offers, list) or not offers:
         raise ProtocolViolation("open offers no media")
     usable = [m for m in offers if isinstance(m, dict) and m.get("type") == "audio"
-              and m.get("format") in FORMATS and m.get("rate") == 8000
+              and isinstance(m.get("format"), str) and m["format"] in FORMATS
+              and m.get("rate") == 8000
               and isinstance(m.get("channels"), list) and m["channels"]
-              and all(c in CHANNEL_TRACKS for c in m["channels"])
+              and all(isinstance(c, str) and c in CHANNEL_TRACKS for c in m["channels"])
               and len(set(m["channels"])) == len(m["channels"])]
     if not usable:
         raise UnsupportedData("no offered media is PCMU or L16 at 8000 Hz")
@@ -118,8 +133,8 @@ class AudioHookDialect(SansIoStream):
             self._reply("updated", {})
         elif kind == "error":
             self._events.append(ProviderErrorReported(
-                str(parameters.get("code", "")), "audiohook error",
-                str(parameters.get("message", ""))[:200]))
+                short_text(parameters.get("code"), 40), "audiohook error",
+                short_text(parameters.get("message"), 200)))
         else:
             raise ProtocolViolation(f"unknown AudioHook message {kind[:30]!r}")
 
@@ -127,15 +142,18 @@ class AudioHookDialect(SansIoStream):
         if self.state is not StreamState.AWAITING_START:
             raise ProtocolViolation("a second open")
         session = message.get("id")
-        if not isinstance(session, str) or not session:
-            raise ProtocolViolation("open without a session id")
+        if not isinstance(session, str) or not session or len(session) > MAX_ID:
+            raise ProtocolViolation("open without a session id (of at most 256 characters)")
         self.session_id = session
         self.media = choose_media(parameters.get("media"))
         channels = self.media["channels"]
         self._tracks = tuple(CHANNEL_TRACKS[c] for c in channels)
         encoding = FORMATS[self.media["format"]]
         self._width = 2 if encoding is AudioEncoding.L16 else 1
-        conversation = str(parameters.get("conversationId", ""))
+        conversation = parameters.get("conversationId")
+        if not isinstance(conversation, str) or not 0 < len(conversation) <= MAX_ID or \
+                not conversation.isprintable():
+            raise ProtocolViolation("open needs a conversationId of 1-256 printable characters")
         self.probe = conversation == PROBE_CONVERSATION
         self._reply("opened", {"media": [self.media]})
         self.state = StreamState.STREAMING
@@ -143,12 +161,11 @@ class AudioHookDialect(SansIoStream):
             return  # the connection probe: answered, but it is no call
         custom = parameters.get("customConfig")
         participant = parameters.get("participant")
-        params: dict[str, str] = {"organizationId": str(parameters.get("organizationId", ""))}
+        params: dict[str, str] = {"organizationId": short_text(parameters.get("organizationId"))}
         if isinstance(participant, dict) and participant.get("id"):
-            params["participantId"] = str(participant["id"])
+            params["participantId"] = short_text(participant["id"])
         if isinstance(custom, dict):
-            params.update({str(k): v if isinstance(v, str) else json.dumps(v)
-                           for k, v in custom.items()})
+            params.update(flat_parameters(custom.items()))
         self._events.append(StreamStarted(self.name, conversation, session, encoding, 8000,
                                           self._tracks, params))
 

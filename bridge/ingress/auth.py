@@ -24,10 +24,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from bridge.errors import InvalidNumber
+from bridge.numbers import read_int
+
 AUDIOHOOK_COMPONENTS: Final = ("@request-target", "@authority", "audiohook-organization-id",
                                "audiohook-session-id", "audiohook-correlation-id", "x-api-key")
 _INPUT: Final = re.compile(r'^\s*([A-Za-z0-9_-]+)=(\((?:"[^"]*"\s*)*\)(?:;[^,]*)?)\s*$')
 _PARAM: Final = re.compile(r';\s*([a-z]+)=("([^"]*)"|(\d+))')
+
+
+CLOCK_SKEW_S: Final = 5
+
+
+def raw_bytes(value: str) -> bytes:
+    """A header or parameter as bytes for comparing; bytes that were not UTF-8 (kept by the
+    HTTP parser as surrogates) compare as the bytes they were, never raise."""
+    return value.encode("utf-8", "surrogateescape")
 
 
 def twilio_signature(auth_token: str, url: str) -> str:
@@ -39,7 +51,7 @@ def twilio_signature(auth_token: str, url: str) -> str:
 def check_twilio(auth_token: str, url: str, header: str | None) -> str | None:
     if not header:
         return "missing X-Twilio-Signature"
-    if not hmac.compare_digest(twilio_signature(auth_token, url), header):
+    if not hmac.compare_digest(twilio_signature(auth_token, url).encode(), raw_bytes(header)):
         return "X-Twilio-Signature does not match (is twilio_public_url what Twilio dials?)"
     return None
 
@@ -47,7 +59,7 @@ def check_twilio(auth_token: str, url: str, header: str | None) -> str | None:
 def check_bearer(token: str, authorization: str | None) -> str | None:
     if not authorization:
         return "missing Authorization"
-    if not hmac.compare_digest(authorization.encode(), f"Bearer {token}".encode()):
+    if not hmac.compare_digest(raw_bytes(authorization), f"Bearer {token}".encode()):
         return "bearer token does not match"
     return None
 
@@ -56,7 +68,7 @@ def check_basic(credentials: str, authorization: str | None) -> str | None:
     if not authorization:
         return "missing Authorization"
     expected = "Basic " + base64.b64encode(credentials.encode()).decode()
-    if not hmac.compare_digest(authorization.encode(), expected.encode()):
+    if not hmac.compare_digest(raw_bytes(authorization), expected.encode()):
         return "basic credentials do not match"
     return None
 
@@ -64,7 +76,7 @@ def check_basic(credentials: str, authorization: str | None) -> str | None:
 def check_parameter_token(token: str, value: str | None) -> str | None:
     if not value:
         return "the stream carries no token parameter"
-    if not hmac.compare_digest(value.encode(), token.encode()):
+    if not hmac.compare_digest(raw_bytes(value), token.encode()):
         return "the stream's token parameter does not match"
     return None
 
@@ -108,10 +120,12 @@ def signature_base(sig: SignatureInput, *, target: str, authority: str,
 
 
 def check_audiohook(keys: Mapping[str, bytes], *, target: str, authority: str,
-                    headers: Mapping[str, str], now: int, max_age_s: int = 10) -> str | None:
+                    headers: Mapping[str, str], now: int, max_age_s: int = 10,
+                    nonces: NonceCache | None = None) -> str | None:
     """Check an AudioHook handshake: API key, and the signature when the key has a secret.
 
-    ``headers`` must be looked up case-insensitively (aiohttp's are).
+    ``headers`` must be looked up case-insensitively (aiohttp's are). With ``nonces``, a
+    signature whose nonce was seen within its validity is refused as a replay.
     """
     api_key = headers.get("x-api-key")
     if not api_key:
@@ -131,11 +145,18 @@ def check_audiohook(keys: Mapping[str, bytes], *, target: str, authority: str,
         return "the signature does not cover the required components"
     if sig.params.get("alg", "hmac-sha256") != "hmac-sha256" or sig.params.get("keyid") != api_key:
         return "signature alg or keyid is wrong"
-    if len(sig.params.get("nonce", "")) < 22:
-        return "signature nonce too short"
-    created, expires = int(sig.params.get("created", "0")), sig.params.get("expires")
-    if not created or now < created - 5 or now - created > max_age_s or (
-            expires is not None and now > int(expires)):
+    nonce = sig.params.get("nonce", "")
+    if not 22 <= len(nonce) <= 256:
+        return "signature nonce too short or too long"
+    try:
+        created = read_int(sig.params.get("created"), field="created", low=1, high=2**40)
+        expires = sig.params.get("expires")
+        expires_at = None if expires is None else read_int(expires, field="expires", low=1,
+                                                           high=2**40)
+    except InvalidNumber:
+        return "signature created or expires is not a time"
+    if now < created - CLOCK_SKEW_S or now - created > max_age_s or (
+            expires_at is not None and now > expires_at):
         return "signature too old, or not yet valid"
     match = re.match(rf"^\s*{re.escape(sig.label)}=:([A-Za-z0-9+/=]+):\s*$", signature)
     if match is None:
@@ -150,7 +171,40 @@ def check_audiohook(keys: Mapping[str, bytes], *, target: str, authority: str,
         return "malformed Signature"
     if not hmac.compare_digest(expected, given):
         return "signature does not match"
+    # Only a signature that verified may take a nonce: a forger cannot fill the cache.
+    if nonces is not None and not nonces.first_use(f"{api_key}\n{nonce}",
+                                                   until=created + max_age_s + CLOCK_SKEW_S,
+                                                   now=now):
+        return "signature replayed: its nonce was used already"
     return None
+
+
+class NonceCache:
+    """Nonces of verified signatures, each kept until its signature could no longer be
+    accepted; a nonce seen again within that time is a replay. Pure: the caller says the time.
+
+    Bounded: past ``limit`` entries the oldest-expiring are forgotten first (expired ones
+    always go). Accepted signatures are at most ``max_age_s`` old, so at a few hundred calls a
+    second the cache holds a few thousand nonces.
+    """
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self._limit = limit
+        self._until: dict[str, int] = {}
+
+    def first_use(self, nonce: str, *, until: int, now: int) -> bool:
+        """Remember ``nonce`` until ``until``; False when it is remembered already."""
+        if nonce in self._until and self._until[nonce] >= now:
+            return False
+        if len(self._until) >= self._limit:
+            self._until = {n: t for n, t in self._until.items() if t >= now}
+            while len(self._until) >= self._limit:
+                del self._until[min(self._until, key=self._until.__getitem__)]
+        self._until[nonce] = until
+        return True
+
+    def __len__(self) -> int:
+        return len(self._until)
 
 
 def parse_audiohook_keys(value: str) -> dict[str, bytes]:

@@ -13,15 +13,14 @@ from typing import Any
 from bridge.errors import ProtocolViolation
 from bridge.events import AudioFrame, StreamStarted, StreamStopped
 from bridge.ingress.base import (
-    G711_SAMPLE_RATE,
     JsonMediaDialect,
     Step,
     decode_payload,
-    get_counter,
     get_encoding,
+    get_id,
     get_object,
     get_parameters,
-    get_str,
+    get_sample_rate,
     get_track,
 )
 
@@ -57,10 +56,10 @@ class BandwidthDialect(JsonMediaDialect):
             raise ProtocolViolation("mediaFormat must be an object")
         return StreamStarted(
             provider=self.name,
-            call_id=get_str(metadata, "callId"),
-            stream_id=get_str(metadata, "streamId"),
+            call_id=get_id(metadata, "callId"),
+            stream_id=get_id(metadata, "streamId"),
             encoding=get_encoding(media_format.get("encoding", "audio/PCMU")),
-            sample_rate=get_counter(media_format, "sampleRate") or G711_SAMPLE_RATE,
+            sample_rate=get_sample_rate(media_format, "sampleRate"),
             tracks=tuple(get_track(t.get("name")) for t in tracks),
             custom_parameters=get_parameters(message.get("streamParams")),
         )

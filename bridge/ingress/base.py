@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import binascii
 import enum
-import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -29,6 +28,7 @@ from bridge.events import (
     StreamStopped,
     Track,
 )
+from bridge.numbers import read_int
 
 
 class StreamState(enum.Enum):
@@ -111,24 +111,58 @@ def get_str(message: Mapping[str, Any], key: str, *, default: str | None = None)
     if isinstance(value, str):
         return value
     if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
+        return str(read_int(value, field=key, low=-MAX_COUNTER, high=MAX_COUNTER))
     raise ProtocolViolation(f"field {key!r} must be a string")
 
 
-def get_counter(message: Mapping[str, Any], key: str) -> int | None:
-    """Read a counter or timestamp that arrives as a JSON string or a number; absent is None."""
+MAX_ID: Final = 256
+
+
+def get_id(message: Mapping[str, Any], key: str, *, default: str | None = None) -> str:
+    """Read an identifier (a call or stream id): 1-256 printable characters.
+
+    Ids go into every webhook, log line and admin URL, so a peer may not make them huge or
+    put control characters in them.
+    """
+    value = get_str(message, key, default=default)
+    if not 0 < len(value) <= MAX_ID or not value.isprintable():
+        raise ProtocolViolation(f"field {key!r} must be 1-{MAX_ID} printable characters")
+    return value
+
+
+def short_text(value: object, limit: int = MAX_ID) -> str:
+    """A short text field: strings and numbers as text, cut to ``limit``; anything else
+    (objects, lists, nesting of any depth) reads as empty, never as ``str()`` of a peer's
+    structure."""
+    if isinstance(value, str):
+        return value[:limit]
+    if isinstance(value, int) and not isinstance(value, bool) and -MAX_COUNTER <= value <= \
+            MAX_COUNTER:
+        return str(value)[:limit]
+    return ""
+
+
+# Counters and timestamps are exact in a float up to 2**53: the leg's clock does float math.
+MAX_COUNTER: Final = 2**53 - 1
+MAX_SAMPLE_RATE: Final = 192_000
+
+
+def get_counter(message: Mapping[str, Any], key: str, *, high: int = MAX_COUNTER) -> int | None:
+    """Read a counter or timestamp that arrives as a JSON string or a number; absent is None.
+
+    Strict and bounded (``bridge.numbers.read_int``): ``"²"``, thousands of digits or 10**400
+    are refused with ``InvalidNumber`` (close 1007), never left to overflow a clock later.
+    """
     value = message.get(key)
-    if isinstance(value, str):  # the usual form (Twilio, Telnyx): first, it is per frame
-        # isdecimal, not isdigit: "²" is a digit that int() refuses.
-        if value.strip().isdecimal():
-            return int(value)
-    elif value is None:
+    if value is None:
         return None
-    elif isinstance(value, int) and not isinstance(value, bool):
-        return value
-    elif isinstance(value, float) and value.is_integer():
-        return int(value)
-    raise ProtocolViolation(f"field {key!r} must be a number")
+    return read_int(value, field=key, low=0, high=high)
+
+
+def get_sample_rate(media_format: Mapping[str, Any], key: str) -> int:
+    """The announced sample rate (8 kHz when not announced); ``check_rate`` judges it."""
+    rate = get_counter(media_format, key, high=MAX_SAMPLE_RATE)
+    return rate or G711_SAMPLE_RATE
 
 
 TRACK_NAMES: Final[Mapping[str, Track]] = {
@@ -145,7 +179,7 @@ def get_track(value: object, *, default: Track = Track.INBOUND) -> Track:
         track = TRACK_NAMES.get(value) or TRACK_NAMES.get(value.lower())
         if track is not None:
             return track
-    raise UnsupportedData(f"unsupported track {value!r}")
+    raise UnsupportedData(f"unsupported track {str(value)[:40]!r}")
 
 
 def get_encoding(value: object) -> AudioEncoding:
@@ -168,20 +202,53 @@ def check_rate(encoding: AudioEncoding, sample_rate: int) -> None:
                               f"{', '.join(str(r) for r in allowed)}")
 
 
+MAX_PARAMETERS: Final = 128
+MAX_PARAMETER_NAME: Final = 256
+MAX_PARAMETER_VALUE: Final = 4096
+
+
+def flat_parameters(items: Iterable[tuple[object, object]]) -> dict[str, str]:
+    """Name/value pairs as the flat str->str mapping calls carry; a value that is not a string
+    is kept as its compact JSON.
+
+    Bounded: at most ``MAX_PARAMETERS`` entries, names and values of bounded length, and JSON
+    values no deeper than orjson encodes (it refuses deep nesting), so a hostile stream's
+    parameters cannot exhaust the stack or bloat every webhook.
+    """
+    params: dict[str, str] = {}
+    for name, raw in items:
+        if len(params) >= MAX_PARAMETERS:
+            raise ProtocolViolation(f"more than {MAX_PARAMETERS} custom parameters")
+        key = str(name) if not isinstance(name, str) else name
+        if isinstance(raw, str):
+            value = raw
+        else:
+            try:
+                value = orjson.dumps(raw).decode()
+            except orjson.JSONEncodeError:
+                raise ProtocolViolation(f"custom parameter {key[:40]!r} cannot be kept "
+                                        "(nested too deep, or a number out of range)") from None
+        if len(key) > MAX_PARAMETER_NAME or len(value) > MAX_PARAMETER_VALUE:
+            raise ProtocolViolation(f"custom parameter {key[:40]!r} is too long (names up to "
+                                    f"{MAX_PARAMETER_NAME}, values up to {MAX_PARAMETER_VALUE} "
+                                    "characters)")
+        params[key] = value
+    return params
+
+
 def get_parameters(value: object) -> dict[str, str]:
     """Custom parameters as a flat str->str mapping (an object, or a list of name/value pairs)."""
     if value is None:
         return {}
     if isinstance(value, dict):
-        return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in value.items()}
+        return flat_parameters(value.items())
     if isinstance(value, list):
-        params: dict[str, str] = {}
+        pairs = []
         for item in value:
             if not isinstance(item, dict) or "name" not in item:
                 raise ProtocolViolation("custom parameters must be name/value pairs")
-            raw = item.get("value", "")
-            params[str(item["name"])] = raw if isinstance(raw, str) else json.dumps(raw)
-        return params
+            pairs.append((item["name"], item.get("value", "")))
+        return flat_parameters(pairs)
     raise ProtocolViolation("custom parameters must be an object")
 
 
@@ -325,10 +392,10 @@ class JsonMediaDialect(SansIoStream):
         media_format = get_object(start, keys.media_format, required=False)
         return StreamStarted(
             provider=self.name,
-            call_id=get_str(start, keys.call_id),
-            stream_id=get_str(message, keys.stream_id, default=start.get(keys.stream_id)),
+            call_id=get_id(start, keys.call_id),
+            stream_id=get_id(message, keys.stream_id, default=start.get(keys.stream_id)),
             encoding=get_encoding(media_format.get("encoding", keys.default_encoding)),
-            sample_rate=get_counter(media_format, keys.sample_rate) or G711_SAMPLE_RATE,
+            sample_rate=get_sample_rate(media_format, keys.sample_rate),
             tracks=get_tracks(start, ["inbound"]),
             custom_parameters=get_parameters(start.get(keys.custom_parameters)),
         )

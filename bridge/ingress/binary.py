@@ -18,7 +18,6 @@ Frames carry no timestamps: they are taken in arrival order.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -32,21 +31,28 @@ from bridge.events import (
     StreamStarted,
     Track,
 )
-from bridge.ingress.base import SansIoStream, StreamState, check_rate
+from bridge.ingress.base import (
+    MAX_SAMPLE_RATE,
+    SansIoStream,
+    StreamState,
+    check_rate,
+    flat_parameters,
+    parse_json_object,
+    short_text,
+)
+from bridge.numbers import read_int
 
 MIX_TRACKS = {"mono": (Track.INBOUND,), "mixed": (Track.MIXED,),
               "stereo": (Track.INBOUND, Track.OUTBOUND)}
 
 
-def _rate(value: object, default: int = 8000) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
+def _rate(value: object) -> int:
+    """A sample rate as the binary dialects write it: ``16000``, ``"16000"``, ``"16k"``,
+    ``"16000hz"``; a number under 100 is in kHz."""
     if isinstance(value, str):
-        digits = value.lower().removesuffix("hz").removesuffix("k")
-        if digits.isdigit():
-            number = int(digits)
-            return number * 1000 if number < 100 else number
-    return default
+        value = value.strip().lower().removesuffix("hz").removesuffix("k")
+    number = read_int(value, field="sample rate", low=1, high=MAX_SAMPLE_RATE)
+    return number * 1000 if number < 100 else number
 
 
 class BinaryMediaDialect(SansIoStream):
@@ -97,21 +103,18 @@ class BinaryMediaDialect(SansIoStream):
         if rate not in L16_RATES:
             raise UnsupportedData(f"L16 at {rate} Hz: accepted rates are 8000, 16000, 24000")
         return StreamStarted(
-            provider=self.name, call_id=call_id or self.connection_id,
+            provider=self.name,
+            call_id=call_id if call_id.isprintable() and call_id else self.connection_id,
             stream_id=self.connection_id, encoding=AudioEncoding.L16, sample_rate=rate,
             tracks=MIX_TRACKS[mix],
-            custom_parameters={str(k): v if isinstance(v, str) else json.dumps(v)
-                               for k, v in parameters.items()})
+            custom_parameters=flat_parameters(parameters.items()))
 
 
 def _json_object(text: str, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(text)
-    except ValueError:
-        raise ProtocolViolation(f"the {what} is not JSON") from None
-    if not isinstance(value, dict):
-        raise ProtocolViolation(f"the {what} is not a JSON object")
-    return value
+        return parse_json_object(text)
+    except ProtocolViolation:
+        raise ProtocolViolation(f"the {what} is not a JSON object") from None
 
 
 class VonageDialect(BinaryMediaDialect):
@@ -130,15 +133,15 @@ class VonageDialect(BinaryMediaDialect):
             raise UnsupportedData(f"content-type {str(content_type)[:40]!r}: expected audio/l16")
         rate = _rate(content_type.lower().partition("rate=")[2] or 8000)
         headers = {k: v for k, v in message.items() if k not in ("event", "content-type")}
-        call_id = next((str(headers[k]) for k in self.id_keys if k in headers), "")
+        call_id = next((short_text(headers[k]) for k in self.id_keys if k in headers), "")
         return self._started(call_id, rate, "mixed", headers)
 
     def _later_text(self, text: str) -> None:
         message = _json_object(text, "Vonage message")
         if message.get("event") == "websocket:dtmf":
             digit = message.get("digit")
-            if isinstance(digit, (str, int)):
-                self._events.append(Dtmf(Track.MIXED, str(digit)))
+            if short_text(digit):
+                self._events.append(Dtmf(Track.MIXED, short_text(digit, 8)))
 
 
 class AudioForkDialect(BinaryMediaDialect):
@@ -149,14 +152,12 @@ class AudioForkDialect(BinaryMediaDialect):
 
     def _parse_metadata(self, text: str) -> StreamStarted:
         try:
-            metadata = json.loads(text)
-        except ValueError:
-            metadata = None
-        if not isinstance(metadata, dict):
+            metadata = parse_json_object(text)
+        except ProtocolViolation:  # metadata may be any text: kept as one parameter
             metadata = {"metadata": text[:1024]} if text else {}
-        mix = str(metadata.get("mixType", self.query.get("mix", "mono"))).lower()
+        mix = short_text(metadata.get("mixType", self.query.get("mix", "mono"))).lower()
         rate = _rate(metadata.get("sampleRate", self.query.get("rate", 8000)))
-        call_id = str(metadata.get("callId") or metadata.get("uuid") or "")
+        call_id = short_text(metadata.get("callId") or metadata.get("uuid"))
         return self._started(call_id, rate, mix, metadata)
 
 
@@ -168,8 +169,8 @@ class JambonzDialect(BinaryMediaDialect):
 
     def _parse_metadata(self, text: str) -> StreamStarted:
         metadata = _json_object(text, "jambonz listen metadata")
-        mix = str(metadata.get("mixType", "mono")).lower()
+        mix = short_text(metadata.get("mixType", "mono")).lower()
         rate = _rate(metadata.get("sampleRate", 8000))
-        call_id = str(metadata.get("callSid") or metadata.get("call_sid") or "")
+        call_id = short_text(metadata.get("callSid") or metadata.get("call_sid"))
         parameters = {k: v for k, v in metadata.items() if k not in ("sampleRate", "mixType")}
         return self._started(call_id, rate, mix, parameters)

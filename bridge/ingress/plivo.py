@@ -14,12 +14,12 @@ from typing import Any
 
 from bridge.events import StreamStarted
 from bridge.ingress.base import (
-    G711_SAMPLE_RATE,
     JsonMediaDialect,
-    get_counter,
+    flat_parameters,
     get_encoding,
+    get_id,
     get_object,
-    get_str,
+    get_sample_rate,
     get_tracks,
 )
 
@@ -27,11 +27,11 @@ from bridge.ingress.base import (
 def parse_extra_headers(value: object) -> dict[str, str]:
     """``"userId=12345;sessionId=abc"`` (or an object) as a flat mapping."""
     if isinstance(value, dict):
-        return {str(k): str(v) for k, v in value.items()}
+        return flat_parameters(value.items())
     if not isinstance(value, str):
         return {}
     pairs = (item.partition("=") for item in value.replace(",", ";").split(";"))
-    return {k.strip(): v.strip() for k, sep, v in pairs if sep and k.strip()}
+    return flat_parameters((k.strip(), v.strip()) for k, sep, v in pairs if sep and k.strip())
 
 
 class PlivoDialect(JsonMediaDialect):
@@ -45,10 +45,10 @@ class PlivoDialect(JsonMediaDialect):
         media_format = get_object(start, "mediaFormat", required=False)
         return StreamStarted(
             provider=self.name,
-            call_id=get_str(start, "callId"),
-            stream_id=get_str(start, "streamId", default=message.get("streamId")),
+            call_id=get_id(start, "callId"),
+            stream_id=get_id(start, "streamId", default=message.get("streamId")),
             encoding=get_encoding(media_format.get("encoding", "audio/x-l16")),
-            sample_rate=get_counter(media_format, "sampleRate") or G711_SAMPLE_RATE,
+            sample_rate=get_sample_rate(media_format, "sampleRate"),
             tracks=get_tracks(start, ["inbound"]),
             custom_parameters=parse_extra_headers(message.get("extra_headers")),
         )

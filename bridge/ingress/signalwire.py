@@ -12,8 +12,9 @@ from typing import Any
 
 from bridge.codecs.pcm import swap_l16
 from bridge.events import AudioEncoding, StreamStarted
-from bridge.ingress.base import get_object
+from bridge.ingress.base import MAX_SAMPLE_RATE, get_object
 from bridge.ingress.twilio import TwilioDialect
+from bridge.numbers import read_int
 
 
 class SignalWireDialect(TwilioDialect):
@@ -27,7 +28,9 @@ class SignalWireDialect(TwilioDialect):
         if isinstance(encoding, str) and "@" in encoding:  # "L16@16000h"
             codec, _, rate = encoding.partition("@")
             media_format["encoding"] = codec
-            media_format["sampleRate"] = int(rate.rstrip("hHz") or 8000)
+            media_format["sampleRate"] = read_int(rate.rstrip("hHz") or 8000,
+                                                  field="mediaFormat.encoding rate",
+                                                  low=1, high=MAX_SAMPLE_RATE)
         return super()._parse_start(message)
 
     def _audio(self, payload: bytes) -> bytes:

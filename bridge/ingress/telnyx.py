@@ -15,7 +15,13 @@ from typing import Any
 from bridge.codecs.pcm import swap_l16
 from bridge.codecs.transcode import DECODERS, PacketDecoder
 from bridge.events import AudioEncoding, ProviderErrorReported, StreamStarted, Track
-from bridge.ingress.base import JsonMediaDialect, StartKeys, get_counter, get_object, get_str
+from bridge.ingress.base import (
+    JsonMediaDialect,
+    StartKeys,
+    get_object,
+    get_sample_rate,
+    short_text,
+)
 
 
 class TelnyxDialect(JsonMediaDialect):
@@ -31,10 +37,10 @@ class TelnyxDialect(JsonMediaDialect):
 
     def _parse_start(self, message: dict[str, Any]) -> StreamStarted:
         media_format = get_object(get_object(message, "start"), "media_format", required=False)
-        codec = str(media_format.get("encoding", "")).lower()
+        codec = short_text(media_format.get("encoding")).lower()
         if codec in DECODERS:
             # G.722 and Opus are decoded here, per track, and the legs carry L16.
-            rate = get_counter(media_format, "sample_rate") or 8000
+            rate = get_sample_rate(media_format, "sample_rate")
             probe = PacketDecoder(codec, rate)
             self._decoders = {}
             self._codec = (codec, rate)
@@ -56,7 +62,7 @@ class TelnyxDialect(JsonMediaDialect):
         if not isinstance(body, dict):
             body = get_object(message, "error")
         return ProviderErrorReported(
-            code=get_str(body, "code", default=""),
-            title=get_str(body, "title", default=""),
-            detail=get_str(body, "detail", default=""),
+            code=short_text(body.get("code"), 40),
+            title=short_text(body.get("title"), 200),
+            detail=short_text(body.get("detail"), 200),
         )

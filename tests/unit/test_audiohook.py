@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from bridge.errors import ProtocolViolation, UnsupportedData
+from bridge.errors import InvalidNumber, ProtocolViolation, UnsupportedData
 from bridge.events import AudioEncoding, AudioFrame, StreamStarted, StreamStopped, Track
 from bridge.ingress.audiohook import AudioHookDialect, parse_duration_ms
 
@@ -143,6 +143,13 @@ def test_audio_before_open_is_refused() -> None:
 
 
 @pytest.mark.parametrize(("text", "ms"), [("PT0S", 0), ("PT12.34S", 12340), ("PT1M2.5S", 62500),
-                                          ("PT1H", 3600000), ("12", None), ("PT", None)])
-def test_durations(text: str, ms: int | None) -> None:
+                                          ("PT1H", 3600000), (None, None), (12, None)])
+def test_durations(text: object, ms: int | None) -> None:
     assert parse_duration_ms(text) == ms
+
+
+@pytest.mark.parametrize("text", ["12", "PT", "PT" + "9" * 400 + "S", "PT\u0661S", "PT1S ",
+                                  "PT200H", "PT1.5.5S"])
+def test_malformed_or_unbounded_durations_are_invalid(text: str) -> None:
+    with pytest.raises(InvalidNumber):
+        parse_duration_ms(text)
