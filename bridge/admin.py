@@ -80,8 +80,7 @@ def _authorise(request: web.Request) -> None:
 
 
 def _live_call(request: web.Request) -> Call:
-    call_id = request.match_info["call_id"]
-    call = next((c for c in request.app[LIVE_CALLS] if c.call_id == call_id), None)
+    call = request.app[LIVE_CALLS].get(request.match_info["call_id"])
     if call is None:
         raise web.HTTPNotFound(text="no live call with that id\n")
     return call

@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 
 from aiohttp import web
 
+from bridge.admission import ConnectionGate, LiveCalls
 from bridge.calls import Call
 from bridge.config import Settings
 from bridge.delivery.dispatcher import DurableDispatcher
 from bridge.delivery.feed import LiveFeeds, LiveTokens
+from bridge.ingress.auth import NonceCache
 from bridge.metrics import Metrics
 from bridge.stt.engines import Engines
 
 SETTINGS = web.AppKey("settings", Settings)
 SINK = web.AppKey("sink", DurableDispatcher)
 ENGINES = web.AppKey("engines", Engines)
-LIVE_CALLS = web.AppKey("live_calls", set[Call])
+LIVE_CALLS = web.AppKey("live_calls", LiveCalls[Call])  # started calls, by call key
+GATE = web.AppKey("gate", ConnectionGate)  # connections that have not started a stream yet
 AUTH_FAILURES = web.AppKey("auth_failures", dict[str, int])  # per endpoint, for metrics
+REFUSALS = web.AppKey("refusals", Counter[str])  # media connections refused, by reason
+NONCES = web.AppKey("nonces", NonceCache)  # AudioHook signature nonces seen
 METRICS = web.AppKey("metrics", Metrics)
 CALLS_CHANGED = web.AppKey("calls_changed", asyncio.Event)  # set when a call ends
 DRAINING = web.AppKey("draining", bool)

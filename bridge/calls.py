@@ -22,6 +22,7 @@ from typing import Any, Final
 
 import structlog
 
+from bridge.admission import LiveCalls
 from bridge.codecs.reframe import Reframer
 from bridge.compliance.redact import LegRedactor, Redacted, Released, policy_for
 from bridge.config import Settings
@@ -65,6 +66,7 @@ log = structlog.get_logger("bridge.calls")
 
 # How long a finished call waits for its webhooks' outcomes before writing its summary.
 SUMMARY_WAIT_S: Final = 10.0
+PROVIDER_ERRORS_LOGGED: Final = 5  # per stream; the rest only counted
 
 
 class LegState(enum.Enum):
@@ -453,7 +455,8 @@ class Call:
     def __init__(self, *, settings: Settings, sink: EventSink, engines: Engines,
                  tasks: asyncio.TaskGroup,
                  route: Callable[[StreamStarted], tuple[str, ...]] = lambda _: (),
-                 path: str = "", metrics: Metrics | None = None) -> None:
+                 path: str = "", metrics: Metrics | None = None,
+                 registry: LiveCalls[Call] | None = None) -> None:
         self.settings = settings
         self.policy = policy_for(settings.compliance)
         self._sink = sink
@@ -469,6 +472,11 @@ class Call:
         self._tasks = tasks
         self.state = CallState.CONNECTED
         self.started: StreamStarted | None = None
+        # The call's identity: the call id its stream announced, or that id with a suffix
+        # when another live stream held it (server.duplicate_call_id = "separate").
+        self.key: str | None = None
+        self._registry: LiveCalls[Call] = registry if registry is not None else LiveCalls(
+            max_calls=settings.server.max_calls, duplicates=settings.server.duplicate_call_id)
         self.legs: dict[Track, Leg] = {}
         self.dtmf_count = 0
         self.provider_errors = 0
@@ -489,7 +497,8 @@ class Call:
 
     @property
     def call_id(self) -> str | None:
-        return self.started.call_id if self.started else None
+        """The id webhooks, the feed and the admin API know the call by (its key)."""
+        return self.key
 
     def handle(self, event: IngressEvent) -> None:
         """Act on one ingress event. Synchronous: the media reader never waits here."""
@@ -510,8 +519,13 @@ class Call:
                 self._publish(EventType.DTMF, self.legs.get(event.track),
                               {"leg": event.track.value, "digit": "masked"})
         elif isinstance(event, ProviderErrorReported):
+            # A peer may send thousands: the first few are logged, the rest counted.
             self.provider_errors += 1
-            log.warning("provider reported a stream error", code=event.code, title=event.title)
+            if self.provider_errors <= PROVIDER_ERRORS_LOGGED:
+                log.warning("provider reported a stream error", code=event.code[:40],
+                            title=event.title[:200])
+            if self.provider_errors == PROVIDER_ERRORS_LOGGED:
+                log.warning("further provider errors on this stream are counted, not logged")
         elif isinstance(event, Mark):
             # A mark named callbridge:pause / callbridge:resume (optionally :inbound or
             # :outbound) pauses or resumes transcription from the stream itself.
@@ -522,13 +536,15 @@ class Call:
                                     reason="stream")
 
     def _start(self, event: StreamStarted) -> None:
+        # First: a stream that may not have this call id (or a slot) publishes nothing.
+        self.key = self._registry.claim(event.call_id, self)
         self.started = event
         self.metrics.calls_active.labels(event.provider).inc()
         self.targets = self._route(event)
         self.engine_name, self.engine_options = self._engines.for_call(event.custom_parameters,
                                                                        self.path)
         self.state = CallState.STARTED
-        structlog.contextvars.bind_contextvars(call_id=event.call_id, stream_id=event.stream_id,
+        structlog.contextvars.bind_contextvars(call_id=self.key, stream_id=event.stream_id,
                                                provider=event.provider)
         log.info("call started", encoding=event.encoding.value,
                  tracks=[t.value for t in event.tracks])
@@ -698,11 +714,19 @@ class Call:
         self._publish(EventType.CALL_ENDED, None, {
             "reason": reason, "duration_ms": duration_ms, "legs": legs,
         })
+        # Ended for everyone at once: the admin API and drain stop seeing it now, not once
+        # its webhooks' outcomes are known.
+        self.release()
         outcomes = await self._delivery_outcomes()
         log.info("call summary", reason=reason, duration_ms=duration_ms,
                  legs={leg.track.value: leg.summary() for leg in self.legs.values()},
                  dtmf=self.dtmf_count, provider_errors=self.provider_errors,
                  partials_published=self._partials_published, webhooks=outcomes)
+
+    def release(self) -> None:
+        """Give up the call's key and slot (idempotent; only this call's own)."""
+        if self.key is not None:
+            self._registry.release(self.key, self)
 
     async def _delivery_outcomes(self) -> dict[str, int]:
         if self._in_flight:
@@ -720,21 +744,24 @@ class Call:
 
     def _publish(self, event_type: EventType, leg: Leg | None, fields: Mapping[str, Any]) -> None:
         started = self._require_started()
+        key = self.key or started.call_id
         data: dict[str, Any] = {
-            "call_id": started.call_id,
+            "call_id": key,
             "stream_id": started.stream_id,
             "provider": started.provider,
             "leg": leg.track.value if leg else None,
             "speaker": leg.speaker if leg else None,
             "custom_parameters": dict(started.custom_parameters),
         }
+        if key != started.call_id:
+            data["provider_call_id"] = started.call_id
         data.update(fields)
         event = OutboundEvent(
             id=f"msg_{uuid.uuid4().hex}",
             type=event_type,
             timestamp=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             data=data,
-            call_id=started.call_id,
+            call_id=key,
             leg=leg.track.value if leg else None,
             targets=self.targets,
         )

@@ -131,6 +131,19 @@ def run_serve(args: argparse.Namespace) -> int:
                     "reach webhooks as the engine wrote them", dtmf=settings.compliance.dtmf)
     if not settings.webhooks.urls:
         log.warning("no webhook URLs configured: transcripts are produced but sent nowhere")
+    from bridge.app import ingress_exposure
+
+    exposed = ingress_exposure(settings)
+    if exposed and settings.server.require_ingress_auth:
+        print(f"callbridge: server.require_ingress_auth is on, but these endpoints on "
+              f"{settings.server.host} take streams without a credential: "
+              + ", ".join(f"{name} (set {setting})" for name, setting in exposed.items()),
+              file=sys.stderr)
+        return 2
+    if exposed:
+        log.warning("media endpoints accept streams without a credential on a non-loopback "
+                    "address; anyone who reaches them can open calls (see docs/security.md)",
+                    host=settings.server.host, open=exposed)
     from bridge.server import serve
 
     try:

@@ -72,6 +72,12 @@ class ServerSettings:
     drain_s: float = 30.0
     event_loop: str = "auto"
     admin_token: Secret = field(default_factory=lambda: Secret(""))
+    start_timeout_s: float = 5.0
+    max_pending_streams: int = 256
+    max_pending_per_address: int = 32
+    header_timeout_s: float = 10.0
+    duplicate_call_id: str = "refuse"
+    require_ingress_auth: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +300,12 @@ ENVIRONMENT: Final[Mapping[str, tuple[str, str]]] = {
     "CALLBRIDGE_DTMF": ("compliance", "dtmf"),
     "CALLBRIDGE_PORT": ("server", "port"),
     "CALLBRIDGE_MAX_CALLS": ("server", "max_calls"),
+    "CALLBRIDGE_START_TIMEOUT_S": ("server", "start_timeout_s"),
+    "CALLBRIDGE_MAX_PENDING_STREAMS": ("server", "max_pending_streams"),
+    "CALLBRIDGE_MAX_PENDING_PER_ADDRESS": ("server", "max_pending_per_address"),
+    "CALLBRIDGE_DUPLICATE_CALL_ID": ("server", "duplicate_call_id"),
+    "CALLBRIDGE_REQUIRE_INGRESS_AUTH": ("server", "require_ingress_auth"),
+    "CALLBRIDGE_HEADER_TIMEOUT_S": ("server", "header_timeout_s"),
     "CALLBRIDGE_EVENT_LOOP": ("server", "event_loop"),
     "CALLBRIDGE_CHUNK_MS": ("audio", "chunk_ms"),
     "CALLBRIDGE_STT_URL": ("stt", "url"),
@@ -556,6 +568,16 @@ def _validate(settings: Settings, origin: Mapping[tuple[str, str], str]) -> None
     check(1024 <= s.server.max_message_bytes <= 16 * 1024 * 1024, "server",
           "max_message_bytes", "must be 1024-16777216")
     check(s.server.max_calls >= 1, "server", "max_calls", "must be at least 1")
+    check(0.5 <= s.server.start_timeout_s <= 120, "server", "start_timeout_s",
+          "must be 0.5-120 (seconds)")
+    check(1 <= s.server.max_pending_streams <= 100_000, "server", "max_pending_streams",
+          "must be 1-100000")
+    check(0 <= s.server.max_pending_per_address <= 100_000, "server",
+          "max_pending_per_address", "must be 0-100000 (0: no cap per address)")
+    check(1 <= s.server.header_timeout_s <= 600, "server", "header_timeout_s",
+          "must be 1-600 (seconds)")
+    check(s.server.duplicate_call_id in ("refuse", "separate"), "server", "duplicate_call_id",
+          "must be refuse or separate")
     check(0 <= s.server.drain_s <= 3600, "server", "drain_s", "must be 0-3600 (seconds)")
     check(s.server.event_loop in ("auto", "asyncio", "uvloop"), "server", "event_loop",
           "must be auto, asyncio or uvloop")
@@ -645,7 +667,7 @@ def _validate(settings: Settings, origin: Mapping[tuple[str, str], str]) -> None
     for url in s.webhooks.urls:
         problem = check_webhook_url(url, allow_insecure_http=s.webhooks.allow_insecure_http,
                                     allow_private=s.webhooks.allow_private_networks)
-        check(problem is None, "webhooks", "urls", f"{_redact_url(url)}: {problem}")
+        check(problem is None, "webhooks", "urls", f"{redact_url(url)}: {problem}")
     if s.webhooks.secret:
         check(decode_webhook_secret(s.webhooks.secret) is not None, "webhooks", "secret",
               "must be whsec_ followed by base64 of 24-64 random bytes")
@@ -658,7 +680,7 @@ def _validate(settings: Settings, origin: Mapping[tuple[str, str], str]) -> None
                                     allow_insecure_http=s.webhooks.allow_insecure_http,
                                     allow_private=s.webhooks.allow_private_networks)
         if problem is not None:
-            raise ConfigError(where, f"{_redact_url(target.url)}: {problem}")
+            raise ConfigError(where, f"{redact_url(target.url)}: {problem}")
         if decode_webhook_secret(target.secret) is None:
             raise ConfigError(target.secret_env, f"the secret of target {target.name!r} must be "
                               "whsec_ followed by base64 of 24-64 random bytes")
@@ -673,7 +695,7 @@ def _validate(settings: Settings, origin: Mapping[tuple[str, str], str]) -> None
         problem = check_webhook_url(prefix, allow_insecure_http=s.webhooks.allow_insecure_http,
                                     allow_private=s.webhooks.allow_private_networks)
         check(problem is None, "webhooks", "call_url_allowlist",
-              f"{_redact_url(prefix)}: {problem}")
+              f"{redact_url(prefix)}: {problem}")
     stt_host = urlsplit(s.stt.url).hostname or ""
     check(bool(s.stt.api_key) or not s.stt.url or is_loopback_host(stt_host), "stt", "api_key",
           "TELNYX_API_KEY must be set: stt.url is not on this machine")
@@ -739,8 +761,9 @@ def decode_webhook_secret(secret: Secret) -> bytes | None:
     return key if 24 <= len(key) <= 64 else None
 
 
-def _redact_url(url: str) -> str:
-    """A URL as it may appear in an error: without query string or credentials."""
+def redact_url(url: str) -> str:
+    """A URL as it may appear in a log line or an error: without query string (tokens ride
+    there) or credentials."""
     head = url.split("?", 1)[0]
     if "@" in head:
         scheme, _, rest = head.partition("://")
@@ -757,10 +780,12 @@ def describe(settings: Settings) -> dict[str, Any]:
             value = getattr(values, f.name)
             if isinstance(value, Secret):
                 value = "set" if value else "unset"
-            elif f.name == "urls":
-                value = [_redact_url(u) for u in value]
+            elif f.name == "urls" or f.name == "call_url_allowlist":
+                value = [redact_url(u) for u in value]
+            elif f.name == "url":
+                value = redact_url(value)
             elif f.name == "targets":
-                value = [{"name": t.name, "url": _redact_url(t.url), "events": list(t.events)}
+                value = [{"name": t.name, "url": redact_url(t.url), "events": list(t.events)}
                          for t in value]
             elif f.name == "routes":
                 value = [{"targets": list(r.targets), "path": r.path,

@@ -26,6 +26,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            bound_fields,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info if not console else _identity,
@@ -35,6 +36,21 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
+
+
+MAX_FIELD_CHARS: Final = 300
+UNBOUNDED_FIELDS: Final = frozenset({"event", "exception", "exc_info", "stack"})
+
+
+def bound_fields(logger: object, name: str, event: structlog.typing.EventDict
+                 ) -> structlog.typing.EventDict:
+    """Cut every text field to ``MAX_FIELD_CHARS``: fields copied from the network (a
+    provider's error text, a close reason, an id) cannot make one log line large."""
+    for key, value in event.items():
+        if isinstance(value, str) and len(value) > MAX_FIELD_CHARS and \
+                key not in UNBOUNDED_FIELDS:
+            event[key] = f"{value[:MAX_FIELD_CHARS]}... ({len(value)} characters)"
+    return event
 
 
 def _identity(logger: object, name: str, event: structlog.typing.EventDict

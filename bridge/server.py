@@ -32,8 +32,11 @@ END_CALLS_TIMEOUT_S: Final = 30.0  # for calls told to end to finish their last 
 async def serve(settings: Settings) -> int:
     """Serve until told to stop; returns the exit status."""
     app = create_app(settings)
+    # keepalive_timeout also closes a connection that has not completed a request's headers
+    # in that time (aiohttp 3.14.4 and later): half-sent requests cannot pile up.
     runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                           shutdown_timeout=settings.webhooks.drain_timeout_s)
+                           shutdown_timeout=settings.webhooks.drain_timeout_s,
+                           keepalive_timeout=settings.server.header_timeout_s)
     await runner.setup()
     _tune_garbage_collection()
     stop, force = asyncio.Event(), asyncio.Event()

@@ -93,7 +93,6 @@ class LiveFeed:
 
     def __init__(self, call_id: str, *, backlog_bytes: int, viewer_buffer: int) -> None:
         self.call_id = call_id
-        self.streams = 0  # media connections publishing into this feed
         self.ended = False
         self.viewers: set[Viewer] = set()
         self.cut_off = 0  # viewers closed for falling behind
@@ -162,20 +161,24 @@ class LiveFeeds:
         return self.feeds.get(call_id)
 
     def attach(self, call_id: str) -> LiveFeed:
-        """A media connection's call started: the feed it publishes to."""
-        feed = self.feeds.get(call_id)
-        if feed is None or feed.ended:
-            feed = LiveFeed(call_id, backlog_bytes=self._backlog_bytes,
-                            viewer_buffer=self._viewer_buffer)
-            self.feeds[call_id] = feed
-        feed.streams += 1
+        """A media connection's call started: its own feed, under its call key.
+
+        One stream, one feed: call keys are unique among live calls (``LiveCalls``), so a
+        feed found under the key is an ended one kept for reconnecting viewers, and a new
+        call's events never join it.
+        """
+        feed = LiveFeed(call_id, backlog_bytes=self._backlog_bytes,
+                        viewer_buffer=self._viewer_buffer)
+        retained = self.feeds.get(call_id)
+        if retained is not None:
+            retained.end()
+            self.cut_off += retained.cut_off
+            retained.cut_off = 0
+        self.feeds[call_id] = feed
         return feed
 
     def detach(self, feed: LiveFeed) -> None:
-        """A media connection ended; the feed ends with the last one."""
-        feed.streams -= 1
-        if feed.streams > 0:
-            return
+        """The media connection ended: so does its feed, kept ``retain_s`` for viewers."""
         feed.end()
         asyncio.get_running_loop().call_later(self._retain_s, self._forget, feed)
 

@@ -183,8 +183,10 @@ class Outbox:
         event, data = item.event, item.event.data
         if event.type is EventType.CALL_STARTED:
             self.db.execute(
-                "INSERT OR REPLACE INTO live_calls (call_id, started, targets, started_at) "
-                "VALUES (?, ?, ?, ?)",
+                # Never REPLACE: a row is one stream's, and no other stream may overwrite it
+                # (its targets and its finals are what recovery delivers).
+                "INSERT INTO live_calls (call_id, started, targets, started_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT(call_id) DO NOTHING",
                 (event.call_id, json.dumps(dict(data)), json.dumps(list(item.targets)), now))
         elif event.type is EventType.TRANSCRIPT_FINAL and event.leg is not None:
             self.db.execute(

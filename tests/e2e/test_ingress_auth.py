@@ -94,8 +94,9 @@ async def test_audiohook_signed_handshake(bridge_factory: BridgeFactory) -> None
     url = bridge.url("/streams/audiohook")
     authority = f"127.0.0.1:{bridge.port}"
     now = int(time.time())
-    assert await handshake(url, audiohook_headers("/streams/audiohook", authority,
-                                                  created=now)) == 101
+    signed = audiohook_headers("/streams/audiohook", authority, created=now)
+    assert await handshake(url, signed) == 101
+    assert await handshake(url, signed) == 403  # the same signature again: a replay
     assert await handshake(url, audiohook_headers("/streams/audiohook", authority,
                                                   created=now - 120)) == 403
     assert await handshake(url, {"x-api-key": "someone-else"}) == 403
@@ -122,3 +123,18 @@ async def test_a_stream_token_parameter_for_platforms_that_sign_nothing(
     started = receiver.of_call("plivo-good")[0]
     assert started.data["custom_parameters"] == {"tenant": "acme"}  # the token is not passed on
     assert "shared-stream-token" not in "\n".join(bridge.raw_stderr)
+
+
+async def test_open_ingress_on_a_public_address_is_said_or_refused(
+        bridge_factory: BridgeFactory) -> None:
+    bridge = await bridge_factory(CALLBRIDGE_HOST="0.0.0.0",  # noqa: S104 - the case tested
+                                  TWILIO_AUTH_TOKEN=TWILIO_TOKEN)
+    warning = await bridge.wait_for_log("media endpoints accept streams without a credential "
+                                        "on a non-loopback address; anyone who reaches them "
+                                        "can open calls (see docs/security.md)")
+    assert warning["open"]["telnyx"] == "CALLBRIDGE_STREAM_TOKEN"
+    assert "twilio" not in warning["open"]  # its signature is checked
+    with pytest.raises(RuntimeError, match=r"server\.require_ingress_auth is on") as caught:
+        await bridge_factory(CALLBRIDGE_HOST="0.0.0.0",  # noqa: S104 - the case tested
+                             CALLBRIDGE_REQUIRE_INGRESS_AUTH="true")
+    assert "Traceback" not in str(caught.value)

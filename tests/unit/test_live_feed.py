@@ -114,19 +114,21 @@ class Sink:
         return future
 
 
-async def test_two_streams_of_one_call_share_a_feed_that_ends_with_the_last() -> None:
+async def test_a_new_stream_never_joins_another_streams_feed() -> None:
     feeds = LiveFeeds(backlog_bytes=65536, viewer_buffer=16, retain_s=0)
     sink = Sink()
     first, second = LiveTee(sink, feeds), LiveTee(sink, feeds)
     first.publish(event(EventType.CALL_STARTED, leg=None))
-    second.publish(event(EventType.CALL_STARTED, leg=None))
-    live = feeds.get("CA1")
-    assert live is not None and live.streams == 2 and len(sink.events) == 2
-    viewer = live.watch(0)
+    old = feeds.get("CA1")
+    assert old is not None
+    viewer = old.watch(0)
     first.close()
-    assert not viewer.closed
+    assert viewer.closed and old.ended  # the stream's end is its feed's end
+    second.publish(event(EventType.CALL_STARTED, leg=None))  # later, under the same key
+    new = feeds.get("CA1")
+    assert new is not None and new is not old and not new.ended
+    assert [f.id for f in new.watch(0).frames] == [1]  # nothing of the first stream's
     second.close()
-    assert viewer.closed and live.ended
     await asyncio.sleep(0.01)  # retained for retain_s (0 here), then forgotten
     assert feeds.get("CA1") is None
 
