@@ -31,7 +31,8 @@ from bridge.codecs import g711
 from bridge.config import AssemblyAISettings
 from bridge.errors import UpstreamError, UpstreamRefused, UpstreamUnavailable
 from bridge.events import AudioEncoding
-from bridge.stt.base import EngineResult, Word
+from bridge.stt.base import EngineResult, Word, confidence, seconds
+from bridge.stt.base import text as engine_text
 from bridge.stt.websocket import WebSocketSession
 
 MIN_MESSAGE_MS: Final = 50
@@ -76,29 +77,31 @@ class TurnReader:
         self.done_turns: set[int] = set()
 
     def take(self, message: dict[str, Any]) -> EngineResult | None:
-        order = message.get("turn_order")
-        text = str(message.get("transcript") or "").strip()
-        words = [w for w in message.get("words") or [] if isinstance(w, dict)]
-        start = words[0].get("start") if words else None
-        end = words[-1].get("end") if words else None
-        start_s = start / 1000 if isinstance(start, (int, float)) else None
-        end_s = end / 1000 if isinstance(end, (int, float)) else None
+        raw_order = message.get("turn_order")
+        order = raw_order if isinstance(raw_order, int) and not isinstance(raw_order, bool) \
+            else -1
+        text = engine_text(message.get("transcript")).strip()
+        listed = message.get("words")
+        words = [w for w in (listed if isinstance(listed, list) else []) if isinstance(w, dict)]
+        start_s = seconds(words[0].get("start"), scale=0.001) if words else None
+        end_s = seconds(words[-1].get("end"), scale=0.001) if words else None
         if not message.get("end_of_turn"):
             return EngineResult(text, False, None, start_s, end_s) if text else None
         if self.formatted and not message.get("turn_is_formatted"):
             return None  # the formatted copy of this turn follows
         if order in self.done_turns or not text:
             return None
-        self.done_turns.add(order if isinstance(order, int) else -1)
-        confidences = [float(w["confidence"]) for w in words
-                       if isinstance(w.get("confidence"), (int, float))]
-        confidence = sum(confidences) / len(confidences) if confidences else None
-        timed = tuple(Word(str(w.get("text", "")), w["start"] / 1000, w["end"] / 1000,
-                           float(w["confidence"]) if isinstance(w.get("confidence"),
-                                                                (int, float)) else None)
-                      for w in words if isinstance(w.get("start"), (int, float))
-                      and isinstance(w.get("end"), (int, float)))
-        return EngineResult(text, True, confidence, start_s, end_s, timed)
+        self.done_turns.add(order)
+        confidences = [c for c in (confidence(w.get("confidence")) for w in words)
+                       if c is not None]
+        mean = sum(confidences) / len(confidences) if confidences else None
+        timed = []
+        for w in words:
+            start, end = seconds(w.get("start"), scale=0.001), seconds(w.get("end"), scale=0.001)
+            if start is not None and end is not None:
+                timed.append(Word(engine_text(w.get("text"), 200), start, end,
+                                  confidence(w.get("confidence"))))
+        return EngineResult(text, True, mean, start_s, end_s, tuple(timed))
 
 
 class AssemblyAISession(WebSocketSession):

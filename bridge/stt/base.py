@@ -8,7 +8,41 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
+
+from bridge.errors import InvalidNumber
+from bridge.numbers import read_float
+
+# What an engine's frames may say, bounded: a session lasts hours, not weeks; an utterance's
+# text is a few hundred words; an error's text a line.
+MAX_ENGINE_SECONDS: Final = 7 * 86400.0
+MAX_RESULT_CHARS: Final = 20_000
+MAX_ERROR_CHARS: Final = 200
+
+
+def seconds(value: object, *, scale: float = 1.0) -> float | None:
+    """A time from an engine (``scale`` 0.001 for milliseconds) in seconds: a finite number
+    within a week, else None, and the leg places the result itself."""
+    try:
+        return read_float(value, field="engine time", low=0,
+                          high=MAX_ENGINE_SECONDS / scale) * scale
+    except InvalidNumber:
+        return None
+
+
+def confidence(value: object) -> float | None:
+    """A 0-1 confidence (clamped), or None when the engine sent none or no number."""
+    try:
+        number = read_float(value, field="confidence", low=-1e9, high=1e9)
+    except InvalidNumber:
+        return None
+    return min(max(number, 0.0), 1.0)
+
+
+def text(value: object, limit: int = MAX_RESULT_CHARS) -> str:
+    """A text field of an engine's frame: a string, cut to ``limit``; anything else is empty
+    (never ``str()`` of a nested structure)."""
+    return value[:limit] if isinstance(value, str) else ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,8 @@ from urllib.parse import urlencode
 from bridge.config import DeepgramSettings
 from bridge.errors import NORMAL_CLOSES, UpstreamError, UpstreamRefused, UpstreamUnavailable
 from bridge.events import AudioEncoding
-from bridge.stt.base import EngineResult, Word
+from bridge.stt.base import EngineResult, Word, confidence, seconds
+from bridge.stt.base import text as engine_text
 from bridge.stt.websocket import WebSocketSession
 
 ENCODINGS: Final = {AudioEncoding.PCMU: "mulaw", AudioEncoding.PCMA: "alaw",
@@ -67,20 +68,22 @@ class UtteranceJoiner:
 
     def take(self, message: dict[str, Any]) -> EngineResult | None:
         """One ``Results`` message in; a partial or a final out (or nothing)."""
-        alternatives = (message.get("channel") or {}).get("alternatives") or [{}]
-        best = alternatives[0] if isinstance(alternatives[0], dict) else {}
-        text = str(best.get("transcript") or "").strip()
-        start = float(message.get("start") or 0.0)
-        end = start + float(message.get("duration") or 0.0)
+        channel = message.get("channel")
+        alternatives = channel.get("alternatives") if isinstance(channel, dict) else None
+        best = alternatives[0] if isinstance(alternatives, list) and alternatives and \
+            isinstance(alternatives[0], dict) else {}
+        text = engine_text(best.get("transcript")).strip()
+        start = seconds(message.get("start") or 0.0) or 0.0
+        end = start + (seconds(message.get("duration") or 0.0) or 0.0)
         if message.get("is_final"):
             if text:
                 self.settled.append(text)
                 self.words += _words(best)
                 self.start_s = start if self.start_s is None else self.start_s
                 self.end_s = end
-                confidence = best.get("confidence")
-                if isinstance(confidence, (int, float)):
-                    self.confidences.append(float(confidence))
+                value = confidence(best.get("confidence"))
+                if value is not None:
+                    self.confidences.append(value)
             if message.get("speech_final") or message.get("from_finalize"):
                 return self.close()
             return None
@@ -104,14 +107,14 @@ class UtteranceJoiner:
 
 def _words(alternative: dict[str, Any]) -> list[Word]:
     words = []
-    for item in alternative.get("words") or []:
-        if isinstance(item, dict) and isinstance(item.get("start"), (int, float)) \
-                and isinstance(item.get("end"), (int, float)):
-            confidence = item.get("confidence")
-            words.append(Word(str(item.get("punctuated_word") or item.get("word") or ""),
-                              float(item["start"]), float(item["end"]),
-                              float(confidence) if isinstance(confidence, (int, float))
-                              else None))
+    items = alternative.get("words")
+    for item in items if isinstance(items, list) else []:
+        if not isinstance(item, dict):
+            continue
+        start, end = seconds(item.get("start")), seconds(item.get("end"))
+        if start is not None and end is not None:
+            words.append(Word(engine_text(item.get("punctuated_word") or item.get("word"), 200),
+                              start, end, confidence(item.get("confidence"))))
     return words
 
 

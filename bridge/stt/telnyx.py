@@ -11,18 +11,19 @@ do, so the session closes itself after a grace period.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlencode
 
+import orjson
 import structlog
 
 from bridge.config import SttSettings
 from bridge.errors import UpstreamError, UpstreamRefused, UpstreamUnavailable
 from bridge.events import AudioEncoding
-from bridge.stt.base import EngineResult
+from bridge.stt.base import MAX_ERROR_CHARS, EngineResult, confidence, seconds
+from bridge.stt.base import text as engine_text
 from bridge.stt.reconnect import RETRYABLE_CLOSE_CODES
 from bridge.stt.websocket import WebSocketSession
 
@@ -30,7 +31,7 @@ log = structlog.get_logger("bridge.stt.telnyx")
 
 INPUT_FORMATS: Final = {AudioEncoding.PCMU: "mulaw", AudioEncoding.PCMA: "alaw",
                         AudioEncoding.L16: "linear16"}
-CLOSE_STREAM: Final = json.dumps({"type": "CloseStream"})
+CLOSE_STREAM: Final = '{"type": "CloseStream"}'
 
 
 def build_url(settings: SttSettings, encoding: AudioEncoding, sample_rate: int = 8000) -> str:
@@ -77,8 +78,8 @@ def parse_server_frame(text: str) -> ServerFrame:
     Transcript: has ``transcript``. An empty final (the utterance-end marker) is ignored.
     """
     try:
-        frame = json.loads(text)
-    except ValueError:
+        frame = orjson.loads(text)
+    except orjson.JSONDecodeError:
         return None
     return parse_frame_object(frame) if isinstance(frame, dict) else None
 
@@ -88,34 +89,35 @@ def parse_frame_object(frame: dict[str, Any]) -> ServerFrame:
     errors = frame.get("errors")
     if isinstance(errors, list) and errors:
         first = errors[0] if isinstance(errors[0], dict) else {}
-        return ServerError(str(first.get("code", "")), str(first.get("title", "")),
-                           str(first.get("detail", "")))
+        return ServerError(_error_text(first.get("code")), _error_text(first.get("title")),
+                           _error_text(first.get("detail")))
     if frame.get("type") == "error" or ("error" in frame and "transcript" not in frame):
         error = frame.get("error")
         if isinstance(error, dict):
-            return ServerError(str(error.get("code", "")), str(error.get("title", "")),
-                               str(error.get("detail", "")))
-        return ServerError("", "error", str(error or ""))
+            return ServerError(_error_text(error.get("code")),
+                               _error_text(error.get("title")), _error_text(error.get("detail")))
+        return ServerError("", "error", _error_text(error))
     transcript = frame.get("transcript")
     if not isinstance(transcript, str) or not transcript.strip():
         return None
     start, end = _times(frame)
     return EngineResult(text=transcript.strip(), is_final=frame.get("is_final") is True,
-                        confidence=_confidence(frame.get("confidence")), start_s=start,
+                        confidence=confidence(frame.get("confidence")), start_s=start,
                         end_s=end)
 
 
-def _confidence(value: Any) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return min(max(float(value), 0.0), 1.0)
-    return None
+def _error_text(value: object) -> str:
+    """An error's code or text as the engine sent it (numbers too), cut short."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)[:MAX_ERROR_CHARS]
+    return engine_text(value, MAX_ERROR_CHARS)
 
 
 def _times(frame: dict[str, Any]) -> tuple[float | None, float | None]:
     """Segment times when the engine sends them (``start_time``/``duration`` in seconds)."""
-    start, duration = frame.get("start_time"), frame.get("duration")
-    if isinstance(start, (int, float)) and isinstance(duration, (int, float)):
-        return float(start), float(start) + float(duration)
+    start, duration = seconds(frame.get("start_time")), seconds(frame.get("duration"))
+    if start is not None and duration is not None:
+        return start, start + duration
     return None, None
 
 

@@ -9,10 +9,10 @@ retried; anything else that prevents the connection may pass.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Final
 
+import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
@@ -78,8 +78,9 @@ class WebSocketSession:
                 if isinstance(message, bytes):
                     continue
                 try:
-                    frame = json.loads(message)
-                except ValueError:
+                    # orjson: no NaN, no Infinity, no integers beyond 64 bits.
+                    frame = orjson.loads(message)
+                except orjson.JSONDecodeError:
                     continue
                 if isinstance(frame, dict):
                     yield frame
