@@ -14,7 +14,7 @@ import contextlib
 import enum
 import time
 import uuid
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -23,7 +23,6 @@ from typing import Any, Final
 import structlog
 
 from bridge.admission import LiveCalls
-from bridge.codecs.reframe import Reframer
 from bridge.compliance.redact import LegRedactor, Redacted, Released, policy_for
 from bridge.config import Settings
 from bridge.delivery.retry import Outcome
@@ -49,6 +48,7 @@ from bridge.events import (
     Track,
     TranscriptResult,
 )
+from bridge.legs.audio import LegAudio
 from bridge.metrics import Metrics
 from bridge.stt.base import EngineResult, EngineSession
 from bridge.stt.engines import Engines
@@ -93,20 +93,17 @@ class Leg:
         self.speaker = getattr(settings.speakers, track.value)
         self.engine = engine
         self.state = LegState.OPENING
-        self.reframer = Reframer(call.encoding, sample_rate=call.sample_rate,
-                                 chunk_ms=settings.audio.chunk_ms,
-                                 reorder_window=settings.audio.reorder_window_frames,
-                                 max_gap_fill_ms=settings.audio.max_gap_fill_ms)
+        audio = settings.audio
+        self.audio = LegAudio(call.encoding, sample_rate=call.sample_rate,
+                              chunk_ms=audio.chunk_ms,
+                              reorder_window=audio.reorder_window_frames,
+                              max_gap_fill_ms=audio.max_gap_fill_ms,
+                              max_buffer_ms=audio.max_buffer_ms,
+                              replay_ms=settings.stt.replay_ms)
+        self.bytes_per_ms = self.audio.bytes_per_ms
         self._close_grace_s = settings.stt.close_grace_s
-        self._buffer: deque[bytes] = deque()
-        self._buffered = 0
-        self.bytes_per_ms = self.reframer.bytes_per_ms
-        self._max_buffered = settings.audio.max_buffer_ms * self.bytes_per_ms
         self._wake = asyncio.Event()
-        self._audio_ended = False
-        self.sent_bytes = 0
-        self.chunks_dropped = 0
-        self.bytes_discarded = 0
+        self._warned_drops = False
         self.sequence = 0  # finals published so far
         self.partials = 0
         self.finals: list[str] = []
@@ -115,57 +112,31 @@ class Leg:
         self.task: asyncio.Task[None] | None = None
         self.redactor: LegRedactor[TranscriptResult] = LegRedactor(call.policy)
         self.hold_timer: asyncio.Task[None] | None = None
-        self.paused = False
-        self.pauses: list[list[int | None]] = []  # [start_ms, end_ms] on the leg's clock
-        self.bytes_paused = 0
-        self._enqueued = 0  # bytes of reframed audio so far, sent or not
-        self._replay: deque[tuple[float, bytes]] = deque()  # (upstream ms, chunk) since a final
-        self._replay_bytes = 0
-        self._max_replay_bytes = settings.stt.replay_ms * self.bytes_per_ms
         self._session_origin_ms = 0.0
         self._session_bytes = 0
         self._results_this_session = 0
         self.reconnects = 0
-        self._pause_skips: list[tuple[float, float]] = []  # (upstream ms, ms withheld there)
 
     # -- media side: synchronous, called for every frame -------------------------------------
 
     def push(self, frame: AudioFrame) -> None:
         """Add one frame of audio. Never waits."""
-        for chunk in self.reframer.push(frame.payload, frame.timestamp_ms):
-            self._enqueue(chunk)
+        audio = self.audio
+        if audio.push(frame.payload, frame.timestamp_ms):
+            self._wake.set()
+        if audio.counters.chunks_dropped and not self._warned_drops:
+            self._warned_drops = True
+            log.warning("upstream is slower than real time; dropping oldest audio",
+                        leg=self.track.value, buffer_ms=self.call.settings.audio.max_buffer_ms)
 
     def end_of_audio(self) -> None:
         """No more audio: flush the reframer and let the session finish."""
-        if self._audio_ended:
-            return
-        self._audio_ended = True
-        for chunk in self.reframer.flush():
-            self._enqueue(chunk)
+        self.audio.end()
         self._wake.set()
 
-    def _enqueue(self, chunk: bytes) -> None:
-        if self.paused:
-            # Withheld from the engine; the clock runs on, so later results map past the gap.
-            sent_ms = (self._enqueued - self.bytes_paused) / self.bytes_per_ms
-            self._pause_skips.append((sent_ms, len(chunk) / self.bytes_per_ms))
-            self.bytes_paused += len(chunk)
-            self._enqueued += len(chunk)
-            return
-        self._enqueued += len(chunk)
-        if self.state is LegState.FAILED:
-            self.bytes_discarded += len(chunk)
-            return
-        self._buffer.append(chunk)
-        self._buffered += len(chunk)
-        while self._buffered > self._max_buffered:
-            dropped = self._buffer.popleft()
-            self._buffered -= len(dropped)
-            if self.chunks_dropped == 0:
-                log.warning("upstream is slower than real time; dropping oldest audio",
-                            leg=self.track.value, buffer_ms=self._max_buffered // self.bytes_per_ms)
-            self.chunks_dropped += 1
-        self._wake.set()
+    @property
+    def paused(self) -> bool:
+        return self.audio.paused
 
     # -- upstream side -----------------------------------------------------------------------
 
@@ -227,7 +198,7 @@ class Leg:
             self.call.metrics.upstream.labels(self.engine_name, "reconnected").inc()
             log.warning("speech-to-text session dropped; reconnecting and replaying",
                         leg=self.track.value, error=str(error), retry_in_s=round(delay, 2),
-                        replay_ms=round(self._replay_bytes / self.bytes_per_ms))
+                        replay_ms=round(self.audio.replay_ms))
             await asyncio.sleep(delay)
             self.engine = self.call.open_engine(self.engine_name)
 
@@ -258,9 +229,8 @@ class Leg:
         self.call.metrics.upstream.labels(self.engine_name, "opened").inc()
         self.state = LegState.STREAMING
         # The new session's audio starts where the replayed audio starts.
-        replay = list(self._replay)
-        self._session_origin_ms = (replay[0][0] if replay
-                                   else self.sent_bytes / self.bytes_per_ms)
+        replay = self.audio.replay()
+        self._session_origin_ms = replay[0][0] if replay else self.audio.sent_ms
         self._session_bytes = 0
         async with asyncio.TaskGroup() as tasks:
             receiver = tasks.create_task(self._receive())
@@ -293,36 +263,16 @@ class Leg:
                                           "audio flowed")
 
     async def _send_until_end(self) -> None:
+        audio = self.audio
         while True:
-            while self._buffer:
-                chunk = self._buffer[0]
-                await self.engine.send_audio(chunk)
-                self._buffer.popleft()  # only once sent: a drop here replays it
-                self._buffered -= len(chunk)
-                self._remember(chunk)
-                self.sent_bytes += len(chunk)
-                self._session_bytes += len(chunk)
-            if self._audio_ended or self._roll:
+            while (chunk := audio.next_chunk()) is not None:
+                await self.engine.send_audio(chunk.data)
+                audio.sent(chunk)  # only once sent: a drop before this replays it
+                self._session_bytes += len(chunk.data)
+            if audio.ended or self._roll:
                 return
             self._wake.clear()
             await self._wake.wait()
-
-    def _remember(self, chunk: bytes) -> None:
-        """Keep sent audio for a replay, at most ``stt.replay_ms`` of it."""
-        self._replay.append((self.sent_bytes / self.bytes_per_ms, chunk))
-        self._replay_bytes += len(chunk)
-        while self._replay_bytes > self._max_replay_bytes and len(self._replay) > 1:
-            _, dropped = self._replay.popleft()
-            self._replay_bytes -= len(dropped)
-
-    def _forget_until(self, upstream_ms: float) -> None:
-        """A final covers the audio up to ``upstream_ms``: it needs no replay."""
-        while self._replay:
-            start, chunk = self._replay[0]
-            if start + len(chunk) / self.bytes_per_ms > upstream_ms:
-                break
-            self._replay.popleft()
-            self._replay_bytes -= len(chunk)
 
     async def _receive(self) -> None:
         loop = asyncio.get_running_loop()
@@ -342,29 +292,17 @@ class Leg:
 
     def set_paused(self, paused: bool) -> bool:
         """Pause or resume sending this leg's audio; False when nothing changed."""
-        if paused == self.paused:
-            return False
-        self.paused = paused
-        now = self.reframer.position_ms
-        if paused:
-            self.pauses.append([now, None])
-        elif self.pauses:
-            self.pauses[-1][1] = now
-        return True
-
-    def _to_clock(self, upstream_ms: float) -> int:
-        withheld = sum(ms for at, ms in self._pause_skips if at <= upstream_ms)
-        return self.reframer.upstream_to_clock_ms(upstream_ms + withheld)
+        return self.audio.set_paused(paused)
 
     def _place(self, result: EngineResult) -> TranscriptResult | None:
         """Put a result on the leg's audio clock.
 
-        Engines that give segment times are mapped through the reframer (silence inserted
+        Engines that give segment times are mapped through the clock map (silence inserted
         for lost frames is part of the upstream's audio, jumps are not). Otherwise the
         segment runs from the previous final's end to the audio sent so far: an upper bound
         that includes the engine's endpointing delay.
         """
-        to_clock = self._to_clock
+        to_clock = self.audio.to_clock
         origin = self._session_origin_ms  # where this session's audio began, upstream ms
         if result.start_s is not None and result.end_s is not None:
             end_upstream = origin + result.end_s * 1000
@@ -387,7 +325,7 @@ class Leg:
                     and end_ms <= self._last_final_end_ms and (self.reconnects or self.rolls):
                 return None
             self._last_final_end_ms = end_ms
-            self._forget_until(end_upstream)
+            self.audio.forget_until(end_upstream)
         words = tuple((w.text, to_clock(origin + w.start_s * 1000),
                        to_clock(origin + w.end_s * 1000), w.confidence) for w in result.words)
         return TranscriptResult(result.text, result.is_final, result.confidence, start_ms, end_ms,
@@ -397,27 +335,27 @@ class Leg:
         self.call.metrics.upstream.labels(self.engine_name, "failed").inc()
         self.state = LegState.FAILED
         self.error = error
-        self.bytes_discarded += self._buffered
-        self._buffer.clear()
-        self._buffered = 0
+        self.audio.discard()
         log.error("speech-to-text session failed; the call continues without transcripts "
                   "for this leg", leg=self.track.value, error=str(error),
                   retryable=not isinstance(error, UpstreamRefused))
         self.call.on_leg_error(self, error)
 
     def summary(self) -> dict[str, Any]:
-        stats = self.reframer.stats
+        audio = self.audio
+        stats = audio.stats
         return {
             "leg": self.track.value,
             "speaker": self.speaker,
-            "audio_ms": self.reframer.position_ms - (self.reframer.origin_ms or 0),
+            "audio_ms": audio.audio_ms,
             "frames": stats.frames,
             "bytes": stats.bytes_in,
             "gaps_filled": stats.gaps_filled,
             "gap_fill_ms": stats.gap_fill_ms,
             "late_frames_dropped": stats.late_dropped,
-            "chunks_dropped": self.chunks_dropped,
-            "bytes_untranscribed": self.bytes_discarded,  # after a fatal upstream failure
+            "chunks_dropped": audio.counters.chunks_dropped,
+            # after a fatal upstream failure
+            "bytes_untranscribed": audio.counters.bytes_discarded,
             "transcripts": self.sequence,
             "partials": self.partials,
             "upstream": "failed" if self.state is LegState.FAILED else "ok",
@@ -429,7 +367,8 @@ class Leg:
                 "enabled": self.call.policy.enabled,
                 "policies": self.call.policy.names(),
                 "counts": dict(sorted(self.redactor.totals.items())),
-                "paused": [{"start_ms": start, "end_ms": end} for start, end in self.pauses],
+                "paused": [{"start_ms": start, "end_ms": end}
+                           for start, end in audio.pauses],
             },
         }
 
@@ -578,7 +517,7 @@ class Call:
             leg = self.legs.get(track) if track is not None else None
             self._publish(event_type, leg, {
                 "leg": track.value if track is not None else None, "reason": reason,
-                "at_ms": {t.value: other.reframer.position_ms for t, other in self.legs.items()}})
+                "at_ms": {t.value: other.audio.position_ms for t, other in self.legs.items()}})
             log.info("transcription paused" if paused else "transcription resumed",
                      leg=track.value if track else "all", reason=reason)
         return {t.value: leg.paused for t, leg in self.legs.items()}
@@ -703,12 +642,12 @@ class Call:
         metrics.calls_active.labels(provider).dec()
         metrics.calls.labels(provider, reason).inc()
         for leg in self.legs.values():
-            stats = leg.reframer.stats
+            stats = leg.audio.stats
             metrics.legs_active.labels(provider).dec()
             metrics.frames.labels(provider).inc(stats.frames)
             metrics.media_bytes.labels(provider).inc(stats.bytes_in)
             metrics.gaps.labels(provider).inc(stats.gaps_filled)
-            metrics.chunks_dropped.labels(provider).inc(leg.chunks_dropped)
+            metrics.chunks_dropped.labels(provider).inc(leg.audio.counters.chunks_dropped)
         duration_ms = int((time.monotonic() - self._opened_at) * 1000)
         legs = [leg.summary() | {"text": " ".join(leg.finals)} for leg in self.legs.values()]
         self._publish(EventType.CALL_ENDED, None, {

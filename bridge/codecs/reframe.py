@@ -15,7 +15,10 @@ Telnyx does not guarantee their order, and any provider loses a frame now and th
 * Timestamps jitter by a few ms; a difference within ``JITTER_MS`` is no gap and no overlap.
 
 With no gaps the bytes out are exactly the bytes in, in order. Frames without timestamps are
-passed through in arrival order. Pure code: no clock, no I/O.
+passed through in arrival order. Each chunk carries where its first byte sits on the leg's
+clock (``Chunk.clock_ms``); a chunk never spans a jump of the clock (the bytes before a jump
+leave as a shorter chunk), so every byte of a chunk is at ``clock_ms`` plus its offset.
+Pure code: no clock, no I/O.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from bridge.codecs.pcm import bytes_per_ms, silence_byte
 from bridge.events import AudioEncoding
@@ -31,7 +34,16 @@ from bridge.events import AudioEncoding
 JITTER_MS: Final = 10
 MIN_CHUNK_MS: Final = 20
 MAX_CHUNK_MS: Final = 1000
-NO_CHUNKS: Final[tuple[bytes, ...]] = ()
+
+
+class Chunk(NamedTuple):
+    """A piece of a leg's audio as it goes upstream, and where it starts on the leg's clock."""
+
+    clock_ms: int
+    data: bytes
+
+
+NO_CHUNKS: Final[tuple[Chunk, ...]] = ()
 
 
 @dataclass(slots=True)
@@ -66,8 +78,7 @@ class Reframer:
         self._held: list[tuple[int, int, bytes]] = []  # heap of (timestamp, arrival, payload)
         self._arrivals = 0
         self._pending = bytearray()  # bytes not yet cut into a chunk
-        self._emitted_bytes = 0  # bytes cut into chunks or pending: what upstream gets
-        self._skips: list[tuple[float, int]] = []  # (upstream ms where the clock jumped, ms)
+        self._ready: list[Chunk] = []  # cut short at a jump of the clock, not handed out yet
 
     @property
     def position_ms(self) -> int:
@@ -78,12 +89,7 @@ class Reframer:
     def _next_ms(self) -> int:
         return self._next_sample // self.bytes_per_ms
 
-    def upstream_to_clock_ms(self, upstream_ms: float) -> int:
-        """Map a time in the upstream's audio (ms from its first byte) onto the leg's clock."""
-        origin = self.origin_ms or 0
-        return int(origin + upstream_ms + self._skipped_before(upstream_ms))
-
-    def push(self, payload: bytes, timestamp_ms: int | None) -> Sequence[bytes]:
+    def push(self, payload: bytes, timestamp_ms: int | None) -> Sequence[Chunk]:
         """Take one frame; return the chunks that became complete."""
         stats = self.stats
         stats.frames += 1
@@ -112,20 +118,23 @@ class Reframer:
                 self._release_in_order()
         return self._cut()
 
-    def flush(self) -> list[bytes]:
+    def flush(self) -> list[Chunk]:
         """End of stream: release every held frame, and the last, shorter chunk."""
         while self._held:
             self._release_earliest()
             self._release_in_order()
         chunks = list(self._cut())
         if self._pending:
-            chunks.append(bytes(self._pending))
+            chunks.append(Chunk(self._pending_clock_ms(), bytes(self._pending)))
             self._pending.clear()
         return chunks
 
+    def _pending_clock_ms(self) -> int:
+        """Where the first pending byte sits on the clock (no jump lies inside pending)."""
+        return (self._next_sample - len(self._pending)) // self.bytes_per_ms
+
     def _append(self, payload: bytes) -> None:
         self._pending += payload
-        self._emitted_bytes += len(payload)
         self._next_sample += len(payload)
 
     def _release_in_order(self) -> None:
@@ -150,18 +159,23 @@ class Reframer:
         self._append(payload)
 
     def _record_skip(self, skip_ms: int) -> None:
-        self._skips.append((self._emitted_bytes / self.bytes_per_ms, skip_ms))
+        if self._pending:  # what came before the jump leaves on its own
+            self._ready.append(Chunk(self._pending_clock_ms(), bytes(self._pending)))
+            self._pending.clear()
         self.stats.skipped_ms += skip_ms
         self._next_sample += skip_ms * self.bytes_per_ms
 
-    def _skipped_before(self, upstream_ms: float) -> int:
-        return sum(skip for at_ms, skip in self._skips if at_ms <= upstream_ms)
-
-    def _cut(self) -> Sequence[bytes]:
+    def _cut(self) -> Sequence[Chunk]:
         size = self.chunk_bytes
-        if len(self._pending) < size:
+        if len(self._pending) < size and not self._ready:
             return NO_CHUNKS  # most frames: nothing allocated
+        ready, self._ready = self._ready, []
         count = len(self._pending) // size
-        view = bytes(self._pending[: count * size])
-        del self._pending[: count * size]
-        return [view[i * size:(i + 1) * size] for i in range(count)]
+        if count:
+            start = self._pending_clock_ms()
+            view = bytes(self._pending[: count * size])
+            del self._pending[: count * size]
+            step = size // self.bytes_per_ms
+            ready += [Chunk(start + i * step, view[i * size:(i + 1) * size])
+                      for i in range(count)]
+        return ready

@@ -1,10 +1,12 @@
 """The per-leg audio pipeline: byte identity, chunking, gap filling, reordering, clock."""
 
+from itertools import pairwise
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.codecs.reframe import Reframer
+from bridge.codecs.reframe import Chunk, Reframer
 from bridge.events import AudioEncoding
 
 FRAME = 160  # 20 ms of G.711
@@ -15,11 +17,15 @@ def frames(count: int, first_ts: int = 0) -> list[tuple[bytes, int]]:
     return [(bytes([n % 200 + 1]) * FRAME, first_ts + 20 * n) for n in range(count)]
 
 
-def run(reframer: Reframer, items: list[tuple[bytes, int | None]]) -> list[bytes]:
-    chunks: list[bytes] = []
+def stamped(reframer: Reframer, items: list[tuple[bytes, int | None]]) -> list[Chunk]:
+    chunks: list[Chunk] = []
     for payload, ts in items:
         chunks += reframer.push(payload, ts)
     return chunks + reframer.flush()
+
+
+def run(reframer: Reframer, items: list[tuple[bytes, int | None]]) -> list[bytes]:
+    return [chunk.data for chunk in stamped(reframer, items)]
 
 
 def test_without_gaps_the_bytes_out_are_the_bytes_in_cut_into_chunks() -> None:
@@ -87,14 +93,17 @@ def test_timestamp_jitter_is_neither_gap_nor_overlap() -> None:
 
 def test_a_huge_jump_is_filled_up_to_the_bound_and_the_clock_jumps_the_rest() -> None:
     items = [*frames(2), (b"\x07" * FRAME, 60_040)]
-    reframer = Reframer(AudioEncoding.PCMU, chunk_ms=20, reorder_window=0, max_gap_fill_ms=1000)
-    out = b"".join(run(reframer, items))
-    assert len(out) == 3 * FRAME + 1000 * 8
+    reframer = Reframer(AudioEncoding.PCMU, chunk_ms=30, reorder_window=0, max_gap_fill_ms=1000)
+    chunks = stamped(reframer, items)
+    assert len(b"".join(c.data for c in chunks)) == 3 * FRAME + 1000 * 8
     assert reframer.stats.skipped_ms == 60_000 - 1000
     assert reframer.position_ms == 60_060
-    # upstream audio after the jump maps past it on the leg's clock
-    assert reframer.upstream_to_clock_ms(20) == 20
-    assert reframer.upstream_to_clock_ms(1050) == 1050 + 59_000
+    # Each chunk says where it starts on the clock; none spans the jump: the silence before
+    # it leaves as a shorter chunk, and the frame after it starts past the jump.
+    clock = [(c.clock_ms, len(c.data) // 8) for c in chunks]
+    assert clock[0] == (0, 30) and clock[-1] == (60_040, 20)
+    assert all(a + length == b for (a, length), (b, _) in pairwise(clock[:-1]))
+    assert clock[-2][0] + clock[-2][1] == 1040  # the filled silence ends at 40 + 1000
 
 
 def test_frames_without_timestamps_pass_through_in_arrival_order() -> None:
@@ -135,3 +144,6 @@ def test_any_mix_of_order_swaps_and_losses_comes_out_whole_and_in_order(data) ->
     assert b"".join(chunks) == expected
     assert all(len(c) == chunk_ms * 8 for c in chunks[:-1])
     assert reframer.position_ms == 20 * count
+    clocks = [c.clock_ms for c in stamped(Reframer(AudioEncoding.PCMU, chunk_ms=chunk_ms,
+                                                   reorder_window=4), sent)]
+    assert clocks == [n * chunk_ms for n in range(len(chunks))]  # no jump: contiguous
