@@ -15,7 +15,7 @@ import enum
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -23,7 +23,7 @@ from typing import Any, Final
 import structlog
 
 from bridge.admission import LiveCalls
-from bridge.compliance.redact import LegRedactor, Redacted, Released, policy_for
+from bridge.compliance.redact import LegRedactor, Policy, Redacted, Released, policy_for
 from bridge.config import Settings
 from bridge.delivery.retry import Outcome
 from bridge.delivery.webhooks import EventSink
@@ -32,7 +32,6 @@ from bridge.errors import (
     ProtocolViolation,
     UpstreamError,
     UpstreamRefused,
-    UpstreamUnavailable,
 )
 from bridge.events import (
     AudioEncoding,
@@ -49,17 +48,10 @@ from bridge.events import (
     TranscriptResult,
 )
 from bridge.legs.audio import LegAudio
+from bridge.legs.upstream import Upstream, UpstreamHooks, UpstreamState, UpstreamTimers
 from bridge.metrics import Metrics
-from bridge.stt.base import EngineResult, EngineSession
+from bridge.stt.base import EngineSession
 from bridge.stt.engines import Engines
-from bridge.stt.reconnect import (
-    MAX_RECONNECTS,
-    QUICK_FAILURES,
-    QUICK_S,
-    Decision,
-    classify,
-    reconnect_delays,
-)
 
 log = structlog.get_logger("bridge.calls")
 
@@ -69,53 +61,46 @@ SUMMARY_WAIT_S: Final = 10.0
 PROVIDER_ERRORS_LOGGED: Final = 5  # per stream; the rest only counted
 
 
-class LegState(enum.Enum):
-    OPENING = "opening"  # upstream session being opened; audio buffers meanwhile
-    STREAMING = "streaming"
-    FINISHING = "finishing"  # end of audio sent; waiting for the last finals
-    DONE = "done"
-    FAILED = "failed"  # upstream refused or lost: audio is discarded, the call goes on
-
-
 class Leg:
-    """One track of a call: its audio pipeline, its upstream session, its transcripts."""
+    """One track of a call: its audio pipeline, its upstream session, its transcripts.
 
-    def __init__(self, call: Call, track: Track, engine: EngineSession) -> None:
-        settings = call.settings
-        self.call = call
+    Built by its call with what it needs; it never holds the call.
+    """
+
+    def __init__(self, track: Track, *, settings: Settings, encoding: AudioEncoding,
+                 sample_rate: int, engine_name: str, hooks: UpstreamHooks, metrics: Metrics,
+                 policy: Policy) -> None:
         self.track = track
-        self.engine_name = call.engine_name
-        self._silence_timeout_s = settings.stt.silence_timeout_s
-        self._roll_margin_s = settings.stt.roll_margin_s
-        self._roll = False
-        self.rolls = 0
-        self.failed_over = False
         self.speaker = getattr(settings.speakers, track.value)
-        self.engine = engine
-        self.state = LegState.OPENING
+        self._max_buffer_ms = settings.audio.max_buffer_ms
         audio = settings.audio
-        self.audio = LegAudio(call.encoding, sample_rate=call.sample_rate,
+        self.audio = LegAudio(encoding, sample_rate=sample_rate,
                               chunk_ms=audio.chunk_ms,
                               reorder_window=audio.reorder_window_frames,
                               max_gap_fill_ms=audio.max_gap_fill_ms,
                               max_buffer_ms=audio.max_buffer_ms,
                               replay_ms=settings.stt.replay_ms)
-        self.bytes_per_ms = self.audio.bytes_per_ms
-        self._close_grace_s = settings.stt.close_grace_s
-        self._wake = asyncio.Event()
+        stt = settings.stt
+        self.upstream = Upstream(self.audio, engine_name, hooks, metrics, leg=track.value,
+                                 timers=UpstreamTimers(stt.silence_timeout_s,
+                                                       stt.roll_margin_s, stt.close_grace_s))
+        self._policy = policy
         self._warned_drops = False
         self.sequence = 0  # finals published so far
         self.partials = 0
         self.finals: list[str] = []
-        self.error: UpstreamError | None = None
-        self._last_final_end_ms: int | None = None
         self.task: asyncio.Task[None] | None = None
-        self.redactor: LegRedactor[TranscriptResult] = LegRedactor(call.policy)
+        self.redactor: LegRedactor[TranscriptResult] = LegRedactor(policy)
         self.hold_timer: asyncio.Task[None] | None = None
-        self._session_origin_ms = 0.0
-        self._session_bytes = 0
-        self._results_this_session = 0
-        self.reconnects = 0
+
+    @property
+    def engine_name(self) -> str:
+        return self.upstream.engine_name
+
+    async def run(self) -> None:
+        """The leg's upstream sessions (see ``Upstream.run``)."""
+        structlog.contextvars.bind_contextvars(leg=self.track.value)
+        await self.upstream.run()
 
     # -- media side: synchronous, called for every frame -------------------------------------
 
@@ -123,226 +108,27 @@ class Leg:
         """Add one frame of audio. Never waits."""
         audio = self.audio
         if audio.push(frame.payload, frame.timestamp_ms):
-            self._wake.set()
+            self.upstream.wake()
         if audio.counters.chunks_dropped and not self._warned_drops:
             self._warned_drops = True
             log.warning("upstream is slower than real time; dropping oldest audio",
-                        leg=self.track.value, buffer_ms=self.call.settings.audio.max_buffer_ms)
+                        leg=self.track.value, buffer_ms=self._max_buffer_ms)
 
     def end_of_audio(self) -> None:
         """No more audio: flush the reframer and let the session finish."""
         self.audio.end()
-        self._wake.set()
+        self.upstream.wake()
 
     @property
     def paused(self) -> bool:
         return self.audio.paused
 
-    # -- upstream side -----------------------------------------------------------------------
-
-    async def run(self) -> None:
-        """Open the session, stream the audio, collect results, close; reconnect when the
-        upstream drops.
-
-        A dropped session (network error, a retryable close code) is replaced after a short
-        backoff by a new one with the same parameters, which first receives the audio sent
-        since the last final again (from a buffer of at most ``stt.replay_ms``); results are
-        shifted onto the leg's clock, and finals ending before the last one delivered are
-        dropped. Fatal failures end the leg's transcription (a ``transcription.error`` event
-        and one log line) but never the call. Cancelling leaves the upstream socket closed
-        and the buffered audio unsent.
-        """
-        structlog.contextvars.bind_contextvars(leg=self.track.value)
-        delays = reconnect_delays()
-        quick_failures = failures_in_row = 0
-        while True:
-            loop = asyncio.get_running_loop()
-            opened_at = loop.time()
-            error: UpstreamError | None = None
-            rolled = False
-            try:
-                rolled = await self._session()
-            except* UpstreamError as group:
-                error = _first(group.exceptions)
-            finally:
-                await self.engine.close()
-            if error is None:
-                if not rolled:
-                    self.state = LegState.DONE
-                    return
-                # A long session ended at a pause before the engine's limit: go on in a
-                # new one, which gets the audio since the last final first.
-                self.rolls += 1
-                self.call.metrics.upstream.labels(self.engine_name, "rolled").inc()
-                log.info("speech-to-text session rolled over before its limit",
-                         leg=self.track.value, engine=self.engine_name)
-                self.engine = self.call.open_engine(self.engine_name)
-                quick_failures = failures_in_row = 0
-                continue
-            productive = self._results_this_session > 0
-            quick = loop.time() - opened_at < QUICK_S and not productive
-            quick_failures = quick_failures + 1 if quick else 0
-            failures_in_row = 0 if productive else failures_in_row + 1
-            if productive:
-                delays = reconnect_delays()  # it worked for a while: start the backoff over
-            if (classify(error) is Decision.FATAL or self.state is LegState.FINISHING
-                    or quick_failures >= QUICK_FAILURES or failures_in_row > MAX_RECONNECTS):
-                if self.state is not LegState.FINISHING and self._fail_over(error):
-                    quick_failures = failures_in_row = 0
-                    delays = reconnect_delays()
-                    continue
-                self._fail(error)
-                return
-            delay = next(delays)
-            self.reconnects += 1
-            self.call.metrics.upstream.labels(self.engine_name, "reconnected").inc()
-            log.warning("speech-to-text session dropped; reconnecting and replaying",
-                        leg=self.track.value, error=str(error), retry_in_s=round(delay, 2),
-                        replay_ms=round(self.audio.replay_ms))
-            await asyncio.sleep(delay)
-            self.engine = self.call.open_engine(self.engine_name)
-
-    def _fail_over(self, error: UpstreamError) -> bool:
-        """Move the leg to the secondary engine, once; False when there is none."""
-        secondary = self.call.secondary_engine
-        if secondary is None or self.failed_over or secondary == self.engine_name:
-            return False
-        self.failed_over = True
-        self.call.metrics.upstream.labels(self.engine_name, "failed_over").inc()
-        previous, self.engine_name = self.engine_name, secondary
-        log.warning("speech-to-text failing over to the secondary engine",
-                    leg=self.track.value, engine=previous, to=secondary, error=str(error))
-        self.call.on_failover(self, previous, error)
-        self.engine = self.call.open_engine(secondary)
-        return True
-
-    async def _session(self) -> bool:
-        """One upstream session: open, replay, stream until the end of audio (or a roll
-        over: then True), finish."""
-        self._results_this_session = 0
-        self._roll = False
-        loop = asyncio.get_running_loop()
-        self._session_opened = loop.time()
-        self._last_heard = loop.time()
-        self._heard_at_bytes = 0
-        await self.engine.open()
-        self.call.metrics.upstream.labels(self.engine_name, "opened").inc()
-        self.state = LegState.STREAMING
-        # The new session's audio starts where the replayed audio starts.
-        replay = self.audio.replay()
-        self._session_origin_ms = replay[0][0] if replay else self.audio.sent_ms
-        self._session_bytes = 0
-        async with asyncio.TaskGroup() as tasks:
-            receiver = tasks.create_task(self._receive())
-            watchdog = tasks.create_task(self._watch_silence())
-            for _, chunk in replay:
-                await self.engine.send_audio(chunk)
-                self._session_bytes += len(chunk)
-            await self._send_until_end()
-            watchdog.cancel()
-            if not self._roll:
-                self.state = LegState.FINISHING
-            await self.engine.finish()
-            # Some engines close after their last final, others never do: bound the wait.
-            await asyncio.wait({receiver}, timeout=self._close_grace_s)
-            await self.engine.close()
-        return self._roll
-
-    async def _watch_silence(self) -> None:
-        """An engine that says nothing for ``stt.silence_timeout_s`` while audio flows to it
-        is treated as dropped (off at 0: some engines say nothing in silence)."""
-        limit = self._silence_timeout_s
-        if limit <= 0:
-            return
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(limit / 4)
-            flowing = (self._session_bytes - self._heard_at_bytes) / self.bytes_per_ms
-            if loop.time() - self._last_heard > limit and flowing > limit * 1000:
-                raise UpstreamUnavailable(f"the engine sent nothing for {limit:g}s while "
-                                          "audio flowed")
-
-    async def _send_until_end(self) -> None:
-        audio = self.audio
-        while True:
-            while (chunk := audio.next_chunk()) is not None:
-                await self.engine.send_audio(chunk.data)
-                audio.sent(chunk)  # only once sent: a drop before this replays it
-                self._session_bytes += len(chunk.data)
-            if audio.ended or self._roll:
-                return
-            self._wake.clear()
-            await self._wake.wait()
-
-    async def _receive(self) -> None:
-        loop = asyncio.get_running_loop()
-        async for result in self.engine.results():
-            self._results_this_session += 1
-            self._last_heard = loop.time()
-            self._heard_at_bytes = self._session_bytes
-            placed = self._place(result)
-            if placed is None:
-                continue
-            self.call.on_result(self, placed)
-            limit = self.call.max_session_s(self.engine_name)
-            if placed.is_final and limit and self.state is LegState.STREAMING and \
-                    loop.time() - self._session_opened > limit - self._roll_margin_s:
-                self._roll = True  # a pause, before the engine's limit: roll over here
-                self._wake.set()
-
     def set_paused(self, paused: bool) -> bool:
         """Pause or resume sending this leg's audio; False when nothing changed."""
         return self.audio.set_paused(paused)
 
-    def _place(self, result: EngineResult) -> TranscriptResult | None:
-        """Put a result on the leg's audio clock.
-
-        Engines that give segment times are mapped through the clock map (silence inserted
-        for lost frames is part of the upstream's audio, jumps are not). Otherwise the
-        segment runs from the previous final's end to the audio sent so far: an upper bound
-        that includes the engine's endpointing delay.
-        """
-        to_clock = self.audio.to_clock
-        origin = self._session_origin_ms  # where this session's audio began, upstream ms
-        if result.start_s is not None and result.end_s is not None:
-            end_upstream = origin + result.end_s * 1000
-            start_ms, end_ms = to_clock(origin + result.start_s * 1000), to_clock(end_upstream)
-        else:
-            end_upstream = origin + self._session_bytes / self.bytes_per_ms
-            end_ms = to_clock(end_upstream)
-            previous_end = self._last_final_end_ms
-            start_ms = to_clock(0) if previous_end is None else previous_end
-        start_ms = min(start_ms, end_ms)
-        if result.is_final and result.end_s is not None:
-            # How long after its audio was sent did the final come (engines that give times)
-            behind_ms = origin + self._session_bytes / self.bytes_per_ms - end_upstream
-            self.call.metrics.latency.labels(self.engine_name).observe(max(behind_ms, 0) / 1000)
-        if result.is_final:
-            # Replayed audio recognised again: delivered already. Only engines that give
-            # segment times can say so; for the others the replay starts after the last
-            # final, so there is nothing to repeat.
-            if result.end_s is not None and self._last_final_end_ms is not None \
-                    and end_ms <= self._last_final_end_ms and (self.reconnects or self.rolls):
-                return None
-            self._last_final_end_ms = end_ms
-            self.audio.forget_until(end_upstream)
-        words = tuple((w.text, to_clock(origin + w.start_s * 1000),
-                       to_clock(origin + w.end_s * 1000), w.confidence) for w in result.words)
-        return TranscriptResult(result.text, result.is_final, result.confidence, start_ms, end_ms,
-                                words)
-
-    def _fail(self, error: UpstreamError) -> None:
-        self.call.metrics.upstream.labels(self.engine_name, "failed").inc()
-        self.state = LegState.FAILED
-        self.error = error
-        self.audio.discard()
-        log.error("speech-to-text session failed; the call continues without transcripts "
-                  "for this leg", leg=self.track.value, error=str(error),
-                  retryable=not isinstance(error, UpstreamRefused))
-        self.call.on_leg_error(self, error)
-
     def summary(self) -> dict[str, Any]:
-        audio = self.audio
+        audio, upstream = self.audio, self.upstream
         stats = audio.stats
         return {
             "leg": self.track.value,
@@ -358,28 +144,19 @@ class Leg:
             "bytes_untranscribed": audio.counters.bytes_discarded,
             "transcripts": self.sequence,
             "partials": self.partials,
-            "upstream": "failed" if self.state is LegState.FAILED else "ok",
-            "reconnects": self.reconnects,
-            "engine": self.engine_name,
-            "failed_over": self.failed_over,
-            "rolls": self.rolls,
+            "upstream": "failed" if upstream.state is UpstreamState.FAILED else "ok",
+            "reconnects": upstream.reconnects,
+            "engine": upstream.engine_name,
+            "failed_over": upstream.failed_over,
+            "rolls": upstream.rolls,
             "redaction": {
-                "enabled": self.call.policy.enabled,
-                "policies": self.call.policy.names(),
+                "enabled": self._policy.enabled,
+                "policies": self._policy.names(),
                 "counts": dict(sorted(self.redactor.totals.items())),
                 "paused": [{"start_ms": start, "end_ms": end}
                            for start, end in audio.pauses],
             },
         }
-
-
-def _first(errors: Sequence[BaseException]) -> UpstreamError:
-    for error in errors:
-        if isinstance(error, UpstreamError):
-            return error
-        if isinstance(error, BaseExceptionGroup):
-            return _first(error.exceptions)
-    raise AssertionError("except* matched without an UpstreamError")
 
 
 class CallState(enum.Enum):
@@ -526,16 +303,27 @@ class Call:
         """A new upstream session of engine ``name`` for a leg of this call."""
         return self._engines.open(name, self.encoding, self.sample_rate, self.engine_options)
 
-    @property
-    def secondary_engine(self) -> str | None:
-        return self._engines.secondary
-
-    def max_session_s(self, name: str) -> float:
-        return self._engines.max_session_s(name)
-
     def _open_leg(self, track: Track) -> Leg:
-        self.metrics.legs_active.labels(self._require_started().provider).inc()
-        leg = Leg(self, track, self.open_engine(self.engine_name))
+        started = self._require_started()
+        self.metrics.legs_active.labels(started.provider).inc()
+        leg: Leg
+
+        def on_result(result: TranscriptResult) -> None:
+            self.on_result(leg, result)
+
+        def on_failover(previous: str, to: str, error: UpstreamError) -> None:
+            self.on_failover(leg, previous, to, error)
+
+        def on_error(error: UpstreamError) -> None:
+            self.on_leg_error(leg, error)
+
+        hooks = UpstreamHooks(open_engine=self.open_engine,
+                              max_session_s=self._engines.max_session_s,
+                              secondary=self._engines.secondary, on_result=on_result,
+                              on_failover=on_failover, on_error=on_error)
+        leg = Leg(track, settings=self.settings, encoding=started.encoding,
+                  sample_rate=started.sample_rate, engine_name=self.engine_name, hooks=hooks,
+                  metrics=self.metrics, policy=self.policy)
         self.legs[track] = leg
         if self.paused:
             leg.set_paused(True)
@@ -600,9 +388,9 @@ class Call:
                              if result.words and redacted.text == result.text else {}),
                       })
 
-    def on_failover(self, leg: Leg, previous: str, error: UpstreamError) -> None:
+    def on_failover(self, leg: Leg, previous: str, to: str, error: UpstreamError) -> None:
         self._publish(EventType.TRANSCRIPTION_FAILOVER, leg, {
-            "from": previous, "to": leg.engine_name,
+            "from": previous, "to": to,
             "error": {"code": error.code, "status": error.status, "message": error.reason}})
 
     def on_leg_error(self, leg: Leg, error: UpstreamError) -> None:
