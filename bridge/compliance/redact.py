@@ -163,26 +163,26 @@ def tokenize(texts: Sequence[str]) -> list[Token]:
 def number_pieces(tokens: Sequence[Token]) -> list[Piece]:
     """Every token (or token pair) that stands for digits."""
     pieces: list[Piece] = []
-    zeros = _spoken_zeros(tokens)
+    words = [t.text.lower() for t in tokens] + [""]  # "": no word after the last
+    zeros = _spoken_zeros(words)
     n = 0
     while n < len(tokens):
-        word = tokens[n].lower
+        word = words[n]
         if word.isdigit():
             pieces.append(Piece(n, n, word))
-        elif word in REPEAT and n + 1 < len(tokens) and tokens[n + 1].lower in UNITS:
-            pieces.append(Piece(n, n + 1, UNITS[tokens[n + 1].lower] * REPEAT[word]))
+        elif word in REPEAT and words[n + 1] in UNITS:
+            pieces.append(Piece(n, n + 1, UNITS[words[n + 1]] * REPEAT[word]))
             n += 1
-        elif word in REPEAT and n + 1 < len(tokens) and len(tokens[n + 1].lower) == 1 \
-                and tokens[n + 1].lower.isdigit():
-            pieces.append(Piece(n, n + 1, tokens[n + 1].lower * REPEAT[word]))
+        elif word in REPEAT and len(words[n + 1]) == 1 and words[n + 1].isdigit():
+            pieces.append(Piece(n, n + 1, words[n + 1] * REPEAT[word]))
             n += 1
         elif word in TENS:
             nxt = n + 1
-            if nxt < len(tokens) and tokens[nxt].text == "-":
+            if words[nxt] == "-":
                 nxt += 1
-            if nxt < len(tokens) and tokens[nxt].lower in UNITS and tokens[nxt].lower not in (
+            if nxt < len(tokens) and words[nxt] in UNITS and words[nxt] not in (
                     "zero", "oh", "o", "nought", "nil"):
-                pieces.append(Piece(n, nxt, TENS[word] + UNITS[tokens[nxt].lower]))
+                pieces.append(Piece(n, nxt, TENS[word] + UNITS[words[nxt]]))
                 n = nxt
             else:
                 pieces.append(Piece(n, n, TENS[word] + "0"))
@@ -192,7 +192,7 @@ def number_pieces(tokens: Sequence[Token]) -> list[Piece]:
             pieces.append(Piece(n, n, UNITS[word]))
         elif word in SOFT_DIGITS and (
                 (pieces and pieces[-1].last == n - 1 and not pieces[-1].soft)
-                or (n + 1 < len(tokens) and _numeric(tokens[n + 1].lower))):
+                or _numeric(words[n + 1])):
             pieces.append(Piece(n, n, SOFT_DIGITS[word], soft=True))
         n += 1
     return pieces
@@ -204,10 +204,9 @@ def _numeric(word: str) -> bool:
         word in TEENS or word in TENS or word in REPEAT
 
 
-def _spoken_zeros(tokens: Sequence[Token]) -> set[int]:
-    """Which "oh"/"o" tokens are zeros: those in a chain of them beside a number word or
+def _spoken_zeros(words: Sequence[str]) -> set[int]:
+    """Which "oh"/"o" words are zeros: those in a chain of them beside a number word or
     digits ("one oh oh five"), never one standing alone ("oh no")."""
-    words = [t.lower for t in tokens]
     numeric = _numeric
     zeros: set[int] = set()
     n = 0
@@ -286,8 +285,10 @@ def _trimmed(run: Sequence[Piece]) -> Sequence[Piece]:
 
 def _variants(run: Sequence[Piece]) -> list[Sequence[Piece]]:
     """The run as heard, and without its "for"/"to" ends when it has any."""
+    if not (run[0].soft or run[-1].soft):
+        return [run]
     trimmed = _trimmed(run)
-    return [run, trimmed] if trimmed and len(trimmed) < len(run) else [run]
+    return [run, trimmed] if trimmed else [run]
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,9 +304,8 @@ def _phrase_ends(tokens: Sequence[Token], phrases: Iterable[tuple[str, ...]]) ->
     words = [t.lower for t in tokens]
     for phrase in phrases:
         size = len(phrase)
-        for n in range(len(words) - size + 1):
-            if tuple(words[n:n + size]) == phrase:
-                ends.append(n + size - 1)
+        ends += [n + size - 1 for n, word in enumerate(words[:len(words) - size + 1])
+                 if word == phrase[0] and tuple(words[n:n + size]) == phrase]
     return sorted(ends)
 
 
@@ -568,6 +568,9 @@ class LegRedactor(Generic[P]):
     """One leg's redaction across results; see the module docstring."""
 
     CONTEXT: Final = 6  # released finals kept as context for what follows them
+    # Of each, only its end can hold the start of what follows (19 digits, a few words
+    # between groups, the context words before them): a bound on the work per final.
+    CONTEXT_CHARS: Final = 400
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
@@ -636,7 +639,8 @@ class LegRedactor(Generic[P]):
         count = len(self.held) - keep
         released = [Released(results[n].text, results[n], self.held[n][1])
                     for n in range(count)]
-        self.context = (self.context + [text for text, _ in self.held[:count]])[-self.CONTEXT:]
+        self.context = (self.context + [_tail(text, self.CONTEXT_CHARS)
+                                        for text, _ in self.held[:count]])[-self.CONTEXT:]
         self.held = self.held[count:]
         for item in released:
             self.totals.update(item.redacted.counts)
@@ -664,6 +668,14 @@ class LegRedactor(Generic[P]):
     @property
     def holding(self) -> bool:
         return bool(self.held)
+
+
+def _tail(text: str, size: int) -> str:
+    """The last ``size`` characters of ``text``, from a word's start."""
+    if len(text) <= size:
+        return text
+    cut = text.find(" ", len(text) - size)
+    return text[cut + 1:] if cut >= 0 else ""
 
 
 def policy_for(settings: ComplianceSettings) -> Policy:
