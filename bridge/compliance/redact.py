@@ -77,6 +77,11 @@ CONTEXT_REACH: Final = 8  # tokens after a context phrase in which its number ma
 # A final ending in this many digits (or more) may be a number going on in the next one.
 # At 2, at most one digit of a number split after its first digit leaves before the rest.
 HOLD_DIGITS: Final = 2
+# A final ending in a word or two after digits is held only from this many digits on: a
+# card's first six may be shown (PCI DSS 3.4.1), and the rest of the card is still redacted
+# in the next final (released finals stay as context), while times, amounts and short
+# references followed by a word ("at 10 30 okay") are not delayed.
+HOLD_DIGITS_BEFORE_WORDS: Final = 7
 # Words heard in place of a digit ("4111 for 111"), counted only right beside other digits.
 SOFT_DIGITS: Final = {"for": "4", "to": "2", "too": "2"}
 # A gap in a card: at most this many words ("hold on", "let me check that") ...
@@ -468,20 +473,23 @@ class Redacted:
 
     text: str
     counts: Counter[str] = field(default_factory=Counter)
+    # Character ranges of the original text that were redacted (custom patterns aside).
+    cuts: list[tuple[int, int]] = field(default_factory=list)
 
     def summary(self) -> list[dict[str, object]]:
         return [{"type": kind, "count": n} for kind, n in sorted(self.counts.items())]
 
 
 def redact_segments(texts: Sequence[str], policy: Policy, *,
-                    released: int = 0) -> list[Redacted]:
+                    released: Sequence[Sequence[tuple[int, int]]] = ()) -> list[Redacted]:
     """Redact texts as one (a number may run from one into the next); one result each.
 
     A span that starts in one segment and ends in a later one leaves its placeholder where
-    it starts and removes the rest (so when the first segments are context that was already
-    sent, a span starting there only removes what it covers in the later ones). The first
-    ``released`` segments are such context: a span starting there and reaching a later
-    segment is counted in the first later one, since the released text no longer can be.
+    it starts and removes the rest. The first ``len(released)`` segments are context that
+    was already sent, each with the ranges that were redacted in it then. A span starting
+    there and reaching a later segment leaves its placeholder, and its count, in the first
+    later one (the released text can no longer change), unless it covers what was redacted
+    already: then it only removes what it covers in the later ones.
     """
     tokens = tokenize(texts)
     spans = find_spans(tokens, policy) if policy.enabled else []
@@ -489,16 +497,19 @@ def redact_segments(texts: Sequence[str], policy: Policy, *,
     cuts: list[list[tuple[int, int, str]]] = [[] for _ in texts]  # (start, end, replacement)
     for span in spans:
         first, last = tokens[span.first], tokens[span.last]
-        counted = max(first.segment, released) if last.segment >= released else first.segment
-        results[counted].counts[span.kind] += 1
-        if first.segment == last.segment:
-            cuts[first.segment].append((first.start, last.end, f"[{span.kind}]"))
-            continue
-        cuts[first.segment].append((first.start, len(texts[first.segment]), f"[{span.kind}]"))
-        for middle in range(first.segment + 1, last.segment):
-            cuts[middle].append((0, len(texts[middle]), ""))
-        cuts[last.segment].append((0, last.end, ""))
+        marked, new = first.segment, True
+        if first.segment < len(released) <= last.segment:
+            marked = len(released)
+            new = not (any(end > first.start for _, end in released[first.segment]) or any(
+                released[n] for n in range(first.segment + 1, len(released))))
+        if new:
+            results[marked].counts[span.kind] += 1
+        for segment in range(first.segment, last.segment + 1):
+            cuts[segment].append((first.start if segment == first.segment else 0,
+                                  last.end if segment == last.segment else len(texts[segment]),
+                                  f"[{span.kind}]" if segment == marked and new else ""))
     for n, text in enumerate(texts):
+        results[n].cuts = sorted((start, end) for start, end, _ in cuts[n])
         for start, end, replacement in sorted(cuts[n], reverse=True):
             text = text[:start] + replacement + text[end:]
         for kind, pattern in policy.custom:
@@ -547,7 +558,8 @@ def _open_ending(text: str) -> bool:
     # Digits right after a redacted number may be the rest of it (a shorter window matched).
     if after_placeholder and _joined(tokens[:last[0].first]) and _joined(after):
         return True
-    return _chain_start(tokens, runs, HOLD_DIGITS)[1] >= HOLD_DIGITS
+    needed = HOLD_DIGITS if _joined(after) else HOLD_DIGITS_BEFORE_WORDS
+    return _chain_start(tokens, runs, needed)[1] >= needed
 
 
 # Words announcing a number that may follow in the next final.
@@ -567,7 +579,9 @@ class Released(Generic[P]):
 class LegRedactor(Generic[P]):
     """One leg's redaction across results; see the module docstring."""
 
-    CONTEXT: Final = 6  # released finals kept as context for what follows them
+    # Released finals kept as context for what follows them: the text as the engine gave
+    # it, and the ranges redacted in it when it went out (not to be counted again).
+    CONTEXT: Final = 6
     # Of each, only its end can hold the start of what follows (19 digits, a few words
     # between groups, the context words before them): a bound on the work per final.
     CONTEXT_CHARS: Final = 400
@@ -575,14 +589,14 @@ class LegRedactor(Generic[P]):
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
         self.held: list[tuple[str, P]] = []
-        self.context: list[str] = []
+        self.context: list[tuple[str, list[tuple[int, int]]]] = []
         self.totals: Counter[str] = Counter()
 
     def _redact_held(self, extra: Sequence[str] = ()) -> list[Redacted]:
         """Redact the held finals (and ``extra``) after the context: results for those only."""
-        texts = self.context + [text for text, _ in self.held] + list(extra)
-        return redact_segments(texts, self.policy,
-                               released=len(self.context))[len(self.context):]
+        texts = [text for text, _ in self.context + self.held] + list(extra)
+        return redact_segments(texts, self.policy, released=[cuts for _, cuts in self.context]
+                               )[len(self.context):]
 
     def final(self, text: str, payload: P) -> list[Released[P]]:
         """A new final: returns the finals that may go out now (maybe none: held back)."""
@@ -591,8 +605,8 @@ class LegRedactor(Generic[P]):
             return self.flush()
         # Judge the ending after redaction, released context included: a number that is now
         # complete closes it; digits right after a redacted one keep it open.
-        texts = self.context + [t for t, _ in self.held]
-        results = redact_segments(texts, self.policy, released=len(self.context))
+        texts = [t for t, _ in self.context + self.held]
+        results = redact_segments(texts, self.policy, released=[c for _, c in self.context])
         held = results[len(self.context):]
         if not _open_ending(" ".join(r.text for r in results)):
             return self._release(keep=0, results=held)
@@ -639,8 +653,9 @@ class LegRedactor(Generic[P]):
         count = len(self.held) - keep
         released = [Released(results[n].text, results[n], self.held[n][1])
                     for n in range(count)]
-        self.context = (self.context + [_tail(text, self.CONTEXT_CHARS)
-                                        for text, _ in self.held[:count]])[-self.CONTEXT:]
+        self.context += [_tail(text, item.redacted.cuts, self.CONTEXT_CHARS)
+                         for (text, _), item in zip(self.held[:count], released, strict=True)]
+        self.context = self.context[-self.CONTEXT:]
         self.held = self.held[count:]
         for item in released:
             self.totals.update(item.redacted.counts)
@@ -670,12 +685,15 @@ class LegRedactor(Generic[P]):
         return bool(self.held)
 
 
-def _tail(text: str, size: int) -> str:
-    """The last ``size`` characters of ``text``, from a word's start."""
-    if len(text) <= size:
-        return text
-    cut = text.find(" ", len(text) - size)
-    return text[cut + 1:] if cut >= 0 else ""
+def _tail(text: str, cuts: Sequence[tuple[int, int]],
+          size: int) -> tuple[str, list[tuple[int, int]]]:
+    """The last ``size`` characters of ``text`` from a word's start, and the ``cuts``
+    (character ranges) within them."""
+    start = 0
+    if len(text) > size:
+        space = text.find(" ", len(text) - size)
+        start = space + 1 if space >= 0 else len(text)
+    return text[start:], [(max(a - start, 0), b - start) for a, b in cuts if b > start]
 
 
 def policy_for(settings: ComplianceSettings) -> Policy:

@@ -224,8 +224,18 @@ def test_a_card_that_began_in_a_released_final_is_counted() -> None:
     [timed_out] = redactor.flush()  # the hold ran out: it left as it was
     assert timed_out.text == "4111 1111 1111" and not timed_out.redacted.counts
     [rest] = redactor.final("1111", 2)
-    assert rest.text == ""
+    assert rest.text == "[credit_card]"  # the rest of the card, and the redaction shown
     assert rest.redacted.counts == {"credit_card": 1}
+    assert redactor.totals == {"credit_card": 1}
+
+
+def test_a_card_already_redacted_in_a_released_final_is_not_counted_again() -> None:
+    redactor: LegRedactor[int] = LegRedactor(Policy())
+    [first] = redactor.final("my card is 4111 1111 1111 1111", 1)  # complete: it goes
+    assert first.text == "my card is [credit_card]"
+    assert redactor.final("22", 2) == []  # more digits of the same run: held ...
+    [rest] = redactor.flush()
+    assert rest.text == ""  # ... and taken with the card they may belong to
     assert redactor.totals == {"credit_card": 1}
 
 
