@@ -74,6 +74,9 @@ EXPIRY_WORDS: Final = frozenset({"expires", "expiry", "expiration", "exp", "expi
                                  "expiring", "thru", "through"})
 SSN_PHRASES: Final = (("social", "security"), ("ssn",), ("social",))
 CONTEXT_REACH: Final = 8  # tokens after a context phrase in which its number may start
+# Words announcing a number that may follow in the next final.
+CONTEXT_WORDS: Final = CARD_WORDS | EXPIRY_WORDS | {"security", "cvv", "cvc", "code", "social",
+                                                    "ssn", "number"}
 # A final ending in this many digits (or more) may be a number going on in the next one.
 # At 2, at most one digit of a number split after its first digit leaves before the rest.
 HOLD_DIGITS: Final = 2
@@ -562,11 +565,6 @@ def _open_ending(text: str) -> bool:
     return _chain_start(tokens, runs, needed)[1] >= needed
 
 
-# Words announcing a number that may follow in the next final.
-CONTEXT_WORDS: Final = CARD_WORDS | EXPIRY_WORDS | {"security", "cvv", "cvc", "code", "social",
-                                                    "ssn", "number"}
-
-
 @dataclass
 class Released(Generic[P]):
     """A final ready to go out: redacted text, its counts, and what the caller attached."""
@@ -663,8 +661,9 @@ class LegRedactor(Generic[P]):
 
     def partial(self, text: str) -> Redacted:
         """A partial, redacted with the held finals as context; an unfinished trailing chain
-        of 4 or more digits (digit groups with short gaps, and up to ``MAX_GAP_WORDS``
-        words after it: "4000 0566 5566 wait") is masked as ``[digits]`` to the end."""
+        of digit groups is masked as ``[digits]`` to the end: from 4 digits when the partial
+        ends in them, from 7 when up to ``MAX_GAP_WORDS`` words follow ("4000 0566 5566
+        wait"), as for holding finals."""
         if not self.policy.enabled:
             return Redacted(text)
         result = self._redact_held([text])[-1]
@@ -673,8 +672,9 @@ class LegRedactor(Generic[P]):
         if runs:
             rest = tokens[runs[-1][-1].last + 1:]
             k, digits = _chain_start(tokens, runs, 19)
-            if digits >= 4 and len(rest) <= 2 * MAX_GAP_WORDS and \
-                    _gap_words(rest) <= MAX_GAP_WORDS:
+            if (_joined(rest) and digits >= 4) or (
+                    digits >= HOLD_DIGITS_BEFORE_WORDS and len(rest) <= 2 * MAX_GAP_WORDS
+                    and _gap_words(rest) <= MAX_GAP_WORDS):
                 start = tokens[runs[k][0].first].start
                 result.text = result.text[:start] + f"[{DIGITS}]"
                 result.counts[DIGITS] += 1

@@ -215,7 +215,7 @@ def test_a_partial_ending_in_a_word_after_twelve_digits_shows_none_of_them() -> 
     redactor: LegRedactor[int] = LegRedactor(Policy())
     assert redactor.partial("my card is 4000 0566 5566 wait").text == "my card is [digits]"
     assert redactor.partial("4111 1111 sorry 1111 hold on").text == "[digits]"
-    assert redactor.partial("it's at 10 okay").text == "it's at 10 okay"
+    assert redactor.partial("it's at 10 30 okay").text == "it's at 10 30 okay"
 
 
 def test_a_card_that_began_in_a_released_final_is_counted() -> None:
