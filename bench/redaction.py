@@ -12,6 +12,10 @@
    in the gaps ("sorry", "hold on", "let me check"), over 1-3 finals with an interjection
    ending one or starting the next (positives); times, amounts, dates, short references,
    order numbers under 13 digits and phone numbers (negatives).
+   Then numbers that only look like such a card: two harmless numbers a few words apart
+   (a phone number and its extension, an order number and a quantity), 13-19 digits
+   together. The bridge cannot tell these from a card read in groups when the digits pass
+   the Luhn check with a brand's prefix (or follow card words), so this set prices the rule.
 4. Delay: a final that ends where a number may go on is held until the next final or
    ``hold_s``. With gaps between finals drawn from 0.3-3.0 s, the added delay per final.
 5. CPU per final on the held-out finals, and for one final of 10,000 words.
@@ -120,6 +124,23 @@ def interrupted(rand: random.Random, count: int) -> list[tuple[list[str], list[s
     return cases
 
 
+def adjacent(rand: random.Random, count: int) -> list[tuple[list[str], list[str]]]:
+    """Two harmless numbers a few words apart, 13-19 digits together (negatives)."""
+    cases: list[tuple[list[str], list[str]]] = []
+    digits = lambda size: "".join(rand.choice("0123456789") for _ in range(size))  # noqa: E731
+    for _ in range(count):
+        shape = rand.random()
+        if shape < 0.5:
+            text = (f"call me on {rand.randint(200, 999)} {rand.randint(200, 999)} "
+                    f"{digits(4)} extension {digits(rand.randint(3, 5))}")
+        elif shape < 0.8:
+            text = f"order {digits(rand.randint(8, 12))} quantity {rand.randint(10, 9999)}"
+        else:
+            text = f"reference {digits(rand.randint(6, 9))} and {digits(rand.randint(7, 9))}"
+        cases.append(([text], [text]))
+    return cases
+
+
 def delays(rand: random.Random, cases: list[tuple[list[str], list[str]]]) -> list[float]:
     """Added delay per final: a held final waits for the next final or HOLD_S."""
     added: list[float] = []
@@ -154,6 +175,10 @@ def main() -> None:
     recall, precision, tp, fp, fn = score(spoken)
     print(f"interrupted ({len(spoken)} cases, seed 20261201): recall {recall:.3f}, "
           f"precision {precision:.3f} (tp {tp}, fp {fp}, fn {fn})")
+    near = adjacent(random.Random(20261202), 1000)
+    _, _, _, fp, _ = score(near)
+    print(f"adjacent harmless numbers ({len(near)} cases, seed 20261202): {fp} redacted "
+          f"({fp / len(near):.1%})")
     cases += spoken
     added = sorted(delays(rand, corpus() + cases))
     held = [a for a in added if a > 0]
