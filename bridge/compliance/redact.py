@@ -394,12 +394,14 @@ def _bridged_cards(tokens: Sequence[Token], runs: Sequence[Sequence[Piece]],
                    card_ends: Sequence[int]) -> list[tuple[int, int]]:
     """Cards read as groups with a few words between them: 2 to ``MAX_GAPS`` + 1
     consecutive runs of a chain, 13-19 digits in all, passing the Luhn check with a brand's
-    prefix, or following card words. Longest first, without overlaps."""
+    prefix, or following card words. Without overlaps: those passing the check first,
+    longest first; then, after card words, those nearest 16 digits (the usual length), so
+    that a security code said after a misheard card is not taken for its end."""
     links = _links(tokens, runs)
     # Each run's digits with and without its "for"/"to" ends; longer ones never fit a card.
     heads = [[(v[0], "".join(p.digits for p in v)) for v in _variants(run)] for run in runs]
     tails = [[(v[-1], "".join(p.digits for p in v)) for v in _variants(run)] for run in runs]
-    windows: list[tuple[int, int, int]] = []  # (digits, first token, last token)
+    windows: list[tuple[int, int, int]] = []  # (rank, first token, last token)
     for k, link in enumerate(links):
         if not link:
             continue
@@ -413,15 +415,18 @@ def _bridged_cards(tokens: Sequence[Token], runs: Sequence[Sequence[Piece]],
                     break
                 for end, tail in tails[m]:
                     digits = middle + tail
-                    if 13 <= len(digits) <= 19 and (context or (
-                            BRAND_PREFIX.match(digits) and luhn_valid(digits))):
-                        windows.append((len(digits), start.first, end.last))
+                    if not 13 <= len(digits) <= 19:
+                        continue
+                    if BRAND_PREFIX.match(digits) and luhn_valid(digits):
+                        windows.append((-len(digits), start.first, end.last))
+                    elif context:
+                        windows.append((100 + abs(len(digits) - 16), start.first, end.last))
                 middle += tails[m][0][1]
                 if len(middle) > 19:
                     break
     chosen: list[tuple[int, int]] = []
     taken: set[int] = set()
-    for _, first, last in sorted(windows, key=lambda w: (-w[0], w[1])):
+    for _, first, last in sorted(windows):
         if taken.isdisjoint(range(first, last + 1)):
             chosen.append((first, last))
             taken.update(range(first, last + 1))

@@ -245,6 +245,14 @@ def test_card_context_redacts_thirteen_digits_or_more_that_fail_the_check() -> N
     assert run_leg(["reference 4111 1111 1111 1112"]) == ["reference 4111 1111 1111 1112"]
 
 
+def test_a_security_code_after_an_interrupted_card_is_not_taken_for_its_end() -> None:
+    assert run_leg(["visa 4111 1111 sorry 1111 1111 cvv 123"]) == [
+        "visa [credit_card] cvv [card_security_code]"]
+    # misheard (no Luhn check to go by): the card words make it a card, of the usual length
+    assert run_leg(["my card 4111 1111 okay 1111 1112 and the cvv is 123"]) == [
+        "my card [credit_card] and the cvv is [card_security_code]"]
+
+
 @pytest.mark.parametrize("text", [
     "can we do it at 10 30 okay", "it was $1,250.00 last month", "twenty five dollars please",
     "order 1234 5678 sorry 9012", "call me on 415 555 0134 okay 212 555 0199",
