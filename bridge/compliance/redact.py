@@ -547,7 +547,9 @@ def _open_ending(text: str) -> bool:
     after_placeholder = bool(placeholders)
     if placeholders:
         text = text[placeholders[-1].end():]
-    tokens = tokenize([text])
+    # Only the end matters (as for the context of a leg): what comes before it cannot
+    # change the answer but from "closed" to "open".
+    tokens = tokenize([_tail(text, (), LegRedactor.CONTEXT_CHARS)[0]])
     if not tokens:
         return False
     words = [t.lower for t in tokens]

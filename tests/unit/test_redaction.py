@@ -276,10 +276,9 @@ def test_a_final_of_ten_thousand_digits_or_words_is_handled(text: str) -> None:
     """Work is linear by construction (a card window never spans more than 19 digits or
     MAX_GAPS gaps, context and held finals are bounded): these finish."""
     redactor: LegRedactor[int] = LegRedactor(Policy())
-    released: list[int] = []
-    for n in range(2):
-        released += [item.payload for item in redactor.final(text, n)]
-        redactor.partial(text)
+    released = [item.payload for item in redactor.final(text, 0)]
+    redactor.partial(text)
+    released += [item.payload for item in redactor.final("thanks", 1)]
     released += [item.payload for item in redactor.flush()]
     assert released == [0, 1]  # every final out, in order, however long
 
@@ -290,7 +289,7 @@ def drawing(draw: st.DrawFn) -> Callable[[Sequence[Any]], Any]:
     return lambda options: draw(st.sampled_from(options))
 
 
-@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
 @given(st.data())
 def test_a_card_read_with_interruptions_over_finals_never_comes_out_whole(
         data: st.DataObject) -> None:
