@@ -74,6 +74,11 @@ EXPIRY_WORDS: Final = frozenset({"expires", "expiry", "expiration", "exp", "expi
                                  "expiring", "thru", "through"})
 SSN_PHRASES: Final = (("social", "security"), ("ssn",), ("social",))
 CONTEXT_REACH: Final = 8  # tokens after a context phrase in which its number may start
+# Words announcing a number of another kind: a card taken on card words alone (without the
+# Luhn check) does not run on over them ("card ending 1234 expires 04 2026 cvv 123" holds
+# three numbers, not one).
+OTHER_KINDS: Final = EXPIRY_WORDS | {"security", "cvv", "cvv2", "cvc", "cid", "csc",
+                                     "verification", "social", "ssn"}
 # Words announcing a number that may follow in the next final.
 CONTEXT_WORDS: Final = CARD_WORDS | EXPIRY_WORDS | {"security", "cvv", "cvc", "code", "social",
                                                     "ssn", "number"}
@@ -398,6 +403,10 @@ def _bridged_cards(tokens: Sequence[Token], runs: Sequence[Sequence[Piece]],
     longest first; then, after card words, those nearest 16 digits (the usual length), so
     that a security code said after a misheard card is not taken for its end."""
     links = _links(tokens, runs)
+    # Gaps without words of other kinds, for windows taken on card words alone.
+    plain = [link and not any(t.lower in OTHER_KINDS
+                              for t in tokens[runs[k][-1].last + 1:runs[k + 1][0].first])
+             for k, link in enumerate(links)]
     # Each run's digits with and without its "for"/"to" ends; longer ones never fit a card.
     heads = [[(v[0], "".join(p.digits for p in v)) for v in _variants(run)] for run in runs]
     tails = [[(v[-1], "".join(p.digits for p in v)) for v in _variants(run)] for run in runs]
@@ -413,6 +422,7 @@ def _bridged_cards(tokens: Sequence[Token], runs: Sequence[Sequence[Piece]],
             for m in range(k + 1, min(k + 1 + MAX_GAPS, len(runs))):
                 if not links[m - 1]:
                     break
+                context = context and plain[m - 1]
                 for end, tail in tails[m]:
                     digits = middle + tail
                     if not 13 <= len(digits) <= 19:

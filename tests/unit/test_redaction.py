@@ -251,6 +251,9 @@ def test_a_security_code_after_an_interrupted_card_is_not_taken_for_its_end() ->
     # misheard (no Luhn check to go by): the card words make it a card, of the usual length
     assert run_leg(["my card 4111 1111 okay 1111 1112 and the cvv is 123"]) == [
         "my card [credit_card] and the cvv is [card_security_code]"]
+    # the last four, the expiry and the code: three numbers, not one taken on card words
+    assert run_leg(["card ending 1234 expires 04 2026 cvv 123"]) == [
+        "card ending 1234 expires [card_expiry] cvv [card_security_code]"]
 
 
 @pytest.mark.parametrize("text", [
