@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.compliance.redact import (
-    MAX_GAPS,
     OFF,
     LegRedactor,
     Policy,
@@ -265,19 +264,13 @@ def test_harmless_numbers_with_words_between_them_stay(text: str) -> None:
     assert run_leg([text]) == [text]
 
 
-def test_groups_with_more_gaps_than_a_card_has_are_not_joined() -> None:
-    groups = ["411", "111", "111", "111", "111", "1"]  # a card in six groups, five gaps
-    assert len(groups) - 1 > MAX_GAPS
-    assert run_leg([" okay ".join(groups)]) == [" okay ".join(groups)]
-
-
 @pytest.mark.parametrize("text", [
     "4" * 10_000, " ".join(["four"] * 10_000), " ".join(["4111", "okay"] * 5_000),
     " ".join(["card", "1"] * 5_000), " ".join(["1", "for"] * 5_000), " ".join(["oh"] * 10_000),
     "1 " + " ".join(["uh"] * 10_000) + " 1", " ".join(["double", "five", "sorry"] * 3_000)])
 def test_a_final_of_ten_thousand_digits_or_words_is_handled(text: str) -> None:
     """Work is linear by construction (a card window never spans more than 19 digits or
-    MAX_GAPS gaps, context and held finals are bounded): these finish."""
+    ``MAX_GAPS`` gaps; context and held finals are bounded): these finish."""
     redactor: LegRedactor[int] = LegRedactor(Policy())
     released = [item.payload for item in redactor.final(text, 0)]
     redactor.partial(text)
@@ -299,7 +292,7 @@ def test_a_card_read_with_interruptions_over_finals_never_comes_out_whole(
     choose = drawing(data.draw)
     number = card_number(choose)
     finals = spoken_card(number, choose)
-    assert spoken_digits(" ".join(finals)).find(number) >= 0  # the card was said
+    assert number in spoken_digits(" ".join(finals))  # the card was said
     out = run_leg(finals)
     assert number not in spoken_digits(" ".join(out))
 
