@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.compliance.redact import (
+    MAX_HELD,
     OFF,
     LegRedactor,
     Policy,
@@ -277,6 +278,16 @@ def test_a_final_of_ten_thousand_digits_or_words_is_handled(text: str) -> None:
     released += [item.payload for item in redactor.final("thanks", 1)]
     released += [item.payload for item in redactor.flush()]
     assert released == [0, 1]  # every final out, in order, however long
+
+
+def test_a_leg_holds_a_bounded_number_of_finals() -> None:
+    redactor: LegRedactor[int] = LegRedactor(Policy())
+    released: list[int] = []
+    for n in range(30):  # each could be two more digits of one number
+        released += [item.payload for item in redactor.final("12", n)]
+        assert len(redactor.held) <= MAX_HELD
+    released += [item.payload for item in redactor.flush()]
+    assert released == list(range(30))
 
 
 # -- properties over spoken cards with interruptions ---------------------------------------
