@@ -10,8 +10,8 @@ the Luhn check; a part of a longer run also needs a card brand's prefix or card 
 People interrupt themselves while reading a card ("4111 1111 sorry 1111 1111", "hold on",
 "let me check"), so the decision rests on the digits, not on the words around them: runs
 with a few words between them (at most ``MAX_GAP_WORDS`` words in a gap, ``MAX_GAPS`` gaps)
-form a *chain*, and consecutive runs of a chain adding up to 13-19 digits are a card when
-they pass the Luhn check and start with a brand's prefix, or when card words stand just
+form a *chain*, and consecutive runs of a chain adding up to 13-19 digits and starting with
+a brand's prefix are a card when they pass the Luhn check, or when card words stand just
 before them (then a misheard digit that breaks the Luhn check does not let the number out).
 The words between the groups are redacted with the card. "for", "to" and "too" count as
 digits ("4", "2") only right beside other digits, where they are a misheard "four", "two".
@@ -389,7 +389,8 @@ def _cards(tokens: Sequence[Token], runs: Sequence[Sequence[Piece]],
             found.append((run[first].first, run[last].last))
         for variant in _variants(run):
             digits = "".join(p.digits for p in variant)
-            if 13 <= len(digits) <= 19 and _after_context(variant, card_ends):
+            if 13 <= len(digits) <= 19 and BRAND_PREFIX.match(digits) and _after_context(
+                    variant, card_ends):
                 found.append((variant[0].first, variant[-1].last))
                 break
     return found + _bridged_cards(tokens, runs, card_ends)
@@ -398,8 +399,8 @@ def _cards(tokens: Sequence[Token], runs: Sequence[Sequence[Piece]],
 def _bridged_cards(tokens: Sequence[Token], runs: Sequence[Sequence[Piece]],
                    card_ends: Sequence[int]) -> list[tuple[int, int]]:
     """Cards read as groups with a few words between them: 2 to ``MAX_GAPS`` + 1
-    consecutive runs of a chain, 13-19 digits in all, passing the Luhn check with a brand's
-    prefix, or following card words. Without overlaps: those passing the check first,
+    consecutive runs of a chain, 13-19 digits in all with a brand's prefix, passing the Luhn
+    check or following card words. Without overlaps: those passing the check first,
     longest first; then, after card words, those nearest 16 digits (the usual length), so
     that a security code said after a misheard card is not taken for its end."""
     links = _links(tokens, runs)
@@ -427,7 +428,9 @@ def _bridged_cards(tokens: Sequence[Token], runs: Sequence[Sequence[Piece]],
                     digits = middle + tail
                     if not 13 <= len(digits) <= 19:
                         continue
-                    if BRAND_PREFIX.match(digits) and luhn_valid(digits):
+                    if not BRAND_PREFIX.match(digits):
+                        continue
+                    if luhn_valid(digits):
                         windows.append((-len(digits), start.first, end.last))
                     elif context:
                         windows.append((100 + abs(len(digits) - 16), start.first, end.last))

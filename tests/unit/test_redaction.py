@@ -243,6 +243,9 @@ def test_card_context_redacts_thirteen_digits_or_more_that_fail_the_check() -> N
     assert run_leg(["my card is 4111 1111 1111 1112"]) == ["my card is [credit_card]"]
     assert run_leg(["visa 4111 1111 sorry 1111 1112"]) == ["visa [credit_card]"]
     assert run_leg(["reference 4111 1111 1111 1112"]) == ["reference 4111 1111 1111 1112"]
+    # card words, but no card's first digits: a phone number and its extension
+    assert run_leg(["call the card services line at 1 800 555 0199 extension 1234"]) == [
+        "call the card services line at 1 800 555 0199 extension 1234"]
 
 
 def test_a_security_code_after_an_interrupted_card_is_not_taken_for_its_end() -> None:
