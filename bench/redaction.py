@@ -127,7 +127,10 @@ def interrupted(rand: random.Random, count: int) -> list[tuple[list[str], list[s
 def adjacent(rand: random.Random, count: int) -> list[tuple[list[str], list[str]]]:
     """Two harmless numbers a few words apart, 13-19 digits together (negatives)."""
     cases: list[tuple[list[str], list[str]]] = []
-    digits = lambda size: "".join(rand.choice("0123456789") for _ in range(size))  # noqa: E731
+
+    def digits(size: int) -> str:
+        return "".join(rand.choice("0123456789") for _ in range(size))
+
     for _ in range(count):
         shape = rand.random()
         if shape < 0.5:

@@ -376,7 +376,10 @@ def harmless_number(choose: Choose) -> str:
     """A sentence with one number that must stay readable: a time, an amount, a date, a
     short reference, an order number under 13 digits, a phone number that is no card."""
     kind = choose(["time", "amount", "words amount", "date", "reference", "order", "phone"])
-    digit = lambda: choose("0123456789")  # noqa: E731 - a one-line drawer
+
+    def digit() -> str:
+        return str(choose("0123456789"))
+
     if kind == "time":
         hour, minute = choose(range(1, 13)), choose(range(0, 60, 5))
         return choose([f"can we do it at {hour} {minute:02d}", f"at {hour}:{minute:02d} okay",
