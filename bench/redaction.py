@@ -7,8 +7,18 @@
    every supported spoken and written form, inside carrier sentences, one or split over
    two finals (positives); numbers that must stay (Luhn-failing 13-19 digit numbers,
    phone numbers, amounts) (negatives).
-3. Delay: a final that ends where a number may go on is held until the next final or
+3. A second held-out set, of cards read as people read them: 3-5 groups in any mix of
+   digits and words ("oh", "double", teens, tens, "for"/"to" after a digit), interjections
+   in the gaps ("sorry", "hold on", "let me check"), over 1-3 finals with an interjection
+   ending one or starting the next (positives); times, amounts, dates, short references,
+   order numbers under 13 digits and phone numbers (negatives).
+   Then numbers that only look like such a card: two harmless numbers a few words apart
+   (a phone number and its extension, an order number and a quantity), 13-19 digits
+   together. The bridge cannot tell these from a card read in groups when the digits pass
+   the Luhn check with a brand's prefix (or follow card words), so this set prices the rule.
+4. Delay: a final that ends where a number may go on is held until the next final or
    ``hold_s``. With gaps between finals drawn from 0.3-3.0 s, the added delay per final.
+5. CPU per final on the held-out finals, and for one final of 10,000 words.
 
     PYTHONPATH=. python bench/redaction.py
 """
@@ -27,7 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bridge.compliance.redact import PLACEHOLDER, LegRedactor, Policy
 from tests.support.redaction_corpus import (
     RENDERINGS,
+    card_number,
     corpus,
+    harmless_number,
+    spoken_card,
     with_check_digit,
 )
 
@@ -100,6 +113,37 @@ def held_out(rand: random.Random, count: int) -> list[tuple[list[str], list[str]
     return cases
 
 
+def interrupted(rand: random.Random, count: int) -> list[tuple[list[str], list[str]]]:
+    """Cards read in groups with interjections over 1-3 finals, and harmless numbers."""
+    cases: list[tuple[list[str], list[str]]] = []
+    for _ in range(count):
+        finals = spoken_card(card_number(rand.choice), rand.choice)
+        cases.append((finals, ["[credit_card]"] + [""] * (len(finals) - 1)))
+        harmless = harmless_number(rand.choice)
+        cases.append(([harmless], [harmless]))
+    return cases
+
+
+def adjacent(rand: random.Random, count: int) -> list[tuple[list[str], list[str]]]:
+    """Two harmless numbers a few words apart, 13-19 digits together (negatives)."""
+    cases: list[tuple[list[str], list[str]]] = []
+
+    def digits(size: int) -> str:
+        return "".join(rand.choice("0123456789") for _ in range(size))
+
+    for _ in range(count):
+        shape = rand.random()
+        if shape < 0.5:
+            text = (f"call me on {rand.randint(200, 999)} {rand.randint(200, 999)} "
+                    f"{digits(4)} extension {digits(rand.randint(3, 5))}")
+        elif shape < 0.8:
+            text = f"order {digits(rand.randint(8, 12))} quantity {rand.randint(10, 9999)}"
+        else:
+            text = f"reference {digits(rand.randint(6, 9))} and {digits(rand.randint(7, 9))}"
+        cases.append(([text], [text]))
+    return cases
+
+
 def delays(rand: random.Random, cases: list[tuple[list[str], list[str]]]) -> list[float]:
     """Added delay per final: a held final waits for the next final or HOLD_S."""
     added: list[float] = []
@@ -130,18 +174,33 @@ def main() -> None:
     recall, precision, tp, fp, fn = score(cases)
     print(f"held-out ({len(cases)} cases, seed 20261121): recall {recall:.3f}, "
           f"precision {precision:.3f} (tp {tp}, fp {fp}, fn {fn})")
+    spoken = interrupted(random.Random(20261201), 1000)
+    recall, precision, tp, fp, fn = score(spoken)
+    print(f"interrupted ({len(spoken)} cases, seed 20261201): recall {recall:.3f}, "
+          f"precision {precision:.3f} (tp {tp}, fp {fp}, fn {fn})")
+    near = adjacent(random.Random(20261202), 1000)
+    _, _, _, fp, _ = score(near)
+    print(f"adjacent harmless numbers ({len(near)} cases, seed 20261202): {fp} redacted "
+          f"({fp / len(near):.1%})")
+    cases += spoken
     added = sorted(delays(rand, corpus() + cases))
     held = [a for a in added if a > 0]
     p99 = added[int(0.99 * (len(added) - 1))]
     print(f"hold-back: {len(held)} of {len(added)} finals held ({len(held) / len(added):.0%}); "
           f"added delay p50 {statistics.median(added):.2f} s, p99 {p99:.2f} s, "
           f"max {added[-1]:.2f} s (hold_s {HOLD_S:g})")
-    texts = [text for finals, _ in cases for text in finals]
+    for name, sample in (("held-out", cases[:400]), ("interrupted", spoken[:400])):
+        texts = [text for finals, _ in sample for text in finals]
+        start = time.process_time()
+        for _ in range(5):
+            run(texts)
+        cpu = (time.process_time() - start) / (5 * len(texts))
+        print(f"cpu: {cpu * 1e6:.0f} us per final on {len(texts)} {name} finals "
+              f"(Python {sys.version.split()[0]})")
+    long_final = " ".join(["4111", "okay"] * 5000)
     start = time.process_time()
-    for _ in range(5):
-        run(texts[:200])
-    cpu = (time.process_time() - start) / (5 * 200)
-    print(f"cpu: {cpu * 1e6:.0f} us per final (Python {sys.version.split()[0]})")
+    run([long_final])
+    print(f"cpu: {(time.process_time() - start) * 1e3:.0f} ms for one final of 10,000 words")
 
 
 if __name__ == "__main__":

@@ -73,6 +73,44 @@ async def test_card_numbers_from_the_engine_reach_no_webhook_outbox_row_or_log(
     assert leaked("\n".join(bridge.raw_stderr)) == []
 
 
+# A card read in two groups with words between them, the second group in the next final,
+# and a harmless time after it. The first utterance is long enough for a partial that ends
+# in words after eight digits.
+INTERRUPTED_SPEECH = pcm_program(("silence", 200), ("tone", 1200, 800), ("silence", 500),
+                                 ("tone", 1200, 600), ("silence", 500), ("tone", 600, 400),
+                                 ("silence", 500))
+INTERRUPTED_SCRIPT = ["sure five five five five five five five five wait okay",
+                      "hold on five five five five four four four four thanks",
+                      "see you at ten thirty"]
+
+
+async def test_a_card_read_with_interruptions_over_finals_reaches_no_webhook_or_outbox_row(
+        bridge_factory: BridgeFactory, stt: TelnyxSttEmulator, receiver: WebhookReceiver,
+        tmp_path: Path) -> None:
+    stt.script = INTERRUPTED_SCRIPT
+    bridge = await bridge_factory(CALLBRIDGE_STT_INTERIM_RESULTS="true",
+                                  CALLBRIDGE_OUTBOX_RETENTION_DAYS="1")
+    spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(INTERRUPTED_SPEECH)},
+                    call_id="CA-interrupted")
+    events = await run_call(bridge, receiver, spec, speed=2, within_s=30)
+
+    secrets = ["five five five five", "four four four four"]
+    sent = " ".join(json.dumps(frame) for s in stt.sessions for frame in s.sent)
+    assert all(secret in sent for secret in secrets)
+    partials = [e.data["text"] for e in events if e.type == "transcript.partial"]
+    assert any(text.endswith("[digits]") for text in partials)
+    for event in events:
+        assert not [s for s in secrets if s in event.body.decode()], event.data.get("text")
+    finals = [e.data for e in events if e.type == "transcript.final"]
+    assert [f["text"] for f in finals] == ["sure [credit_card]", "thanks",
+                                           "see you at ten thirty"]
+    [leg] = events[-1].data["legs"]
+    assert leg["redaction"]["counts"] == {"credit_card": 1}
+    with sqlite3.connect(tmp_path / "outbox.db") as db:
+        bodies = [row[0].decode() for row in db.execute("SELECT body FROM events")]
+    assert bodies and not [b for b in bodies if any(s in b for s in secrets)]
+
+
 async def test_redaction_can_be_turned_off_explicitly(
         bridge_factory: BridgeFactory, stt: TelnyxSttEmulator,
         receiver: WebhookReceiver) -> None:
