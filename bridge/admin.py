@@ -26,7 +26,7 @@ from aiohttp import web
 
 from bridge.appkeys import FEEDS, LIVE_CALLS, SETTINGS, TOKENS
 from bridge.calls import Call
-from bridge.delivery.feed import LiveFeeds, LiveTokens, Viewer
+from bridge.delivery.feed import LiveFeed, LiveFeeds, LiveTokens, Viewer
 from bridge.errors import InvalidNumber
 from bridge.events import Track
 from bridge.ingress.auth import raw_bytes
@@ -143,7 +143,8 @@ async def issue_token(request: web.Request) -> web.Response:
     """A short-lived token for one live call's feed (``?ttl_s=`` shortens it)."""
     _authorise(request)
     call_id = request.match_info["call_id"]
-    if request.app[FEEDS].get(call_id) is None:
+    feed = request.app[FEEDS].get(call_id)
+    if feed is None:
         raise web.HTTPNotFound(text="no live call with that id\n")
     limit = request.app[SETTINGS].live.token_ttl_s
     try:
@@ -151,7 +152,7 @@ async def issue_token(request: web.Request) -> web.Response:
     except InvalidNumber:
         raise web.HTTPBadRequest(text=f"ttl_s must be a number of seconds, 1-{limit:g}\n"
                                  ) from None
-    token, expires = request.app[TOKENS].issue(call_id, now=time.time(), ttl_s=ttl_s)
+    token, expires = request.app[TOKENS].issue(feed.subject, now=time.time(), ttl_s=ttl_s)
     quoted = quote(call_id, safe="")
     return web.json_response({
         "token": token, "expires_at": expires,
@@ -159,16 +160,21 @@ async def issue_token(request: web.Request) -> web.Response:
         "captions_url": f"/captions/{quoted}#token={token}"})
 
 
-def _feed_access(request: web.Request, call_id: str) -> None:
-    """The admin token (header or query) or a live token for this call, or 401."""
+def _feed_access(request: web.Request, feed: LiveFeed | None) -> None:
+    """The admin token (header or query), or a live token for this feed, or 401.
+
+    A token opens the feed of the stream it was issued for: a later stream that announces
+    the same call id has a feed of its own, which the earlier token does not open.
+    """
     admin = _require_admin_api(request)
     header = request.headers.get("Authorization", "")
     if header:
         _authorise(request)
         return
     given = request.query.get("token", "")
-    if given and (hmac.compare_digest(raw_bytes(given), admin.encode())
-                  or request.app[TOKENS].check(call_id, given, now=time.time())):
+    if given and (hmac.compare_digest(raw_bytes(given), admin.encode()) or (
+            feed is not None
+            and request.app[TOKENS].check(feed.subject, given, now=time.time()))):
         return
     raise web.HTTPUnauthorized(
         headers={"WWW-Authenticate": "Bearer"},
@@ -194,9 +200,9 @@ async def live_events(request: web.Request) -> web.StreamResponse:
     ``call.ended``; a viewer that falls behind is disconnected and may resume.
     """
     call_id = request.match_info["call_id"]
-    _feed_access(request, call_id)
     app = request.app
     feed = app[FEEDS].get(call_id)
+    _feed_access(request, feed)
     if feed is None:
         raise web.HTTPNotFound(text="no live call with that id\n")
     live = app[SETTINGS].live
@@ -209,7 +215,8 @@ async def live_events(request: web.Request) -> web.StreamResponse:
     try:
         await response.prepare(request)
         await response.write(b"retry: %d\n\n" % SSE_RETRY_MS)
-        await _stream(response, request, call_id, viewer, live.keepalive_s, live.token_ttl_s)
+        await _stream(response, request, feed.subject, viewer, live.keepalive_s,
+                      live.token_ttl_s)
     except ConnectionError:
         pass  # the viewer went away
     finally:
@@ -219,14 +226,14 @@ async def live_events(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _stream(response: web.StreamResponse, request: web.Request, call_id: str,
+async def _stream(response: web.StreamResponse, request: web.Request, subject: str,
                   viewer: Viewer, keepalive_s: float, token_ttl_s: float) -> None:
     refresh_at = 0.0
     while True:
         now = time.monotonic()
         if now >= refresh_at:
             # Well before the viewer's token can run out, a fresh one for reconnecting.
-            token, _ = request.app[TOKENS].issue(call_id, now=time.time(), ttl_s=token_ttl_s)
+            token, _ = request.app[TOKENS].issue(subject, now=time.time(), ttl_s=token_ttl_s)
             await response.write(b"event: token\ndata: %s\n\n" % token.encode())
             refresh_at = now + token_ttl_s / 3
         frames = await viewer.take(min(keepalive_s, max(refresh_at - now, 0.1)))

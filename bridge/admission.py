@@ -15,6 +15,8 @@ is refused, or (``server.duplicate_call_id = "separate"``) kept apart under an i
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import re
 from collections import Counter
 from collections.abc import Iterator
 from typing import Final, Generic, TypeVar
@@ -23,6 +25,22 @@ from bridge.errors import CLOSE_TRY_AGAIN_LATER, PolicyRefusal
 
 C = TypeVar("C")
 MAX_STREAMS_PER_CALL_ID: Final = 8  # "separate" mode: streams of one call id at once
+# The form of the ids given to streams kept apart: no stream may announce one itself.
+_SUFFIXED: Final = re.compile(r"~[0-9]+$")
+
+
+def peer_key(address: str | None) -> str:
+    """The key a peer's connections are counted under: its IPv4 address, or its IPv6 /64
+    (one host is handed a whole /64 and may rotate through it)."""
+    if not address:
+        return "unknown"
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is None:
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else ip)
 
 
 class ConnectionGate:
@@ -70,6 +88,8 @@ class LiveCalls(Generic[C]):
         Raises ``PolicyRefusal``: 1013 when every call slot is taken, 1008 when another live
         stream holds ``call_id`` (and duplicates are refused, or too many are kept apart).
         """
+        if _SUFFIXED.search(call_id):
+            raise PolicyRefusal("call ids ending in ~<number> are kept for streams kept apart")
         if len(self._calls) >= self.max_calls:
             raise PolicyRefusal("the bridge is at capacity (server.max_calls)",
                                 close_code=CLOSE_TRY_AGAIN_LATER)

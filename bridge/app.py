@@ -25,7 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bridge import __version__
 from bridge.admin import add_admin_routes
-from bridge.admission import ConnectionGate, LiveCalls
+from bridge.admission import ConnectionGate, LiveCalls, peer_key
 from bridge.appkeys import (
     AUTH_FAILURES,
     CALLS_CHANGED,
@@ -246,7 +246,7 @@ async def media_stream(request: web.Request, *, dialect: str | None) -> web.Stre
     if len(calls) >= settings.server.max_calls:
         _count_refusal(app, "at_capacity")
         raise web.HTTPServiceUnavailable(text="callbridge is at capacity\n")
-    address = request.remote or "unknown"
+    address = peer_key(request.remote)
     gate = app[GATE]
     full = gate.admit(address)
     if full is not None:
@@ -303,7 +303,7 @@ async def _serve_stream(request: web.Request, dialect: str | None,
                             call.handle(event)  # claims the call id and a slot, or raises
                             deadline.reschedule(None)
                             request[_WAITING] = False
-                            app[GATE].leave(request.remote or "unknown")
+                            app[GATE].leave(peer_key(request.remote))
                         else:
                             call.handle(event)
                     for reply in parser.to_send():
@@ -331,7 +331,9 @@ async def _serve_stream(request: web.Request, dialect: str | None,
             else:
                 log.warning("closing media connection: peer broke the protocol",
                             dialect=parser.name, error=str(exc), close_code=exc.close_code)
-            await ws.close(code=exc.close_code, message=str(exc)[:120].encode())
+            # A close frame's reason has at most 123 bytes: cut on a character boundary.
+            reason_bytes = str(exc).encode()[:123].decode("utf-8", "ignore").encode()
+            await ws.close(code=exc.close_code, message=reason_bytes)
         except Exception:
             reason = "internal_error"
             log.exception("closing media connection: internal error")

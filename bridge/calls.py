@@ -59,6 +59,9 @@ log = structlog.get_logger("bridge.calls")
 # How long a finished call waits for its webhooks' outcomes before writing its summary.
 SUMMARY_WAIT_S: Final = 10.0
 PROVIDER_ERRORS_LOGGED: Final = 5  # per stream; the rest only counted
+# Pause/resume marks a stream may send: each is an event to every target, and an interval
+# in the leg's audit.
+MAX_STREAM_PAUSES: Final = 200
 
 
 class Leg:
@@ -196,6 +199,7 @@ class Call:
         self.legs: dict[Track, Leg] = {}
         self.dtmf_count = 0
         self.provider_errors = 0
+        self._stream_pauses = 0
         self._opened_at = time.monotonic()
         # Deliveries still in flight, and the outcomes of those that settled: a long call
         # keeps counts, not one future per event.
@@ -235,9 +239,10 @@ class Call:
                 self._publish(EventType.DTMF, self.legs.get(event.track),
                               {"leg": event.track.value, "digit": "masked"})
         elif isinstance(event, ProviderErrorReported):
-            # A peer may send thousands: the first few are logged, the rest counted.
+            # A peer may send thousands: the first few are logged, the rest counted; none
+            # before the stream has started and passed its checks.
             self.provider_errors += 1
-            if self.provider_errors <= PROVIDER_ERRORS_LOGGED:
+            if self.started is not None and self.provider_errors <= PROVIDER_ERRORS_LOGGED:
                 log.warning("provider reported a stream error", code=event.code[:40],
                             title=event.title[:200])
             if self.provider_errors == PROVIDER_ERRORS_LOGGED:
@@ -247,6 +252,12 @@ class Call:
             # :outbound) pauses or resumes transcription from the stream itself.
             action, _, track = event.name.removeprefix("callbridge:").partition(":")
             if event.name.startswith("callbridge:") and action in ("pause", "resume"):
+                self._stream_pauses += 1
+                if self._stream_pauses > MAX_STREAM_PAUSES:
+                    if self._stream_pauses == MAX_STREAM_PAUSES + 1:
+                        log.warning("pause and resume marks beyond the limit are ignored",
+                                    limit=MAX_STREAM_PAUSES)
+                    return
                 with contextlib.suppress(ValueError):
                     self.set_paused(action == "pause", Track(track) if track else None,
                                     reason="stream")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from typing import Final
 
 import structlog
@@ -36,9 +37,47 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
+    root = logging.getLogger()
+    root.handlers = [LibraryLogs()]
+    root.setLevel(logging.WARNING)
 
 
 MAX_FIELD_CHARS: Final = 300
+LIBRARY_LINES_PER_S: Final = 5
+
+
+class LibraryLogs(logging.Handler):
+    """What libraries log through ``logging`` (aiohttp's "Error handling request" for a
+    malformed request, asyncio's reports) becomes structlog lines like the bridge's own: one
+    line each, the message cut short, at most ``LIBRARY_LINES_PER_S`` a second (the rest
+    counted in the next line). aiohttp's tracebacks are reduced to the exception's type: a
+    peer's malformed request is its fault, and its text is the peer's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = 0
+        self._lines = 0
+        self.suppressed = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        now = int(time.monotonic())
+        if now != self._second:
+            self._second, self._lines = now, 0
+        self._lines += 1
+        if self._lines > LIBRARY_LINES_PER_S:
+            self.suppressed += 1
+            return
+        fields: dict[str, object] = {"logger": record.name}
+        if self.suppressed:
+            fields["suppressed_before"], self.suppressed = self.suppressed, 0
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None:
+            if record.name.startswith("aiohttp"):
+                fields["error"] = type(error).__name__
+            else:
+                fields["exc_info"] = record.exc_info
+        structlog.get_logger(record.name).log(record.levelno, record.getMessage()[:MAX_FIELD_CHARS],
+                                              **fields)
 UNBOUNDED_FIELDS: Final = frozenset({"event", "exception", "exc_info", "stack"})
 
 

@@ -9,7 +9,8 @@ Telnyx does not guarantee their order, and any provider loses a frame now and th
   ``reorder_window`` frames, waiting for the frames before it.
 * When the window is full, or at ``flush()``, the earliest held frame is released, and the
   hole before it is filled with codec silence, so the leg's clock stays true. A hole longer
-  than ``max_gap_fill_ms`` is filled up to that bound and the clock jumps over the rest.
+  than ``max_gap_fill_ms`` is filled up to that bound and the clock jumps over the rest; all
+  silence filled over a leg stays within the audio received plus ``max_gap_fill_ms``.
 * A frame older than the stream's position (a duplicate, or later than the window allowed)
   is dropped and counted.
 * Timestamps jitter by a few ms; a difference within ``JITTER_MS`` is no gap and no overlap.
@@ -150,7 +151,11 @@ class Reframer:
         timestamp_ms, _, payload = heapq.heappop(self._held)
         gap_ms = timestamp_ms - self._next_ms
         if gap_ms > JITTER_MS:
-            fill_ms = min(gap_ms, self.max_gap_fill_ms)
+            # Silence made is bounded by audio received: a peer sending tiny frames far
+            # apart cannot make the bridge send an engine minutes of silence per frame.
+            budget_ms = (self.stats.bytes_in // self.bytes_per_ms + self.max_gap_fill_ms
+                         - self.stats.gap_fill_ms)
+            fill_ms = max(min(gap_ms, self.max_gap_fill_ms, budget_ms), 0)
             self.stats.gaps_filled += 1
             self.stats.gap_fill_ms += fill_ms
             self._append(self._silence * (fill_ms * self.bytes_per_ms))

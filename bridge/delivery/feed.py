@@ -12,8 +12,9 @@ leg's next final arrives. Every other event is kept until the backlog's byte bud
 oldest first out.
 
 Tokens are ``<expiry>.<signature>``: HMAC-SHA256, under a key derived from the admin token,
-of the call id and the expiry. A token opens that one call's feed until it expires; every
-instance sharing the admin token accepts it.
+of the call id, the id of the stream that feed belongs to, and the expiry. A token opens that
+one stream's feed until it expires (a later stream announcing the same call id is another
+feed); every instance sharing the admin token accepts it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import uuid
 from collections import deque
 from dataclasses import dataclass
 from typing import Final
@@ -93,6 +95,8 @@ class LiveFeed:
 
     def __init__(self, call_id: str, *, backlog_bytes: int, viewer_buffer: int) -> None:
         self.call_id = call_id
+        # Which stream this feed is: tokens are issued for it, not for the call id alone.
+        self.stream_uid = uuid.uuid4().hex
         self.ended = False
         self.viewers: set[Viewer] = set()
         self.cut_off = 0  # viewers closed for falling behind
@@ -102,6 +106,11 @@ class LiveFeed:
         self._backlog_size = 0
         self._partials: dict[str | None, Frame] = {}
         self._last_id = 0
+
+    @property
+    def subject(self) -> str:
+        """What a token for this feed signs: the call key and the stream's own id."""
+        return f"{self.call_id}\n{self.stream_uid}"
 
     def publish(self, event: OutboundEvent) -> None:
         self._last_id += 1

@@ -76,7 +76,11 @@ def choose_media(offers: object) -> dict[str, Any]:
               and len(set(m["channels"])) == len(m["channels"])]
     if not usable:
         raise UnsupportedData("no offered media is PCMU or L16 at 8000 Hz")
-    return max(usable, key=lambda m: (len(m["channels"]), m["format"] == "PCMU"))
+    best = max(usable, key=lambda m: (len(m["channels"]), m["format"] == "PCMU"))
+    # Echoed as offered: these are all of a media entry's documented fields, and nothing
+    # else a client put in it (of any size or depth) is sent back.
+    return {"type": "audio", "format": best["format"], "channels": list(best["channels"]),
+            "rate": 8000}
 
 
 class AudioHookDialect(SansIoStream):

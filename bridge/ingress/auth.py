@@ -44,7 +44,7 @@ def raw_bytes(value: str) -> bytes:
 
 def twilio_signature(auth_token: str, url: str) -> str:
     """The ``X-Twilio-Signature`` Twilio sends for a GET to ``url``."""
-    digest = hmac.new(auth_token.encode(), url.encode(), hashlib.sha1).digest()
+    digest = hmac.new(auth_token.encode(), raw_bytes(url), hashlib.sha1).digest()
     return base64.b64encode(digest).decode()
 
 
@@ -164,7 +164,7 @@ def check_audiohook(keys: Mapping[str, bytes], *, target: str, authority: str,
     base = signature_base(sig, target=target, authority=authority, headers=headers)
     if base is None:
         return "a signed header is missing"
-    expected = hmac.new(secret, base.encode(), hashlib.sha256).digest()
+    expected = hmac.new(secret, raw_bytes(base), hashlib.sha256).digest()
     try:
         given = base64.b64decode(match.group(1), validate=True)
     except (binascii.Error, ValueError):

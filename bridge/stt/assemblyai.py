@@ -31,7 +31,7 @@ from bridge.codecs import g711
 from bridge.config import AssemblyAISettings
 from bridge.errors import UpstreamError, UpstreamRefused, UpstreamUnavailable
 from bridge.events import AudioEncoding
-from bridge.stt.base import EngineResult, Word, confidence, seconds
+from bridge.stt.base import MAX_ERROR_CHARS, EngineResult, Word, confidence, seconds
 from bridge.stt.base import text as engine_text
 from bridge.stt.websocket import WebSocketSession
 
@@ -161,8 +161,9 @@ class AssemblyAISession(WebSocketSession):
                 return
             elif kind == "Error" or (kind is None and "error" in frame):
                 code = frame.get("error_code")
-                raise error_for(code if isinstance(code, int) else 3005,
-                                str(frame.get("error", "")))
+                raise error_for(code if isinstance(code, int) and not isinstance(code, bool)
+                                and 0 <= code < 10_000 else 3005,
+                                engine_text(frame.get("error"), MAX_ERROR_CHARS))
 
     def closed_error(self, code: int, reason: str) -> UpstreamError | None:
         if code >= 3000 or code == 1008:

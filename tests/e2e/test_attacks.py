@@ -272,3 +272,103 @@ async def test_a_flood_of_provider_errors_is_logged_a_few_times_and_bounded(
     summary = await bridge.wait_for_log("call summary", call_id="TX-flood")
     assert summary["provider_errors"] == 500
     assert sum(len(line) for line in bridge.raw_stderr) < 200_000
+
+
+async def raw_request(bridge: BridgeProcess, head: bytes) -> bytes:
+    """Send raw request bytes; the status line the bridge answers with."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", bridge.port)
+    writer.write(head)
+    await writer.drain()
+    async with asyncio.timeout(10):
+        status = await reader.readline()
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
+    return status
+
+
+UPGRADE = (b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n")
+
+
+async def test_bytes_that_are_not_utf8_in_signed_headers_are_a_counted_refusal(
+        bridge_factory: BridgeFactory) -> None:
+    bridge = await bridge_factory(TWILIO_AUTH_TOKEN=TWILIO_TOKEN)
+    status = await raw_request(bridge, b"GET /streams/twilio HTTP/1.1\r\nHost: h\xff\xfex\r\n"
+                               + UPGRADE + b"X-Twilio-Signature: abc\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 403")
+    assert (await scrape(bridge, "callbridge_auth_failures_total"))['{endpoint="twilio"}'] == 1
+    assert "Traceback" not in "\n".join(bridge.raw_stderr)
+
+
+async def test_a_malformed_request_is_one_short_log_line(bridge_factory: BridgeFactory) -> None:
+    bridge = await bridge_factory()
+    for _ in range(20):
+        status = await raw_request(bridge, b"GET /streams?" + b"A" * 8000 + b"\xff HTTP/1.1\r\n"
+                                   b"Host: a\r\n\r\n")
+        assert status.split(b" ")[1] == b"400"
+    await bridge.http("GET", "/healthz")
+    text = "\n".join(bridge.raw_stderr)
+    assert "Traceback" not in text and "A" * 400 not in text
+    reported = [line for line in bridge.logs if line.get("logger") == "aiohttp.server"]
+    assert 1 <= len(reported) <= 20
+    assert all(len(json.dumps(line)) < 1000 for line in reported)
+
+
+async def test_a_feed_token_opens_only_the_stream_it_was_issued_for(
+        bridge_factory: BridgeFactory, receiver: WebhookReceiver) -> None:
+    bridge = await bridge_factory(CALLBRIDGE_ADMIN_TOKEN=ADMIN)
+    first = asyncio.create_task(stream_call(bridge.url("/streams/twilio"),
+                                            twilio_call("CA-feed", repeat=3), speed=2))
+    await bridge.wait_for_log("call started", call_id="CA-feed")
+    status, body = await bridge.http("POST", "/calls/CA-feed/token", ADMIN)
+    assert status == 200
+    token = json.loads(body)["token"]
+    assert (await first).close_code == 1000
+    await receiver.wait_for(receiver.ended("CA-feed"))
+    # Later, another stream announces the same call id: the first stream's token is no key
+    # to it (nor to its own feed, replaced by the new stream's).
+    second = asyncio.create_task(stream_call(bridge.url("/streams/twilio"),
+                                             twilio_call("CA-feed", repeat=3), speed=2))
+    await bridge.wait_for_log("call started", call_id="CA-feed", occurrence=2)
+    async with aiohttp.ClientSession() as session, session.get(
+            f"http://127.0.0.1:{bridge.port}/calls/CA-feed/events",
+            params={"token": token}) as response:
+        assert response.status == 401
+    assert (await second).close_code == 1000
+
+
+async def test_errors_before_the_stream_starts_are_not_logged(
+        bridge_factory: BridgeFactory) -> None:
+    bridge = await bridge_factory(CALLBRIDGE_STREAM_TOKEN="shared-stream-token")
+    error = json.dumps({"event": "error", "stream_id": "x", "payload": {"code": 1, "title": "x"}})
+    spec = CallSpec("telnyx", AudioEncoding.PCMU, {Track.INBOUND: ulaw(SPEECH)},
+                    call_id="TX-no-token")
+    messages = build_call(spec)
+    assert await first_close(bridge.url("/streams/telnyx"),
+                             [(0, error)] * 3 + messages[:2]) == 1008
+    assert bridge.log_events("provider reported a stream error") == []
+
+
+async def test_a_long_refusal_reason_still_closes_with_its_code(
+        bridge_factory: BridgeFactory) -> None:
+    bridge = await bridge_factory()
+    unknown = json.dumps({"event": "\U0001f600" * 40})
+    assert await first_close(bridge.url("/streams/twilio"), [(0, unknown)]) == 1002
+
+
+async def test_pause_marks_beyond_the_limit_make_no_events(
+        bridge_factory: BridgeFactory, receiver: WebhookReceiver) -> None:
+    bridge = await bridge_factory()
+    messages = twilio_call("CA-marks")
+    marks = [(0.0, json.dumps({"event": "mark", "streamSid": "MZ", "mark": {
+        "name": "callbridge:pause" if n % 2 == 0 else "callbridge:resume"}}))
+        for n in range(1000)]
+    result = await stream_call(bridge.url("/streams/twilio"),
+                               [*messages[:2], *marks, *messages[2:]], speed=0)
+    assert result.close_code == 1000
+    await receiver.wait_for(receiver.ended("CA-marks"))
+    toggles = [e for e in receiver.of_call("CA-marks") if e.type.startswith("transcription.")]
+    assert len(toggles) == 200
+    ended = next(e for e in receiver.of_call("CA-marks") if e.type == "call.ended")
+    assert len(ended.body) < 50_000

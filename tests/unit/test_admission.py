@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.admission import MAX_STREAMS_PER_CALL_ID, ConnectionGate, LiveCalls
+from bridge.admission import MAX_STREAMS_PER_CALL_ID, ConnectionGate, LiveCalls, peer_key
 from bridge.errors import CLOSE_POLICY_VIOLATION, CLOSE_TRY_AGAIN_LATER, PolicyRefusal
 
 
@@ -50,3 +50,17 @@ def test_slots_are_counted_for_started_calls_only() -> None:
     with pytest.raises(PolicyRefusal) as caught:
         calls.claim("CA2", object())
     assert caught.value.close_code == CLOSE_TRY_AGAIN_LATER
+
+
+def test_a_stream_cannot_announce_the_id_of_a_stream_kept_apart() -> None:
+    calls: LiveCalls[object] = LiveCalls(max_calls=10, duplicates="separate")
+    with pytest.raises(PolicyRefusal):
+        calls.claim("CA1~2", object())
+    assert calls.claim("CA~x", object()) == "CA~x"  # only the suffix form is kept
+
+
+def test_ipv6_peers_are_counted_by_their_64_and_mapped_ipv4_as_ipv4() -> None:
+    assert peer_key("2001:db8:1:2:aaaa::1") == peer_key("2001:db8:1:2:bbbb::9")
+    assert peer_key("2001:db8:1:3::1") != peer_key("2001:db8:1:2::1")
+    assert peer_key("::ffff:192.0.2.7") == "192.0.2.7" == peer_key("192.0.2.7")
+    assert peer_key(None) == "unknown"

@@ -192,3 +192,14 @@ def test_read_float_refuses_what_is_not_a_bounded_decimal(value: object) -> None
 def test_read_float_accepts_decimals() -> None:
     assert read_float("12.25", field="f", low=0, high=100) == 12.25
     assert read_float(3, field="f", low=0, high=100) == 3.0
+
+
+def test_audiohook_echoes_only_the_documented_fields_of_the_media_it_takes() -> None:
+    deep = nested_json(1000)
+    offer = '[{"type": "audio", "format": "PCMU", "channels": ["external"], "rate": 8000, ' \
+            '"extra": ' + deep + "}]"
+    dialect = AudioHookDialect()
+    dialect.receive_text(audiohook_open("MEDIA").replace('"MEDIA"', offer))
+    opened = json.loads(dialect.to_send()[0])
+    assert opened["parameters"]["media"] == [{"type": "audio", "format": "PCMU",
+                                              "channels": ["external"], "rate": 8000}]

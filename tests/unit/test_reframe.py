@@ -147,3 +147,14 @@ def test_any_mix_of_order_swaps_and_losses_comes_out_whole_and_in_order(data) ->
     clocks = [c.clock_ms for c in stamped(Reframer(AudioEncoding.PCMU, chunk_ms=chunk_ms,
                                                    reorder_window=4), sent)]
     assert clocks == [n * chunk_ms for n in range(len(chunks))]  # no jump: contiguous
+
+
+def test_silence_filled_stays_within_the_audio_received() -> None:
+    """Tiny frames far apart: each hole would be filled up to the bound; the total is not."""
+    reframer = Reframer(AudioEncoding.PCMU, chunk_ms=20, reorder_window=0,
+                        max_gap_fill_ms=1000)
+    out = run(reframer, [(b"\x01" * 8, n * 5000) for n in range(200)])  # 1 ms every 5 s
+    received_ms = 200
+    assert reframer.stats.gap_fill_ms <= received_ms + 1000
+    assert len(b"".join(out)) <= (received_ms * 2 + 1000) * 8
+    assert reframer.position_ms >= 199 * 5000  # the clock still counts every hole
