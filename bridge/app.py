@@ -199,13 +199,14 @@ async def readyz(request: web.Request) -> web.Response:
     if app[DRAINING]:
         problems.append("draining")
     dispatcher = app.get(SINK)
-    try:
-        if dispatcher is None:
-            raise RuntimeError("not started")
-        async with asyncio.timeout(2):
-            await dispatcher.db.call(lambda ob: ob.check_writable())
-    except Exception:  # noqa: BLE001 - any failure here means "not ready", said below
-        problems.append("outbox not writable")
+    if dispatcher is None:
+        problems.append("outbox not open")
+    else:
+        try:
+            async with asyncio.timeout(2):
+                await dispatcher.db.call(lambda ob: ob.check_writable())
+        except Exception:  # noqa: BLE001 - any failure here means "not ready", said below
+            problems.append("outbox not writable")
     engines = app.get(ENGINES)
     if engines is None or not await engines.reachable():
         problems.append("speech-to-text engine not reachable")

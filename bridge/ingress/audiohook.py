@@ -34,6 +34,7 @@ from bridge.events import (
 from bridge.ingress.base import (
     MAX_ID,
     SansIoStream,
+    Step,
     StreamState,
     flat_parameters,
     parse_json_object,
@@ -160,7 +161,7 @@ class AudioHookDialect(SansIoStream):
             raise ProtocolViolation("open needs a conversationId of 1-256 printable characters")
         self.probe = conversation == PROBE_CONVERSATION
         self._reply("opened", {"media": [self.media]})
-        self.state = StreamState.STREAMING
+        self._advance(Step.START, "open")
         if self.probe:
             return  # the connection probe: answered, but it is no call
         custom = parameters.get("customConfig")
@@ -217,9 +218,9 @@ class AudioHookDialect(SansIoStream):
             self._samples += discarded_ms * 8  # the audio clock keeps the discarded span
 
     def _stop(self) -> None:
-        if self.state is StreamState.STREAMING and not self.probe:
+        self._advance(Step.STOP, "close")
+        if not self.probe:
             self._events.append(StreamStopped())
-        self.state = StreamState.STOPPED
 
     @property
     def position_ms(self) -> int:

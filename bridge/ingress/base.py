@@ -294,6 +294,13 @@ class SansIoStream:
         """True once the provider said the stream is over."""
         return self.state is StreamState.STOPPED
 
+    def _advance(self, step: Step, event_name: str) -> None:
+        """Take ``step`` if ``TRANSITIONS`` allows it: the only place a stream's state moves."""
+        next_state = TRANSITIONS.get((self.state, step))
+        if next_state is None:
+            raise ProtocolViolation(f"{event_name!r} event is not allowed while {self.state.value}")
+        self.state = next_state
+
     def events(self) -> list[IngressEvent]:
         """Hand over the events decoded since the last call."""
         events, self._events = self._events, []
@@ -324,11 +331,6 @@ class JsonMediaDialect(SansIoStream):
         """JSON dialects never carry binary frames."""
         raise UnsupportedData(f"binary frame on the {self.name} dialect, which is JSON text only")
 
-    def _advance(self, step: Step, event_name: str) -> None:
-        next_state = TRANSITIONS.get((self.state, step))
-        if next_state is None:
-            raise ProtocolViolation(f"{event_name!r} event is not allowed while {self.state.value}")
-        self.state = next_state
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         event = message.get("event")

@@ -34,6 +34,7 @@ from bridge.events import (
 from bridge.ingress.base import (
     MAX_SAMPLE_RATE,
     SansIoStream,
+    Step,
     StreamState,
     check_rate,
     flat_parameters,
@@ -72,7 +73,7 @@ class BinaryMediaDialect(SansIoStream):
             started = self._parse_metadata(text)
             check_rate(started.encoding, started.sample_rate)
             self._tracks = started.tracks
-            self.state = StreamState.STREAMING
+            self._advance(Step.START, "metadata")
             self._events.append(started)
         else:
             self._later_text(text)
