@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import structlog
 
@@ -51,7 +51,6 @@ from bridge.legs.audio import LegAudio
 from bridge.legs.upstream import Upstream, UpstreamHooks, UpstreamState, UpstreamTimers
 from bridge.metrics import Metrics
 from bridge.stt.base import EngineSession
-from bridge.stt.engines import Engines
 
 log = structlog.get_logger("bridge.calls")
 
@@ -162,6 +161,25 @@ class Leg:
         }
 
 
+class EngineCatalog(Protocol):
+    """What a call needs of the engines (``bridge.stt.engines.Engines`` in the bridge)."""
+
+    @property
+    def secondary(self) -> str | None:
+        """The engine a leg fails over to, once."""
+
+    def for_call(self, parameters: Mapping[str, str],
+                 path: str = "") -> tuple[str, dict[str, str]]:
+        """The engine and its options for a call."""
+
+    def open(self, name: str, encoding: AudioEncoding, sample_rate: int,
+             options: Mapping[str, str]) -> EngineSession:
+        """A new session of engine ``name``."""
+
+    def max_session_s(self, name: str) -> float:
+        """The engine's session limit in seconds (0: none)."""
+
+
 class CallState(enum.Enum):
     CONNECTED = "connected"
     STARTED = "started"
@@ -171,7 +189,7 @@ class CallState(enum.Enum):
 class Call:
     """One media connection and its legs. Feed it events with ``handle``; end it with ``end``."""
 
-    def __init__(self, *, settings: Settings, sink: EventSink, engines: Engines,
+    def __init__(self, *, settings: Settings, sink: EventSink, engines: EngineCatalog,
                  tasks: asyncio.TaskGroup,
                  route: Callable[[StreamStarted], tuple[str, ...]] = lambda _: (),
                  path: str = "", metrics: Metrics | None = None,
