@@ -24,7 +24,7 @@ import hashlib
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,11 +36,11 @@ import structlog
 
 from bridge.config import DEFAULT_TARGET, Settings, decode_webhook_secret
 from bridge.delivery.outbox import DueDelivery, Outbox, OutboxDiskFull, StoredEvent
-from bridge.delivery.retry import Outcome, retry_delay
+from bridge.delivery.retry import Outcome, next_attempt_delay
 from bridge.delivery.webhooks import encode_event, endpoint_for_logs, post_event
 from bridge.errors import DeliveryError
 from bridge.events import EventType, OutboundEvent
-from bridge.security import check_webhook_url
+from bridge.security import Endpoint, check_webhook_url, endpoint_of
 
 log = structlog.get_logger("bridge.delivery")
 
@@ -51,6 +51,9 @@ POLL_S: Final = 1.0  # workers look again this often (operator replays land in t
 PARTIAL_QUEUE: Final = 64  # per target
 RETENTION_EVERY_S: Final = 3600.0
 ALARM_EVERY: Final = 100  # log the outbox-full alarm on the 1st, 101st, ... refusal
+CALL_TARGET_PREFIX: Final = "call-"
+PER_CALL_LABEL: Final = "per_call"  # every per-call target, as one metrics series
+REFUSAL_LOG_EVERY_S: Final = 60.0  # refused per-call URLs: one log line per minute at most
 
 
 class OutboxThread:
@@ -93,12 +96,22 @@ class Target:
     backing_off: bool = False
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     pending: dict[str, int] = field(default_factory=dict)  # call_id -> stored, not finished
+    live: set[str] = field(default_factory=set)  # calls in progress that name this target
     partials: deque[tuple[float, OutboundEvent]] = field(
         default_factory=lambda: deque(maxlen=PARTIAL_QUEUE))
     partial_wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     def wants(self, event_type: str) -> bool:
         return any(fnmatch(event_type, pattern) for pattern in self.events)
+
+    @property
+    def per_call(self) -> bool:
+        return self.name.startswith(CALL_TARGET_PREFIX)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing to deliver and no live call to deliver for."""
+        return not self.pending and not self.live
 
 
 @dataclass(slots=True)
@@ -143,17 +156,36 @@ class DurableDispatcher:
             asyncio.Queue(WRITE_QUEUE))
         self._waiting: dict[str, _Waiting] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._workers: dict[str, asyncio.Task[None]] = {}
+        self._workers: dict[str, tuple[asyncio.Task[None], asyncio.Task[None]]] = {}
         self._new_targets: list[tuple[str, str, str]] = []
+        self._allowlist = [entry for entry in map(endpoint_of, self.hooks.call_url_allowlist)
+                           if isinstance(entry, Endpoint)]
+        self._refused_call_urls = 0
+        self._refusal_logged_at = -REFUSAL_LOG_EVERY_S
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def __aenter__(self) -> DurableDispatcher:
         await self.db.open()
         known = await self.db.call(lambda ob: ob.targets())
+        pending = await self.db.call(lambda ob: ob.pending_by_target())
+        left_open = await self.db.call(lambda ob: ob.live_calls())
+        needed = set(pending).union(*(call.targets for call in left_open))
         for name, (url, _secret_env) in known.items():
-            if name not in self.targets and name.startswith("call-"):
-                self._add_call_target(name, url)  # a per-call target from a previous run
+            if name in self.targets or not name.startswith(CALL_TARGET_PREFIX):
+                continue
+            if name not in needed:
+                continue  # nothing left to deliver: retired below
+            # A per-call target from a previous run, judged again by today's rules.
+            problem = self._call_url_problem(url)
+            if problem is None:
+                self._add_call_target(name, url)
+            else:
+                log.warning("per-call webhook target from a previous run refused; its events "
+                            "stay in the outbox", target=name, reason=problem)
+        stale = [name for name in known
+                 if name.startswith(CALL_TARGET_PREFIX) and name not in self.targets]
+        await self.db.call(lambda ob: ob.forget_targets(stale))
         await self.db.call(lambda ob: ob.register_targets(
             (t.name, t.url, t.secret_env) for t in self.targets.values()))
         disabled = await self.db.call(lambda ob: ob.disabled_targets())
@@ -161,7 +193,6 @@ class DurableDispatcher:
             if name in self.targets:
                 self.targets[name].disabled = reason
         await self.db.call(lambda ob: ob.retry_now())
-        pending = await self.db.call(lambda ob: ob.pending_by_target())
         for name, calls in pending.items():
             if name in self.targets:
                 self.targets[name].pending = calls
@@ -196,9 +227,10 @@ class DurableDispatcher:
             log.warning("webhook delivery stopped with events still in the outbox; they are "
                         "delivered at the next start", events=left)
         finally:
-            for task in [*self._tasks, *self._workers.values()]:
+            tasks = [*self._tasks, *(t for pair in self._workers.values() for t in pair)]
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*self._tasks, *self._workers.values(), return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             await self.db.close()
             log.info("webhook delivery stopped", delivered=self.stats.delivered,
                      retried=self.stats.retried, dead=self.stats.dead,
@@ -213,10 +245,43 @@ class DurableDispatcher:
             self._drain_waiter.set()
 
     def _start_target(self, target: Target) -> None:
-        self._workers[target.name] = asyncio.create_task(self._work(target),
-                                                         name=f"webhook {target.name}")
-        self._tasks.append(asyncio.create_task(self._send_partials(target),
-                                               name=f"partials {target.name}"))
+        self._workers[target.name] = (
+            asyncio.create_task(self._work(target), name=f"webhook {target.name}"),
+            asyncio.create_task(self._send_partials(target), name=f"partials {target.name}"))
+
+    async def _retire_if_idle(self, names: Iterable[str]) -> None:
+        """Retire per-call targets that have nothing left to deliver and no live call: their
+        tasks stop and their row leaves the outbox, so distinct per-call URLs cannot pile up.
+
+        Called on the event loop between awaits of the target's own work, so no delivery of
+        the target is in flight. A URL that comes back later gets a fresh target."""
+        retired: list[str] = []
+        tasks: list[asyncio.Task[None]] = []
+        for name in names:
+            target = self.targets.get(name)
+            if target is None or not target.per_call or not target.idle:
+                continue
+            del self.targets[name]
+            target.disabled = "retired"  # its worker fetches nothing more, even if the URL
+            tasks += self._workers.pop(name, ())  # comes back as a new target meanwhile
+            retired.append(name)
+        if not retired:
+            return
+        log.debug("per-call webhook targets retired", targets=len(retired))
+        try:
+            await self.db.call(lambda ob: ob.forget_targets(retired))
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    def pending_by_label(self) -> dict[str, int]:
+        """Deliveries waiting, per target name for configured targets and under one
+        ``per_call`` label for all per-call targets (their URLs are no metric labels)."""
+        counts: dict[str, int] = {}
+        for target in self.targets.values():
+            label = PER_CALL_LABEL if target.per_call else target.name
+            counts[label] = counts.get(label, 0) + sum(target.pending.values())
+        return counts
 
     # -- routing ------------------------------------------------------------------------------
 
@@ -239,23 +304,49 @@ class DurableDispatcher:
                 names.append(name)
         return tuple(names)
 
-    def _call_target(self, url: str) -> str | None:
-        allowed = any(url.startswith(prefix) for prefix in self.hooks.call_url_allowlist)
-        problem = None if allowed else "not in webhooks.call_url_allowlist"
-        if problem is None:
-            problem = check_webhook_url(url, allow_insecure_http=self.hooks.allow_insecure_http,
-                                        allow_private=self.hooks.allow_private_networks)
+    def _call_url_problem(self, url: str) -> str | None:
+        """Why a per-call URL may not be used, or None: it must pass the request-forgery
+        checks and lie under an allow-list entry (same scheme, host and port after
+        normalisation; the entry's path segments as its prefix)."""
+        problem = check_webhook_url(url, allow_insecure_http=self.hooks.allow_insecure_http,
+                                    allow_private=self.hooks.allow_private_networks)
         if problem is not None:
-            log.warning("per-call webhook URL refused", url=endpoint_for_logs(url)[:200],
-                        reason=problem)
+            return problem
+        endpoint = endpoint_of(url)
+        if isinstance(endpoint, str) or not any(endpoint.within(entry)
+                                                for entry in self._allowlist):
+            return "not under an entry of webhooks.call_url_allowlist"
+        return None
+
+    def _call_target(self, url: str) -> str | None:
+        name = CALL_TARGET_PREFIX + hashlib.sha256(url.encode()).hexdigest()[:16]
+        if name in self.targets:
+            return name
+        problem = self._call_url_problem(url)
+        if problem is None and sum(t.per_call for t in self.targets.values()) >= (
+                self.hooks.max_call_targets):
+            problem = "webhooks.max_call_targets per-call targets are in use"
+        if problem is not None:
+            self._refuse_call_url(url, problem)
             return None
-        name = "call-" + hashlib.sha256(url.encode()).hexdigest()[:16]
         if name not in self.targets:
             target = self._add_call_target(name, url)
             self._start_target(target)
             # Recorded with the next batch of events, before any event that names it.
             self._new_targets.append((name, url, target.secret_env))
         return name
+
+    def _refuse_call_url(self, url: str, problem: str) -> None:
+        """Log a refused per-call URL, at most once per ``REFUSAL_LOG_EVERY_S``: calls chosen
+        by a peer must not be able to flood the log."""
+        self._refused_call_urls += 1
+        now = time.monotonic()
+        if now - self._refusal_logged_at < REFUSAL_LOG_EVERY_S:
+            return
+        self._refusal_logged_at = now
+        log.warning("per-call webhook URL refused; the call keeps its configured targets",
+                    url=endpoint_for_logs(url)[:200], reason=problem,
+                    refused_so_far=self._refused_call_urls)
 
     def _add_call_target(self, name: str, url: str) -> Target:
         key = decode_webhook_secret(self.hooks.secret) or b""
@@ -272,6 +363,11 @@ class DurableDispatcher:
             self._publish_partial(event)
             future.set_result(Outcome.DELIVERED)
             return future
+        if event.type is not EventType.CALL_ENDED:
+            for name in event.targets:  # its call.ended, once stored, lets the target retire
+                target = self.targets.get(name)
+                if target is not None and target.per_call:
+                    target.live.add(event.call_id)
         try:
             self._writes.put_nowait((event, future))
         except asyncio.QueueFull:
@@ -337,6 +433,12 @@ class DurableDispatcher:
                 target = self.targets[name]
                 target.pending[event.call_id] = target.pending.get(event.call_id, 0) + 1
                 target.wake.set()
+        ended = [event for event, _ in batch if event.type is EventType.CALL_ENDED]
+        for event in ended:
+            for name in event.targets:
+                if name in self.targets:
+                    self.targets[name].live.discard(event.call_id)
+        await self._retire_if_idle({name for event in ended for name in event.targets})
 
     def _settle(self, event_id: str, target: str, outcome: Outcome) -> None:
         waiting = self._waiting.get(event_id)
@@ -353,7 +455,17 @@ class DurableDispatcher:
     # -- delivering ---------------------------------------------------------------------------
 
     async def _work(self, target: Target) -> None:
+        """Deliver ``target``'s due events until cancelled; cancelling abandons the attempts
+        in flight (they stay pending in the outbox) and waits for them to stop."""
         in_flight: dict[str, asyncio.Task[None]] = {}
+        try:
+            await self._work_loop(target, in_flight)
+        finally:
+            for task in in_flight.values():
+                task.cancel()
+            await asyncio.gather(*in_flight.values(), return_exceptions=True)
+
+    async def _work_loop(self, target: Target, in_flight: dict[str, asyncio.Task[None]]) -> None:
         limit = self.hooks.max_in_flight
         while True:
             target.wake.clear()
@@ -382,6 +494,7 @@ class DurableDispatcher:
             target.backing_off = False
             self.stats.delivered += 1
             self._finished(target, due, Outcome.DELIVERED)
+        await self._retire_if_idle([target.name])
 
     async def _failed(self, target: Target, due: DueDelivery, error: DeliveryError) -> None:
         where = {"target": target.name, "endpoint": endpoint_for_logs(target.url),
@@ -412,9 +525,8 @@ class DurableDispatcher:
             self._finished(target, due, Outcome.REJECTED if not error.retryable
                            else Outcome.FAILED)
             return
-        delay = error.retry_after_s
-        if delay is None:
-            delay = retry_delay(due.attempts + 1, self.hooks.retry_schedule_s)
+        delay = next_attempt_delay(due.attempts + 1, self.hooks.retry_schedule_s,
+                                   error.retry_after_s)
         await self.db.call(lambda ob: ob.schedule_retry(
             due.event_seq, target.name, time.time() + delay, str(error), error.status))
         target.backing_off = True

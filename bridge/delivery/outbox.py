@@ -143,6 +143,17 @@ class Outbox:
                 "ON CONFLICT(name) DO UPDATE SET url=excluded.url, "
                 "secret_env=excluded.secret_env", list(targets))
 
+    def forget_targets(self, names: Sequence[str]) -> None:
+        """Delete the rows of retired targets that no pending or dead delivery still needs
+        (a dead one keeps its target's URL for ``replay``)."""
+        if not names:
+            return
+        with self._transaction():
+            self.db.executemany(
+                "DELETE FROM targets WHERE name=? AND NOT EXISTS (SELECT 1 FROM deliveries "
+                "WHERE target=targets.name AND state IN ('pending', 'dead'))",
+                [(name,) for name in names])
+
     def store(self, batch: Sequence[StoredEvent], now: float | None = None) -> list[bool]:
         """Store events in one transaction; per event, True if stored, False if the outbox is
         full. Raises ``OutboxDiskFull`` when the disk is."""
