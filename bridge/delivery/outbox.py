@@ -10,6 +10,11 @@ the outbox when each delivery is ``delivered`` or ``dead`` (at once, or after
 text so far, also in that transaction), so that a bridge that was killed can close them with
 ``call.ended`` when it starts again.
 
+At rest the file holds transcripts, so it and its ``-wal``/``-shm`` files are created 0600
+(whatever the umask) in a directory created 0700 when missing; deleted rows are overwritten
+(``secure_delete``), and the WAL, which keeps old page images until a checkpoint, is
+checkpointed and truncated after every purge and retention run.
+
 Delivery order is per call: for a target, only the oldest pending delivery of each call is
 ever due (``due_heads``), so a retry holds back the rest of that call and nothing else.
 """
@@ -17,6 +22,7 @@ ever due (``due_heads``), so a retry holds back the rest of that call and nothin
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -24,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from bridge.errors import ConfigError
 from bridge.events import EventType, OutboundEvent
 
 SCHEMA_VERSION: Final = 1
@@ -74,6 +81,30 @@ CREATE TABLE IF NOT EXISTS live_legs (
 """
 
 
+FILE_MODE: Final = 0o600
+DIRECTORY_MODE: Final = 0o700
+SIDE_FILES: Final = ("-wal", "-shm", "-journal")
+
+
+def secure_location(path: str | Path) -> None:
+    """Prepare the outbox file's place: its directory created 0700 when missing, the file
+    created 0600, and the file and its side files made 0600 when they already exist.
+
+    Raises ``ConfigError`` naming ``outbox.path`` when the place cannot be prepared.
+    """
+    path = Path(path)
+    try:
+        if not path.parent.exists():
+            path.parent.mkdir(mode=DIRECTORY_MODE, parents=True)
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE))
+        for candidate in (path, *(path.with_name(path.name + side) for side in SIDE_FILES)):
+            if candidate.exists():
+                os.chmod(candidate, FILE_MODE)
+    except OSError as exc:
+        raise ConfigError("outbox.path", f"cannot create {path}: "
+                          f"{exc.strerror or type(exc).__name__}") from None
+
+
 class OutboxDiskFull(Exception):
     """The disk under the outbox is full: the event was not stored."""
 
@@ -116,8 +147,11 @@ class Outbox:
         self.path = Path(path)
         self.max_events = max_events
         self.retention_s = retention_days * 86400
+        secure_location(self.path)
         self.db = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
         self.db.row_factory = sqlite3.Row
+        # Deleted transcripts are overwritten with zeros, not left in free pages.
+        self.db.execute("PRAGMA secure_delete=ON")
         self.db.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode: a commit survives a crash of this process; only a power loss
         # can lose the last transactions.
@@ -125,6 +159,9 @@ class Outbox:
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.executescript(SCHEMA)
         self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        # SQLite gives new -wal/-shm files the database file's mode; ones left by an older
+        # version are tightened here.
+        secure_location(self.path)
         self._count = self._count_events()
 
     def close(self) -> None:
@@ -298,11 +335,18 @@ class Outbox:
                 "SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq AND d.state NOT IN (?, ?))",
                 (now - older_than_s, *finished))]
             self._delete_events(seqs)
+        self.checkpoint()
         return len(seqs)
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database and truncate it: page images of deleted rows do not
+        linger in the WAL. Skipped quietly while another connection reads."""
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def purge_retained(self, now: float | None = None) -> int:
         """Apply ``retention_days`` to delivered events."""
         if self.retention_s <= 0:
+            self.checkpoint()  # events already left as they were delivered
             return 0
         return self.purge(self.retention_s, include_dead=False, now=now)
 

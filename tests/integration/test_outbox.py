@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from bridge.delivery.outbox import Outbox, OutboxDiskFull, StoredEvent
+from bridge.errors import ConfigError
 from bridge.events import EventType, OutboundEvent
 
 T0 = 1_800_000_000.0
@@ -93,3 +99,76 @@ def test_disabling_a_target_dead_letters_its_pending_events(tmp_path: Path) -> N
     assert (row["pending"], row["dead"], row["disabled"]) == (0, 2, True)
     outbox.replay(dead=True, now=T0)
     assert outbox.disabled_targets() == {}
+
+
+@pytest.fixture
+def open_umask() -> Iterator[None]:
+    """A umask that would leave new files world-readable and writable."""
+    previous = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+@pytest.mark.usefixtures("open_umask")
+def test_the_outbox_and_its_side_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "dir" / "o.db"
+    outbox = Outbox(path)
+    try:
+        outbox.store([stored(1)], now=T0)
+        files = [path, path.with_name("o.db-wal"), path.with_name("o.db-shm")]
+        assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in files} == {
+            f.name: 0o600 for f in files}
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    finally:
+        outbox.close()
+
+
+def test_an_outbox_left_readable_by_an_older_version_is_tightened(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    Outbox(path).close()
+    for name in ("o.db", "o.db-wal"):
+        (tmp_path / name).touch()
+        (tmp_path / name).chmod(0o644)
+    Outbox(path).close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_purged_transcript_is_gone_from_the_file_and_its_wal(tmp_path: Path) -> None:
+    secret = "the caller said zebra pineapple quartz"
+    path = tmp_path / "o.db"
+    outbox = Outbox(path, retention_days=1)
+    try:
+        item = stored(1, text=secret)
+        body = StoredEvent(item.event, f'{{"text": "{secret}"}}'.encode(), item.targets)
+        outbox.store([stored(0, EventType.CALL_STARTED), body,
+                      stored(2, EventType.CALL_ENDED)], now=T0)
+        for due in outbox.due_heads("a", T0, 10)[0]:
+            outbox.mark_delivered(due.event_seq, "a", 204, now=T0)
+        while outbox.event_count:
+            for due in outbox.due_heads("a", T0, 10)[0]:
+                outbox.mark_delivered(due.event_seq, "a", 204, now=T0)
+            outbox.purge_retained(now=T0 + 2 * 86400)
+        on_disk = b"".join(f.read_bytes() for f in tmp_path.iterdir())
+        assert b"zebra pineapple" not in on_disk
+    finally:
+        outbox.close()
+
+
+def test_a_missing_directory_is_created_and_an_impossible_one_is_one_line(
+        tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ConfigError) as caught:
+        Outbox(blocker / "o.db")
+    assert caught.value.setting == "outbox.path"
+    result = subprocess.run(
+        [sys.executable, "-m", "bridge", "serve", "--port", "0"], capture_output=True,
+        text=True, timeout=60, check=False,
+        env={**os.environ, "CALLBRIDGE_OUTBOX_PATH": str(blocker / "o.db"),
+             "CALLBRIDGE_STT_URL": "ws://127.0.0.1:9/v2/speech-to-text/transcription"})
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("callbridge: invalid setting outbox.path: cannot create")
+    assert "Traceback" not in result.stdout
