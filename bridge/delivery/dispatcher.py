@@ -12,8 +12,9 @@
   and other targets flow. Retries follow ``retry_schedule_s`` with jitter, or the receiver's
   ``Retry-After``, until ``ttl_s`` after the event was produced; 4xx other than 408, 425 and
   429 dead-letter at once; ``410 Gone`` disables the target.
-* On start, calls that a previous run left open are closed with ``call.ended``
-  (``reason: bridge_restart``) carrying the finals stored so far.
+* ``hold`` keeps a leg's held finals (masked) in the outbox, undelivered; on start, those a
+  killed run held become ordinary finals, then calls that a previous run left open are
+  closed with ``call.ended`` (``reason: bridge_restart``) carrying the finals stored so far.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import hashlib
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,7 +36,7 @@ import aiohttp
 import structlog
 
 from bridge.config import DEFAULT_TARGET, Settings, decode_webhook_secret
-from bridge.delivery.outbox import DueDelivery, Outbox, OutboxDiskFull, StoredEvent
+from bridge.delivery.outbox import DueDelivery, HeldFinals, Outbox, OutboxDiskFull, StoredEvent
 from bridge.delivery.retry import Outcome, next_attempt_delay
 from bridge.delivery.webhooks import encode_event, endpoint_for_logs, post_event
 from bridge.errors import DeliveryError
@@ -127,6 +128,9 @@ class DeliveryStats:
     targets_disabled: int = 0
 
 
+_Write = tuple[OutboundEvent, asyncio.Future[Outcome] | None] | HeldFinals
+
+
 @dataclass(slots=True)
 class _Waiting:
     """An event published by this process whose outcome a call is waiting for."""
@@ -152,8 +156,7 @@ class DurableDispatcher:
             self.targets[configured.name] = Target(configured.name, configured.url, key,
                                                    configured.secret_env, configured.events)
         self.stats = DeliveryStats()
-        self._writes: asyncio.Queue[tuple[OutboundEvent, asyncio.Future[Outcome] | None]] = (
-            asyncio.Queue(WRITE_QUEUE))
+        self._writes: asyncio.Queue[_Write] = asyncio.Queue(WRITE_QUEUE)
         self._waiting: dict[str, _Waiting] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._workers: dict[str, tuple[asyncio.Task[None], asyncio.Task[None]]] = {}
@@ -167,6 +170,10 @@ class DurableDispatcher:
 
     async def __aenter__(self) -> DurableDispatcher:
         await self.db.open()
+        recovered = await self.db.call(lambda ob: ob.release_held())
+        if recovered:
+            log.warning("finals held for redaction when the previous run stopped are "
+                        "delivered with every number masked", finals=recovered)
         known = await self.db.call(lambda ob: ob.targets())
         pending = await self.db.call(lambda ob: ob.pending_by_target())
         left_open = await self.db.call(lambda ob: ob.live_calls())
@@ -375,6 +382,22 @@ class DurableDispatcher:
             future.set_result(Outcome.FAILED)
         return future
 
+    def hold(self, call_id: str, leg: str, finals: Sequence[OutboundEvent]) -> None:
+        """Keep ``finals`` (their numbers masked) as the leg's held finals, replacing the
+        previous ones; they are delivered only if this process dies before it releases them.
+        Stored in order with the events published before it; never blocks."""
+        items = tuple(StoredEvent(event, encode_event(event), self._stored_targets(event))
+                      for event in finals)
+        try:
+            self._writes.put_nowait(HeldFinals(call_id, leg, items))
+        except asyncio.QueueFull:
+            self.stats.outbox_rejected += 1  # the finals themselves still go out on release
+
+    def _stored_targets(self, event: OutboundEvent) -> tuple[str, ...]:
+        return tuple(name for name in event.targets
+                     if name in self.targets and self.targets[name].wants(str(event.type))
+                     and not self.targets[name].disabled)
+
     def _refuse(self, event: OutboundEvent, why: str) -> None:
         self.stats.outbox_rejected += 1
         if self.stats.outbox_rejected % ALARM_EVERY == 1:
@@ -394,20 +417,17 @@ class DurableDispatcher:
                 for _ in batch:
                     self._writes.task_done()
 
-    async def _store(self, batch: list[tuple[OutboundEvent, asyncio.Future[Outcome] | None]]
-                     ) -> None:
-        items = []
-        for event, _ in batch:
-            targets = tuple(name for name in event.targets
-                            if name in self.targets and self.targets[name].wants(str(event.type))
-                            and not self.targets[name].disabled)
-            items.append(StoredEvent(event, encode_event(event), targets))
+    async def _store(self, writes: list[_Write]) -> None:
+        batch = [write for write in writes if not isinstance(write, HeldFinals)]
+        held = [write for write in writes if isinstance(write, HeldFinals)]
+        items = [StoredEvent(event, encode_event(event), self._stored_targets(event))
+                 for event, _ in batch]
         new_targets, self._new_targets = self._new_targets, []
 
         def write(outbox: Outbox) -> list[bool]:
             if new_targets:
                 outbox.register_targets(new_targets)
-            return outbox.store(items)
+            return outbox.store(items, held=held)
 
         try:
             stored = await self.db.call(write)
@@ -415,6 +435,9 @@ class DurableDispatcher:
             log.error("ALARM: the disk under the outbox is full; events are not being stored",
                       path=str(self.settings.outbox.path), error=str(exc))
             stored = [False] * len(items)
+        for snapshot in held:
+            log.debug("held finals stored", call_id=snapshot.call_id, leg=snapshot.leg,
+                      finals=len(snapshot.finals))
         for item, (event, future), ok in zip(items, batch, stored, strict=True):
             if not ok:
                 self._refuse(event, "the outbox is full (outbox.max_events)")

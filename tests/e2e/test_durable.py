@@ -18,6 +18,7 @@ from bridge.simulate import CallSpec, build_call, stream_call
 from tests.conftest import BridgeFactory
 from tests.support.audio import pcm_program, ulaw
 from tests.support.receiver import WebhookReceiver
+from tests.support.telnyx_stt import TelnyxSttEmulator
 
 pytestmark = pytest.mark.e2e
 
@@ -114,3 +115,55 @@ async def test_the_call_summary_counts_what_each_webhook_came_to(
     await stream_call(bridge.url("/streams/twilio"), build_call(spec))
     summary = await bridge.wait_for_log("call summary", call_id="CA-pending", within_s=30)
     assert summary["webhooks"] == {"pending": 5}
+
+
+HELD_SPEECH = pcm_program(("silence", 200), ("tone", 1200, 400), ("silence", 8000))
+HELD_SCRIPT = ["okay my card number is four one one one"]
+
+
+def outbox_files(directory: Path) -> dict[str, bytes]:
+    """The outbox file and its side files (-wal, -shm), as they are on disk now."""
+    return {f.name: f.read_bytes() for f in sorted(directory.glob("outbox.db*"))}
+
+
+async def test_a_final_held_for_redaction_survives_a_kill_masked_and_never_on_disk(
+        bridge_factory: BridgeFactory, stt: TelnyxSttEmulator, receiver: WebhookReceiver,
+        tmp_path: Path) -> None:
+    stt.script = list(HELD_SCRIPT)
+    config = tmp_path / "hold.toml"
+    config.write_text("[compliance]\nhold_s = 10.0\n")  # the kill lands inside the hold
+    first = await bridge_factory(CALLBRIDGE_CONFIG=str(config))
+    spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(HELD_SPEECH)},
+                    call_id="CA-held")
+    call = asyncio.create_task(stream_call(first.url("/streams/twilio"), build_call(spec),
+                                           speed=1))
+    await first.wait_for_log("held finals stored", call_id="CA-held", leg="inbound", finals=1)
+    os.kill(first.process.pid, signal.SIGKILL)
+    await first.process.wait()
+    with contextlib.suppress(aiohttp.ClientError, ConnectionError):
+        await call
+    sent = " ".join(json.dumps(frame) for s in stt.sessions for frame in s.sent)
+    assert "four one one one" in sent  # the engine did say it, then the bridge died
+    assert not any(e.type == "transcript.final" for e in receiver.of_call("CA-held"))
+    files = outbox_files(tmp_path)
+    assert {"outbox.db", "outbox.db-wal"} <= set(files)
+    on_disk = b"".join(files.values())
+    assert b"okay my card number is # # # #" in on_disk  # held, masked
+    assert b"four" not in on_disk and b"one one" not in on_disk
+
+    second = await bridge_factory(CALLBRIDGE_CONFIG=str(config))
+    await receiver.wait_for(receiver.ended("CA-held"), within_s=30)
+    await second.wait_for_log("closing calls a previous run left open", calls=1)
+    events = receiver.of_call("CA-held")
+    assert [(e.type, e.data.get("sequence")) for e in events] == [
+        ("call.started", None), ("transcript.final", 1), ("call.ended", None)]
+    final = events[1].data
+    assert final["text"] == "okay my card number is # # # #"
+    assert final["redactions"] == [{"type": "masked_unreleased", "count": 1}]
+    assert events[-1].data["legs"] == [{"leg": "inbound", "speaker": "caller",
+                                        "text": "okay my card number is # # # #",
+                                        "transcripts": 1}]
+    for event in events:
+        assert "four" not in event.body.decode()
+    on_disk = b"".join(outbox_files(tmp_path).values())
+    assert b"four" not in on_disk and b"one one" not in on_disk
