@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge.delivery.outbox import Outbox, OutboxDiskFull, StoredEvent
+from bridge.delivery.outbox import HeldFinals, Outbox, OutboxDiskFull, StoredEvent
+from bridge.delivery.webhooks import encode_event
 from bridge.errors import ConfigError
 from bridge.events import EventType, OutboundEvent
 
@@ -172,3 +174,58 @@ def test_a_missing_directory_is_created_and_an_impossible_one_is_one_line(
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("callbridge: invalid setting outbox.path: cannot create")
     assert "Traceback" not in result.stdout
+
+
+def held(call: str, leg: str, *texts: str) -> HeldFinals:
+    finals = []
+    for n, text in enumerate(texts, start=1):
+        event = OutboundEvent(f"msg_held_{call}_{n}_{text}", EventType.TRANSCRIPT_FINAL, "t",
+                              {"call_id": call, "leg": leg, "speaker": "caller",
+                               "sequence": n, "text": text}, call, leg, ("a",))
+        finals.append(StoredEvent(event, encode_event(event), ("a",)))
+    return HeldFinals(call, leg, tuple(finals))
+
+
+def test_held_finals_are_never_due_and_each_snapshot_replaces_the_last(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.db")
+    outbox.store([stored(0, EventType.CALL_STARTED)], now=T0,
+                 held=[held("CA1", "inbound", "first #"), held("CA1", "inbound", "a #", "b #")])
+    assert outbox.due_heads("a", T0, 10)[0][0].event_id.startswith("msg_CA1_call.started")
+    [(count,)] = outbox.db.execute("SELECT COUNT(*) FROM held_finals").fetchall()
+    assert count == 2 and outbox.pending_by_target() == {"a": {"CA1": 1}}
+    outbox.store([], now=T0, held=[held("CA1", "inbound")])  # released: nothing held
+    assert outbox.release_held(now=T0) == 0
+
+
+def test_a_restart_turns_held_finals_into_finals_in_order_before_closing_calls(
+        tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.db")
+    outbox.store([stored(0, EventType.CALL_STARTED), stored(1, text="hello")], now=T0,
+                 held=[held("CA1", "inbound", "my card is # #", "# # thanks")])
+    outbox.close()
+    restarted = Outbox(tmp_path / "o.db")
+    assert restarted.release_held(now=T0) == 2
+    [call] = restarted.live_calls()
+    assert call.legs[0]["text"] == "hello my card is # # # # thanks"
+    assert call.legs[0]["transcripts"] == 3
+    bodies = []
+    while True:
+        due, _ = restarted.due_heads("a", T0, 10)
+        if not due:
+            break
+        bodies.append(due[0].body)
+        restarted.mark_delivered(due[0].event_seq, "a", 204, now=T0)
+    assert [b'"n": 0' in bodies[0], b'"n": 1' in bodies[1]] == [True, True]
+    assert [json.loads(b)["data"]["sequence"] for b in bodies[2:]] == [1, 2]  # as held
+    assert [json.loads(b)["data"]["text"] for b in bodies[2:]] == ["my card is # #",
+                                                                    "# # thanks"]
+    restarted.close()
+
+
+def test_call_ended_drops_what_the_call_still_held(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.db")
+    outbox.store([stored(0, EventType.CALL_STARTED)], now=T0,
+                 held=[held("CA1", "inbound", "#")])
+    outbox.store([stored(1, EventType.CALL_ENDED)], now=T0)
+    assert outbox.release_held(now=T0) == 0
+    outbox.close()
