@@ -164,6 +164,7 @@ class DurableDispatcher:
         self._allowlist = [entry for entry in map(endpoint_of, self.hooks.call_url_allowlist)
                            if isinstance(entry, Endpoint)]
         self._refused_call_urls = 0
+        self._forget_later: list[str] = []  # retired targets whose rows the writer deletes
         self._refusal_logged_at = -REFUSAL_LOG_EVERY_S
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -262,6 +263,19 @@ class DurableDispatcher:
 
         Called on the event loop between awaits of the target's own work, so no delivery of
         the target is in flight. A URL that comes back later gets a fresh target."""
+        retired, tasks = self._detach_idle(names)
+        try:
+            if retired:
+                await self.db.call(lambda ob: ob.forget_targets(retired))
+        finally:
+            # Only now: the caller may be one of the target's own deliveries, and cancelling
+            # its worker cancels it too, with the forgetting still queued.
+            for task in tasks:
+                task.cancel()
+
+    def _detach_idle(self, names: Iterable[str]) -> tuple[list[str], list[asyncio.Task[None]]]:
+        """Take idle per-call targets out of ``targets``: their names, and their tasks for
+        the caller to cancel. Their workers fetch nothing more from here on."""
         retired: list[str] = []
         tasks: list[asyncio.Task[None]] = []
         for name in names:
@@ -269,17 +283,14 @@ class DurableDispatcher:
             if target is None or not target.per_call or not target.idle:
                 continue
             del self.targets[name]
-            target.disabled = "retired"  # its worker fetches nothing more, even if the URL
-            tasks += self._workers.pop(name, ())  # comes back as a new target meanwhile
+            target.disabled = "retired"
+            tasks += self._workers.pop(name, ())
             retired.append(name)
-        if not retired:
-            return
-        log.debug("per-call webhook targets retired", targets=len(retired))
-        try:
-            await self.db.call(lambda ob: ob.forget_targets(retired))
-        finally:
-            for task in tasks:
-                task.cancel()
+        if retired:
+            log.debug("per-call webhook targets retired", targets=len(retired))
+            gone = set(retired)  # not recorded yet: then they never need to be
+            self._new_targets = [new for new in self._new_targets if new[0] not in gone]
+        return retired, tasks
 
     def pending_by_label(self) -> dict[str, int]:
         """Deliveries waiting, per target name for configured targets and under one
@@ -330,8 +341,7 @@ class DurableDispatcher:
         if name in self.targets:
             return name
         problem = self._call_url_problem(url)
-        if problem is None and sum(t.per_call for t in self.targets.values()) >= (
-                self.hooks.max_call_targets):
+        if problem is None and self._call_targets_full():
             problem = "webhooks.max_call_targets per-call targets are in use"
         if problem is not None:
             self._refuse_call_url(url, problem)
@@ -342,6 +352,18 @@ class DurableDispatcher:
             # Recorded with the next batch of events, before any event that names it.
             self._new_targets.append((name, url, target.secret_env))
         return name
+
+    def _call_targets_full(self) -> bool:
+        """Whether the per-call targets are at their bound, after retiring idle ones that a
+        call was routed to but never published for (its start failed after routing)."""
+        per_call = [t.name for t in self.targets.values() if t.per_call]
+        if len(per_call) < self.hooks.max_call_targets:
+            return False
+        retired, tasks = self._detach_idle(per_call)
+        for task in tasks:
+            task.cancel()
+        self._forget_later += retired
+        return sum(t.per_call for t in self.targets.values()) >= self.hooks.max_call_targets
 
     def _refuse_call_url(self, url: str, problem: str) -> None:
         """Log a refused per-call URL, at most once per ``REFUSAL_LOG_EVERY_S``: calls chosen
@@ -423,8 +445,10 @@ class DurableDispatcher:
         items = [StoredEvent(event, encode_event(event), self._stored_targets(event))
                  for event, _ in batch]
         new_targets, self._new_targets = self._new_targets, []
+        forget, self._forget_later = self._forget_later, []
 
         def write(outbox: Outbox) -> list[bool]:
+            outbox.forget_targets(forget)  # before a URL that came back is registered again
             if new_targets:
                 outbox.register_targets(new_targets)
             return outbox.store(items, held=held)

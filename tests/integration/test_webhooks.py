@@ -371,3 +371,17 @@ async def test_only_per_call_targets_with_something_to_deliver_come_back_at_star
     async with DurableDispatcher(config, http) as dispatcher:
         assert set(dispatcher.targets) == set(waiting)
         assert dispatcher.pending_by_label() == {"per_call": 1}
+
+
+async def test_per_call_targets_routed_for_calls_that_never_started_do_not_hold_places(
+        tmp_path: Path, receiver: WebhookReceiver, http: aiohttp.ClientSession) -> None:
+    config = settings(tmp_path, (), max_call_targets=2, call_url_allowlist=(receiver.url,))
+    async with DurableDispatcher(config, http) as dispatcher:
+        for n in range(2):  # routed, then the call failed before publishing anything
+            assert dispatcher.route("/streams/twilio",
+                                    {"callbridge_webhook_url": f"{receiver.url}?n={n}"})
+        live = dispatcher.route("/streams/twilio", {"callbridge_webhook_url": receiver.url})
+        assert live and list(dispatcher.targets) == list(live)
+        assert await dispatcher.publish(event(1, "CA9", EventType.CALL_STARTED,
+                                              live)) is Outcome.DELIVERED
+    assert rows(tmp_path, "SELECT name FROM targets") == [(live[0],)]
