@@ -10,8 +10,12 @@
 * One worker per target takes the oldest pending delivery of each call (``max_in_flight``
   calls at a time): a retry holds back the rest of its call for that target; other calls
   and other targets flow. Retries follow ``retry_schedule_s`` with jitter, or the receiver's
-  ``Retry-After``, until ``ttl_s`` after the event was produced; 4xx other than 408, 425 and
-  429 dead-letter at once; ``410 Gone`` disables the target.
+  ``Retry-After`` (kept between the schedule's first step and ``MAX_RETRY_AFTER_S``), until
+  ``ttl_s`` after the event was produced; 4xx other than 408, 425 and 429 dead-letter at
+  once; ``410 Gone`` disables the target.
+* A per-call URL becomes a target when it lies under an allow-list entry and passes the
+  request-forgery guard; at most ``max_call_targets`` exist at once, and one is retired
+  (tasks stopped, row deleted) once nothing is pending for it and no live call names it.
 * ``hold`` keeps a leg's held finals (masked) in the outbox, undelivered; on start, those a
   killed run held become ordinary finals, then calls that a previous run left open are
   closed with ``call.ended`` (``reason: bridge_restart``) carrying the finals stored so far.
