@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -167,3 +168,29 @@ async def test_a_final_held_for_redaction_survives_a_kill_masked_and_never_on_di
         assert "four" not in event.body.decode()
     on_disk = b"".join(outbox_files(tmp_path).values())
     assert b"four" not in on_disk and b"one one" not in on_disk
+
+
+def held_rows(directory: Path) -> int:
+    with sqlite3.connect(directory / "outbox.db") as db:
+        return int(db.execute("SELECT COUNT(*) FROM held_finals").fetchone()[0])
+
+
+async def test_a_held_final_released_in_time_goes_out_redacted_and_its_masked_copy_goes(
+        bridge_factory: BridgeFactory, stt: TelnyxSttEmulator, receiver: WebhookReceiver,
+        tmp_path: Path) -> None:
+    stt.script = [*HELD_SCRIPT, "one one one one one one one one one one one one thanks"]
+    bridge = await bridge_factory()
+    speech = pcm_program(("silence", 200), ("tone", 1200, 400), ("silence", 600),
+                         ("tone", 1200, 500), ("silence", 600))
+    spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(speech)},
+                    call_id="CA-released")
+    call = asyncio.create_task(stream_call(bridge.url("/streams/twilio"), build_call(spec),
+                                           speed=1))
+    await bridge.wait_for_log("held finals stored", call_id="CA-released", finals=1)
+    await bridge.wait_for_log("held finals stored", call_id="CA-released", finals=0)
+    await call
+    await receiver.wait_for(receiver.ended("CA-released"))
+    finals = [e.data for e in receiver.of_call("CA-released") if e.type == "transcript.final"]
+    assert [(f["sequence"], f["text"]) for f in finals] == [
+        (1, "okay my card number is [credit_card]"), (2, "thanks")]
+    assert held_rows(tmp_path) == 0
