@@ -161,8 +161,8 @@ async def _observability(app: web.Application) -> AsyncIterator[None]:
                                         ("partial_dropped",): stats.partials_dropped,
                                         ("refused_outbox_full",): stats.outbox_rejected})
             yield gauge("callbridge_outbox_pending", "Deliveries waiting in the outbox",
-                        ["target"], {(name,): sum(t.pending.values())
-                                     for name, t in dispatcher.targets.items()})
+                        ["target"], {(label,): count for label, count
+                                     in dispatcher.pending_by_label().items()})
         yield counter("callbridge_auth_failures", "Media connections refused for their "
                       "credentials", ["endpoint"],
                       {(k,): v for k, v in app[AUTH_FAILURES].items()})

@@ -23,6 +23,7 @@ from typing import Any, Final, Protocol
 import structlog
 
 from bridge.admission import LiveCalls
+from bridge.compliance.mask import MASKED_ON_RECOVERY, mask_numbers
 from bridge.compliance.redact import LegRedactor, Policy, Redacted, Released, policy_for
 from bridge.config import Settings
 from bridge.delivery.retry import Outcome
@@ -224,6 +225,7 @@ class Call:
         self._in_flight: set[asyncio.Future[Outcome]] = set()
         self._outcomes: Counter[str] = Counter()
         self._partials_published = 0
+        self._held_stored: set[Track] = set()  # legs with held finals in the outbox
 
     @property
     def encoding(self) -> AudioEncoding:
@@ -374,12 +376,36 @@ class Call:
             leg.hold_timer = None
         if leg.redactor.holding:
             leg.hold_timer = self._tasks.create_task(self._hold_expired(leg))
+        self._store_held(leg)
 
     async def _hold_expired(self, leg: Leg) -> None:
         """A held final waited ``compliance.hold_s`` for the next one: release it."""
         await asyncio.sleep(self.settings.compliance.hold_s)
         leg.hold_timer = None
         self._release(leg, leg.redactor.flush())
+        self._store_held(leg)
+
+    def _store_held(self, leg: Leg) -> None:
+        """Keep the leg's held finals in the outbox, every number masked, so that a crash
+        while they wait loses nothing and writes no digit; each call replaces the last."""
+        held = [text for text, _ in leg.redactor.held]
+        if not held and leg.track not in self._held_stored:
+            return
+        self._held_stored.discard(leg.track)
+        if held:
+            self._held_stored.add(leg.track)
+        finals = []
+        for n, (text, result) in enumerate(leg.redactor.held, start=1):
+            finals.append(self._event(EventType.TRANSCRIPT_FINAL, leg, {
+                "sequence": leg.sequence + n,
+                "text": mask_numbers(text),
+                "is_final": True,
+                "confidence": result.confidence,
+                "start_ms": result.start_ms,
+                "end_ms": result.end_ms,
+                "redactions": [{"type": MASKED_ON_RECOVERY, "count": 1}],
+            }))
+        self._sink.hold(self.key or self._require_started().call_id, leg.track.value, finals)
 
     def _release(self, leg: Leg, released: list[Released[TranscriptResult]]) -> None:
         """Publish released finals in order; one emptied by a number that began in a final
@@ -449,6 +475,7 @@ class Call:
                 leg.hold_timer.cancel()
                 leg.hold_timer = None
             self._release(leg, leg.redactor.flush())
+            self._store_held(leg)
             if leg.paused:
                 leg.set_paused(False)  # close the pause interval for the audit
         if not was_started:
@@ -499,6 +526,17 @@ class Call:
             self._outcomes[future.result().value] += 1
 
     def _publish(self, event_type: EventType, leg: Leg | None, fields: Mapping[str, Any]) -> None:
+        event = self._event(event_type, leg, fields)
+        outcome = self._sink.publish(event)
+        if event_type is EventType.TRANSCRIPT_PARTIAL:
+            self._partials_published += 1  # best effort: not waited for
+        else:
+            self._in_flight.add(outcome)
+            outcome.add_done_callback(self._settled)
+
+    def _event(self, event_type: EventType, leg: Leg | None,
+               fields: Mapping[str, Any]) -> OutboundEvent:
+        """The one place an outgoing event of this call is built."""
         started = self._require_started()
         key = self.key or started.call_id
         data: dict[str, Any] = {
@@ -512,7 +550,7 @@ class Call:
         if key != started.call_id:
             data["provider_call_id"] = started.call_id
         data.update(fields)
-        event = OutboundEvent(
+        return OutboundEvent(
             id=f"msg_{uuid.uuid4().hex}",
             type=event_type,
             timestamp=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
@@ -521,12 +559,6 @@ class Call:
             leg=leg.track.value if leg else None,
             targets=self.targets,
         )
-        outcome = self._sink.publish(event)
-        if event_type is EventType.TRANSCRIPT_PARTIAL:
-            self._partials_published += 1  # best effort: not waited for
-        else:
-            self._in_flight.add(outcome)
-            outcome.add_done_callback(self._settled)
 
     def _require_started(self) -> StreamStarted:
         if self.started is None:

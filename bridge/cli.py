@@ -108,6 +108,13 @@ def run_serve(args: argparse.Namespace) -> int:
     settings = _settings_or_exit(args)
     if settings is None:
         return 2
+    from bridge.delivery.outbox import secure_location
+
+    try:
+        secure_location(settings.outbox.path)  # its directory too, before anything is logged
+    except ConfigError as exc:
+        print(f"callbridge: {exc}", file=sys.stderr)
+        return 2
     configure_logging(settings.logging.level, settings.logging.format)
     if uses_telnyx_protocol(settings) and stt_target(settings) is SttTarget.EMBEDDED:
         from bridge.stt.local import recognizer

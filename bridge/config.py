@@ -202,6 +202,7 @@ class WebhookSettings:
     allow_private_networks: bool = False
     call_url_parameter: str = "callbridge_webhook_url"
     call_url_allowlist: tuple[str, ...] = ()
+    max_call_targets: int = 200
     drain_timeout_s: float = 10.0
 
     def all_targets(self) -> tuple[TargetSettings, ...]:
@@ -636,6 +637,11 @@ def _validate(settings: Settings, origin: Mapping[tuple[str, str], str]) -> None
     check(s.webhooks.timeout_s > 0, "webhooks", "timeout_s", "must be positive")
     check(s.webhooks.ttl_s > 0, "webhooks", "ttl_s", "must be positive")
     check(1 <= s.webhooks.max_in_flight <= 256, "webhooks", "max_in_flight", "must be 1-256")
+    check(1 <= s.webhooks.max_call_targets <= 10_000, "webhooks", "max_call_targets",
+          "must be 1-10000")
+    check(bool(s.webhooks.retry_schedule_s)
+          and all(0.01 <= step <= 86400 for step in s.webhooks.retry_schedule_s),
+          "webhooks", "retry_schedule_s", "must be steps of 0.01-86400 seconds")
     check(s.webhooks.partial_max_age_s > 0, "webhooks", "partial_max_age_s", "must be positive")
     check(1000 <= s.outbox.max_events <= 100_000_000, "outbox", "max_events",
           "must be 1000-100000000")
@@ -691,11 +697,13 @@ def _validate(settings: Settings, origin: Mapping[tuple[str, str], str]) -> None
         for target_name in route.targets:
             if target_name not in names:
                 raise ConfigError(f"webhooks.routes[{n}]", f"unknown target {target_name!r}")
-    for prefix in s.webhooks.call_url_allowlist:
-        problem = check_webhook_url(prefix, allow_insecure_http=s.webhooks.allow_insecure_http,
+    for entry in s.webhooks.call_url_allowlist:
+        problem = check_webhook_url(entry, allow_insecure_http=s.webhooks.allow_insecure_http,
                                     allow_private=s.webhooks.allow_private_networks)
+        if problem is None and urlsplit(entry).query:
+            problem = "must not have a query string (entries match scheme, host, port, path)"
         check(problem is None, "webhooks", "call_url_allowlist",
-              f"{redact_url(prefix)}: {problem}")
+              f"{redact_url(entry)}: {problem}")
     stt_host = urlsplit(s.stt.url).hostname or ""
     check(bool(s.stt.api_key) or not s.stt.url or is_loopback_host(stt_host), "stt", "api_key",
           "TELNYX_API_KEY must be set: stt.url is not on this machine")

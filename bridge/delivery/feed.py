@@ -25,6 +25,7 @@ import hashlib
 import hmac
 import uuid
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -224,6 +225,9 @@ class LiveTee:
             self.feed = self._feeds.attach(event.call_id)
         self.feed.publish(event)
         return outcome
+
+    def hold(self, call_id: str, leg: str, finals: Sequence[OutboundEvent]) -> None:
+        self._sink.hold(call_id, leg, finals)  # held finals are for the outbox, not viewers
 
     def close(self) -> None:
         if self.feed is not None:

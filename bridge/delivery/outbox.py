@@ -10,6 +10,17 @@ the outbox when each delivery is ``delivered`` or ``dead`` (at once, or after
 text so far, also in that transaction), so that a bridge that was killed can close them with
 ``call.ended`` when it starts again.
 
+At rest the file holds transcripts, so it and its ``-wal``/``-shm`` files are created 0600
+(whatever the umask) in a directory created 0700 when missing; deleted rows are overwritten
+(``secure_delete``), and the WAL, which keeps old page images until a checkpoint, is
+checkpointed and truncated after every purge and retention run.
+
+A final held back for redaction (it may be the start of a number the next final completes)
+is kept in ``held_finals`` with every number masked (``bridge.compliance.mask``), replaced
+as the leg's held finals change, and never delivered while the bridge runs. A bridge that
+starts finds rows there only if the previous one died holding them: they become ordinary
+(masked) finals, in order, before the calls left open are closed.
+
 Delivery order is per call: for a target, only the oldest pending delivery of each call is
 ever due (``due_heads``), so a retry holds back the rest of that call and nothing else.
 """
@@ -17,6 +28,7 @@ ever due (``due_heads``), so a retry holds back the rest of that call and nothin
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -24,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from bridge.errors import ConfigError
 from bridge.events import EventType, OutboundEvent
 
 SCHEMA_VERSION: Final = 1
@@ -63,6 +76,15 @@ CREATE TABLE IF NOT EXISTS live_calls (
     targets TEXT NOT NULL,
     started_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS held_finals (
+    call_id TEXT NOT NULL,
+    leg TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    id TEXT NOT NULL,
+    body BLOB NOT NULL,
+    targets TEXT NOT NULL,
+    PRIMARY KEY (call_id, leg, position)
+);
 CREATE TABLE IF NOT EXISTS live_legs (
     call_id TEXT NOT NULL REFERENCES live_calls(call_id) ON DELETE CASCADE,
     leg TEXT NOT NULL,
@@ -72,6 +94,38 @@ CREATE TABLE IF NOT EXISTS live_legs (
     PRIMARY KEY (call_id, leg)
 );
 """
+
+
+FILE_MODE: Final = 0o600
+DIRECTORY_MODE: Final = 0o700
+SIDE_FILES: Final = ("-wal", "-shm", "-journal")
+
+
+def secure_location(path: str | Path) -> None:
+    """Prepare the outbox file's place: its directory created 0700 when missing, the file
+    created 0600, and the file and its side files made 0600 when they already exist.
+
+    Raises ``ConfigError`` naming ``outbox.path`` when the place cannot be prepared.
+    """
+    path = Path(path)
+    try:
+        if not path.parent.exists():
+            path.parent.mkdir(mode=DIRECTORY_MODE, parents=True)
+        if not path.exists():
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE))
+        _tighten_modes(path)
+    except OSError as exc:
+        raise ConfigError("outbox.path", f"cannot create {path}: "
+                          f"{exc.strerror or type(exc).__name__}") from None
+
+
+def _tighten_modes(path: Path) -> None:
+    """Make the file and its side files 0600 by name: never by opening them, because closing
+    any descriptor of a database drops this process's POSIX locks on it, which SQLite relies
+    on to know that a connection is using the WAL."""
+    for candidate in (path, *(path.with_name(path.name + side) for side in SIDE_FILES)):
+        if candidate.exists():
+            os.chmod(candidate, FILE_MODE)
 
 
 class OutboxDiskFull(Exception):
@@ -85,6 +139,15 @@ class StoredEvent:
     event: OutboundEvent
     body: bytes
     targets: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HeldFinals:
+    """A leg's held finals, already masked, in order: they replace the leg's previous ones."""
+
+    call_id: str
+    leg: str
+    finals: tuple[StoredEvent, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,8 +179,11 @@ class Outbox:
         self.path = Path(path)
         self.max_events = max_events
         self.retention_s = retention_days * 86400
+        secure_location(self.path)
         self.db = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
         self.db.row_factory = sqlite3.Row
+        # Deleted transcripts are overwritten with zeros, not left in free pages.
+        self.db.execute("PRAGMA secure_delete=ON")
         self.db.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode: a commit survives a crash of this process; only a power loss
         # can lose the last transactions.
@@ -125,6 +191,9 @@ class Outbox:
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.executescript(SCHEMA)
         self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        # SQLite gives new -wal/-shm files the database file's mode; ones left by an older
+        # version are tightened here.
+        _tighten_modes(self.path)
         self._count = self._count_events()
 
     def close(self) -> None:
@@ -143,9 +212,21 @@ class Outbox:
                 "ON CONFLICT(name) DO UPDATE SET url=excluded.url, "
                 "secret_env=excluded.secret_env", list(targets))
 
-    def store(self, batch: Sequence[StoredEvent], now: float | None = None) -> list[bool]:
-        """Store events in one transaction; per event, True if stored, False if the outbox is
-        full. Raises ``OutboxDiskFull`` when the disk is."""
+    def forget_targets(self, names: Sequence[str]) -> None:
+        """Delete the rows of retired targets that no pending or dead delivery still needs
+        (a dead one keeps its target's URL for ``replay``)."""
+        if not names:
+            return
+        with self._transaction():
+            self.db.executemany(
+                "DELETE FROM targets WHERE name=? AND NOT EXISTS (SELECT 1 FROM deliveries "
+                "WHERE target=targets.name AND state IN ('pending', 'dead'))",
+                [(name,) for name in names])
+
+    def store(self, batch: Sequence[StoredEvent], now: float | None = None,
+              held: Sequence[HeldFinals] = ()) -> list[bool]:
+        """Store events, then replace legs' held finals, in one transaction; per event, True
+        if stored, False if the outbox is full. Raises ``OutboxDiskFull`` when the disk is."""
         now = time.time() if now is None else now
         stored: list[bool] = []
         try:
@@ -156,12 +237,42 @@ class Outbox:
                         continue
                     self._insert(item, now)
                     stored.append(True)
+                for snapshot in held:
+                    self._replace_held(snapshot)
         except sqlite3.OperationalError as exc:
             self._count = self._count_events()
             if "full" in str(exc).lower():
                 raise OutboxDiskFull(str(exc)) from None
             raise
         return stored
+
+    def _replace_held(self, snapshot: HeldFinals) -> None:
+        self.db.execute("DELETE FROM held_finals WHERE call_id=? AND leg=?",
+                        (snapshot.call_id, snapshot.leg))
+        self.db.executemany(
+            "INSERT INTO held_finals (call_id, leg, position, id, body, targets) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [(snapshot.call_id, snapshot.leg, n, item.event.id, item.body,
+              json.dumps(list(item.targets))) for n, item in enumerate(snapshot.finals)])
+
+    def release_held(self, now: float | None = None) -> int:
+        """Turn finals a dead process held into deliverable events, leg by leg in order (their
+        text is masked), so that they are delivered and closing their calls includes them.
+        Returns how many. Only for a start: a running bridge's held finals stay held."""
+        now = time.time() if now is None else now
+        with self._transaction():
+            rows = self.db.execute(
+                "SELECT call_id, leg, id, body, targets FROM held_finals "
+                "ORDER BY call_id, leg, position").fetchall()
+            for row in rows:
+                body = bytes(row["body"])
+                decoded = json.loads(body)
+                event = OutboundEvent(row["id"], EventType(decoded["type"]),
+                                      decoded["timestamp"], decoded["data"], row["call_id"],
+                                      row["leg"], tuple(json.loads(row["targets"])))
+                self._insert(StoredEvent(event, body, event.targets), now)
+            self.db.execute("DELETE FROM held_finals")
+        return len(rows)
 
     def _insert(self, item: StoredEvent, now: float) -> None:
         event = item.event
@@ -199,6 +310,7 @@ class Outbox:
                  event.call_id))
         elif event.type is EventType.CALL_ENDED:
             self.db.execute("DELETE FROM live_calls WHERE call_id=?", (event.call_id,))
+            self.db.execute("DELETE FROM held_finals WHERE call_id=?", (event.call_id,))
 
     def mark_delivered(self, event_seq: int, target: str, status: int,
                        now: float | None = None) -> None:
@@ -289,11 +401,18 @@ class Outbox:
                 "SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq AND d.state NOT IN (?, ?))",
                 (now - older_than_s, *finished))]
             self._delete_events(seqs)
+        self.checkpoint()
         return len(seqs)
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database and truncate it: page images of deleted rows do not
+        linger in the WAL. Skipped quietly while another connection reads."""
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def purge_retained(self, now: float | None = None) -> int:
         """Apply ``retention_days`` to delivered events."""
         if self.retention_s <= 0:
+            self.checkpoint()  # events already left as they were delivered
             return 0
         return self.purge(self.retention_s, include_dead=False, now=now)
 

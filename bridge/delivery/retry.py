@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import enum
 import random
+import re
 from collections.abc import Sequence
 from email.utils import parsedate_to_datetime
 from typing import Final
 
 # A Retry-After beyond this is clamped: a receiver cannot park our queue for hours.
 MAX_RETRY_AFTER_S: Final = 300.0
+# delta-seconds is 1*DIGIT in ASCII (RFC 9110 10.2.3); more than 10 digits is beyond any clamp.
+DELTA_SECONDS: Final = re.compile(r"[0-9]{1,10}")
 
 
 class Outcome(enum.Enum):
@@ -40,8 +43,10 @@ def parse_retry_after(value: str | None, *, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if DELTA_SECONDS.fullmatch(value):
         return min(float(value), MAX_RETRY_AFTER_S)
+    if value.isdigit() or value.lstrip("+-").isdigit():
+        return None  # "²", "-5" or a hundred digits: not a delta-seconds we honour
     try:
         when = parsedate_to_datetime(value).timestamp()
     except (TypeError, ValueError, IndexError, OverflowError):
@@ -58,3 +63,17 @@ def retry_delay(failures: int, schedule: Sequence[float],
     """
     step = schedule[min(max(failures, 1), len(schedule)) - 1]
     return (rand or random).uniform(step * 0.8, step * 1.2)
+
+
+def next_attempt_delay(failures: int, schedule: Sequence[float], retry_after_s: float | None,
+                       rand: random.Random | None = None) -> float:
+    """Seconds to wait after the ``failures``-th failed attempt, honouring the receiver's
+    ``Retry-After`` within bounds.
+
+    Whatever the receiver says (``0``, a date in the past, a week), the wait lies between the
+    schedule's first step and ``MAX_RETRY_AFTER_S``: a receiver cannot make us retry in a
+    tight loop, nor park its queue for hours. Without ``Retry-After`` the schedule decides.
+    """
+    if retry_after_s is None:
+        return retry_delay(failures, schedule, rand)
+    return min(max(retry_after_s, schedule[0]), max(MAX_RETRY_AFTER_S, schedule[0]))

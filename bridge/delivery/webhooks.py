@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Sequence
 from typing import Final, Protocol
 
 import aiohttp
@@ -28,6 +29,10 @@ class EventSink(Protocol):
 
     def publish(self, event: OutboundEvent) -> asyncio.Future[Outcome]:
         """Take an event; the future settles once every target has it or has given up."""
+
+    def hold(self, call_id: str, leg: str, finals: Sequence[OutboundEvent]) -> None:
+        """Keep a leg's held finals, every number already masked, in place of its previous
+        ones: delivered only if the process dies before the leg releases them."""
 
 
 def encode_event(event: OutboundEvent) -> bytes:

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from bridge.simulate import CallSpec, build_call, stream_call
 from tests.conftest import BridgeFactory
 from tests.support.audio import pcm_program, ulaw
 from tests.support.receiver import WebhookReceiver
+from tests.support.telnyx_stt import TelnyxSttEmulator
 
 pytestmark = pytest.mark.e2e
 
@@ -114,3 +116,81 @@ async def test_the_call_summary_counts_what_each_webhook_came_to(
     await stream_call(bridge.url("/streams/twilio"), build_call(spec))
     summary = await bridge.wait_for_log("call summary", call_id="CA-pending", within_s=30)
     assert summary["webhooks"] == {"pending": 5}
+
+
+HELD_SPEECH = pcm_program(("silence", 200), ("tone", 1200, 400), ("silence", 8000))
+HELD_SCRIPT = ["okay my card number is four one one one"]
+
+
+def outbox_files(directory: Path) -> dict[str, bytes]:
+    """The outbox file and its side files (-wal, -shm), as they are on disk now."""
+    return {f.name: f.read_bytes() for f in sorted(directory.glob("outbox.db*"))}
+
+
+async def test_a_final_held_for_redaction_survives_a_kill_masked_and_never_on_disk(
+        bridge_factory: BridgeFactory, stt: TelnyxSttEmulator, receiver: WebhookReceiver,
+        tmp_path: Path) -> None:
+    stt.script = list(HELD_SCRIPT)
+    config = tmp_path / "hold.toml"
+    config.write_text("[compliance]\nhold_s = 10.0\n")  # the kill lands inside the hold
+    first = await bridge_factory(CALLBRIDGE_CONFIG=str(config))
+    spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(HELD_SPEECH)},
+                    call_id="CA-held")
+    call = asyncio.create_task(stream_call(first.url("/streams/twilio"), build_call(spec),
+                                           speed=1))
+    await first.wait_for_log("held finals stored", call_id="CA-held", leg="inbound", finals=1)
+    os.kill(first.process.pid, signal.SIGKILL)
+    await first.process.wait()
+    with contextlib.suppress(aiohttp.ClientError, ConnectionError):
+        await call
+    sent = " ".join(json.dumps(frame) for s in stt.sessions for frame in s.sent)
+    assert "four one one one" in sent  # the engine did say it, then the bridge died
+    assert not any(e.type == "transcript.final" for e in receiver.of_call("CA-held"))
+    files = outbox_files(tmp_path)
+    assert {"outbox.db", "outbox.db-wal"} <= set(files)
+    on_disk = b"".join(files.values())
+    assert b"okay my card number is # # # #" in on_disk  # held, masked
+    assert b"four" not in on_disk and b"one one" not in on_disk
+
+    second = await bridge_factory(CALLBRIDGE_CONFIG=str(config))
+    await receiver.wait_for(receiver.ended("CA-held"), within_s=30)
+    await second.wait_for_log("closing calls a previous run left open", calls=1)
+    events = receiver.of_call("CA-held")
+    assert [(e.type, e.data.get("sequence")) for e in events] == [
+        ("call.started", None), ("transcript.final", 1), ("call.ended", None)]
+    final = events[1].data
+    assert final["text"] == "okay my card number is # # # #"
+    assert final["redactions"] == [{"type": "masked_unreleased", "count": 1}]
+    assert events[-1].data["legs"] == [{"leg": "inbound", "speaker": "caller",
+                                        "text": "okay my card number is # # # #",
+                                        "transcripts": 1}]
+    for event in events:
+        assert "four" not in event.body.decode()
+    on_disk = b"".join(outbox_files(tmp_path).values())
+    assert b"four" not in on_disk and b"one one" not in on_disk
+
+
+def held_rows(directory: Path) -> int:
+    with sqlite3.connect(directory / "outbox.db") as db:
+        return int(db.execute("SELECT COUNT(*) FROM held_finals").fetchone()[0])
+
+
+async def test_a_held_final_released_in_time_goes_out_redacted_and_its_masked_copy_goes(
+        bridge_factory: BridgeFactory, stt: TelnyxSttEmulator, receiver: WebhookReceiver,
+        tmp_path: Path) -> None:
+    stt.script = [*HELD_SCRIPT, "one one one one one one one one one one one one thanks"]
+    bridge = await bridge_factory()
+    speech = pcm_program(("silence", 200), ("tone", 1200, 400), ("silence", 600),
+                         ("tone", 1200, 500), ("silence", 600))
+    spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(speech)},
+                    call_id="CA-released")
+    call = asyncio.create_task(stream_call(bridge.url("/streams/twilio"), build_call(spec),
+                                           speed=1))
+    await bridge.wait_for_log("held finals stored", call_id="CA-released", finals=1)
+    await bridge.wait_for_log("held finals stored", call_id="CA-released", finals=0)
+    await call
+    await receiver.wait_for(receiver.ended("CA-released"))
+    finals = [e.data for e in receiver.of_call("CA-released") if e.type == "transcript.final"]
+    assert [(f["sequence"], f["text"]) for f in finals] == [
+        (1, "okay my card number is [credit_card]"), (2, "thanks")]
+    assert held_rows(tmp_path) == 0

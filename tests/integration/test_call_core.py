@@ -99,6 +99,7 @@ async def test_a_card_split_over_finals_is_held_and_redacted_whole() -> None:
     published = finals(sink)
     assert [(seq, text) for seq, text, _, _ in published] == [
         (1, "my card number is [credit_card]"), (2, "thanks")]
+    assert sink.held == {("CA1", "inbound"): []}  # nothing left held at the end
     assert published[0][2:] == (0, 1000)  # the emptied final lends its end
     assert "4111" not in repr(sink.events)
 

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from bridge.delivery.outbox import Outbox, OutboxDiskFull, StoredEvent
+from bridge.delivery.outbox import HeldFinals, Outbox, OutboxDiskFull, StoredEvent
+from bridge.delivery.webhooks import encode_event
+from bridge.errors import ConfigError
 from bridge.events import EventType, OutboundEvent
 
 T0 = 1_800_000_000.0
@@ -93,3 +101,131 @@ def test_disabling_a_target_dead_letters_its_pending_events(tmp_path: Path) -> N
     assert (row["pending"], row["dead"], row["disabled"]) == (0, 2, True)
     outbox.replay(dead=True, now=T0)
     assert outbox.disabled_targets() == {}
+
+
+@pytest.fixture
+def open_umask() -> Iterator[None]:
+    """A umask that would leave new files world-readable and writable."""
+    previous = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+@pytest.mark.usefixtures("open_umask")
+def test_the_outbox_and_its_side_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "dir" / "o.db"
+    outbox = Outbox(path)
+    try:
+        outbox.store([stored(1)], now=T0)
+        files = [path, path.with_name("o.db-wal"), path.with_name("o.db-shm")]
+        assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in files} == {
+            f.name: 0o600 for f in files}
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    finally:
+        outbox.close()
+
+
+def test_an_outbox_left_readable_by_an_older_version_is_tightened(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    Outbox(path).close()
+    for name in ("o.db", "o.db-wal"):
+        (tmp_path / name).touch()
+        (tmp_path / name).chmod(0o644)
+    Outbox(path).close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_purged_transcript_is_gone_from_the_file_and_its_wal(tmp_path: Path) -> None:
+    secret = "the caller said zebra pineapple quartz"
+    path = tmp_path / "o.db"
+    outbox = Outbox(path, retention_days=1)
+    try:
+        item = stored(1, text=secret)
+        body = StoredEvent(item.event, f'{{"text": "{secret}"}}'.encode(), item.targets)
+        outbox.store([stored(0, EventType.CALL_STARTED), body,
+                      stored(2, EventType.CALL_ENDED)], now=T0)
+        for due in outbox.due_heads("a", T0, 10)[0]:
+            outbox.mark_delivered(due.event_seq, "a", 204, now=T0)
+        while outbox.event_count:
+            for due in outbox.due_heads("a", T0, 10)[0]:
+                outbox.mark_delivered(due.event_seq, "a", 204, now=T0)
+            outbox.purge_retained(now=T0 + 2 * 86400)
+        on_disk = b"".join(f.read_bytes() for f in tmp_path.iterdir())
+        assert b"zebra pineapple" not in on_disk
+    finally:
+        outbox.close()
+
+
+def test_a_missing_directory_is_created_and_an_impossible_one_is_one_line(
+        tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ConfigError) as caught:
+        Outbox(blocker / "o.db")
+    assert caught.value.setting == "outbox.path"
+    result = subprocess.run(
+        [sys.executable, "-m", "bridge", "serve", "--port", "0"], capture_output=True,
+        text=True, timeout=60, check=False,
+        env={**os.environ, "CALLBRIDGE_OUTBOX_PATH": str(blocker / "o.db"),
+             "CALLBRIDGE_STT_URL": "ws://127.0.0.1:9/v2/speech-to-text/transcription"})
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("callbridge: invalid setting outbox.path: cannot create")
+    assert "Traceback" not in result.stdout
+
+
+def held(call: str, leg: str, *texts: str) -> HeldFinals:
+    finals = []
+    for n, text in enumerate(texts, start=1):
+        event = OutboundEvent(f"msg_held_{call}_{n}_{text}", EventType.TRANSCRIPT_FINAL, "t",
+                              {"call_id": call, "leg": leg, "speaker": "caller",
+                               "sequence": n, "text": text}, call, leg, ("a",))
+        finals.append(StoredEvent(event, encode_event(event), ("a",)))
+    return HeldFinals(call, leg, tuple(finals))
+
+
+def test_held_finals_are_never_due_and_each_snapshot_replaces_the_last(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.db")
+    outbox.store([stored(0, EventType.CALL_STARTED)], now=T0,
+                 held=[held("CA1", "inbound", "first #"), held("CA1", "inbound", "a #", "b #")])
+    assert outbox.due_heads("a", T0, 10)[0][0].event_id.startswith("msg_CA1_call.started")
+    [(count,)] = outbox.db.execute("SELECT COUNT(*) FROM held_finals").fetchall()
+    assert count == 2 and outbox.pending_by_target() == {"a": {"CA1": 1}}
+    outbox.store([], now=T0, held=[held("CA1", "inbound")])  # released: nothing held
+    assert outbox.release_held(now=T0) == 0
+
+
+def test_a_restart_turns_held_finals_into_finals_in_order_before_closing_calls(
+        tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.db")
+    outbox.store([stored(0, EventType.CALL_STARTED), stored(1, text="hello")], now=T0,
+                 held=[held("CA1", "inbound", "my card is # #", "# # thanks")])
+    outbox.close()
+    restarted = Outbox(tmp_path / "o.db")
+    assert restarted.release_held(now=T0) == 2
+    [call] = restarted.live_calls()
+    assert call.legs[0]["text"] == "hello my card is # # # # thanks"
+    assert call.legs[0]["transcripts"] == 3
+    bodies = []
+    while True:
+        due, _ = restarted.due_heads("a", T0, 10)
+        if not due:
+            break
+        bodies.append(due[0].body)
+        restarted.mark_delivered(due[0].event_seq, "a", 204, now=T0)
+    assert [b'"n": 0' in bodies[0], b'"n": 1' in bodies[1]] == [True, True]
+    assert [json.loads(b)["data"]["sequence"] for b in bodies[2:]] == [1, 2]  # as held
+    assert [json.loads(b)["data"]["text"] for b in bodies[2:]] == ["my card is # #",
+                                                                    "# # thanks"]
+    restarted.close()
+
+
+def test_call_ended_drops_what_the_call_still_held(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.db")
+    outbox.store([stored(0, EventType.CALL_STARTED)], now=T0,
+                 held=[held("CA1", "inbound", "#")])
+    outbox.store([stored(1, EventType.CALL_ENDED)], now=T0)
+    assert outbox.release_held(now=T0) == 0
+    outbox.close()

@@ -214,24 +214,67 @@ async def test_partials_go_at_once_but_never_overtake_a_waiting_final(
     assert [e.type for e in receiver.events] == ["transcript.final", "transcript.partial"]
 
 
+REFUSED = "per-call webhook URL refused; the call keeps its configured targets"
+
+
+@pytest.mark.parametrize(("url", "reason"), [
+    ("https://evil.example.net/x", "not under an entry of webhooks.call_url_allowlist"),
+    ("https://tenant.example.com.evil.test/hooks/1",
+     "not under an entry of webhooks.call_url_allowlist"),
+    ("https://tenant.example.com/hooksevil", "not under an entry of webhooks.call_url_allowlist"),
+    ("https://169.254.169.254/latest/meta-data/", "link-local"),
+])
 async def test_per_call_urls_need_the_allow_list_and_pass_the_forgery_guard(
-        tmp_path: Path, http: aiohttp.ClientSession) -> None:
+        tmp_path: Path, http: aiohttp.ClientSession, url: str, reason: str) -> None:
     config = settings(tmp_path, ("https://hooks.example.com/a",), allow_private_networks=False,
-                      call_url_allowlist=("https://tenant.example.com/",
+                      call_url_allowlist=("https://tenant.example.com/hooks",
                                           "https://169.254.169.254/"))
     with capture_logs() as logs:
         async with DurableDispatcher(config, http) as dispatcher:
             ok = dispatcher.route("/streams/twilio", {
                 "callbridge_webhook_url": "https://tenant.example.com/hooks/1"})
-            not_listed = dispatcher.route("/streams/twilio", {
-                "callbridge_webhook_url": "https://evil.example.net/x"})
-            metadata = dispatcher.route("/streams/twilio", {
-                "callbridge_webhook_url": "https://169.254.169.254/latest/meta-data/"})
+            refused = dispatcher.route("/streams/twilio", {"callbridge_webhook_url": url})
     assert ok[0] == "default" and ok[1].startswith("call-")
-    assert not_listed == ("default",) and metadata == ("default",)
-    refusals = [line for line in logs if line["event"] == "per-call webhook URL refused"]
-    assert refusals[0]["reason"] == "not in webhooks.call_url_allowlist"
-    assert "link-local" in refusals[1]["reason"]
+    assert refused == ("default",)
+    [refusal] = [line for line in logs if line["event"] == REFUSED]
+    assert reason in refusal["reason"]
+
+
+async def test_per_call_urls_that_normalise_to_loopback_never_reach_it(
+        tmp_path: Path, receiver: WebhookReceiver) -> None:
+    port = receiver.url.split(":")[2].split("/")[0]
+    disguised = [f"http://\u2460\u2461\u2466.0.0.1:{port}/hook",
+                 f"http://\uff11\uff12\uff17.\uff10.\uff10.\uff11:{port}/hook",
+                 f"http://127\u30020\u30020\u30021:{port}/hook",
+                 f"http://2130706433:{port}/hook", f"http://0177.0.0.1:{port}/hook",
+                 f"http://127.1:{port}/hook", f"http://0x7f.1:{port}/hook"]
+    # Entries written the same ways: a string prefix would have let every URL through.
+    config = settings(tmp_path, (), allow_private_networks=False, allow_insecure_http=True,
+                      call_url_allowlist=tuple(url.rsplit("/", 1)[0] for url in disguised))
+    connector = aiohttp.TCPConnector(resolver=GuardedResolver(allow_private=False))
+    async with (aiohttp.ClientSession(connector=connector) as session,
+                DurableDispatcher(config, session) as dispatcher):
+        outcomes = []
+        for n, url in enumerate(disguised):
+            targets = dispatcher.route("/streams/twilio", {"callbridge_webhook_url": url})
+            assert targets == ()
+            outcomes.append(dispatcher.publish(event(1, call=f"CA{n}", targets=targets)))
+        await asyncio.gather(*outcomes)
+    assert receiver.attempts == 0
+
+
+async def test_a_retry_after_of_zero_forever_gets_a_bounded_number_of_attempts(
+        tmp_path: Path, receiver: WebhookReceiver, http: aiohttp.ClientSession) -> None:
+    receiver.fail_statuses = [503] * 1_000_000
+    receiver.retry_after = "0"
+    window_s, first_step = 1.0, 0.2
+    async with DurableDispatcher(settings(tmp_path, (receiver.url,),
+                                          retry_schedule_s=(first_step,),
+                                          drain_timeout_s=0.0), http) as dispatcher:
+        dispatcher.publish(event(1))
+        await asyncio.sleep(window_s)  # a window to count attempts in, not a synchronisation
+    # The floor allows window/first_step + 1 = 6; a loop honouring "0" makes thousands.
+    assert 2 <= receiver.attempts <= 15
 
 
 async def test_names_that_resolve_to_private_addresses_are_refused_at_connect() -> None:
@@ -271,3 +314,74 @@ async def test_a_per_call_url_receives_the_calls_events_and_is_remembered(
     assert finals(receiver) == [1]
     assert rows(tmp_path, "SELECT url FROM targets WHERE name LIKE 'call-%'") == [
         (receiver.url,)]
+
+
+async def test_distinct_per_call_urls_leave_a_bounded_number_of_targets_and_series(
+        tmp_path: Path, receiver: WebhookReceiver, http: aiohttp.ClientSession) -> None:
+    calls, wave, limit = 5000, 100, 20
+    config = settings(tmp_path, (), max_call_targets=limit,
+                      call_url_allowlist=(receiver.url,))
+    def target_tasks() -> int:
+        return sum(task.get_name().startswith(("webhook ", "partials "))
+                   for task in asyncio.all_tasks())
+
+    with capture_logs() as logs:
+        async with DurableDispatcher(config, http) as dispatcher:
+            accepted = 0
+            for first in range(0, calls, wave):
+                started = []
+                for n in range(first, first + wave):
+                    url = f"{receiver.url}?tenant=t{n}"
+                    targets = dispatcher.route("/streams/twilio",
+                                               {"callbridge_webhook_url": url})
+                    accepted += bool(targets)
+                    started.append((f"CA{n}", targets))
+                    dispatcher.publish(event(0, f"CA{n}", EventType.CALL_STARTED, targets))
+                per_call = [t for t in dispatcher.targets.values() if t.per_call]
+                assert len(per_call) <= limit
+                # Two tasks per live target, and those of the last wave's targets that are
+                # still being retired: bounded by the limit, whatever the number of calls.
+                assert target_tasks() <= 4 * limit
+                assert set(dispatcher.pending_by_label()) <= {"per_call"}
+                await asyncio.gather(*(dispatcher.publish(event(1, call, EventType.CALL_ENDED,
+                                                                targets))
+                                       for call, targets in started))
+            assert [t for t in dispatcher.targets.values() if t.per_call] == []
+            assert dispatcher.pending_by_label() == {}
+    # Retired targets free their places: far more calls than the limit had their own URL.
+    assert accepted == limit * (calls // wave)
+    assert len(receiver.events) == 2 * accepted
+    assert rows(tmp_path, "SELECT COUNT(*) FROM targets WHERE name LIKE 'call-%'") == [(0,)]
+    assert len([line for line in logs if line["event"] == REFUSED]) == 1
+
+
+async def test_only_per_call_targets_with_something_to_deliver_come_back_at_start(
+        tmp_path: Path, receiver: WebhookReceiver, http: aiohttp.ClientSession) -> None:
+    config = settings(tmp_path, (), call_url_allowlist=(receiver.url,), drain_timeout_s=0.0)
+    receiver.fail_calls["CA2"] = [503] * 1000
+    async with DurableDispatcher(config, http) as dispatcher:
+        done = dispatcher.route("/streams/twilio", {"callbridge_webhook_url": receiver.url})
+        waiting = dispatcher.route("/streams/twilio",
+                                   {"callbridge_webhook_url": receiver.url + "?n=2"})
+        assert await dispatcher.publish(event(1, "CA1", EventType.CALL_ENDED,
+                                              done)) is Outcome.DELIVERED
+        dispatcher.publish(event(1, "CA2", EventType.CALL_ENDED, waiting))
+        assert set(dispatcher.targets) == set(waiting)  # the first is retired already
+    assert rows(tmp_path, "SELECT name FROM targets") == [(waiting[0],)]
+    async with DurableDispatcher(config, http) as dispatcher:
+        assert set(dispatcher.targets) == set(waiting)
+        assert dispatcher.pending_by_label() == {"per_call": 1}
+
+
+async def test_per_call_targets_routed_for_calls_that_never_started_do_not_hold_places(
+        tmp_path: Path, receiver: WebhookReceiver, http: aiohttp.ClientSession) -> None:
+    config = settings(tmp_path, (), max_call_targets=2, call_url_allowlist=(receiver.url,))
+    async with DurableDispatcher(config, http) as dispatcher:
+        for n in range(2):  # routed, then the call failed before publishing anything
+            assert dispatcher.route("/streams/twilio",
+                                    {"callbridge_webhook_url": f"{receiver.url}?n={n}"})
+        live = dispatcher.route("/streams/twilio", {"callbridge_webhook_url": receiver.url})
+        assert live and list(dispatcher.targets) == list(live)
+        assert await dispatcher.publish(event(1, "CA9", EventType.CALL_STARTED,
+                                              live)) is Outcome.DELIVERED
+    assert rows(tmp_path, "SELECT name FROM targets") == [(live[0],)]

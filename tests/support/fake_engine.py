@@ -9,7 +9,7 @@ Deepgram and AssemblyAI give them) and the text ``"<n>"`` counting its finals, o
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from bridge.delivery.retry import Outcome
@@ -115,6 +115,10 @@ class RecordingSink:
 
     def __init__(self) -> None:
         self.events: list[OutboundEvent] = []
+        self.held: dict[tuple[str, str], list[OutboundEvent]] = {}  # what the outbox would keep
+
+    def hold(self, call_id: str, leg: str, finals: Sequence[OutboundEvent]) -> None:
+        self.held[(call_id, leg)] = list(finals)
 
     def publish(self, event: OutboundEvent) -> asyncio.Future[Outcome]:
         self.events.append(event)

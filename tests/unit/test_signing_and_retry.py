@@ -9,6 +9,7 @@ from bridge.delivery.retry import (
     MAX_RETRY_AFTER_S,
     Outcome,
     classify_status,
+    next_attempt_delay,
     parse_retry_after,
     retry_delay,
 )
@@ -59,3 +60,24 @@ def test_retry_delay_follows_the_schedule_with_jitter_and_repeats_its_last_step(
     for failures, step in [(1, 1.0), (2, 5.0), (3, 30.0), (4, 30.0), (40, 30.0)]:
         delay = retry_delay(failures, schedule, rand)
         assert step * 0.8 <= delay <= step * 1.2
+
+
+@pytest.mark.parametrize("value", ["\u00b2", "-5", "+5", "1" * 400, "\uff15", "5.5", "0x10"])
+def test_retry_after_that_is_no_plain_ascii_number_is_ignored(value: str) -> None:
+    assert parse_retry_after(value, now=0) is None
+
+
+@pytest.mark.parametrize("retry_after", [0.0, -3.0, 1e-9, 10.0 ** 9])
+def test_the_wait_lies_between_the_first_step_and_the_ceiling_whatever_the_receiver_says(
+        retry_after: float) -> None:
+    schedule = (1.0, 5.0, 30.0)
+    for failures in (1, 2, 50):
+        delay = next_attempt_delay(failures, schedule, retry_after)
+        assert 1.0 <= delay <= MAX_RETRY_AFTER_S
+
+
+def test_a_past_date_waits_the_first_step_and_no_header_follows_the_schedule() -> None:
+    past = parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now=2_000_000_000.0)
+    assert next_attempt_delay(1, (2.0, 5.0), past) == 2.0
+    assert 4.0 <= next_attempt_delay(2, (2.0, 5.0), None, random.Random(1)) <= 6.0
+    assert next_attempt_delay(1, (2.0,), 7.0) == 7.0
