@@ -201,6 +201,7 @@ async def live_events(request: web.Request) -> web.StreamResponse:
     """
     call_id = request.match_info["call_id"]
     app = request.app
+    _require_admin_api(request)
     feed = app[FEEDS].get(call_id)
     _feed_access(request, feed)
     if feed is None:
