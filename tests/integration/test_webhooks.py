@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from bridge.delivery.outbox import Outbox
 from bridge.delivery.retry import Outcome
 from bridge.events import EventType, OutboundEvent
 from bridge.security import AddressBlocked, GuardedResolver
+from tests.support.outbox_file import query
 from tests.support.receiver import SECRET, WebhookReceiver
 
 
@@ -51,8 +51,7 @@ def finals(receiver: WebhookReceiver, call: str = "CA1") -> list[int]:
 
 
 def rows(tmp_path: Path, sql: str) -> list[tuple[object, ...]]:
-    with sqlite3.connect(tmp_path / "outbox.db") as db:
-        return db.execute(sql).fetchall()
+    return query(tmp_path / "outbox.db", sql)
 
 
 async def test_events_are_stored_then_delivered_signed_and_in_order(
