@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -274,7 +275,7 @@ async def test_healthz(bridge: BridgeProcess) -> None:
 
 
 async def test_the_simulate_command_streams_a_wav_file(
-        bridge: BridgeProcess, receiver: WebhookReceiver, tmp_path) -> None:  # type: ignore[no-untyped-def]
+        bridge: BridgeProcess, receiver: WebhookReceiver, tmp_path: Path) -> None:
     import sys
     import wave
 

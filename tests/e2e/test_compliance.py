@@ -159,10 +159,10 @@ async def test_pause_and_resume_through_the_admin_api(
     assert (await admin(bridge, "pause", "CA-pause", token="wrong-token-0123456789"))[0] == 401
     assert (await admin(bridge, "pause", "CA-nope"))[0] == 404
     status, body = await admin(bridge, "pause", "CA-pause", leg="inbound")
-    assert status == 200 and body["paused"] == {"inbound": True}  # type: ignore[index]
+    assert status == 200 and body["paused"] == {"inbound": True}
     await asyncio.sleep(1.0)  # a second of the call goes by, untranscribed
     status, body = await admin(bridge, "resume", "CA-pause")
-    assert status == 200 and body["paused"] == {"inbound": False}  # type: ignore[index]
+    assert status == 200 and body["paused"] == {"inbound": False}
     await call
     events = await receiver.wait_for(receiver.ended("CA-pause"))
     mine = [e for e in events if e.data["call_id"] == "CA-pause"]
@@ -194,8 +194,11 @@ async def test_a_mark_from_the_stream_pauses_and_resumes(
                     call_id="CA-mark", stream_id="MZmark")
     messages = build_call(spec)
     media = [n for n, (_, text) in enumerate(messages) if '"media"' in text]
-    mark = lambda name: json.dumps({"event": "mark", "streamSid": "MZmark",  # noqa: E731
-                                    "sequenceNumber": "1", "mark": {"name": name}})
+
+    def mark(name: str) -> str:
+        return json.dumps({"event": "mark", "streamSid": "MZmark", "sequenceNumber": "1",
+                           "mark": {"name": name}})
+
     messages.insert(media[100], (0, mark("callbridge:resume")))
     messages.insert(media[50], (0, mark("callbridge:pause:inbound")))
     await stream_call(bridge.url("/streams/twilio"), messages, speed=0)
