@@ -1,6 +1,7 @@
 """The calls and captions pages in a real headless Chromium, driven by Selenium.
 
-Needs Debian's ``chromium`` and ``chromium-driver`` (``scripts/test.sh`` installs them).
+Needs Debian's ``chromium`` and ``chromium-driver`` (``scripts/test.sh`` installs them, or
+skips these tests with its reason in ``CALLBRIDGE_TEST_SKIP_BROWSER`` when it cannot).
 The screenshot of the captions page is kept in ``test-artifacts/`` (or
 ``$CALLBRIDGE_TEST_ARTIFACTS``).
 """
@@ -44,6 +45,11 @@ def _find(*names: str) -> str:
 
 @pytest.fixture
 def browser() -> Iterator[webdriver.Chrome]:
+    """A headless Chromium; skipped, with the reason, when the test command could not get one
+    (``CALLBRIDGE_TEST_SKIP_BROWSER`` holds the reason), and a failure when simply missing."""
+    reason = os.environ.get("CALLBRIDGE_TEST_SKIP_BROWSER")
+    if reason:
+        pytest.skip(f"browser tests skipped: {reason}")
     options = webdriver.ChromeOptions()
     options.binary_location = _find("chromium", "chromium-browser")
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
