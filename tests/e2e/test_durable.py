@@ -97,20 +97,22 @@ async def test_operators_see_dead_events_and_replay_them(
 
 
 async def test_the_call_summary_counts_what_each_webhook_came_to(
-        bridge_factory: BridgeFactory, receiver: WebhookReceiver) -> None:
+        bridge_factory: BridgeFactory, receiver: WebhookReceiver, tmp_path: Path) -> None:
     """Rejected events are counted as rejected; events still retrying when the summary is
     written (it waits 10 s) as pending."""
-    bridge = await bridge_factory()
+    settings = tmp_path / "callbridge.toml"  # at the end, no waiting on a receiver still down
+    settings.write_text("[webhooks]\ndrain_timeout_s = 0.5\n")
+    bridge = await bridge_factory(CALLBRIDGE_CONFIG=str(settings))
     receiver.fail_statuses = [400] * 3  # call.started and the first two finals
     spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(CALLER)},
                     call_id="CA-counted")
-    await stream_call(bridge.url("/streams/twilio"), build_call(spec))
+    await stream_call(bridge.url("/streams/twilio"), build_call(spec), speed=8)
     summary = await bridge.wait_for_log("call summary", call_id="CA-counted")
     assert summary["webhooks"] == {"rejected": 3, "delivered": 2}  # the last final, ended
 
     receiver.fail_statuses = [503] * 10_000  # down: everything is retried past the summary
     spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(CALLER)},
                     call_id="CA-pending")
-    await stream_call(bridge.url("/streams/twilio"), build_call(spec))
+    await stream_call(bridge.url("/streams/twilio"), build_call(spec), speed=8)
     summary = await bridge.wait_for_log("call summary", call_id="CA-pending", within_s=30)
     assert summary["webhooks"] == {"pending": 5}
