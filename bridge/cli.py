@@ -191,9 +191,9 @@ def _serve_on(settings: Settings, listener: socket.socket, config: str | None) -
                   file=sys.stderr)
             return 2
     log = structlog.get_logger("bridge.serve")
-    log.info("callbridge starting", version=__version__,
-             config=os.environ.get("CALLBRIDGE_CONFIG") if config is None else config,
-             engine=settings.stt.engine, webhook_urls=len(settings.webhooks.urls))
+    config = config or os.environ.get("CALLBRIDGE_CONFIG")
+    log.info("callbridge starting", version=__version__, engine=settings.stt.engine,
+             webhook_urls=len(settings.webhooks.urls), **({"config": config} if config else {}))
     log.debug("settings", **describe(settings))
     from bridge.compliance.redact import policy_for
 
