@@ -13,7 +13,7 @@ import contextlib
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from functools import partial
 from typing import Any, Final
@@ -253,18 +253,23 @@ async def media_stream(request: web.Request, *, dialect: str | None) -> web.Stre
     if full is not None:
         _count_refusal(app, full)
         raise web.HTTPServiceUnavailable(text="too many connections are waiting to start\n")
-    try:
-        return await _serve_stream(request, dialect, endpoint)
-    finally:
-        if request.get(_WAITING, True):
+    waiting = True
+
+    def started() -> None:
+        """The stream started (or the connection ended first): its place is free."""
+        nonlocal waiting
+        if waiting:
+            waiting = False
             gate.leave(address)
 
+    try:
+        return await _serve_stream(request, dialect, endpoint, started)
+    finally:
+        started()
 
-_WAITING: Final = "callbridge_waiting_to_start"  # request key: still holds a gate place
 
-
-async def _serve_stream(request: web.Request, dialect: str | None,
-                        endpoint: str) -> web.StreamResponse:
+async def _serve_stream(request: web.Request, dialect: str | None, endpoint: str,
+                        started: Callable[[], None]) -> web.StreamResponse:
     app = request.app
     settings = app[SETTINGS]
     # mod_audio_fork and jambonz offer a subprotocol that must be echoed; AudioHook clients
@@ -303,8 +308,7 @@ async def _serve_stream(request: web.Request, dialect: str | None,
                             event = _check_stream_token(event, dialect, settings)
                             call.handle(event)  # claims the call id and a slot, or raises
                             deadline.reschedule(None)
-                            request[_WAITING] = False
-                            app[GATE].leave(peer_key(request.remote))
+                            started()
                         else:
                             call.handle(event)
                     for reply in parser.to_send():

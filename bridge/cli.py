@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Final
 
 import structlog
 
@@ -24,21 +27,61 @@ from bridge.errors import ConfigError
 from bridge.events import AudioEncoding, Track
 from bridge.observability import configure_logging
 
+DEFAULT_WAIT_S: Final = 15.0  # the embedded recognizer takes ~8 s to start on a busy machine
+
+
+SERVE_EPILOG: Final = """\
+settings come from a TOML file (--config, or $CALLBRIDGE_CONFIG; every setting is
+documented in config/callbridge.toml), then from environment variables, which win.
+The main variables:
+  TELNYX_API_KEY              Telnyx speech-to-text; without it (and without
+                              CALLBRIDGE_STT_URL) the embedded recognizer is started
+  CALLBRIDGE_ENGINE           telnyx, deepgram or assemblyai (with DEEPGRAM_API_KEY
+                              or ASSEMBLYAI_API_KEY)
+  CALLBRIDGE_WEBHOOK_URLS     comma-separated webhook URLs
+  CALLBRIDGE_WEBHOOK_SECRET   whsec_... secret that signs them
+  CALLBRIDGE_HOST, CALLBRIDGE_PORT   listen address (default 127.0.0.1:8080)
+  CALLBRIDGE_OUTBOX_PATH      the webhook outbox file (SQLite)
+  CALLBRIDGE_ADMIN_TOKEN      turns on the admin API and live captions
+  CALLBRIDGE_LOG_LEVEL, CALLBRIDGE_LOG_FORMAT   info|debug..., auto|json|console
+Once it accepts calls, serve prints one line on stdout: "callbridge: ready on ...".
+"""
+
+SIMULATE_SPEED_HELP: Final = (
+    "pace multiplier: 1 is real time (default), 2 twice as fast. 0 sends as fast as the "
+    "socket takes it: a load test of the media path, not a way to get transcripts, since "
+    "the bridge drops (and counts) the audio its speech-to-text engine cannot take in time; "
+    "engines take about real time, the embedded recognizer a few times that")
+
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.run(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``callbridge`` command line: each subcommand's ``run`` is set as a default."""
     parser = argparse.ArgumentParser(
         prog="callbridge", description="Telephony media streams in, transcripts out.")
     parser.add_argument("--version", action="version", version=f"callbridge {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    config_help = "settings file in TOML (default: $CALLBRIDGE_CONFIG, else none)"
 
-    serve = commands.add_parser("serve", help="run the bridge server")
-    serve.add_argument("--config", help="settings file (default: $CALLBRIDGE_CONFIG)")
-    serve.add_argument("--host", help="listen address (overrides server.host)")
-    serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    serve = commands.add_parser(
+        "serve", help="run the bridge server", description="Run the bridge server: media "
+        "streams in on /streams/<provider>, transcripts out to webhooks.",
+        epilog=SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    serve.add_argument("--config", help=config_help)
+    serve.add_argument("--host", help="listen address (overrides server.host, CALLBRIDGE_HOST)")
+    serve.add_argument("--port", type=int, help="listen port (overrides server.port, "
+                       "CALLBRIDGE_PORT); 0 picks a free one, named on the ready line")
     serve.set_defaults(run=run_serve)
 
-    local = commands.add_parser("stt-local", help="run the embedded recognizer (PocketSphinx)")
-    local.add_argument("--config", help="settings file (default: $CALLBRIDGE_CONFIG)")
+    local = commands.add_parser(
+        "stt-local", help="run the embedded recognizer (PocketSphinx) alone",
+        description="Run the embedded recognizer: the Telnyx speech-to-text protocol, "
+        "offline. `serve` starts one itself when no engine is configured.")
+    local.add_argument("--config", help=config_help)
     local.add_argument("--host", help="listen address (default 127.0.0.1)")
     local.add_argument("--port", type=int, help="listen port; 0 picks a free one")
     local.add_argument("--workers", type=int, help="recognition processes (0: one per CPU)")
@@ -49,44 +92,58 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="exit when the parent process is gone")
     local.set_defaults(run=run_stt_local)
 
-    demo = commands.add_parser("demo", help="run a whole sample call offline, with captions")
+    demo = commands.add_parser(
+        "demo", help="run a whole sample call offline, with captions",
+        description="Stream the bundled two-leg sample call through a bridge and the "
+        "embedded recognizer, with live captions, word error rates and delivery results.")
     demo.add_argument("--speed", type=float, default=1.0,
                       help="pace multiplier: 1 is real time")
     demo.add_argument("--no-live", action="store_true",
                       help="print finals only, even on a terminal")
     demo.set_defaults(run=run_demo_command)
 
-    sim = commands.add_parser("simulate", help="stream audio files to a bridge as a call")
+    sim = commands.add_parser(
+        "simulate", help="stream audio files to a bridge as a call",
+        description="Stream audio files to a running bridge as a Twilio or Telnyx media "
+        "stream would, one track per file. Waits for the bridge to answer first (--wait).")
     sim.add_argument("url", help="bridge URL, e.g. ws://127.0.0.1:8080 or .../streams/telnyx")
     sim.add_argument("audio", type=Path, help="inbound (caller) audio: .wav or raw G.711")
     sim.add_argument("--outbound", type=Path, help="outbound (agent) audio for a second track")
-    sim.add_argument("--dialect", choices=("twilio", "telnyx"), default="twilio")
+    sim.add_argument("--dialect", choices=("twilio", "telnyx"), default="twilio",
+                     help="the provider's message format (default: twilio)")
     sim.add_argument("--codec", choices=("pcmu", "pcma"), default="pcmu",
                      help="G.711 law (Twilio streams are always pcmu)")
-    sim.add_argument("--speed", type=float, default=1.0,
-                     help="pace multiplier: 1 is real time, 0 sends as fast as possible")
+    sim.add_argument("--speed", type=float, default=1.0, help=SIMULATE_SPEED_HELP)
+    sim.add_argument("--wait", type=float, default=DEFAULT_WAIT_S, metavar="SECONDS",
+                     help="wait up to this long for the bridge to answer /healthz before "
+                     f"streaming (default {DEFAULT_WAIT_S:g}; 0 checks once)")
     sim.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                      help="custom parameter (repeatable)")
     sim.add_argument("--call-id", help="call id to announce (default: random)")
     sim.set_defaults(run=run_simulate)
 
-    outbox = commands.add_parser("outbox", help="inspect and repair the webhook outbox")
-    outbox.add_argument("--config", help="settings file (default: $CALLBRIDGE_CONFIG)")
-    outbox_commands = outbox.add_subparsers(dest="outbox_command", required=True)
+    outbox = commands.add_parser(
+        "outbox", help="inspect and repair the webhook outbox",
+        description="Inspect and repair the webhook outbox file (outbox.path); safe beside "
+        "a running bridge. Shows ids, types and states, never transcript text.")
+    outbox.add_argument("--config", help=config_help)
+    outbox_commands = outbox.add_subparsers(dest="outbox_command", required=True,
+                                            metavar="ACTION")
     outbox_commands.add_parser("status", help="pending, retrying and dead counts per target")
     listing = outbox_commands.add_parser("list", help="list undelivered events (no text)")
     listing.add_argument("--dead", action="store_true", help="dead-lettered events")
-    listing.add_argument("--limit", type=int, default=100)
-    replay = outbox_commands.add_parser("replay", help="deliver dead events again")
+    listing.add_argument("--limit", type=int, default=100,
+                         help="at most this many events (default 100)")
+    replay = outbox_commands.add_parser(
+        "replay", help="deliver dead events again (re-enables a disabled target)")
     which = replay.add_mutually_exclusive_group(required=True)
     which.add_argument("--id", help="one event, by its webhook-id")
     which.add_argument("--dead", action="store_true", help="every dead-lettered event")
     purge = outbox_commands.add_parser("purge", help="delete finished events")
-    purge.add_argument("--older-than", type=float, required=True, metavar="DAYS")
+    purge.add_argument("--older-than", type=float, required=True, metavar="DAYS",
+                       help="delete delivered and dead events older than this")
     outbox.set_defaults(run=run_outbox)
-
-    args = parser.parse_args(argv)
-    return int(args.run(args))
+    return parser
 
 
 def _settings_or_exit(args: argparse.Namespace) -> Settings | None:
@@ -94,10 +151,10 @@ def _settings_or_exit(args: argparse.Namespace) -> Settings | None:
         settings = load_settings(getattr(args, "config", None))
         if getattr(args, "host", None):
             settings = override(settings, "server", host=args.host)
-        if getattr(args, "port", None):
+        if getattr(args, "port", None) is not None:
             settings = override(settings, "server", port=args.port)
-            if not 1 <= args.port <= 65535:
-                raise ConfigError("--port", "must be 1-65535")
+            if not 0 <= args.port <= 65535:
+                raise ConfigError("--port", "must be 0-65535 (0: a free port)")
     except ConfigError as exc:
         print(f"callbridge: {exc}", file=sys.stderr)
         return None
@@ -105,6 +162,8 @@ def _settings_or_exit(args: argparse.Namespace) -> Settings | None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from bridge.server import bind_listener
+
     settings = _settings_or_exit(args)
     if settings is None:
         return 2
@@ -112,9 +171,19 @@ def run_serve(args: argparse.Namespace) -> int:
 
     try:
         secure_location(settings.outbox.path)  # its directory too, before anything is logged
+        listener = bind_listener(settings.server.host, settings.server.port,
+                                 _given_as(args.port, "CALLBRIDGE_PORT", "port"),
+                                 _given_as(args.host, "CALLBRIDGE_HOST", "host"))
     except ConfigError as exc:
         print(f"callbridge: {exc}", file=sys.stderr)
         return 2
+    try:
+        return _serve_on(settings, listener, args.config)
+    finally:
+        listener.close()
+
+
+def _serve_on(settings: Settings, listener: socket.socket, config: str | None) -> int:
     configure_logging(settings.logging.level, settings.logging.format)
     if uses_telnyx_protocol(settings) and stt_target(settings) is SttTarget.EMBEDDED:
         from bridge.stt.local import recognizer
@@ -125,7 +194,10 @@ def run_serve(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 2
     log = structlog.get_logger("bridge.serve")
-    log.info("callbridge starting", version=__version__, **describe(settings))
+    config = config or os.environ.get("CALLBRIDGE_CONFIG")
+    log.info("callbridge starting", version=__version__, engine=settings.stt.engine,
+             webhook_urls=len(settings.webhooks.urls), **({"config": config} if config else {}))
+    log.debug("settings", **describe(settings))
     from bridge.compliance.redact import policy_for
 
     policy = policy_for(settings.compliance)
@@ -151,16 +223,26 @@ def run_serve(args: argparse.Namespace) -> int:
         log.warning("media endpoints accept streams without a credential on a non-loopback "
                     "address; anyone who reaches them can open calls (see docs/security.md)",
                     host=settings.server.host, open=exposed)
-    from bridge.server import serve
-
     try:
         factory = event_loop_factory(settings.server.event_loop)
     except ConfigError as exc:
         print(f"callbridge: {exc}", file=sys.stderr)
         return 2
     log.info("event loop", loop="uvloop" if factory else "asyncio")
+    from bridge.server import serve
+
     with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(serve(settings))
+        status: int = runner.run(serve(settings, listener))
+    return status
+
+
+def _given_as(option: object, variable: str, key: str) -> str:
+    """How the user gave a ``server`` setting (option, variable or file), to name it."""
+    if option is not None:
+        return f"--{key}"
+    if os.environ.get(variable):
+        return variable
+    return f"server.{key}"
 
 
 def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -258,7 +340,15 @@ def run_outbox(args: argparse.Namespace) -> int:
 
 
 def run_simulate(args: argparse.Namespace) -> int:
-    from bridge.simulate import CallSpec, build_call, load_audio, stream_call, stream_url
+    from bridge.simulate import (
+        BridgeNotReady,
+        CallSpec,
+        build_call,
+        load_audio,
+        stream_call,
+        stream_url,
+        wait_for_bridge,
+    )
 
     encoding = AudioEncoding(args.codec)
     if args.dialect == "twilio" and encoding is not AudioEncoding.PCMU:
@@ -283,8 +373,19 @@ def run_simulate(args: argparse.Namespace) -> int:
     spec = CallSpec(dialect=args.dialect, encoding=encoding, tracks=tracks,
                     custom_parameters=params, **({"call_id": args.call_id} if args.call_id
                                                  else {}))
+    if args.wait < 0 or args.speed < 0:
+        print("callbridge simulate: --wait and --speed must not be negative", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(wait_for_bridge(url, args.wait))
+    except BridgeNotReady as exc:
+        print(f"callbridge simulate: {exc}", file=sys.stderr)
+        return 1
     messages = build_call(spec)
     seconds = max(len(a) for a in tracks.values()) / 8000
+    if args.speed == 0:
+        print("callbridge simulate: --speed 0 outruns any engine; expect dropped audio and "
+              "few transcripts (see --help)", file=sys.stderr)
     print(f"streaming {seconds:.1f}s of audio ({len(tracks)} track(s), {encoding.value}) "
           f"as call {spec.call_id} to {url}", file=sys.stderr)
     try:

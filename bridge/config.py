@@ -355,11 +355,12 @@ def load_settings(path: str | os.PathLike[str] | None = None,
                   environ: Mapping[str, str] | None = None) -> Settings:
     """Build validated settings from the file (if any) and the environment."""
     env = os.environ if environ is None else environ
+    given_as = "--config" if path else "CALLBRIDGE_CONFIG"
     path = path or env.get("CALLBRIDGE_CONFIG") or None
     raw: dict[str, dict[str, Any]] = {}
     origin: dict[tuple[str, str], str] = {}
     if path is not None:
-        raw = _read_file(Path(path))
+        raw = _read_file(Path(path), given_as)
         for section, values in raw.items():
             for key in values:
                 origin[(section, key)] = f"{section}.{key}"
@@ -375,14 +376,21 @@ def load_settings(path: str | os.PathLike[str] | None = None,
     return settings
 
 
-def _read_file(path: Path) -> dict[str, dict[str, Any]]:
+def _read_file(path: Path, given_as: str) -> dict[str, dict[str, Any]]:
+    """The settings file's tables; ``given_as`` names where the path came from, for errors."""
     try:
         with path.open("rb") as handle:
             data = tomllib.load(handle)
     except FileNotFoundError:
-        raise ConfigError("CALLBRIDGE_CONFIG", f"no such file: {path}") from None
+        raise ConfigError(given_as, f"no such file: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(given_as, f"{path} is a directory, not a settings file") from None
+    except PermissionError:
+        raise ConfigError(given_as, f"{path} is not readable (permission denied)") from None
+    except UnicodeDecodeError:
+        raise ConfigError(given_as, f"{path} is not a UTF-8 TOML file") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("CALLBRIDGE_CONFIG", f"{path} is not valid TOML: {exc}") from None
+        raise ConfigError(given_as, f"{path} is not valid TOML: {exc}") from None
     for section, values in data.items():
         if section not in SECTIONS:
             raise ConfigError(section, f"unknown section; expected one of {', '.join(SECTIONS)}")

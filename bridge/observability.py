@@ -29,7 +29,9 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
             structlog.contextvars.merge_contextvars,
             bound_fields,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            # A terminal reads better with the time of day only; JSON keeps the full UTC time.
+            structlog.processors.TimeStamper(fmt="%H:%M:%S" if console else "iso",
+                                             utc=not console),
             structlog.processors.format_exc_info if not console else _identity,
             renderer,
         ],

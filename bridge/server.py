@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import signal
+import socket
+import sys
 from collections.abc import Collection
 from typing import Final
 
@@ -23,14 +26,22 @@ from aiohttp import web
 from bridge.app import create_app
 from bridge.appkeys import CALLS_CHANGED, DRAINING, LIVE_CALLS
 from bridge.config import Settings
+from bridge.errors import ConfigError
 
 log = structlog.get_logger("bridge.serve")
 
 END_CALLS_TIMEOUT_S: Final = 30.0  # for calls told to end to finish their last finals
 
 
-async def serve(settings: Settings) -> int:
-    """Serve until told to stop; returns the exit status."""
+async def serve(settings: Settings, listener: socket.socket | None = None) -> int:
+    """Serve until told to stop; returns the exit status.
+
+    ``listener`` is a socket from ``bind_listener`` (bound, not yet listening), which serve
+    closes; without one, serve binds ``server.host``/``server.port`` itself and raises
+    ``ConfigError`` if it cannot. Port 0 binds a free port; the ready line says which.
+    """
+    if listener is None:
+        listener = bind_listener(settings.server.host, settings.server.port)
     app = create_app(settings)
     # keepalive_timeout also closes a connection that has not completed a request's headers
     # in that time (aiohttp 3.14.4 and later): half-sent requests cannot pile up.
@@ -48,8 +59,10 @@ async def serve(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     try:
-        await web.TCPSite(runner, settings.server.host, settings.server.port).start()
-        log.info("listening", host=settings.server.host, port=settings.server.port)
+        await web.SockSite(runner, listener).start()
+        host, port = settings.server.host, int(listener.getsockname()[1])
+        log.info("listening", host=host, port=port)
+        print(ready_line(host, port), file=sys.stdout, flush=True)
         await stop.wait()
         app[DRAINING] = True
         calls = app[LIVE_CALLS]
@@ -64,10 +77,51 @@ async def serve(settings: Settings) -> int:
             await _until_no_calls(calls, changed, END_CALLS_TIMEOUT_S, force)
     finally:
         await runner.cleanup()  # webhook delivery drains; the embedded recognizer stops
+        listener.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     log.info("stopped")
     return 0
+
+
+def ready_line(host: str, port: int) -> str:
+    """The one line ``serve`` prints on stdout once it accepts calls."""
+    shown = f"[{host}]" if ":" in host else host
+    return (f"callbridge: ready on http://{shown}:{port} "
+            f"(media at ws://{shown}:{port}/streams/<provider>; Ctrl-C or SIGTERM stops)")
+
+
+def bind_listener(host: str, port: int, setting: str = "server.port",
+                  host_setting: str = "server.host") -> socket.socket:
+    """A TCP socket bound to ``host``:``port``, not yet listening, for ``serve``.
+
+    Binding first, before anything starts, lets a port in use fail at once in one line:
+    raises ``ConfigError`` naming ``setting`` (how the user gave the port), or
+    ``host_setting`` for a host that does not resolve.
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise ConfigError(host_setting, f"cannot resolve {host!r}: {exc.strerror}") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp's own sites
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(setting, _bind_problem(host, port, exc)) from None
+    return sock
+
+
+def _bind_problem(host: str, port: int, exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return f"{host}:{port} is already in use by another process; choose another port"
+    if exc.errno == errno.EACCES:
+        return f"{host}:{port} needs privileges to bind; choose a port above 1023"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{host} is not an address of this machine"
+    return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
 
 
 def _tune_garbage_collection() -> None:

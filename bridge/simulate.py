@@ -23,6 +23,7 @@ import aiohttp
 
 from bridge.codecs import g711
 from bridge.codecs.resample import resample, to_mono_16bit
+from bridge.errors import CallbridgeError
 from bridge.events import AudioEncoding, Track
 
 FRAME_MS: Final = 20
@@ -163,6 +164,50 @@ async def stream_call(url: str, messages: Sequence[tuple[float, str | bytes]], *
         if own_session:
             await client.close()
     return result
+
+
+class BridgeNotReady(CallbridgeError):
+    """No bridge answered ``/healthz`` at the URL within the wait."""
+
+    def __init__(self, url: str, waited_s: float) -> None:
+        super().__init__(url, waited_s)
+        self.url = url
+        self.waited_s = waited_s
+
+    def __str__(self) -> str:
+        return (f"no bridge answered {self.url} within {self.waited_s:g} s "
+                "(is `callbridge serve` running? raise --wait if it is still starting)")
+
+
+async def wait_for_bridge(url: str, within_s: float, *, poll_s: float = 0.25) -> None:
+    """Return once the bridge behind the media ``url`` answers ``GET /healthz`` with 200.
+
+    Polls, because another process's start-up sends no event. ``within_s`` 0 checks once.
+    Raises ``BridgeNotReady`` when the time runs out. Cancelling leaves nothing open.
+    """
+    health = health_url(url)
+    deadline = time.monotonic() + within_s
+    timeout = aiohttp.ClientTimeout(total=max(1.0, min(within_s, 5.0)))
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        while True:
+            try:
+                async with session.get(health) as response:
+                    if response.status == 200:
+                        return
+            except (aiohttp.ClientError, TimeoutError):
+                pass  # not listening yet, or still starting: try again until the deadline
+            if time.monotonic() + poll_s > deadline:
+                raise BridgeNotReady(health, within_s)
+            await asyncio.sleep(poll_s)
+
+
+def health_url(url: str) -> str:
+    """The ``/healthz`` URL of the bridge serving the media URL ``url``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("ws", "wss"):
+        raise ValueError(f"expected a ws:// or wss:// URL, got {url!r}")
+    host = rest.split("/", 1)[0]
+    return f"{'https' if scheme == 'wss' else 'http'}://{host}/healthz"
 
 
 def stream_url(base: str, dialect: str) -> str:

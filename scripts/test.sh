@@ -1,21 +1,95 @@
 #!/usr/bin/env bash
-# Set up everything on a fresh machine and run every check: lint, types, tests.
+# Set up everything on a fresh machine and run every check: lint, types, then the tests on
+# the lowest supported Python (3.11) and, when this machine has it, again on Python 3.13
+# (the Docker image's runtime). Arguments go to pytest.
+# CALLBRIDGE_TEST_NO_APT=1: install nothing through apt (the browser tests are then skipped
+# unless chromium and chromedriver are already on PATH).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh dev
+
+say() { echo "test: $*" >&2; }
+
+# The lowest supported Python: python3.11 on PATH, else pyenv's, else python3 as it is.
+lowest_python() {
+    if [ -n "${PYTHON:-}" ]; then echo "$PYTHON"; return; fi
+    if command -v python3.11 >/dev/null 2>&1; then command -v python3.11; return; fi
+    local found
+    found=$(ls -d "$HOME"/.pyenv/versions/3.11*/bin/python 2>/dev/null | sort -V | tail -n 1)
+    echo "${found:-python3}"
+}
+
+python_313() {
+    if command -v python3.13 >/dev/null 2>&1; then command -v python3.13; return; fi
+    ls -d "$HOME"/.pyenv/versions/3.13*/bin/python 2>/dev/null | sort -V | tail -n 1
+}
+
+# What apt would install for these packages: names, count, download and disk size.
+apt_preview() {
+    local packages
+    packages=$(LC_ALL=C apt-get install -s "$@" 2>/dev/null | awk '/^Inst /{print $2}')
+    if [ -z "$packages" ]; then echo "nothing new"; return; fi
+    # shellcheck disable=SC2086 # one argument per package name
+    apt-cache show --no-all-versions $packages 2>/dev/null | awk -v n="$(echo $packages | wc -w)" \
+        -v names="$(echo $packages)" '
+        /^Size:/ {download += $2} /^Installed-Size:/ {disk += $2}
+        END {printf "%d packages (%s), about %.0f MB to download and %.0f MB on disk\n",
+                    n, names, download / 1e6, disk / 1024}'
+}
+
 # The captions page is tested in a real headless browser: Debian's chromium and its driver.
-if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
-    sudo=""
-    if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then sudo="sudo"; fi
-    if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" -eq 0 ] || [ -n "$sudo" ]; }; then
-        echo "test: installing chromium and chromium-driver for the browser tests" >&2
-        $sudo apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver \
-            >/dev/null
-    else
-        echo "test: the browser tests need chromium and chromedriver on PATH" >&2
+browser_skip_reason() {
+    if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
+        return
     fi
+    if [ -n "${CALLBRIDGE_TEST_NO_APT:-}" ]; then
+        echo "chromium and chromedriver are not installed (CALLBRIDGE_TEST_NO_APT is set)"
+        return
+    fi
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then sudo="sudo"; fi
+    if ! command -v apt-get >/dev/null 2>&1 || { [ "$(id -u)" -ne 0 ] && [ -z "$sudo" ]; }; then
+        echo "chromium and chromedriver are not installed, and apt-get as root is not available"
+        return
+    fi
+    $sudo apt-get update -qq >&2 || true
+    say "the browser tests need chromium and chromium-driver; installing through apt:"
+    say "  $(apt_preview chromium chromium-driver)"
+    if ! DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver \
+            >/dev/null; then
+        echo "apt-get could not install chromium and chromium-driver"
+    fi
+}
+
+lowest=$(lowest_python)
+PYTHON="$lowest" bash scripts/setup.sh dev
+
+skip_reason=$(browser_skip_reason)
+if [ -n "$skip_reason" ]; then
+    say "browser tests skipped: $skip_reason"
+    export CALLBRIDGE_TEST_SKIP_BROWSER="$skip_reason"
 fi
+
 .venv/bin/ruff check .
 .venv/bin/mypy
-.venv/bin/pytest "$@"
+
+status=0
+say "tests on $(.venv/bin/python --version) (.venv)"
+.venv/bin/pytest "$@" || status=$?
+
+py313=$(python_313)
+if [ -z "$py313" ]; then
+    say "Python 3.13 not found (python3.13 on PATH or ~/.pyenv/versions/3.13*): tests ran on" \
+        "$(.venv/bin/python --version) only"
+else
+    if [ ! -x .venv313/bin/python ]; then "$py313" -m venv .venv313; fi
+    # Reinstall only when the dependencies changed since the last install.
+    if [ ! -f .venv313/.installed ] || [ pyproject.toml -nt .venv313/.installed ]; then
+        .venv313/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+        .venv313/bin/python -m pip install --quiet --disable-pip-version-check \
+            -e ".[test,local,codecs]"
+        touch .venv313/.installed
+    fi
+    say "tests on $(.venv313/bin/python --version) (.venv313)"
+    .venv313/bin/pytest "$@" || status=$?
+fi
+exit "$status"

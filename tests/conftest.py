@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import aiohttp
 import pytest
 
 from bridge.simulate import CallSpec, build_call, stream_call
+from tests.support.ports import refusing_port
 from tests.support.receiver import SECRET, Received, WebhookReceiver
 from tests.support.telnyx_stt import TelnyxSttEmulator
 
@@ -34,15 +34,19 @@ async def receiver() -> AsyncIterator[WebhookReceiver]:
         yield hooks
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+@pytest.fixture
+def refused_port() -> Iterator[int]:
+    """A local port where connections are refused for the whole test."""
+    with refusing_port() as port:
+        yield port
 
 
 @dataclass
 class BridgeProcess:
-    """A running ``callbridge serve``; ``logs`` holds its JSON log lines as parsed dicts."""
+    """A running ``callbridge serve``; ``logs`` holds its JSON log lines as parsed dicts.
+
+    ``port`` is the one the bridge bound, read from its ``listening`` line.
+    """
 
     process: asyncio.subprocess.Process
     port: int
@@ -89,6 +93,7 @@ async def _read_logs(bridge: BridgeProcess, listening: asyncio.Future[None]) -> 
             bridge.logs.append(line)
             bridge.changed.notify_all()
         if line.get("event") == "listening" and not listening.done():
+            bridge.port = int(line["port"])
             listening.set_result(None)
     if not listening.done():
         listening.set_exception(RuntimeError("bridge exited:\n" + "\n".join(bridge.raw_stderr)))
@@ -115,10 +120,8 @@ async def bridge_factory(stt: TelnyxSttEmulator, receiver: WebhookReceiver,
     started: list[tuple[BridgeProcess, asyncio.Task[None]]] = []
 
     async def start(**extra_env: str) -> BridgeProcess:
-        port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("CALLBRIDGE_")}
         env.update({
-            "CALLBRIDGE_PORT": str(port),
             "CALLBRIDGE_STT_URL": stt.url,
             "TELNYX_API_KEY": API_KEY,
             "CALLBRIDGE_WEBHOOK_URLS": receiver.url,
@@ -129,11 +132,14 @@ async def bridge_factory(stt: TelnyxSttEmulator, receiver: WebhookReceiver,
             "CALLBRIDGE_OUTBOX_PATH": str(tmp_path / "outbox.db"),
         })
         env.update(extra_env)
+        # Port 0: the bridge binds a free port itself and names it, so no other process can
+        # take it between choosing and binding.
+        port_option = [] if "CALLBRIDGE_PORT" in extra_env else ["--port", "0"]
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bridge", "serve", env=env,
+            sys.executable, "-m", "bridge", "serve", *port_option, env=env,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE)
-        bridge = BridgeProcess(process, port)
+        bridge = BridgeProcess(process, 0)
         listening: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         reader = asyncio.create_task(_read_logs(bridge, listening))
         started.append((bridge, reader))

@@ -10,13 +10,12 @@ from bridge.events import AudioEncoding, Track
 from bridge.simulate import CallSpec, build_call, stream_call
 from tests.conftest import BridgeFactory, run_call
 from tests.support.assemblyai import AssemblyAIEmulator
-from tests.support.audio import alaw, pcm_program, ulaw
+from tests.support.audio import alaw, ulaw
 from tests.support.receiver import WebhookReceiver
+from tests.support.speech import CALLER
 
 pytestmark = pytest.mark.e2e
 
-CALLER = pcm_program(("silence", 200), ("tone", 600, 400), ("silence", 500),
-                     ("tone", 400, 700), ("silence", 500))
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -16,15 +17,13 @@ import pytest
 from bridge.events import AudioEncoding, Track
 from bridge.simulate import CallSpec, build_call, stream_call
 from tests.conftest import API_KEY, BridgeFactory, BridgeProcess, run_call
-from tests.support.audio import alaw, pcm_program, ulaw
+from tests.support.audio import alaw, ulaw
 from tests.support.receiver import Received, WebhookReceiver
+from tests.support.speech import AGENT, CALLER
 from tests.support.telnyx_stt import TelnyxSttEmulator
 
 pytestmark = pytest.mark.e2e
 
-CALLER = pcm_program(("silence", 200), ("tone", 600, 400), ("silence", 500),
-                     ("tone", 400, 700), ("silence", 400))
-AGENT = pcm_program(("silence", 300), ("tone", 500, 1000), ("silence", 700))
 
 
 def transcripts(events: list[Received], leg: str) -> list[tuple[str, int, str]]:
@@ -276,7 +275,7 @@ async def test_healthz(bridge: BridgeProcess) -> None:
 
 
 async def test_the_simulate_command_streams_a_wav_file(
-        bridge: BridgeProcess, receiver: WebhookReceiver, tmp_path) -> None:  # type: ignore[no-untyped-def]
+        bridge: BridgeProcess, receiver: WebhookReceiver, tmp_path: Path) -> None:
     import sys
     import wave
 

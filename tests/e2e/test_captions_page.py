@@ -1,6 +1,7 @@
 """The calls and captions pages in a real headless Chromium, driven by Selenium.
 
-Needs Debian's ``chromium`` and ``chromium-driver`` (``scripts/test.sh`` installs them).
+Needs Debian's ``chromium`` and ``chromium-driver`` (``scripts/test.sh`` installs them, or
+skips these tests with its reason in ``CALLBRIDGE_TEST_SKIP_BROWSER`` when it cannot).
 The screenshot of the captions page is kept in ``test-artifacts/`` (or
 ``$CALLBRIDGE_TEST_ARTIFACTS``).
 """
@@ -21,11 +22,10 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from bridge.events import Track
 from tests.conftest import BridgeFactory
-from tests.e2e.test_compliance import TOKEN
-from tests.e2e.test_live import start_call, token_for
-from tests.e2e.test_operations import AGENT, CALLER
+from tests.support.admin import TOKEN, start_call, token_for
 from tests.support.audio import pcm_program, ulaw
 from tests.support.proxy import CuttableProxy
+from tests.support.speech import AGENT_LIVE, CALLER_LIVE
 
 pytestmark = pytest.mark.e2e
 
@@ -45,6 +45,11 @@ def _find(*names: str) -> str:
 
 @pytest.fixture
 def browser() -> Iterator[webdriver.Chrome]:
+    """A headless Chromium; skipped, with the reason, when the test command could not get one
+    (``CALLBRIDGE_TEST_SKIP_BROWSER`` holds the reason), and a failure when simply missing."""
+    reason = os.environ.get("CALLBRIDGE_TEST_SKIP_BROWSER")
+    if reason:
+        pytest.skip(f"browser tests skipped: {reason}")
     options = webdriver.ChromeOptions()
     options.binary_location = _find("chromium", "chromium-browser")
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
@@ -90,8 +95,8 @@ async def test_captions_page_shows_a_live_call_from_the_calls_page(
     bridge = await bridge_factory(CALLBRIDGE_ADMIN_TOKEN=TOKEN,
                                   CALLBRIDGE_STT_INTERIM_RESULTS="true")
     base = f"http://127.0.0.1:{bridge.port}"
-    call = start_call(bridge, "CA-page", {Track.INBOUND: ulaw(LEAD_IN + CALLER),
-                                          Track.OUTBOUND: ulaw(LEAD_IN + AGENT)})
+    call = start_call(bridge, "CA-page", {Track.INBOUND: ulaw(LEAD_IN + CALLER_LIVE),
+                                          Track.OUTBOUND: ulaw(LEAD_IN + AGENT_LIVE)})
     await bridge.wait_for_log("call started", call_id="CA-page")
 
     # the calls page lists the call; its link opens the captions with a fresh token
@@ -137,7 +142,7 @@ async def test_captions_page_shows_a_live_call_from_the_calls_page(
 async def test_calls_page_asks_for_the_token_and_a_bad_captions_link_says_so(
         bridge_factory: BridgeFactory, browser: webdriver.Chrome) -> None:
     bridge = await bridge_factory(CALLBRIDGE_ADMIN_TOKEN=TOKEN)
-    call = start_call(bridge, "CA-bad-link", {Track.INBOUND: ulaw(LEAD_IN + CALLER)})
+    call = start_call(bridge, "CA-bad-link", {Track.INBOUND: ulaw(LEAD_IN + CALLER_LIVE)})
     await bridge.wait_for_log("call started", call_id="CA-bad-link")
     base = f"http://127.0.0.1:{bridge.port}"
     await asyncio.to_thread(browser.get, f"{base}/calls")  # no token yet: the page asks
@@ -159,8 +164,8 @@ async def test_calls_page_asks_for_the_token_and_a_bad_captions_link_says_so(
 async def test_captions_page_reconnects_after_a_network_cut_and_misses_nothing(
         bridge_factory: BridgeFactory, browser: webdriver.Chrome) -> None:
     bridge = await bridge_factory(CALLBRIDGE_ADMIN_TOKEN=TOKEN)
-    call = start_call(bridge, "CA-cut", {Track.INBOUND: ulaw(LEAD_IN + CALLER),
-                                         Track.OUTBOUND: ulaw(LEAD_IN + AGENT)})
+    call = start_call(bridge, "CA-cut", {Track.INBOUND: ulaw(LEAD_IN + CALLER_LIVE),
+                                         Track.OUTBOUND: ulaw(LEAD_IN + AGENT_LIVE)})
     await bridge.wait_for_log("call started", call_id="CA-cut")
     captions = (await token_for(bridge, "CA-cut"))["captions_url"]
     async with CuttableProxy(bridge.port) as proxy:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import sqlite3
+import re
 from pathlib import Path
 
 import pytest
@@ -13,28 +12,14 @@ import pytest
 from bridge.events import AudioEncoding, Track
 from bridge.simulate import CallSpec, build_call, stream_call
 from tests.conftest import BridgeFactory, BridgeProcess, run_call
+from tests.support.admin import TOKEN, admin
 from tests.support.audio import pcm_program, ulaw
+from tests.support.outbox_file import stored_events
 from tests.support.receiver import WebhookReceiver
+from tests.support.speech import SCRIPT, SPEECH, leaked
 from tests.support.telnyx_stt import TelnyxSttEmulator
 
 pytestmark = pytest.mark.e2e
-
-# Three utterances: the card number is spoken over the first two finals, the security code
-# is announced at the end of the second and said in the third.
-SPEECH = pcm_program(("silence", 200), ("tone", 1200, 400), ("silence", 500),
-                     ("tone", 1200, 500), ("silence", 500), ("tone", 600, 600),
-                     ("silence", 500))
-SCRIPT = ["okay my card number is four one one one",
-          "one one one one one one one one one one one one and the cvv is",
-          "seven three seven thanks"]
-# What must appear nowhere. (Digits alone would match ids and timestamps by chance: the
-# engine speaks the numbers as words here, and texts are also checked for any digit.)
-SECRETS = ["four one one one", "one one one one", "seven three seven"]
-TOKEN = "admin-token-for-tests-0123456789"
-
-
-def leaked(text: str) -> list[str]:
-    return [s for s in SECRETS if s in text]
 
 
 async def test_card_numbers_from_the_engine_reach_no_webhook_outbox_row_or_log(
@@ -66,8 +51,7 @@ async def test_card_numbers_from_the_engine_reach_no_webhook_outbox_row_or_log(
     assert leg["redaction"]["enabled"] is True
     assert leg["redaction"]["counts"] == {"card_security_code": 1, "credit_card": 1}
 
-    with sqlite3.connect(tmp_path / "outbox.db") as db:
-        bodies = [row[0].decode() for row in db.execute("SELECT body FROM events")]
+    bodies = [body for _, body in stored_events(tmp_path / "outbox.db")]
     assert len(bodies) >= 5  # kept for a day: inspect what was stored
     assert all(leaked(body) == [] for body in bodies)
     assert leaked("\n".join(bridge.raw_stderr)) == []
@@ -106,8 +90,7 @@ async def test_a_card_read_with_interruptions_over_finals_reaches_no_webhook_or_
                                            "see you at ten thirty"]
     [leg] = events[-1].data["legs"]
     assert leg["redaction"]["counts"] == {"credit_card": 1}
-    with sqlite3.connect(tmp_path / "outbox.db") as db:
-        bodies = [row[0].decode() for row in db.execute("SELECT body FROM events")]
+    bodies = [body for _, body in stored_events(tmp_path / "outbox.db")]
     assert bodies and not [b for b in bodies if any(s in b for s in secrets)]
 
 
@@ -125,6 +108,11 @@ async def test_redaction_can_be_turned_off_explicitly(
     assert texts == SCRIPT
 
 
+# A card number pressed on the keypad. Runs of six of its digits are checked for: shorter
+# runs turn up by chance in timestamps and ports.
+KEYS = "4111111111111111"
+
+
 def dtmf(digit: str, stream_id: str) -> str:
     return json.dumps({"event": "dtmf", "streamSid": stream_id, "sequenceNumber": "9",
                        "dtmf": {"track": "inbound_track", "digit": digit}})
@@ -136,37 +124,58 @@ async def call_with_keypresses(bridge: BridgeProcess, call_id: str) -> None:
     messages = build_call(spec)
     stop = messages.pop()
     at = messages[-1][0]
-    messages += [(at, dtmf(d, spec.stream_id)) for d in "4111111111111111"]
+    messages += [(at, dtmf(d, spec.stream_id)) for d in KEYS]
     messages.append(stop)
     await stream_call(bridge.url("/streams/twilio"), messages, speed=0)
 
 
 @pytest.mark.parametrize("mode", ["drop", "masked"])
 async def test_key_presses_reach_no_webhook_log_or_outbox_as_digits(
-        bridge_factory: BridgeFactory, receiver: WebhookReceiver, mode: str) -> None:
-    bridge = await bridge_factory(CALLBRIDGE_DTMF=mode)
-    await call_with_keypresses(bridge, f"CA-dtmf-{mode}")
-    events = await receiver.wait_for(receiver.ended(f"CA-dtmf-{mode}"))
-    mine = [e for e in events if e.data["call_id"] == f"CA-dtmf-{mode}"]
+        bridge_factory: BridgeFactory, receiver: WebhookReceiver, tmp_path: Path,
+        mode: str) -> None:
+    bridge = await bridge_factory(CALLBRIDGE_DTMF=mode, CALLBRIDGE_OUTBOX_RETENTION_DAYS="1")
+    call_id = f"CA-dtmf-{mode}"
+    await call_with_keypresses(bridge, call_id)
+    events = await receiver.wait_for(receiver.ended(call_id))
+    summary = await bridge.wait_for_log("call summary", call_id=call_id)
+    assert summary["dtmf"] == 16  # the bridge did receive every key press
+
+    mine = [e for e in events if e.data["call_id"] == call_id]
     keys = [e for e in mine if e.type == "dtmf"]
     if mode == "drop":
         assert keys == []
     else:
         assert len(keys) == 16 and {e.data["digit"] for e in keys} == {"masked"}
     for event in mine:
-        assert "4111" not in event.body.decode()
-    assert not any("digit" in line for line in bridge.logs)
-    summary = await bridge.wait_for_log("call summary", call_id=f"CA-dtmf-{mode}")
-    assert summary["dtmf"] == 16
+        assert not pressed_digits(event.body.decode()), event.type
+
+    log_text = "\n".join(bridge.raw_stderr)
+    assert call_id in log_text  # the call was logged: its lines are what is checked
+    assert not pressed_digits(log_text)
+    assert not set(KEYS) & set(short_strings(bridge.logs))  # no key logged one at a time
+
+    stored = stored_events(tmp_path / "outbox.db")
+    kinds = [kind for kind, _ in stored]
+    assert "call.ended" in kinds  # kept for a day: what was stored can be inspected
+    assert kinds.count("dtmf") == (16 if mode == "masked" else 0)
+    for _, body in stored:
+        assert not pressed_digits(body)
 
 
-async def admin(bridge: BridgeProcess, action: str, call_id: str, token: str = TOKEN,
-                **query: str) -> tuple[int, dict[str, object] | str]:
-    status, body = await bridge.http("POST", f"/calls/{call_id}/{action}", token, **query)
-    try:
-        return status, json.loads(body)
-    except ValueError:
-        return status, body
+def short_strings(value: object) -> list[str]:
+    """Every string of one or two characters anywhere in a JSON value."""
+    if isinstance(value, dict):
+        return [s for item in value.values() for s in short_strings(item)]
+    if isinstance(value, list):
+        return [s for item in value for s in short_strings(item)]
+    return [value] if isinstance(value, str) and len(value) <= 2 else []
+
+
+def pressed_digits(text: str) -> list[str]:
+    """Traces of the pressed keys in ``text``: a run of them, or a digit given as a digit."""
+    runs = [KEYS[n:n + 6] for n in range(len(KEYS) - 5) if KEYS[n:n + 6] in text]
+    named = re.findall(r'"digit"\s*:\s*"(?!masked")[^"]*"', text)
+    return runs + named
 
 
 LONG = pcm_program(("silence", 200), ("tone", 800, 400), ("silence", 600),
@@ -187,10 +196,10 @@ async def test_pause_and_resume_through_the_admin_api(
     assert (await admin(bridge, "pause", "CA-pause", token="wrong-token-0123456789"))[0] == 401
     assert (await admin(bridge, "pause", "CA-nope"))[0] == 404
     status, body = await admin(bridge, "pause", "CA-pause", leg="inbound")
-    assert status == 200 and body["paused"] == {"inbound": True}  # type: ignore[index]
+    assert status == 200 and body["paused"] == {"inbound": True}
     await asyncio.sleep(1.0)  # a second of the call goes by, untranscribed
     status, body = await admin(bridge, "resume", "CA-pause")
-    assert status == 200 and body["paused"] == {"inbound": False}  # type: ignore[index]
+    assert status == 200 and body["paused"] == {"inbound": False}
     await call
     events = await receiver.wait_for(receiver.ended("CA-pause"))
     mine = [e for e in events if e.data["call_id"] == "CA-pause"]
@@ -222,14 +231,19 @@ async def test_a_mark_from_the_stream_pauses_and_resumes(
                     call_id="CA-mark", stream_id="MZmark")
     messages = build_call(spec)
     media = [n for n, (_, text) in enumerate(messages) if '"media"' in text]
-    mark = lambda name: json.dumps({"event": "mark", "streamSid": "MZmark",  # noqa: E731
-                                    "sequenceNumber": "1", "mark": {"name": name}})
+
+    def mark(name: str) -> str:
+        return json.dumps({"event": "mark", "streamSid": "MZmark", "sequenceNumber": "1",
+                           "mark": {"name": name}})
+
     messages.insert(media[100], (0, mark("callbridge:resume")))
     messages.insert(media[50], (0, mark("callbridge:pause:inbound")))
     await stream_call(bridge.url("/streams/twilio"), messages, speed=0)
     events = await receiver.wait_for(receiver.ended("CA-mark"))
     kinds = [e.type for e in events if e.data["call_id"] == "CA-mark"]
     assert "transcription.paused" in kinds and "transcription.resumed" in kinds
+    assert kinds.index("transcription.paused") < kinds.index("transcription.resumed")
+    # The engine got every frame but the 50 sent between the two marks (frames 50-99).
     [session] = stt.sessions
-    assert len(session.audio) == len(ulaw(LONG)) - 50 * 160
-    assert base64  # the frames above carry base64 payloads built by the simulate client
+    audio = ulaw(LONG)
+    assert bytes(session.audio) == audio[:50 * 160] + audio[100 * 160:]

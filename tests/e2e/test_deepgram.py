@@ -3,33 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
 from bridge.events import AudioEncoding, Track
 from bridge.simulate import CallSpec, build_call, stream_call
 from tests.conftest import BridgeFactory, run_call
-from tests.e2e.test_compliance import TOKEN, admin
+from tests.support.admin import TOKEN, admin
 from tests.support.audio import pcm_program, ulaw
 from tests.support.deepgram import DeepgramEmulator
 from tests.support.receiver import WebhookReceiver
+from tests.support.speech import CALLER
 
 pytestmark = pytest.mark.e2e
 
-CALLER = pcm_program(("silence", 200), ("tone", 600, 400), ("silence", 500),
-                     ("tone", 400, 700), ("silence", 500))
 
 
 def engine(emulator: DeepgramEmulator, **extra: str) -> dict[str, str]:
     return {"CALLBRIDGE_ENGINE": "deepgram", "DEEPGRAM_API_KEY": "test-deepgram-key",
             "CALLBRIDGE_DEEPGRAM_URL": emulator.url, **extra}
-
-
-@pytest.fixture
-async def deepgram() -> AsyncIterator[DeepgramEmulator]:
-    async with DeepgramEmulator(idle_s=1.0) as emulator:  # 10 s on the real service
-        yield emulator
 
 
 async def test_settled_segments_become_one_final_per_utterance(
@@ -53,6 +45,7 @@ async def test_settled_segments_become_one_final_per_utterance(
 async def test_a_silent_hold_keeps_the_session_alive(
         bridge_factory: BridgeFactory, deepgram: DeepgramEmulator,
         receiver: WebhookReceiver) -> None:
+    deepgram.idle_s = 1.0  # a hold far beyond the idle limit, in little time
     bridge = await bridge_factory(**engine(deepgram, CALLBRIDGE_DEEPGRAM_KEEPALIVE_S="0.3",
                                          CALLBRIDGE_ADMIN_TOKEN=TOKEN))
     held = pcm_program(("silence", 200), ("tone", 600, 400), ("silence", 4500),

@@ -12,16 +12,13 @@ from bridge.codecs.resample import resample
 from bridge.simulate import stream_call
 from tests.conftest import BridgeProcess
 from tests.support import dialects
-from tests.support.audio import pcm_program, ulaw
+from tests.support.audio import ulaw
 from tests.support.receiver import WebhookReceiver
+from tests.support.speech import AGENT, AGENT_SAYS, CALLER, CALLER_SAYS
 from tests.support.telnyx_stt import TelnyxSttEmulator
 
 pytestmark = pytest.mark.e2e
 
-CALLER = pcm_program(("silence", 200), ("tone", 600, 400), ("silence", 500),
-                     ("tone", 400, 700), ("silence", 400))
-AGENT = pcm_program(("silence", 300), ("tone", 500, 1000), ("silence", 700),
-                    ("silence", 500))
 
 
 def at(rate: int, pcm: bytes) -> bytes:
@@ -41,8 +38,6 @@ def finals(receiver: WebhookReceiver, call_id: str) -> dict[str, list[str]]:
     return by_leg
 
 
-CALLER_SAYS = ["tone 400 hertz", "tone 700 hertz"]
-AGENT_SAYS = ["tone 1000 hertz"]
 
 
 async def play(bridge: BridgeProcess, receiver: WebhookReceiver, path: str,

@@ -44,10 +44,19 @@ async def embedded(bridge: BridgeProcess) -> int:
 
 
 async def gone(pids: list[int], within_s: float = 15) -> bool:
-    async with asyncio.timeout(within_s):
-        while any(alive(p) for p in pids):  # noqa: ASYNC110 - no event says another process's child exited
-            await asyncio.sleep(0.1)
+    """Whether every process in ``pids`` has exited within ``within_s``."""
+    try:
+        async with asyncio.timeout(within_s):
+            while any(alive(p) for p in pids):  # noqa: ASYNC110 - no event says another process's child exited
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        return False
     return True
+
+
+async def test_gone_says_false_while_a_process_lives() -> None:
+    assert await gone([os.getpid()], within_s=0.3) is False
+    assert await gone([]) is True
 
 
 async def test_serve_without_a_key_transcribes_with_the_embedded_recognizer(
@@ -95,9 +104,11 @@ async def test_a_crashed_child_is_restarted(bridge_factory: BridgeFactory) -> No
     bridge = await bridge_factory(**NO_KEY)
     child = await embedded(bridge)
     os.kill(child, signal.SIGKILL)
-    await bridge.wait_for_log("embedded recognizer exited; restarting it")
+    exited = await bridge.wait_for_log("embedded recognizer exited; restarting it")
+    assert exited["exit_code"] == -signal.SIGKILL  # it saw our kill, not some other end
     await bridge.wait_for_log("embedded recognizer listening", within_s=60, occurrence=2)
-    assert not alive(child)
+    [successor] = children(bridge.process.pid)
+    assert successor != child and alive(successor)
 
 
 async def test_without_pocketsphinx_or_a_key_start_up_says_what_to_do(

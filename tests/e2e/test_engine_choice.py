@@ -2,31 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
 from bridge.events import AudioEncoding, Track
 from bridge.simulate import CallSpec
 from tests.conftest import BridgeFactory, BridgeProcess, run_call
 from tests.support.assemblyai import AssemblyAIEmulator
-from tests.support.audio import pcm_program, ulaw
+from tests.support.audio import ulaw
 from tests.support.deepgram import DeepgramEmulator
 from tests.support.receiver import WebhookReceiver
+from tests.support.speech import CALLER_THREE, CALLER_THREE_SAYS
 from tests.support.telnyx_stt import TelnyxSttEmulator
 
 pytestmark = pytest.mark.e2e
 
-CALLER = pcm_program(("silence", 200), ("tone", 600, 400), ("silence", 500),
-                     ("tone", 400, 700), ("silence", 500), ("tone", 500, 1000),
-                     ("silence", 500))
-SAYS = ["tone 400 hertz", "tone 700 hertz", "tone 1000 hertz"]
-
-
-@pytest.fixture
-async def deepgram() -> AsyncIterator[DeepgramEmulator]:
-    async with DeepgramEmulator() as emulator:
-        yield emulator
 
 
 def texts(receiver: WebhookReceiver, call_id: str) -> list[str]:
@@ -35,7 +24,7 @@ def texts(receiver: WebhookReceiver, call_id: str) -> list[str]:
 
 async def call(bridge: BridgeProcess, receiver: WebhookReceiver, call_id: str,
                speed: float = 0, **parameters: str) -> None:
-    spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(CALLER)},
+    spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(CALLER_THREE)},
                     call_id=call_id, custom_parameters=parameters)
     await run_call(bridge, receiver, spec, speed=speed, within_s=30)
 
@@ -49,7 +38,7 @@ async def test_a_fatal_engine_error_fails_over_and_the_transcript_continues(
                                   DEEPGRAM_API_KEY="test-deepgram-key",
                                   CALLBRIDGE_DEEPGRAM_URL=deepgram.url)
     await call(bridge, receiver, "CA-failover", speed=2)
-    assert texts(receiver, "CA-failover") == SAYS
+    assert texts(receiver, "CA-failover") == CALLER_THREE_SAYS
     events = receiver.of_call("CA-failover")
     [failover] = [e for e in events if e.type == "transcription.failover"]
     assert (failover.data["from"], failover.data["to"]) == ("telnyx", "deepgram")
@@ -71,7 +60,7 @@ async def test_a_call_chooses_its_language_and_engine_within_the_allow_list(
     [session] = stt.sessions
     assert session.param("language") == "de-DE"
     assert deepgram.sessions == []
-    assert texts(receiver, "CA-de") == SAYS
+    assert texts(receiver, "CA-de") == CALLER_THREE_SAYS
 
 
 async def test_a_stalled_engine_is_treated_as_dropped(
@@ -81,7 +70,7 @@ async def test_a_stalled_engine_is_treated_as_dropped(
     # longer than this engine's longest quiet spell between results in this call
     bridge = await bridge_factory(CALLBRIDGE_STT_SILENCE_TIMEOUT_S="1.0")
     await call(bridge, receiver, "CA-stall", speed=2)
-    assert texts(receiver, "CA-stall") == SAYS
+    assert texts(receiver, "CA-stall") == CALLER_THREE_SAYS
     [leg] = receiver.of_call("CA-stall")[-1].data["legs"]
     assert leg["reconnects"] == 1 and len(stt.sessions) == 2
 
@@ -95,7 +84,7 @@ async def test_a_session_rolls_over_at_a_pause_before_the_engines_limit(
                                       CALLBRIDGE_ASSEMBLYAI_MAX_SESSION_S="1.0",
                                       CALLBRIDGE_STT_ROLL_MARGIN_S="0.5")
         await call(bridge, receiver, "CA-roll")
-        assert [t.rstrip(".").lower() for t in texts(receiver, "CA-roll")] == SAYS
+        assert [t.rstrip(".").lower() for t in texts(receiver, "CA-roll")] == CALLER_THREE_SAYS
         [leg] = receiver.of_call("CA-roll")[-1].data["legs"]
         assert leg["rolls"] >= 1 and leg["reconnects"] == 0
         assert len(assemblyai.sessions) == leg["rolls"] + 1

@@ -8,36 +8,20 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import aiohttp
 import pytest
 
-from bridge.events import AudioEncoding, Track
-from bridge.simulate import CallSpec, StreamResult, build_call, stream_call
+from bridge.events import Track
 from tests.conftest import BridgeFactory, BridgeProcess
-from tests.e2e.test_compliance import SCRIPT, SPEECH, TOKEN, leaked
-from tests.e2e.test_operations import AGENT, CALLER
+from tests.support.admin import TOKEN, start_call, token_for
 from tests.support.audio import ulaw
 from tests.support.receiver import WebhookReceiver
+from tests.support.speech import AGENT_LIVE, CALLER_LIVE, SCRIPT, SPEECH, leaked
 from tests.support.sse import SseEvent, read_events
 from tests.support.telnyx_stt import TelnyxSttEmulator
 
 pytestmark = pytest.mark.e2e
-
-
-def start_call(bridge: BridgeProcess, call_id: str, tracks: dict[Track, bytes],
-               speed: float = 1) -> asyncio.Task[StreamResult]:
-    spec = CallSpec("twilio", AudioEncoding.PCMU, tracks, call_id=call_id)
-    return asyncio.create_task(stream_call(bridge.url("/streams/twilio"), build_call(spec),
-                                           speed=speed))
-
-
-async def token_for(bridge: BridgeProcess, call_id: str, **query: str) -> dict[str, Any]:
-    status, body = await bridge.http("POST", f"/calls/{call_id}/token", TOKEN, **query)
-    assert status == 200, body
-    answer: dict[str, Any] = json.loads(body)
-    return answer
 
 
 @asynccontextmanager
@@ -102,8 +86,8 @@ async def test_the_feed_streams_partials_and_finals_in_order_redacted_as_webhook
 async def test_a_viewer_joining_late_or_resuming_gets_what_it_missed(
         bridge_factory: BridgeFactory, receiver: WebhookReceiver) -> None:
     bridge = await bridge_factory(CALLBRIDGE_ADMIN_TOKEN=TOKEN)
-    call = start_call(bridge, "CA-late", {Track.INBOUND: ulaw(CALLER),
-                                          Track.OUTBOUND: ulaw(AGENT)})
+    call = start_call(bridge, "CA-late", {Track.INBOUND: ulaw(CALLER_LIVE),
+                                          Track.OUTBOUND: ulaw(AGENT_LIVE)})
     await receiver.wait_for(lambda events: sum(
         e.type == "transcript.final" and e.data["call_id"] == "CA-late" for e in events) >= 2)
     token = (await token_for(bridge, "CA-late"))["token"]
@@ -125,7 +109,7 @@ async def test_a_viewer_joining_late_or_resuming_gets_what_it_missed(
 async def test_feed_access_needs_a_token_for_that_call(bridge_factory: BridgeFactory,
                                                       receiver: WebhookReceiver) -> None:
     bridge = await bridge_factory(CALLBRIDGE_ADMIN_TOKEN=TOKEN)
-    calls = [start_call(bridge, call_id, {Track.INBOUND: ulaw(CALLER)})
+    calls = [start_call(bridge, call_id, {Track.INBOUND: ulaw(CALLER_LIVE)})
              for call_id in ("CA-one", "CA-two")]
     for call_id in ("CA-one", "CA-two"):
         await bridge.wait_for_log("call started", call_id=call_id)
@@ -189,7 +173,7 @@ async def test_the_pages_are_self_contained_and_locked_down(
 async def test_sigterm_ends_the_feed_with_the_calls_shutdown(
         bridge_factory: BridgeFactory, receiver: WebhookReceiver) -> None:
     bridge = await bridge_factory(CALLBRIDGE_ADMIN_TOKEN=TOKEN, CALLBRIDGE_DRAIN_S="0.5")
-    long_call = ulaw(CALLER) * 5
+    long_call = ulaw(CALLER_LIVE) * 5
     call = start_call(bridge, "CA-drain-live", {Track.INBOUND: long_call})
     await bridge.wait_for_log("call started", call_id="CA-drain-live")
     async with feed(bridge, f"/calls/CA-drain-live/events?token={TOKEN}") as response:

@@ -9,16 +9,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.events import AudioEncoding, Track
 from bridge.simulate import CallSpec, build_call, stream_call
-from tests.conftest import BridgeFactory, BridgeProcess, free_port, run_call
-from tests.e2e.test_compliance import TOKEN
+from tests.conftest import BridgeFactory, BridgeProcess, run_call
+from tests.support.admin import TOKEN
 from tests.support.audio import pcm_program, ulaw
 from tests.support.receiver import WebhookReceiver
+from tests.support.speech import AGENT_LIVE, CALLER_LIVE
 
 pytestmark = pytest.mark.e2e
 
-CALLER = pcm_program(("silence", 200), ("tone", 600, 400), ("silence", 500),
-                     ("tone", 400, 700), ("silence", 2500))
-AGENT = pcm_program(("silence", 300), ("tone", 500, 1000), ("silence", 3100))
 
 
 async def get(bridge: BridgeProcess, path: str, token: str | None = TOKEN,
@@ -36,7 +34,7 @@ async def test_metrics_follow_a_call(bridge_factory: BridgeFactory,
                                      receiver: WebhookReceiver) -> None:
     bridge = await bridge_factory(CALLBRIDGE_ADMIN_TOKEN=TOKEN)
     spec = CallSpec("twilio", AudioEncoding.PCMU,
-                    {Track.INBOUND: ulaw(CALLER), Track.OUTBOUND: ulaw(AGENT)},
+                    {Track.INBOUND: ulaw(CALLER_LIVE), Track.OUTBOUND: ulaw(AGENT_LIVE)},
                     call_id="CA-metrics")
     call = asyncio.create_task(stream_call(bridge.url("/streams/twilio"), build_call(spec),
                                            speed=2))
@@ -55,16 +53,18 @@ async def test_metrics_follow_a_call(bridge_factory: BridgeFactory,
     after = await samples(bridge)
     assert after[("callbridge_calls_active", twilio)] == 0
     assert after[("callbridge_calls_total", (("dialect", "twilio"), ("reason", "stopped")))] == 1
-    assert after[("callbridge_media_frames_total", twilio)] == (len(CALLER) + len(AGENT)) // 320
+    frames = (len(CALLER_LIVE) + len(AGENT_LIVE)) // 320
+    assert after[("callbridge_media_frames_total", twilio)] == frames
     assert after[("callbridge_transcripts_total", (("type", "final"),))] == 3
     assert after[("callbridge_webhook_deliveries_total", (("outcome", "delivered"),))] >= 4
 
 
-async def test_readiness_follows_the_engine(bridge_factory: BridgeFactory) -> None:
+async def test_readiness_follows_the_engine(bridge_factory: BridgeFactory,
+                                            refused_port: int) -> None:
     ready = await bridge_factory()
     status, body = await get(ready, "/readyz", token=None)
     assert status == 200, body
-    dead = f"ws://127.0.0.1:{free_port()}/v2/speech-to-text/transcription"
+    dead = f"ws://127.0.0.1:{refused_port}/v2/speech-to-text/transcription"
     unready = await bridge_factory(CALLBRIDGE_STT_URL=dead)
     status, body = await get(unready, "/readyz", token=None)
     assert status == 503 and "speech-to-text engine not reachable" in body
@@ -73,7 +73,7 @@ async def test_readiness_follows_the_engine(bridge_factory: BridgeFactory) -> No
 async def test_admin_views_and_ending_a_call(bridge_factory: BridgeFactory,
                                             receiver: WebhookReceiver) -> None:
     bridge = await bridge_factory(CALLBRIDGE_ADMIN_TOKEN=TOKEN)
-    spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(CALLER)},
+    spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(CALLER_LIVE)},
                     call_id="CA-admin")
     call = asyncio.create_task(stream_call(bridge.url("/streams/twilio"), build_call(spec),
                                            speed=1))
@@ -127,7 +127,7 @@ async def test_both_event_loops_carry_a_call(bridge_factory: BridgeFactory,
     bridge = await bridge_factory(CALLBRIDGE_EVENT_LOOP=loop)
     assert (await bridge.wait_for_log("event loop"))["loop"] == loop
     spec = CallSpec("twilio", AudioEncoding.PCMU,
-                    {Track.INBOUND: ulaw(CALLER), Track.OUTBOUND: ulaw(AGENT)},
+                    {Track.INBOUND: ulaw(CALLER_LIVE), Track.OUTBOUND: ulaw(AGENT_LIVE)},
                     call_id=f"CA-{loop}")
     events = await run_call(bridge, receiver, spec)
     finals = sorted(e.data["text"] for e in events if e.type == "transcript.final")

@@ -7,15 +7,13 @@ import pytest
 from bridge.events import AudioEncoding, Track
 from bridge.simulate import CallSpec
 from tests.conftest import BridgeFactory, run_call
-from tests.support.audio import pcm_program, ulaw
+from tests.support.audio import ulaw
 from tests.support.receiver import WebhookReceiver
+from tests.support.speech import CALLER_THREE
 from tests.support.telnyx_stt import TelnyxSttEmulator
 
 pytestmark = pytest.mark.e2e
 
-CALLER = pcm_program(("silence", 200), ("tone", 600, 400), ("silence", 500),
-                     ("tone", 400, 700), ("silence", 500), ("tone", 500, 1000),
-                     ("silence", 500))
 
 
 async def test_two_drops_mid_utterance_lose_and_repeat_nothing(
@@ -26,7 +24,7 @@ async def test_two_drops_mid_utterance_lose_and_repeat_nothing(
     stt.drops = [4000, 12000]
     stt.with_times = True  # segment times let the bridge forget exactly what a final covers
     bridge = await bridge_factory(CALLBRIDGE_CHUNK_MS="20")
-    spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(CALLER)},
+    spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(CALLER_THREE)},
                     call_id="CA-drops")
     events = await run_call(bridge, receiver, spec, speed=2, within_s=30)
     finals = [e.data for e in events if e.type == "transcript.final"]
@@ -35,10 +33,10 @@ async def test_two_drops_mid_utterance_lose_and_repeat_nothing(
     assert [f["sequence"] for f in finals] == [1, 2, 3]
     assert not any(e.type == "transcription.error" for e in events)
     ends = [f["end_ms"] for f in finals]
-    assert ends == sorted(ends) and ends[-1] <= len(CALLER) // 16 + 100
+    assert ends == sorted(ends) and ends[-1] <= len(CALLER_THREE) // 16 + 100
     assert 800 <= ends[0] <= 1400  # the first tone ends at 800 ms of the call
     # The engine got all the audio: each session starts inside what the ones before covered.
-    audio = ulaw(CALLER)
+    audio = ulaw(CALLER_THREE)
     assert len(stt.sessions) == 3
     covered = 0
     for session in stt.sessions:
@@ -56,7 +54,7 @@ async def test_two_drops_mid_utterance_lose_and_repeat_nothing(
 async def test_a_refusal_is_not_retried(bridge_factory: BridgeFactory, stt: TelnyxSttEmulator,
                                         receiver: WebhookReceiver) -> None:
     bridge = await bridge_factory(TELNYX_API_KEY="wrong-key")
-    spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(CALLER)},
+    spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(CALLER_THREE)},
                     call_id="CA-refused")
     events = await run_call(bridge, receiver, spec)
     errors = [e for e in events if e.type == "transcription.error"]

@@ -7,8 +7,9 @@ import os
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,21 @@ from bridge.errors import ConfigError
 from bridge.events import EventType, OutboundEvent
 
 T0 = 1_800_000_000.0
+OpenOutbox = Callable[..., Outbox]
+
+
+@pytest.fixture
+def open_outbox(tmp_path: Path) -> Iterator[OpenOutbox]:
+    """Opens outbox files in the test's directory, and closes every one afterwards."""
+    opened: list[Outbox] = []
+
+    def open_file(name: str, **options: Any) -> Outbox:
+        opened.append(Outbox(tmp_path / name, **options))
+        return opened[-1]
+
+    yield open_file
+    for outbox in opened:
+        outbox.close()
 
 
 def stored(n: int, kind: EventType = EventType.TRANSCRIPT_FINAL, call: str = "CA1",
@@ -29,8 +45,8 @@ def stored(n: int, kind: EventType = EventType.TRANSCRIPT_FINAL, call: str = "CA
     return StoredEvent(event, b'{"n": %d}' % n, targets)
 
 
-def test_an_event_leaves_when_every_target_has_it(tmp_path: Path) -> None:
-    outbox = Outbox(tmp_path / "o.db")
+def test_an_event_leaves_when_every_target_has_it(open_outbox: OpenOutbox) -> None:
+    outbox = open_outbox("o.db")
     outbox.store([stored(1, targets=("a", "b"))], now=T0)
     [due_a], _ = outbox.due_heads("a", T0, 10)
     outbox.mark_delivered(due_a.event_seq, "a", 204, now=T0)
@@ -44,8 +60,8 @@ def test_an_event_leaves_when_every_target_has_it(tmp_path: Path) -> None:
     assert outbox.event_count == 0
 
 
-def test_only_each_calls_oldest_pending_event_is_due(tmp_path: Path) -> None:
-    outbox = Outbox(tmp_path / "o.db")
+def test_only_each_calls_oldest_pending_event_is_due(open_outbox: OpenOutbox) -> None:
+    outbox = open_outbox("o.db")
     outbox.store([stored(1, call="X"), stored(2, call="X"), stored(1, call="Y")], now=T0)
     due, _ = outbox.due_heads("a", T0, 10)
     assert [(d.call_id, d.body) for d in due] == [("X", b'{"n": 1}'), ("Y", b'{"n": 1}')]
@@ -56,8 +72,8 @@ def test_only_each_calls_oldest_pending_event_is_due(tmp_path: Path) -> None:
     assert due == []
 
 
-def test_retention_keeps_delivered_events_then_purges_them(tmp_path: Path) -> None:
-    outbox = Outbox(tmp_path / "o.db", retention_days=1)
+def test_retention_keeps_delivered_events_then_purges_them(open_outbox: OpenOutbox) -> None:
+    outbox = open_outbox("o.db", retention_days=1)
     outbox.store([stored(1), stored(2)], now=T0)
     [first], _ = outbox.due_heads("a", T0, 10)
     outbox.mark_delivered(first.event_seq, "a", 200, now=T0)
@@ -66,8 +82,8 @@ def test_retention_keeps_delivered_events_then_purges_them(tmp_path: Path) -> No
     assert outbox.event_count == 1
 
 
-def test_live_calls_keep_their_finals_until_call_ended(tmp_path: Path) -> None:
-    outbox = Outbox(tmp_path / "o.db")
+def test_live_calls_keep_their_finals_until_call_ended(open_outbox: OpenOutbox) -> None:
+    outbox = open_outbox("o.db")
     outbox.store([stored(0, EventType.CALL_STARTED), stored(1, text="hello there"),
                   stored(2, text="how are you")], now=T0)
     [call] = outbox.live_calls()
@@ -78,10 +94,10 @@ def test_live_calls_keep_their_finals_until_call_ended(tmp_path: Path) -> None:
     assert outbox.live_calls() == []
 
 
-def test_a_full_outbox_refuses_and_a_full_disk_is_reported(tmp_path: Path) -> None:
-    outbox = Outbox(tmp_path / "o.db", max_events=2)
+def test_a_full_outbox_refuses_and_a_full_disk_is_reported(open_outbox: OpenOutbox) -> None:
+    outbox = open_outbox("o.db", max_events=2)
     assert outbox.store([stored(1), stored(2), stored(3)], now=T0) == [True, True, False]
-    roomy = Outbox(tmp_path / "p.db")
+    roomy = open_outbox("p.db")
     pages = roomy.db.execute("PRAGMA page_count").fetchone()[0]
     roomy.db.execute(f"PRAGMA max_page_count={pages}")  # the "disk" has no room left
     big = [StoredEvent(item.event, b"x" * 4000, item.targets)
@@ -91,8 +107,8 @@ def test_a_full_outbox_refuses_and_a_full_disk_is_reported(tmp_path: Path) -> No
     assert roomy.event_count == 0
 
 
-def test_disabling_a_target_dead_letters_its_pending_events(tmp_path: Path) -> None:
-    outbox = Outbox(tmp_path / "o.db")
+def test_disabling_a_target_dead_letters_its_pending_events(open_outbox: OpenOutbox) -> None:
+    outbox = open_outbox("o.db")
     outbox.register_targets([("a", "https://a.example/h", "SECRET_A")])
     outbox.store([stored(1), stored(2)], now=T0)
     assert outbox.disable_target("a", "410 Gone", now=T0) == 2

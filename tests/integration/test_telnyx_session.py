@@ -12,7 +12,7 @@ from bridge.errors import UpstreamRefused, UpstreamUnavailable
 from bridge.events import AudioEncoding
 from bridge.stt.base import EngineResult
 from bridge.stt.telnyx import TelnyxSession
-from tests.conftest import API_KEY, free_port
+from tests.conftest import API_KEY
 from tests.support.audio import pcm_program, ulaw
 from tests.support.telnyx_stt import TelnyxSttEmulator
 
@@ -100,8 +100,8 @@ async def test_dropped_connection_is_unavailable_not_refused() -> None:
         await session.close()
 
 
-async def test_nothing_listening_is_unavailable() -> None:
-    url = f"ws://127.0.0.1:{free_port()}/v2/speech-to-text/transcription"
+async def test_nothing_listening_is_unavailable(refused_port: int) -> None:
+    url = f"ws://127.0.0.1:{refused_port}/v2/speech-to-text/transcription"
     with pytest.raises(UpstreamUnavailable, match="cannot connect"):
         await TelnyxSession(settings(url), AudioEncoding.PCMU).open()
 

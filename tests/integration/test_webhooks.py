@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from bridge.delivery.outbox import Outbox
 from bridge.delivery.retry import Outcome
 from bridge.events import EventType, OutboundEvent
 from bridge.security import AddressBlocked, GuardedResolver
-from tests.conftest import free_port
+from tests.support.outbox_file import query
 from tests.support.receiver import SECRET, WebhookReceiver
 
 
@@ -52,8 +51,7 @@ def finals(receiver: WebhookReceiver, call: str = "CA1") -> list[int]:
 
 
 def rows(tmp_path: Path, sql: str) -> list[tuple[object, ...]]:
-    with sqlite3.connect(tmp_path / "outbox.db") as db:
-        return db.execute(sql).fetchall()
+    return query(tmp_path / "outbox.db", sql)
 
 
 async def test_events_are_stored_then_delivered_signed_and_in_order(
@@ -142,8 +140,9 @@ async def test_gone_disables_the_target_and_dead_letters_its_events(
 
 
 async def test_two_targets_one_down_the_other_unaffected(
-        tmp_path: Path, receiver: WebhookReceiver, http: aiohttp.ClientSession) -> None:
-    dead_url = f"http://127.0.0.1:{free_port()}/hook"
+        tmp_path: Path, receiver: WebhookReceiver, http: aiohttp.ClientSession,
+        refused_port: int) -> None:
+    dead_url = f"http://127.0.0.1:{refused_port}/hook"
     config = settings(tmp_path, (), targets=(
         TargetSettings("up", receiver.url, Secret(SECRET)),
         TargetSettings("down", dead_url, Secret(SECRET))), retry_schedule_s=(30.0,),
@@ -161,8 +160,9 @@ async def test_two_targets_one_down_the_other_unaffected(
 
 
 async def test_a_restart_delivers_what_was_stored_and_closes_open_calls(
-        tmp_path: Path, receiver: WebhookReceiver, http: aiohttp.ClientSession) -> None:
-    dead_url = f"http://127.0.0.1:{free_port()}/hook"
+        tmp_path: Path, receiver: WebhookReceiver, http: aiohttp.ClientSession,
+        refused_port: int) -> None:
+    dead_url = f"http://127.0.0.1:{refused_port}/hook"
     first_run = settings(tmp_path, (dead_url,), retry_schedule_s=(60.0,), drain_timeout_s=0.2)
     async with DurableDispatcher(first_run, http) as dispatcher:
         started = OutboundEvent("msg_start", EventType.CALL_STARTED, "2026-11-21T10:00:00Z",
@@ -184,8 +184,8 @@ async def test_a_restart_delivers_what_was_stored_and_closes_open_calls(
 
 
 async def test_a_full_outbox_raises_an_alarm_and_refuses(
-        tmp_path: Path, http: aiohttp.ClientSession) -> None:
-    dead_url = f"http://127.0.0.1:{free_port()}/hook"
+        tmp_path: Path, http: aiohttp.ClientSession, refused_port: int) -> None:
+    dead_url = f"http://127.0.0.1:{refused_port}/hook"
     with capture_logs() as logs:
         async with DurableDispatcher(settings(tmp_path, (dead_url,), max_events=3,
                                               retry_schedule_s=(60.0,), drain_timeout_s=0.1),

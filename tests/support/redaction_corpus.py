@@ -382,8 +382,8 @@ def harmless_number(choose: Choose) -> str:
 
     if kind == "time":
         hour, minute = choose(range(1, 13)), choose(range(0, 60, 5))
-        return choose([f"can we do it at {hour} {minute:02d}", f"at {hour}:{minute:02d} okay",
-                       f"call me at {UNIT[hour] if hour < 10 else hour} thirty"])
+        return str(choose([f"can we do it at {hour} {minute:02d}", f"at {hour}:{minute:02d} okay",
+                           f"call me at {UNIT[hour] if hour < 10 else hour} thirty"]))
     if kind == "amount":
         return f"the total is ${choose(range(1, 10))},{choose(range(100, 1000))}.{digit()}0"
     if kind == "words amount":

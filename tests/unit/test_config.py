@@ -56,6 +56,7 @@ def test_config_file_named_by_environment(tmp_path: Path) -> None:
     ({"CALLBRIDGE_LIVE_TOKEN_TTL_S": "5"}, "CALLBRIDGE_LIVE_TOKEN_TTL_S"),
     ({"CALLBRIDGE_MAX_CALLS": "0"}, "CALLBRIDGE_MAX_CALLS"),
     ({"CALLBRIDGE_CONFIG": "/nonexistent/callbridge.toml"}, "CALLBRIDGE_CONFIG"),
+    ({"CALLBRIDGE_CONFIG": "/"}, "CALLBRIDGE_CONFIG"),  # a directory
 ])
 def test_a_wrong_value_names_its_setting(environ: dict[str, str], setting: str) -> None:
     with pytest.raises(ConfigError) as caught:
@@ -71,7 +72,7 @@ def test_a_wrong_value_names_its_setting(environ: dict[str, str], setting: str) 
     ("[stt]\napi_key = 'KEY'\n", "stt.api_key"),
     ("[webhooks]\nurls = 'https://a.example/'\n", "CALLBRIDGE_WEBHOOK_SECRET"),
     ("[audio]\nchunk_ms = 2000\n", "audio.chunk_ms"),
-    ("not toml [", "CALLBRIDGE_CONFIG"),
+    ("not toml [", "--config"),
 ])
 def test_a_wrong_file_value_names_its_setting(tmp_path: Path, text: str, setting: str) -> None:
     path = tmp_path / "c.toml"
@@ -79,6 +80,14 @@ def test_a_wrong_file_value_names_its_setting(tmp_path: Path, text: str, setting
     with pytest.raises(ConfigError) as caught:
         load_settings(path, environ=LOCAL)
     assert caught.value.setting == setting
+
+
+def test_a_directory_given_as_the_settings_file_names_the_option(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(tmp_path, environ=LOCAL)
+    assert caught.value.setting == "--config"
+    assert str(caught.value) == (f"invalid setting --config: {tmp_path} is a directory, "
+                                 "not a settings file")
 
 
 def test_secrets_never_show_in_reprs_or_descriptions() -> None:

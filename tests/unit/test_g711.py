@@ -35,7 +35,8 @@ def test_reference_tables_have_the_known_extremes() -> None:
 
 @pytest.mark.parametrize(("encoding", "table"), [(AudioEncoding.PCMU, ULAW_TABLE),
                                                  (AudioEncoding.PCMA, ALAW_TABLE)])
-def test_decoding_matches_the_definition_for_every_code(encoding, table) -> None:
+def test_decoding_matches_the_definition_for_every_code(encoding: AudioEncoding,
+                                                       table: list[int]) -> None:
     decoded = g711.decode(encoding, bytes(range(256)))
     values = [int.from_bytes(decoded[i:i + 2], "little", signed=True) for i in range(0, 512, 2)]
     assert values == table
@@ -43,7 +44,8 @@ def test_decoding_matches_the_definition_for_every_code(encoding, table) -> None
 
 @pytest.mark.parametrize(("encoding", "table"), [(AudioEncoding.PCMU, ULAW_TABLE),
                                                  (AudioEncoding.PCMA, ALAW_TABLE)])
-def test_every_reconstruction_level_encodes_back_to_its_code(encoding, table) -> None:
+def test_every_reconstruction_level_encodes_back_to_its_code(encoding: AudioEncoding,
+                                                             table: list[int]) -> None:
     pcm = b"".join(v.to_bytes(2, "little", signed=True) for v in table)
     codes = g711.encode(encoding, pcm)
     for code, value in zip(codes, table, strict=True):
@@ -52,7 +54,8 @@ def test_every_reconstruction_level_encodes_back_to_its_code(encoding, table) ->
 
 @pytest.mark.parametrize(("encoding", "table"), [(AudioEncoding.PCMU, ULAW_TABLE),
                                                  (AudioEncoding.PCMA, ALAW_TABLE)])
-def test_every_16_bit_sample_lands_in_its_decision_interval(encoding, table) -> None:
+def test_every_16_bit_sample_lands_in_its_decision_interval(encoding: AudioEncoding,
+                                                            table: list[int]) -> None:
     """The quantiser picks one of the two levels around a sample (G.711 decision intervals)."""
     levels = sorted(set(table))
     samples = range(-32768, 32768, 7)

@@ -15,6 +15,7 @@ from bridge.errors import (
     InvalidNumber,
     PeerError,
 )
+from bridge.events import ProviderErrorReported, StreamStarted
 from bridge.ingress import make_dialect
 from bridge.ingress.audiohook import AudioHookDialect
 from bridge.ingress.auth import check_audiohook
@@ -107,6 +108,7 @@ def test_binary_metadata_call_ids_and_dtmf_of_any_shape() -> None:
     dialect = make_dialect("jambonz")
     dialect.receive_text(json.dumps({"callSid": nested(50), "sampleRate": 8000}))
     started = dialect.events()[0]
+    assert isinstance(started, StreamStarted)
     assert len(started.call_id) <= 256  # an object for an id: the connection's own id
     vonage = make_dialect("vonage")
     vonage.receive_text(json.dumps({"event": "websocket:connected",
@@ -136,14 +138,15 @@ def test_audiohook_ids_and_errors_of_any_shape() -> None:
     offer = [{"type": "audio", "format": "PCMU", "channels": ["external"], "rate": 8000}]
     dialect = AudioHookDialect()
     deep = nested_json(1000)
-    error = refused("audiohook", audiohook_open(offer, conversationId="C").replace('"C"', deep))
-    assert error.close_code == CLOSE_PROTOCOL_ERROR
+    refusal = refused("audiohook", audiohook_open(offer, conversationId="C").replace('"C"', deep))
+    assert refusal.close_code == CLOSE_PROTOCOL_ERROR
     dialect.receive_text(audiohook_open(offer, participant={"id": "P"}).replace('"P"', deep))
     dialect.receive_text(json.dumps({"version": "2", "id": SESSION, "type": "error", "seq": 2,
                                      "parameters": {"code": "C", "message": "m" * 100_000}})
                          .replace('"C"', deep))
-    events = dialect.events()
-    assert events[-1].detail == "m" * 200
+    reported = dialect.events()[-1]
+    assert isinstance(reported, ProviderErrorReported)
+    assert reported.detail == "m" * 200
 
 
 @pytest.mark.parametrize("discarded", ["PT" + "9" * 400 + "S", "PT1e400S", "P1D", "\u00b2"])

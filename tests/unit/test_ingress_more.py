@@ -163,25 +163,29 @@ def test_audiofork_reads_mode_from_metadata_or_the_url() -> None:
     assert isinstance(started, StreamStarted) and started.tracks == (Track.MIXED,)
 
 
-@pytest.mark.parametrize(("dialect", "first", "then"), [
-    (VonageDialect(), None, b"\x00\x00"),  # audio before metadata
-    (VonageDialect(), '{"event":"hello"}', None),
-    (VonageDialect(), '{"event":"websocket:connected","content-type":"audio/pcmu"}', None),
-    (JambonzDialect(), "not json", None),
-    (JambonzDialect(), '{"sampleRate":44100}', None),
-    (JambonzDialect(), '{"mixType":"quad"}', None),
-    (JambonzDialect(), '{"mixType":"stereo"}', b"\x00\x00\x00"),  # not whole stereo samples
+@pytest.mark.parametrize(("dialect", "text"), [
+    (VonageDialect(), '{"event":"hello"}'),
+    (VonageDialect(), '{"event":"websocket:connected","content-type":"audio/pcmu"}'),
+    (JambonzDialect(), "not json"),
+    (JambonzDialect(), '{"sampleRate":44100}'),
+    (JambonzDialect(), '{"mixType":"quad"}'),
 ])
-def test_binary_dialects_fail_closed(dialect: object, first: str | None,
-                                     then: bytes | None) -> None:
-    def feed() -> None:
-        if first is not None:
-            dialect.receive_text(first)  # type: ignore[attr-defined]
-        if then is not None:
-            dialect.receive_bytes(then)  # type: ignore[attr-defined]
-
+def test_binary_dialects_refuse_bad_metadata(dialect: VonageDialect | JambonzDialect,
+                                             text: str) -> None:
     with pytest.raises(PeerError):
-        feed()
+        dialect.receive_text(text)
+
+
+def test_vonage_refuses_audio_before_its_metadata() -> None:
+    with pytest.raises(PeerError):
+        VonageDialect().receive_bytes(b"\x00\x00")
+
+
+def test_jambonz_refuses_stereo_audio_that_is_not_whole_samples() -> None:
+    dialect = JambonzDialect()
+    dialect.receive_text('{"mixType":"stereo"}')  # good metadata: accepted
+    with pytest.raises(PeerError):
+        dialect.receive_bytes(b"\x00\x00\x00")
 
 
 @pytest.mark.parametrize(("message", "name"), [

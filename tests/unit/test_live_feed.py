@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 
 import pytest
 
@@ -106,6 +107,9 @@ async def test_a_viewer_waits_for_events_then_ends_with_the_feed() -> None:
 class Sink:
     def __init__(self) -> None:
         self.events: list[OutboundEvent] = []
+
+    def hold(self, call_id: str, leg: str, finals: Sequence[OutboundEvent]) -> None:
+        """Held finals go to the outbox, never to a feed: nothing to record here."""
 
     def publish(self, published: OutboundEvent) -> asyncio.Future[Outcome]:
         self.events.append(published)

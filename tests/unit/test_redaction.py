@@ -295,15 +295,15 @@ def test_a_leg_holds_a_bounded_number_of_finals() -> None:
 
 # -- properties over spoken cards with interruptions ---------------------------------------
 
-def drawing(draw: st.DrawFn) -> Callable[[Sequence[Any]], Any]:
-    return lambda options: draw(st.sampled_from(options))
+def drawing(data: st.DataObject) -> Callable[[Sequence[Any]], Any]:
+    return lambda options: data.draw(st.sampled_from(options))
 
 
 @settings(max_examples=200, deadline=None, derandomize=True, database=None)
 @given(st.data())
 def test_a_card_read_with_interruptions_over_finals_never_comes_out_whole(
         data: st.DataObject) -> None:
-    choose = drawing(data.draw)
+    choose = drawing(data)
     number = card_number(choose)
     finals = spoken_card(number, choose)
     assert number in spoken_digits(" ".join(finals))  # the card was said
@@ -314,7 +314,7 @@ def test_a_card_read_with_interruptions_over_finals_never_comes_out_whole(
 @settings(max_examples=300, deadline=None, derandomize=True, database=None)
 @given(st.data())
 def test_harmless_numbers_come_out_unchanged(data: st.DataObject) -> None:
-    text = harmless_number(drawing(data.draw))
+    text = harmless_number(drawing(data))
     assert run_leg([text]) == [text]
     assert run_leg(["okay", text, "thanks"]) == ["okay", text, "thanks"]
 

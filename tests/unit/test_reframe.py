@@ -1,5 +1,6 @@
 """The per-leg audio pipeline: byte identity, chunking, gap filling, reordering, clock."""
 
+from collections.abc import Sequence
 from itertools import pairwise
 
 import pytest
@@ -17,14 +18,14 @@ def frames(count: int, first_ts: int = 0) -> list[tuple[bytes, int]]:
     return [(bytes([n % 200 + 1]) * FRAME, first_ts + 20 * n) for n in range(count)]
 
 
-def stamped(reframer: Reframer, items: list[tuple[bytes, int | None]]) -> list[Chunk]:
+def stamped(reframer: Reframer, items: Sequence[tuple[bytes, int | None]]) -> list[Chunk]:
     chunks: list[Chunk] = []
     for payload, ts in items:
         chunks += reframer.push(payload, ts)
     return chunks + reframer.flush()
 
 
-def run(reframer: Reframer, items: list[tuple[bytes, int | None]]) -> list[bytes]:
+def run(reframer: Reframer, items: Sequence[tuple[bytes, int | None]]) -> list[bytes]:
     return [chunk.data for chunk in stamped(reframer, items)]
 
 
@@ -46,7 +47,8 @@ def test_chunks_are_emitted_as_soon_as_complete() -> None:
 
 @pytest.mark.parametrize(("encoding", "silence"), [(AudioEncoding.PCMU, 0xFF),
                                                    (AudioEncoding.PCMA, 0xD5)])
-def test_a_lost_frame_becomes_codec_silence_of_its_length(encoding, silence) -> None:
+def test_a_lost_frame_becomes_codec_silence_of_its_length(encoding: AudioEncoding,
+                                                         silence: int) -> None:
     items = frames(10)
     del items[3]  # frame at 60 ms lost
     reframer = Reframer(encoding, chunk_ms=20, reorder_window=2)
@@ -126,7 +128,8 @@ def test_chunk_size_is_bounded(chunk_ms: int) -> None:
 
 @given(st.data())
 @settings(max_examples=200, deadline=None)
-def test_any_mix_of_order_swaps_and_losses_comes_out_whole_and_in_order(data) -> None:
+def test_any_mix_of_order_swaps_and_losses_comes_out_whole_and_in_order(
+        data: st.DataObject) -> None:
     """In-order frames take the fast path, the rest the reordering one: together they must
     give the stream sorted by time, each lost frame as silence, whatever the mix."""
     count = data.draw(st.integers(4, 60))

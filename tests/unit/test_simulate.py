@@ -10,7 +10,7 @@ from bridge.codecs import g711
 from bridge.events import AudioEncoding, Track
 from bridge.ingress.telnyx import TelnyxDialect
 from bridge.ingress.twilio import TwilioDialect
-from bridge.simulate import CallSpec, build_call, load_audio, stream_url
+from bridge.simulate import CallSpec, build_call, health_url, load_audio, stream_url
 from tests.support.audio import pcm_tone
 
 
@@ -74,3 +74,11 @@ def test_stream_url_adds_the_dialect_path_only_to_a_bare_address() -> None:
     assert stream_url("wss://h.example/streams", "twilio") == "wss://h.example/streams"
     with pytest.raises(ValueError, match="ws://"):
         stream_url("127.0.0.1:8080", "twilio")
+
+
+def test_the_health_check_goes_to_the_bridge_behind_the_media_url() -> None:
+    assert health_url("ws://127.0.0.1:8080") == "http://127.0.0.1:8080/healthz"
+    assert health_url("wss://h.example/streams/twilio") == "https://h.example/healthz"
+    assert health_url("ws://[::1]:8080/streams") == "http://[::1]:8080/healthz"
+    with pytest.raises(ValueError, match="ws://"):
+        health_url("http://127.0.0.1:8080")
