@@ -37,12 +37,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
     serve.set_defaults(run=run_serve)
 
-    local = commands.add_parser("stt-local", help="run the embedded recognizer (PocketSphinx)")
+    local = commands.add_parser(
+        "stt-local", help="run the embedded recognizer (Whisper tiny.en, offline)")
     local.add_argument("--config", help="settings file (default: $CALLBRIDGE_CONFIG)")
     local.add_argument("--host", help="listen address (default 127.0.0.1)")
     local.add_argument("--port", type=int, help="listen port; 0 picks a free one")
     local.add_argument("--workers", type=int, help="recognition processes (0: one per CPU)")
     local.add_argument("--max-sessions", type=int, help="concurrent sessions served")
+    local.add_argument("--model", choices=("whisper-tiny.en", "pocketsphinx"),
+                       help="recognition model (default: local_stt.model, whisper-tiny.en)")
     local.add_argument("--announce", action="store_true",
                        help="print {\"port\": N} on stdout once ready (for a supervisor)")
     local.add_argument("--exit-with-parent", action="store_true",
@@ -50,8 +53,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     local.set_defaults(run=run_stt_local)
 
     demo = commands.add_parser("demo", help="run a whole sample call offline, with captions")
-    demo.add_argument("--speed", type=float, default=1.0,
-                      help="pace multiplier: 1 is real time")
+    demo.add_argument("--speed", type=float, default=1.0, choices=(1.0, 2.0, 4.0), metavar="{1,2,4}",
+                      help="pace multiplier: 1 is real time; 4 is the most the embedded "
+                           "recognizer sustains on a busy two-core machine")
+    demo.add_argument("--model", choices=("whisper-tiny.en", "pocketsphinx"),
+                      default="whisper-tiny.en", help="embedded recognition model")
     demo.add_argument("--no-live", action="store_true",
                       help="print finals only, even on a terminal")
     demo.set_defaults(run=run_demo_command)
@@ -165,7 +171,7 @@ def run_stt_local(args: argparse.Namespace) -> int:
         settings = load_settings(args.config)
         changes = {key: value for key, value in (
             ("host", args.host), ("port", args.port), ("workers", args.workers),
-            ("max_sessions", args.max_sessions)) if value is not None}
+            ("max_sessions", args.max_sessions), ("model", args.model)) if value is not None}
         settings = override(settings, "local_stt", **changes)
         if not 0 <= settings.local_stt.port <= 65535:
             raise ConfigError("--port", "must be 0-65535")
@@ -173,27 +179,37 @@ def run_stt_local(args: argparse.Namespace) -> int:
         print(f"callbridge: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.logging.level, settings.logging.format)
-    if not recognizer.available():
-        print("callbridge: the embedded recognizer needs PocketSphinx: "
-              "pip install 'callbridge[local]'", file=sys.stderr)
+    model = settings.local_stt.model
+    if not recognizer.available(model):
+        print(f"callbridge: {recognizer.missing_message(model)}", file=sys.stderr)
         return 2
-    return asyncio.run(serve_local(settings.local_stt, announce=args.announce,
-                                   exit_with_parent=args.exit_with_parent))
+    try:
+        return asyncio.run(serve_local(settings.local_stt, announce=args.announce,
+                                       exit_with_parent=args.exit_with_parent))
+    except ConfigError as exc:  # the weights were refused: one line, no traceback
+        print(f"callbridge: {exc}", file=sys.stderr)
+        return 2
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
     from bridge.demo import run_demo
     from bridge.stt.local import recognizer
 
-    if not recognizer.available():
-        print("callbridge demo: the embedded recognizer needs PocketSphinx: "
-              "pip install 'callbridge[local]'", file=sys.stderr)
-        return 2
-    if args.speed <= 0:
-        print("callbridge demo: --speed must be positive", file=sys.stderr)
+    if not recognizer.available(args.model):
+        print(f"callbridge demo: {recognizer.missing_message(args.model)}", file=sys.stderr)
         return 2
     configure_logging("error", "console")
-    return asyncio.run(run_demo(speed=args.speed, live=False if args.no_live else None))
+    try:
+        return asyncio.run(run_demo(speed=args.speed, model=args.model,
+                                    live=False if args.no_live else None))
+    except ConfigError as exc:
+        print(f"callbridge demo: {exc}\nverdict: FAIL - the demo could not start",
+              file=sys.stderr)
+        return 2
+    except (OSError, TimeoutError) as exc:  # a port taken, a call that never ended
+        print(f"callbridge demo: verdict: FAIL - {type(exc).__name__}: {exc}",
+              file=sys.stderr)
+        return 1
 
 
 def run_outbox(args: argparse.Namespace) -> int:

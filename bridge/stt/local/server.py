@@ -48,14 +48,17 @@ JOB_QUEUE: Final = 8  # utterances waiting for recognition, per session
 class RecognizerPool:
     """The worker processes. Rebuilt when a worker dies (the pool is then unusable)."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, model: str = recognizer.WHISPER,
+                 beam_size: int = 1) -> None:
         self.workers = workers or os.cpu_count() or 1
+        self._init_args = (model, beam_size)
         self._pool = self._start()
 
     def _start(self) -> ProcessPoolExecutor:
         # spawn: workers must not inherit the event loop's state through fork.
         return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=recognizer.init_worker)
+                                   initializer=recognizer.init_worker,
+                                   initargs=self._init_args)
 
     async def warm_up(self) -> None:
         """Load the model in every worker before the first call needs it."""
@@ -94,7 +97,11 @@ def create_stt_app(settings: LocalSttSettings) -> web.Application:
 
 
 async def _pool(app: web.Application) -> AsyncIterator[None]:
-    pool = RecognizerPool(app[SETTINGS].workers)
+    settings = app[SETTINGS]
+    loop = asyncio.get_running_loop()
+    # Hashing the weights takes a moment: off the loop, once, before any worker loads them.
+    await loop.run_in_executor(None, recognizer.check_model, settings.model)
+    pool = RecognizerPool(settings.workers, settings.model, settings.beam_size)
     try:
         await pool.warm_up()
         app[POOL] = pool
