@@ -53,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     local.set_defaults(run=run_stt_local)
 
     demo = commands.add_parser("demo", help="run a whole sample call offline, with captions")
-    demo.add_argument("--speed", type=float, default=1.0, choices=(1.0, 2.0, 4.0), metavar="{1,2,4}",
+    demo.add_argument("--speed", type=float, default=1.0, choices=(1.0, 2.0, 4.0),
+                      metavar="{1,2,4}",
                       help="pace multiplier: 1 is real time; 4 is the most the embedded "
                            "recognizer sustains on a busy two-core machine")
     demo.add_argument("--model", choices=("whisper-tiny.en", "pocketsphinx"),
