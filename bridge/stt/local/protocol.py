@@ -23,6 +23,8 @@ RATES: Final[Mapping[str, tuple[int, ...]]] = {
     "mulaw": (8000,), "alaw": (8000,), "linear16": (8000, 16000, 24000)}
 # Not a Telnyx code: Telnyx documents no concurrency error for STT. Closed with 1013.
 TOO_MANY_SESSIONS: Final = "42900"
+# Not a Telnyx code either: the session sent speech much faster than it could be recognised.
+FELL_BEHIND: Final = "42901"
 
 
 @dataclass(frozen=True, slots=True)
