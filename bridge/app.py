@@ -104,8 +104,8 @@ async def _speech_to_text(app: web.Application) -> AsyncIterator[None]:
     async with EmbeddedRecognizer(workers=local.workers,
                                   max_sessions=local.max_sessions) as embedded:
         log.warning("no TELNYX_API_KEY: transcribing with the embedded recognizer "
-                    "(PocketSphinx, offline); its accuracy is for development, not production",
-                    url=embedded.url, pid=embedded.pid)
+                    "(offline); its accuracy is for development, not production",
+                    model=local.model, url=embedded.url, pid=embedded.pid)
         app[ENGINES] = Engines(settings, lambda: embedded.url)
         yield
 
