@@ -43,7 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     local.add_argument("--host", help="listen address (default 127.0.0.1)")
     local.add_argument("--port", type=int, help="listen port; 0 picks a free one")
     local.add_argument("--workers", type=int, help="recognition processes (0: one per CPU)")
-    local.add_argument("--max-sessions", type=int, help="concurrent sessions served")
+    local.add_argument("--max-sessions", type=int,
+                       help="concurrent sessions served (0: 8 per recognition process)")
     local.add_argument("--model", choices=("whisper-tiny.en", "pocketsphinx"),
                        help="recognition model (default: local_stt.model, whisper-tiny.en)")
     local.add_argument("--announce", action="store_true",

@@ -153,7 +153,7 @@ class LocalSttSettings:
     host: str = "127.0.0.1"
     port: int = 8765
     workers: int = 0
-    max_sessions: int = 16
+    max_sessions: int = 0  # 0: SESSIONS_PER_WORKER per worker (bridge/stt/local/server.py)
     endpointing_ms: int = 600
     partial_every_ms: int = 1000
     max_utterance_ms: int = 15000
@@ -687,7 +687,8 @@ def _validate(settings: Settings, origin: Mapping[tuple[str, str], str]) -> None
           "must be 0-65535")
     check(0 <= s.local_stt.workers <= 64, "local_stt", "workers",
           "must be 0-64 (0: one per CPU)")
-    check(1 <= s.local_stt.max_sessions <= 1000, "local_stt", "max_sessions", "must be 1-1000")
+    check(0 <= s.local_stt.max_sessions <= 1000, "local_stt", "max_sessions",
+          "must be 0-1000 (0: 8 per recognition worker)")
     check(100 <= s.local_stt.endpointing_ms <= 10000, "local_stt", "endpointing_ms",
           "must be 100-10000")
     check(200 <= s.local_stt.partial_every_ms <= 10000, "local_stt", "partial_every_ms",

@@ -47,6 +47,15 @@ MAX_AUDIO_MESSAGE: Final = 1024 * 1024
 # Speech awaiting recognition, per session. Far above what a paced call accumulates (one
 # utterance at a time); reached only when audio arrives much faster than it is recognised.
 MAX_BACKLOG_MS: Final = 60_000
+# Legs one worker (one core) recognises in real time with finals only, on a busy machine
+# (bench/README.md); the default session limit is this many per worker.
+SESSIONS_PER_WORKER: Final = 8
+
+
+def session_limit(settings: LocalSttSettings) -> int:
+    """``local_stt.max_sessions``, or when it is 0 what the workers sustain."""
+    workers = settings.workers or os.cpu_count() or 1
+    return settings.max_sessions or SESSIONS_PER_WORKER * workers
 
 
 class RecognizerPool:
@@ -133,11 +142,12 @@ async def transcription(request: web.Request) -> web.StreamResponse:
         await ws.send_str(error_frame(checked))
         await ws.close(code=1008, message=checked.title.encode())
         return ws
-    if len(app[ACTIVE]) >= settings.max_sessions:
-        log.warning("session refused: max_sessions reached", max_sessions=settings.max_sessions)
+    limit = session_limit(settings)
+    if len(app[ACTIVE]) >= limit:
+        log.warning("session refused: max_sessions reached", max_sessions=limit)
         await ws.send_str(error_frame(QueryError(
             TOO_MANY_SESSIONS, "Too many concurrent sessions",
-            f"the embedded recognizer serves at most {settings.max_sessions} sessions",
+            f"the embedded recognizer serves at most {limit} sessions",
             "max_sessions")))
         await ws.close(code=CLOSE_TRY_AGAIN_LATER, message=b"too many sessions")
         return ws

@@ -33,10 +33,14 @@ class EmbeddedRecognizerError(RuntimeError):
 class EmbeddedRecognizer:
     """The child process and its address. Use ``async with``; ``url`` is current."""
 
-    def __init__(self, *, workers: int = 0, max_sessions: int = 16) -> None:
+    def __init__(self, *, workers: int = 0, max_sessions: int = 0,
+                 model: str | None = None) -> None:
+        """``model`` None: the child reads ``local_stt.model`` from its own settings."""
         self._args = [sys.executable, "-m", "bridge", "stt-local", "--port", "0",
                       "--announce", "--exit-with-parent", "--workers", str(workers),
                       "--max-sessions", str(max_sessions)]
+        if model is not None:
+            self._args += ["--model", model]
         self._process: asyncio.subprocess.Process | None = None
         self._port: int | None = None
         self._stopping = False
