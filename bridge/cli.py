@@ -194,6 +194,8 @@ def run_stt_local(args: argparse.Namespace) -> int:
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
+    import aiohttp
+
     from bridge.demo import run_demo
     from bridge.stt.local import recognizer
 
@@ -208,10 +210,13 @@ def run_demo_command(args: argparse.Namespace) -> int:
         print(f"callbridge demo: {exc}\nverdict: FAIL - the demo could not start",
               file=sys.stderr)
         return 2
-    except (OSError, TimeoutError) as exc:  # a port taken, a call that never ended
+    except (OSError, TimeoutError, aiohttp.ClientError) as exc:  # a call that never ended
         print(f"callbridge demo: verdict: FAIL - {type(exc).__name__}: {exc}",
               file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("\ncallbridge demo: interrupted", file=sys.stderr)
+        return 130
 
 
 def run_outbox(args: argparse.Namespace) -> int:

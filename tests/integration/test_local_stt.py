@@ -195,3 +195,23 @@ async def test_sessions_beyond_the_limit_get_a_clear_error_not_a_hang(local_stt:
         assert third.close_code == 1013
         for ws in (first, second):
             await ws.close()
+
+
+@pytest.mark.skipif(not recognizer.available(recognizer.POCKETSPHINX),
+                    reason="needs the `local-lite` extra: pip install -e '.[local-lite]'")
+async def test_pocketsphinx_stays_available_as_the_light_model() -> None:
+    settings = LocalSttSettings(model=recognizer.POCKETSPHINX, workers=1, max_sessions=1)
+    runner = web.AppRunner(create_stt_app(settings), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        url = f"ws://127.0.0.1:{runner.addresses[0][1]}{PATH}"
+        agent = (SAMPLE / "agent.ulaw").read_bytes()
+        frames = await transcribe(url, agent, "input_format=mulaw&sample_rate=8000")
+    finally:
+        await runner.cleanup()
+    finals = [f for f in frames if f["is_final"]]
+    assert len(finals) == 4
+    heard = " ".join(str(f["transcript"]) for f in finals)
+    assert word_error_rate(REFERENCE["reference"]["agent"], heard) < 1.0  # it hears words
+    assert {"how", "account", "removed"} <= set(words(heard))
