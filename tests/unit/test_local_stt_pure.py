@@ -173,3 +173,12 @@ def test_the_model_setting_takes_the_two_engines_only() -> None:
     with pytest.raises(ConfigError, match=r"LOCAL_STT_MODEL: must be whisper-tiny\.en"):
         load_settings(environ={"CALLBRIDGE_LOCAL_STT_MODEL": "whisper-large"})
     assert set(recognizer.MODELS) == {"whisper-tiny.en", "pocketsphinx"}
+
+
+def test_the_session_limit_defaults_to_what_the_workers_sustain() -> None:
+    from bridge.config import LocalSttSettings
+    from bridge.stt.local.server import SESSIONS_PER_WORKER, session_limit
+
+    assert session_limit(LocalSttSettings(workers=2)) == 2 * SESSIONS_PER_WORKER
+    assert session_limit(LocalSttSettings(workers=3, max_sessions=5)) == 5
+    assert load_settings(environ={}).local_stt.max_sessions == 0
