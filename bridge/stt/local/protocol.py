@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from bridge.config import TELNYX_ENGINES
+from bridge.errors import InvalidNumber
+from bridge.numbers import read_int
 
 PATH: Final = "/v2/speech-to-text/transcription"
 KNOWN_FORMATS: Final = ("mp3", "wav", "webm", "ogg", "flac", "ogg_opus", "webm_opus",
@@ -23,6 +25,8 @@ RATES: Final[Mapping[str, tuple[int, ...]]] = {
     "mulaw": (8000,), "alaw": (8000,), "linear16": (8000, 16000, 24000)}
 # Not a Telnyx code: Telnyx documents no concurrency error for STT. Closed with 1013.
 TOO_MANY_SESSIONS: Final = "42900"
+# Not a Telnyx code either: the session sent speech much faster than it could be recognised.
+FELL_BEHIND: Final = "42901"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,10 +63,11 @@ def check_query(query: Mapping[str, str]) -> SessionParams | QueryError:
     if raw_rate is None:
         return QueryError("40003", "Sample rate required",
                           f"sample_rate is required for {fmt!r}", "sample_rate")
-    if not raw_rate.isdigit() or int(raw_rate) <= 0:
+    try:
+        rate = read_int(raw_rate, field="sample_rate", low=1, high=192_000)
+    except InvalidNumber:
         return QueryError("40004", "Invalid sample rate",
                           "sample_rate must be a positive integer", "sample_rate")
-    rate = int(raw_rate)
     if rate not in RATES[fmt]:
         allowed = " or ".join(str(r) for r in RATES[fmt])
         return QueryError("40005", "Invalid sample rate for format",
@@ -72,10 +77,11 @@ def check_query(query: Mapping[str, str]) -> SessionParams | QueryError:
     if endpointing == "false":
         endpointing_ms = 0
     elif endpointing is not None:
-        if not endpointing.isdigit():
+        try:
+            endpointing_ms = read_int(endpointing, field="endpointing", low=0, high=60_000)
+        except InvalidNumber:
             return QueryError("40008", "Invalid endpointing",
                               "endpointing must be milliseconds or false", "endpointing")
-        endpointing_ms = int(endpointing)
     return SessionParams(fmt, rate, query.get("interim_results") == "true", endpointing_ms)
 
 

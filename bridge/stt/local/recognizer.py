@@ -1,53 +1,64 @@
-"""PocketSphinx decoding, run in worker processes (never on the event loop).
+"""Recognition in worker processes (never on the event loop), with the configured model.
 
-Each worker process builds one ``Decoder`` at start-up (``init_worker``) and then decodes
-whole utterances (``decode``). Decoding an utterance in one call is stateless between calls,
-so any worker can take any utterance and a crashed worker loses nothing but its job.
+Each worker process builds one decoder at start-up (``init_worker``) and then decodes whole
+utterances (``decode``). Decoding an utterance in one call is stateless between calls, so
+any worker can take any utterance and a crashed worker loses nothing but its job.
 
-Telephone tuning, measured with ``bench/local_stt.py`` (figures in bench/README.md): the
-model shipped with the ``pocketsphinx`` wheel is a 16 kHz continuous US-English model. Three
-ways to feed it 8 kHz G.711 were compared: decoding natively at 8 kHz with the model's
-filter bank narrowed to the telephone band, the same at 16 kHz, and resampling the call
-audio to 16 kHz with a filtered rate converter. Resampling won clearly; narrowing the filter
-bank moves the features away from what the model was trained on and loses more than the
-empty upper band costs. So audio is resampled to 16 kHz. Raising the language-model weight
-from the model's 6.5 to 8 lowered the error rate and made decoding faster (a narrower
-search); 5, 7, 9 and 10 did worse. These figures come from synthetic speech on one short
-call: they guide the choice, they do not promise accuracy on real calls.
+Models (``local_stt.model``): ``whisper-tiny.en`` (the ``local`` extra; see ``whisper.py``)
+and ``pocketsphinx`` (the ``local-lite`` extra; see ``sphinx.py``). Both take 16 kHz audio:
+8 kHz telephone audio is resampled with a filtered rate converter first.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import threading
 import time
-from typing import Any, Final
+from typing import Final, Protocol
 
 from bridge.codecs.g711 import audioop
+from bridge.errors import ConfigError
+from bridge.stt.local import sphinx, whisper
 
 MODEL_RATE: Final = 16000
-LANGUAGE_WEIGHT: Final = 8.0
+WHISPER: Final = "whisper-tiny.en"
+POCKETSPHINX: Final = "pocketsphinx"
+MODELS: Final = (WHISPER, POCKETSPHINX)
+EXTRAS: Final = {WHISPER: "local", POCKETSPHINX: "local-lite"}
 PARENT_CHECK_S: Final = 1.0
-FILLER = re.compile(r"^(<s>|</s>|<sil>|\[.*\]|\+.*\+)$")
-ALTERNATE = re.compile(r"\(\d+\)$")
-
-# Two decoders per worker: decoding an utterance's prefix for a partial result leaves state
-# behind that changes the next result, so partials never share a decoder with finals. Finals
-# were checked to come out the same whatever finals came before them.
-_decoders: dict[bool, Any] = {}
+# One thread per worker: the pool is the parallelism. Numerical libraries would otherwise
+# start a thread per core in every worker and fight each other on a shared machine.
+_THREAD_VARIABLES: Final = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def available() -> bool:
-    """Whether the ``pocketsphinx`` package (the ``callbridge[local]`` extra) is installed."""
-    try:
-        import pocketsphinx  # noqa: F401  (probing only)
-    except ImportError:
-        return False
-    return True
+class Decoder(Protocol):
+    def decode(self, pcm: bytes, final: bool) -> tuple[str, float]: ...
 
 
-def init_worker() -> None:
+_decoder: list[Decoder] = []  # this worker process's decoder, once loaded
+
+
+def available(model: str = WHISPER) -> bool:
+    """Whether the packages ``model`` needs are installed."""
+    return whisper.available() if model == WHISPER else sphinx.available()
+
+
+def missing_message(model: str = WHISPER) -> str:
+    """One line telling how to install what ``model`` needs."""
+    name = "Whisper (faster-whisper)" if model == WHISPER else "PocketSphinx"
+    return (f"the embedded recognizer ({model}) needs {name}: "
+            f"pip install 'callbridge[{EXTRAS.get(model, 'local')}]'")
+
+
+def check_model(model: str) -> None:
+    """Run once before workers start: refuse weights that are not the pinned ones."""
+    if model == WHISPER:
+        whisper.verify_weights()
+    elif model != POCKETSPHINX:
+        raise ConfigError("local_stt.model", f"must be one of {', '.join(MODELS)}")
+
+
+def init_worker(model: str = WHISPER, beam_size: int = 1) -> None:
     """Prepare a worker process: detach it from stdout, watch its parent, load the model.
 
     stdout is the supervisor's pipe for the ready line: a worker holding it would keep that
@@ -58,15 +69,16 @@ def init_worker() -> None:
     os.close(devnull)
     parent = os.getppid()
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
-    load_model()
+    load_model(model, beam_size)
 
 
-def load_model() -> None:
-    """Build this process's decoders: one for finals, one for partials."""
-    from pocketsphinx import Decoder
-
-    for final in (True, False):
-        _decoders[final] = Decoder(lw=LANGUAGE_WEIGHT, loglevel="FATAL")
+def load_model(model: str = WHISPER, beam_size: int = 1) -> None:
+    """Build this process's decoder (replacing any earlier one)."""
+    for variable in _THREAD_VARIABLES:
+        os.environ[variable] = "1"
+    decoder: Decoder = (whisper.WhisperDecoder(beam_size) if model == WHISPER
+                        else sphinx.SphinxDecoder())
+    _decoder[:] = [decoder]
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -77,23 +89,11 @@ def _exit_with_parent(parent: int) -> None:
 
 def decode(pcm: bytes, sample_rate: int, final: bool = True) -> tuple[str, float]:
     """Recognise one utterance of 16-bit mono PCM; returns (text, confidence 0..1)."""
-    if not _decoders:
+    if not _decoder:
         load_model()
     if sample_rate != MODEL_RATE:
         pcm, _ = audioop.ratecv(pcm, 2, 1, sample_rate, MODEL_RATE, None)
-    decoder = _decoders[final]
-    decoder.start_utt()
-    decoder.process_raw(pcm, full_utt=True)
-    decoder.end_utt()
-    words: list[str] = []
-    posteriors: list[float] = []
-    for segment in decoder.seg():
-        if FILLER.match(segment.word):
-            continue
-        words.append(ALTERNATE.sub("", segment.word))
-        posteriors.append(min(max(float(segment.prob), 0.0), 1.0))
-    confidence = sum(posteriors) / len(posteriors) if posteriors else 0.0
-    return " ".join(words), round(confidence, 3)
+    return _decoder[0].decode(pcm, final)
 
 
 def warm_up() -> bool:

@@ -12,7 +12,7 @@ import structlog
 from aiohttp import web
 
 from bridge.config import LocalSttSettings
-from bridge.stt.local.server import create_stt_app
+from bridge.stt.local.server import create_stt_app, session_limit
 
 log = structlog.get_logger("bridge.stt.local")
 
@@ -34,7 +34,8 @@ async def serve_local(settings: LocalSttSettings, *, announce: bool = False,
         await site.start()
         port = runner.addresses[0][1]
         log.info("embedded recognizer listening", host=settings.host, port=port,
-                 workers=settings.workers or os.cpu_count(), max_sessions=settings.max_sessions)
+                 workers=settings.workers or os.cpu_count(), max_sessions=session_limit(settings),
+                 model=settings.model)
         if announce:
             sys.stdout.write(json.dumps({"port": port}) + "\n")
             sys.stdout.flush()

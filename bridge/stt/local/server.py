@@ -4,14 +4,15 @@ It speaks the part of the Telnyx STT protocol the bridge uses (same path and que
 parameters, binary audio, transcript and error frames, ``CloseStream``), so the bridge's
 whole path runs exactly as in production. Segmentation on silence runs on the event loop
 (cheap: one RMS per 20 ms block); recognition runs in a pool of worker processes. Each
-session's results are produced in order by one task; a session whose recognition falls
-behind pushes back on its socket rather than queueing without bound.
+session's results are produced in order by one task, so at most one decode per session is
+in flight. The socket is always read, even while recognition is busy, so a client's close is
+answered at once. Audio awaiting recognition is bounded per session (``MAX_BACKLOG_MS``): a
+session that falls further behind gets an error frame and close 1013, never a silent loss.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import multiprocessing
 import os
@@ -28,6 +29,7 @@ from bridge.config import LocalSttSettings
 from bridge.errors import CLOSE_NORMAL
 from bridge.stt.local import recognizer
 from bridge.stt.local.protocol import (
+    FELL_BEHIND,
     PATH,
     TOO_MANY_SESSIONS,
     QueryError,
@@ -42,20 +44,34 @@ log = structlog.get_logger("bridge.stt.local")
 
 CLOSE_TRY_AGAIN_LATER: Final = 1013
 MAX_AUDIO_MESSAGE: Final = 1024 * 1024
-JOB_QUEUE: Final = 8  # utterances waiting for recognition, per session
+# Speech awaiting recognition, per session. Far above what a paced call accumulates (one
+# utterance at a time); reached only when audio arrives much faster than it is recognised.
+MAX_BACKLOG_MS: Final = 60_000
+# Legs one worker (one core) recognises in real time with finals only, on a busy machine
+# (bench/README.md); the default session limit is this many per worker.
+SESSIONS_PER_WORKER: Final = 8
+
+
+def session_limit(settings: LocalSttSettings) -> int:
+    """``local_stt.max_sessions``, or when it is 0 what the workers sustain."""
+    workers = settings.workers or os.cpu_count() or 1
+    return settings.max_sessions or SESSIONS_PER_WORKER * workers
 
 
 class RecognizerPool:
     """The worker processes. Rebuilt when a worker dies (the pool is then unusable)."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, model: str = recognizer.WHISPER,
+                 beam_size: int = 1) -> None:
         self.workers = workers or os.cpu_count() or 1
+        self._init_args = (model, beam_size)
         self._pool = self._start()
 
     def _start(self) -> ProcessPoolExecutor:
         # spawn: workers must not inherit the event loop's state through fork.
         return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=recognizer.init_worker)
+                                   initializer=recognizer.init_worker,
+                                   initargs=self._init_args)
 
     async def warm_up(self) -> None:
         """Load the model in every worker before the first call needs it."""
@@ -94,7 +110,11 @@ def create_stt_app(settings: LocalSttSettings) -> web.Application:
 
 
 async def _pool(app: web.Application) -> AsyncIterator[None]:
-    pool = RecognizerPool(app[SETTINGS].workers)
+    settings = app[SETTINGS]
+    loop = asyncio.get_running_loop()
+    # Hashing the weights takes a moment: off the loop, once, before any worker loads them.
+    await loop.run_in_executor(None, recognizer.check_model, settings.model)
+    pool = RecognizerPool(settings.workers, settings.model, settings.beam_size)
     try:
         await pool.warm_up()
         app[POOL] = pool
@@ -122,11 +142,12 @@ async def transcription(request: web.Request) -> web.StreamResponse:
         await ws.send_str(error_frame(checked))
         await ws.close(code=1008, message=checked.title.encode())
         return ws
-    if len(app[ACTIVE]) >= settings.max_sessions:
-        log.warning("session refused: max_sessions reached", max_sessions=settings.max_sessions)
+    limit = session_limit(settings)
+    if len(app[ACTIVE]) >= limit:
+        log.warning("session refused: max_sessions reached", max_sessions=limit)
         await ws.send_str(error_frame(QueryError(
             TOO_MANY_SESSIONS, "Too many concurrent sessions",
-            f"the embedded recognizer serves at most {settings.max_sessions} sessions",
+            f"the embedded recognizer serves at most {limit} sessions",
             "max_sessions")))
         await ws.close(code=CLOSE_TRY_AGAIN_LATER, message=b"too many sessions")
         return ws
@@ -154,48 +175,77 @@ class Session:
             else endpointing or settings.max_utterance_ms,
             max_utterance_ms=settings.max_utterance_ms,
             partial_every_ms=settings.partial_every_ms if params.interim_results else None)
-        self.jobs: asyncio.Queue[Segment | None] = asyncio.Queue(JOB_QUEUE)
+        # Bounded by MAX_BACKLOG_MS of finals, plus at most one partial.
+        self.jobs: asyncio.Queue[Segment | None] = asyncio.Queue()
+        self.backlog_ms = 0
         self._odd = b""
         self._rate_state: Any = None  # audioop.ratecv carries it between frames
 
     async def run(self) -> None:
         """Read until CloseStream or the client's close. Cancelling drops pending results."""
+        ending = "closed"
         async with asyncio.TaskGroup() as tasks:
             recognising = tasks.create_task(self._recognise())
             try:
-                closing = await self._read()
+                ending = await self._read()
             finally:
-                if not recognising.done():
-                    if closing:
-                        await self.jobs.put(None)
-                    else:
-                        recognising.cancel()
-            await recognising
-            if closing and not self.ws.closed:
-                await self.ws.close(code=CLOSE_NORMAL)
+                if ending != "close_stream":
+                    recognising.cancel()
+            if ending == "close_stream":
+                self.jobs.put_nowait(None)
+                # Keep reading while the last results are recognised: a client that stops
+                # waiting and closes gets its close answered at once, not after the backlog.
+                closed = tasks.create_task(self._drain())
+                await asyncio.wait({recognising, closed}, return_when=asyncio.FIRST_COMPLETED)
+                recognising.cancel()
+                closed.cancel()
+        if ending == "behind":
+            log.warning("session closed: recognition fell behind",
+                        backlog_ms=self.backlog_ms, limit_ms=MAX_BACKLOG_MS)
+            await self._send(error_frame(QueryError(
+                FELL_BEHIND, "Recognition fell behind",
+                f"more than {MAX_BACKLOG_MS // 1000} s of speech awaited recognition; "
+                "send audio no faster than real time", "audio")))
+            await self.ws.close(code=CLOSE_TRY_AGAIN_LATER, message=b"recognition behind")
+        elif ending == "close_stream" and not self.ws.closed:
+            await self.ws.close(code=CLOSE_NORMAL)
 
-    async def _read(self) -> bool:
-        """Feed audio to the segmenter; True when the client asked to close the stream."""
+    async def _read(self) -> str:
+        """Feed audio to the segmenter until the stream ends; returns how it ended:
+        ``close_stream`` (the client asked), ``closed`` (the socket closed) or ``behind``."""
         async for message in self.ws:
             if message.type is WSMsgType.BINARY:
                 for segment in self.segmenter.feed(self._to_pcm(message.data)):
-                    await self._submit(segment)
+                    if not self._submit(segment):
+                        return "behind"
             elif message.type is WSMsgType.TEXT:
                 control = _control(message.data)
                 if control in ("CloseStream", "Finalize"):
                     for segment in self.segmenter.flush():
-                        await self._submit(segment)
+                        if not self._submit(segment):
+                            return "behind"
                     if control == "CloseStream":
-                        return True
+                        return "close_stream"
                 # KeepAlive and any other text: ignored, as Telnyx documents
-        return False
+        return "closed"
 
-    async def _submit(self, segment: Segment) -> None:
+    async def _drain(self) -> None:
+        """After CloseStream: ignore what the client sends until it closes."""
+        async for _ in self.ws:
+            pass
+
+    def _submit(self, segment: Segment) -> bool:
+        """Queue a segment for recognition; False when the backlog would pass its bound."""
         if not segment.final:
-            with contextlib.suppress(asyncio.QueueFull):  # behind already: skip the partial
+            if self.jobs.empty():  # a partial waits only when nothing else does
                 self.jobs.put_nowait(segment)
-        else:
-            await self.jobs.put(segment)  # back-pressure: stop reading until there is room
+            return True
+        length_ms = self._length_ms(segment)
+        if self.backlog_ms + length_ms > MAX_BACKLOG_MS:
+            return False
+        self.backlog_ms += length_ms
+        self.jobs.put_nowait(segment)
+        return True
 
     async def _recognise(self) -> None:
         while (segment := await self.jobs.get()) is not None:
@@ -205,14 +255,29 @@ class Session:
                 text, confidence = await self.pool.decode(segment.pcm, self.segmenter.rate,
                                                           segment.final)
             except BrokenProcessPool:
-                await self.ws.send_str(error_frame(QueryError(
+                await self._send(error_frame(QueryError(
                     "50000", "Recognizer failed", "a recognition worker died", "audio")))
                 await self.ws.close(code=1011, message=b"recognizer failed")
                 return
-            if text and not self.ws.closed:
-                await self.ws.send_str(transcript_frame(
+            if segment.final:
+                self.backlog_ms -= self._length_ms(segment)
+            if text and not await self._send(transcript_frame(
                     text, is_final=segment.final, confidence=confidence,
-                    start_ms=segment.start_ms, end_ms=segment.end_ms))
+                    start_ms=segment.start_ms, end_ms=segment.end_ms)):
+                return
+
+    async def _send(self, frame: str) -> bool:
+        """Send a frame; False when the client has gone (nothing left to tell it)."""
+        if self.ws.closed:
+            return False
+        try:
+            await self.ws.send_str(frame)
+        except ConnectionResetError:  # closed between the check and the write
+            return False
+        return True
+
+    def _length_ms(self, segment: Segment) -> int:
+        return len(segment.pcm) * 1000 // (self.segmenter.rate * 2)
 
     def _to_pcm(self, data: bytes) -> bytes:
         fmt = self.params.input_format

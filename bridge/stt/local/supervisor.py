@@ -17,6 +17,7 @@ from typing import Final
 
 import structlog
 
+from bridge.errors import CallbridgeError
 from bridge.stt.local.protocol import PATH
 
 log = structlog.get_logger("bridge.stt.local")
@@ -26,17 +27,21 @@ STOP_TIMEOUT_S: Final = 10.0
 MAX_RESTART_DELAY_S: Final = 30.0
 
 
-class EmbeddedRecognizerError(RuntimeError):
-    """The embedded recognizer could not be started."""
+class EmbeddedRecognizerError(CallbridgeError):
+    """The embedded recognizer could not be started (its one line says why)."""
 
 
 class EmbeddedRecognizer:
     """The child process and its address. Use ``async with``; ``url`` is current."""
 
-    def __init__(self, *, workers: int = 0, max_sessions: int = 16) -> None:
+    def __init__(self, *, workers: int = 0, max_sessions: int = 0,
+                 model: str | None = None) -> None:
+        """``model`` None: the child reads ``local_stt.model`` from its own settings."""
         self._args = [sys.executable, "-m", "bridge", "stt-local", "--port", "0",
                       "--announce", "--exit-with-parent", "--workers", str(workers),
                       "--max-sessions", str(max_sessions)]
+        if model is not None:
+            self._args += ["--model", model]
         self._process: asyncio.subprocess.Process | None = None
         self._port: int | None = None
         self._stopping = False
