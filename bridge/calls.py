@@ -1,10 +1,10 @@
-"""Call and Leg: the only place where ingress, codecs, speech-to-text and delivery meet.
+"""The call: the only place where ingress, legs and delivery meet.
 
-A ``Call`` is one media connection. It owns one ``Leg`` per track, created when the track's
-first audio arrives; each leg runs one upstream recognition session in the call's task group.
-Ingress events are handled synchronously (the media reader never waits); audio flows to each
-leg's session through a bounded buffer that drops its oldest chunk, counted, when the upstream
-falls behind real time.
+A ``Call`` is one media connection. It dispatches the stream's ingress events, creates one
+``Leg`` per track when the track's first audio arrives (each leg's sessions run in the call's
+task group), builds and publishes the call's events, and writes its summary. Ingress events
+are handled synchronously: the media reader never waits. Dependencies point one way: the
+call uses legs (``bridge.legs``), legs never see the call.
 """
 
 from __future__ import annotations
@@ -16,15 +16,13 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
 import structlog
 
 from bridge.admission import LiveCalls
-from bridge.compliance.mask import MASKED_ON_RECOVERY, mask_numbers
-from bridge.compliance.redact import LegRedactor, Policy, Redacted, Released, policy_for
+from bridge.compliance.redact import policy_for
 from bridge.config import Settings
 from bridge.delivery.retry import Outcome
 from bridge.delivery.webhooks import EventSink
@@ -46,10 +44,10 @@ from bridge.events import (
     StreamStarted,
     StreamStopped,
     Track,
-    TranscriptResult,
 )
-from bridge.legs.audio import LegAudio
-from bridge.legs.upstream import Upstream, UpstreamHooks, UpstreamState, UpstreamTimers
+from bridge.legs.leg import Leg
+from bridge.legs.transcripts import LegTranscripts
+from bridge.legs.upstream import UpstreamHooks
 from bridge.metrics import Metrics
 from bridge.stt.base import EngineSession
 
@@ -62,104 +60,6 @@ PROVIDER_ERRORS_LOGGED: Final = 5  # per stream; the rest only counted
 # Pause/resume marks a stream may send: each is an event to every target, and an interval
 # in the leg's audit.
 MAX_STREAM_PAUSES: Final = 200
-
-
-class Leg:
-    """One track of a call: its audio pipeline, its upstream session, its transcripts.
-
-    Built by its call with what it needs; it never holds the call.
-    """
-
-    def __init__(self, track: Track, *, settings: Settings, encoding: AudioEncoding,
-                 sample_rate: int, engine_name: str, hooks: UpstreamHooks, metrics: Metrics,
-                 policy: Policy) -> None:
-        self.track = track
-        self.speaker = getattr(settings.speakers, track.value)
-        self._max_buffer_ms = settings.audio.max_buffer_ms
-        audio = settings.audio
-        self.audio = LegAudio(encoding, sample_rate=sample_rate,
-                              chunk_ms=audio.chunk_ms,
-                              reorder_window=audio.reorder_window_frames,
-                              max_gap_fill_ms=audio.max_gap_fill_ms,
-                              max_buffer_ms=audio.max_buffer_ms,
-                              replay_ms=settings.stt.replay_ms)
-        stt = settings.stt
-        self.upstream = Upstream(self.audio, engine_name, hooks, metrics, leg=track.value,
-                                 timers=UpstreamTimers(stt.silence_timeout_s,
-                                                       stt.roll_margin_s, stt.close_grace_s))
-        self._policy = policy
-        self._warned_drops = False
-        self.sequence = 0  # finals published so far
-        self.partials = 0
-        self.finals: list[str] = []
-        self.task: asyncio.Task[None] | None = None
-        self.redactor: LegRedactor[TranscriptResult] = LegRedactor(policy)
-        self.hold_timer: asyncio.Task[None] | None = None
-
-    @property
-    def engine_name(self) -> str:
-        return self.upstream.engine_name
-
-    async def run(self) -> None:
-        """The leg's upstream sessions (see ``Upstream.run``)."""
-        structlog.contextvars.bind_contextvars(leg=self.track.value)
-        await self.upstream.run()
-
-    # -- media side: synchronous, called for every frame -------------------------------------
-
-    def push(self, frame: AudioFrame) -> None:
-        """Add one frame of audio. Never waits."""
-        audio = self.audio
-        if audio.push(frame.payload, frame.timestamp_ms):
-            self.upstream.wake()
-        if audio.counters.chunks_dropped and not self._warned_drops:
-            self._warned_drops = True
-            log.warning("upstream is slower than real time; dropping oldest audio",
-                        leg=self.track.value, buffer_ms=self._max_buffer_ms)
-
-    def end_of_audio(self) -> None:
-        """No more audio: flush the reframer and let the session finish."""
-        self.audio.end()
-        self.upstream.wake()
-
-    @property
-    def paused(self) -> bool:
-        return self.audio.paused
-
-    def set_paused(self, paused: bool) -> bool:
-        """Pause or resume sending this leg's audio; False when nothing changed."""
-        return self.audio.set_paused(paused)
-
-    def summary(self) -> dict[str, Any]:
-        audio, upstream = self.audio, self.upstream
-        stats = audio.stats
-        return {
-            "leg": self.track.value,
-            "speaker": self.speaker,
-            "audio_ms": audio.audio_ms,
-            "frames": stats.frames,
-            "bytes": stats.bytes_in,
-            "gaps_filled": stats.gaps_filled,
-            "gap_fill_ms": stats.gap_fill_ms,
-            "late_frames_dropped": stats.late_dropped,
-            "chunks_dropped": audio.counters.chunks_dropped,
-            # after a fatal upstream failure
-            "bytes_untranscribed": audio.counters.bytes_discarded,
-            "transcripts": self.sequence,
-            "partials": self.partials,
-            "upstream": "failed" if upstream.state is UpstreamState.FAILED else "ok",
-            "reconnects": upstream.reconnects,
-            "engine": upstream.engine_name,
-            "failed_over": upstream.failed_over,
-            "rolls": upstream.rolls,
-            "redaction": {
-                "enabled": self._policy.enabled,
-                "policies": self._policy.names(),
-                "counts": dict(sorted(self.redactor.totals.items())),
-                "paused": [{"start_ms": start, "end_ms": end}
-                           for start, end in audio.pauses],
-            },
-        }
 
 
 class EngineCatalog(Protocol):
@@ -225,7 +125,6 @@ class Call:
         self._in_flight: set[asyncio.Future[Outcome]] = set()
         self._outcomes: Counter[str] = Counter()
         self._partials_published = 0
-        self._held_stored: set[Track] = set()  # legs with held finals in the outbox
 
     @property
     def encoding(self) -> AudioEncoding:
@@ -339,8 +238,17 @@ class Call:
         self.metrics.legs_active.labels(started.provider).inc()
         leg: Leg
 
-        def on_result(result: TranscriptResult) -> None:
-            self.on_result(leg, result)
+        def publish(kind: EventType, fields: Mapping[str, Any]) -> None:
+            self.metrics.transcripts.labels(
+                "final" if kind is EventType.TRANSCRIPT_FINAL else "partial").inc()
+            self._publish(kind, leg, fields)
+
+        def hold(finals: list[dict[str, Any]]) -> None:
+            self._sink.hold(self.key or started.call_id, track.value,
+                            [self._event(EventType.TRANSCRIPT_FINAL, leg, f) for f in finals])
+
+        transcripts = LegTranscripts(self.policy, hold_s=self.settings.compliance.hold_s,
+                                     publish=publish, hold=hold)
 
         def on_failover(previous: str, to: str, error: UpstreamError) -> None:
             self.on_failover(leg, previous, to, error)
@@ -350,98 +258,16 @@ class Call:
 
         hooks = UpstreamHooks(open_engine=self.open_engine,
                               max_session_s=self._engines.max_session_s,
-                              secondary=self._engines.secondary, on_result=on_result,
+                              secondary=self._engines.secondary, on_result=transcripts.result,
                               on_failover=on_failover, on_error=on_error)
         leg = Leg(track, settings=self.settings, encoding=started.encoding,
                   sample_rate=started.sample_rate, engine_name=self.engine_name, hooks=hooks,
-                  metrics=self.metrics, policy=self.policy)
+                  transcripts=transcripts, metrics=self.metrics, policy=self.policy)
         self.legs[track] = leg
         if self.paused:
             leg.set_paused(True)
         leg.task = self._tasks.create_task(leg.run(), name=f"leg {track.value}")
         return leg
-
-    def on_result(self, leg: Leg, result: TranscriptResult) -> None:
-        """A result from a leg's engine: redact it, then publish it (finals maybe later)."""
-        if not result.is_final:
-            redacted = leg.redactor.partial(result.text)
-            leg.partials += 1
-            # A partial carries the sequence number its final will have: it updates in place.
-            self._publish_transcript(leg, result, redacted,
-                                     leg.sequence + len(leg.redactor.held) + 1)
-            return
-        self._release(leg, leg.redactor.final(result.text, result))
-        if leg.hold_timer is not None:
-            leg.hold_timer.cancel()
-            leg.hold_timer = None
-        if leg.redactor.holding:
-            leg.hold_timer = self._tasks.create_task(self._hold_expired(leg))
-        self._store_held(leg)
-
-    async def _hold_expired(self, leg: Leg) -> None:
-        """A held final waited ``compliance.hold_s`` for the next one: release it."""
-        await asyncio.sleep(self.settings.compliance.hold_s)
-        leg.hold_timer = None
-        self._release(leg, leg.redactor.flush())
-        self._store_held(leg)
-
-    def _store_held(self, leg: Leg) -> None:
-        """Keep the leg's held finals in the outbox, every number masked, so that a crash
-        while they wait loses nothing and writes no digit; each call replaces the last."""
-        held = [text for text, _ in leg.redactor.held]
-        if not held and leg.track not in self._held_stored:
-            return
-        self._held_stored.discard(leg.track)
-        if held:
-            self._held_stored.add(leg.track)
-        finals = []
-        for n, (text, result) in enumerate(leg.redactor.held, start=1):
-            finals.append(self._event(EventType.TRANSCRIPT_FINAL, leg, {
-                "sequence": leg.sequence + n,
-                "text": mask_numbers(text),
-                "is_final": True,
-                "confidence": result.confidence,
-                "start_ms": result.start_ms,
-                "end_ms": result.end_ms,
-                "redactions": [{"type": MASKED_ON_RECOVERY, "count": 1}],
-            }))
-        self._sink.hold(self.key or self._require_started().call_id, leg.track.value, finals)
-
-    def _release(self, leg: Leg, released: list[Released[TranscriptResult]]) -> None:
-        """Publish released finals in order; one emptied by a number that began in a final
-        before it does not go out (it lends its end time to that final when both leave
-        together)."""
-        ready: list[tuple[TranscriptResult, Redacted]] = []
-        for item in released:
-            if not item.text:
-                if ready:  # its words were the end of a number redacted in the one before
-                    previous, redacted = ready[-1]
-                    ready[-1] = (replace(previous, end_ms=item.payload.end_ms), redacted)
-                continue  # nothing left to say: sequence numbers are given out below
-            ready.append((item.payload, item.redacted))
-        for result, redacted in ready:
-            leg.sequence += 1
-            leg.finals.append(redacted.text)
-            self._publish_transcript(leg, result, redacted, leg.sequence)
-
-    def _publish_transcript(self, leg: Leg, result: TranscriptResult, redacted: Redacted,
-                            sequence: int) -> None:
-        self.metrics.transcripts.labels("final" if result.is_final else "partial").inc()
-        self._publish(EventType.TRANSCRIPT_FINAL if result.is_final
-                      else EventType.TRANSCRIPT_PARTIAL, leg, {
-                          "sequence": sequence,
-                          "text": redacted.text,
-                          "is_final": result.is_final,
-                          "confidence": result.confidence,
-                          "start_ms": result.start_ms,
-                          "end_ms": result.end_ms,
-                          "redactions": redacted.summary(),
-                          # Word times when the engine gives them, and only for text the
-                          # redactor left as it was: words would carry what it removed.
-                          **({"words": [{"text": t, "start_ms": s, "end_ms": e,
-                                         "confidence": c} for t, s, e, c in result.words]}
-                             if result.words and redacted.text == result.text else {}),
-                      })
 
     def on_failover(self, leg: Leg, previous: str, to: str, error: UpstreamError) -> None:
         self._publish(EventType.TRANSCRIPTION_FAILOVER, leg, {
@@ -471,11 +297,7 @@ class Call:
         if leg_tasks:
             await asyncio.wait(leg_tasks)
         for leg in self.legs.values():
-            if leg.hold_timer is not None:
-                leg.hold_timer.cancel()
-                leg.hold_timer = None
-            self._release(leg, leg.redactor.flush())
-            self._store_held(leg)
+            leg.transcripts.flush()
             if leg.paused:
                 leg.set_paused(False)  # close the pause interval for the audit
         if not was_started:
@@ -493,7 +315,8 @@ class Call:
             metrics.gaps.labels(provider).inc(stats.gaps_filled)
             metrics.chunks_dropped.labels(provider).inc(leg.audio.counters.chunks_dropped)
         duration_ms = int((time.monotonic() - self._opened_at) * 1000)
-        legs = [leg.summary() | {"text": " ".join(leg.finals)} for leg in self.legs.values()]
+        legs = [leg.summary() | {"text": " ".join(leg.transcripts.finals)}
+                for leg in self.legs.values()]
         self._publish(EventType.CALL_ENDED, None, {
             "reason": reason, "duration_ms": duration_ms, "legs": legs,
         })
