@@ -35,6 +35,7 @@ class WebSocketSession:
 
     def __init__(self) -> None:
         self._ws: ClientConnection | None = None
+        self._closing = False  # we closed it: how it then ends is no failure
 
     async def _connect(self, headers: Mapping[str, str], *, open_timeout: float,
                        ping_interval: float, close_timeout: float = 10.0) -> None:
@@ -87,14 +88,18 @@ class WebSocketSession:
         except ConnectionClosed as exc:
             code = exc.rcvd.code if exc.rcvd is not None else CLOSE_ABNORMAL
             reason = exc.rcvd.reason if exc.rcvd is not None else ""
+            # A session we closed ourselves ended as we asked, whatever the close code says
+            # (a server that never answers our close leaves 1006 behind).
+            ours = self._closing
             error = self.closed_error(code, reason) if code not in NORMAL_CLOSES else None
-            if error is not None:
+            if error is not None and not ours:
                 raise error from None
 
     def closed_error(self, code: int, reason: str) -> UpstreamError | None:
         return UpstreamUnavailable("speech-to-text connection dropped", code=str(code))
 
     async def close(self) -> None:
+        self._closing = True
         if self._ws is not None:
             await self._ws.close()
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import replace
 
 import pytest
+from aiohttp import web
 
 from bridge.config import Secret, SttSettings
 from bridge.errors import UpstreamRefused, UpstreamUnavailable
@@ -111,3 +113,39 @@ async def test_throttled_handshake_is_unavailable() -> None:
         with pytest.raises(UpstreamUnavailable) as caught:
             await TelnyxSession(settings(stt.url), AudioEncoding.PCMU).open()
         assert caught.value.status == 429
+
+
+async def test_a_session_we_closed_is_no_drop_when_the_server_never_answers() -> None:
+    """A server that never answers our close frame leaves the socket to end without one
+    (1006): the session still ends as we asked, not as a dropped connection."""
+    client_closed = asyncio.Event()
+
+    async def never_closes(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(autoclose=False)
+        await ws.prepare(request)
+        async for _ in ws:  # reads until the client's close frame, and answers nothing
+            pass
+        client_closed.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.Event().wait(), 3)  # no close frame back
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/v2/speech-to-text/transcription", never_closes)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        session = TelnyxSession(settings(f"ws://127.0.0.1:{port}/v2/speech-to-text/transcription",
+                                         close_grace_s=0.2), AudioEncoding.PCMU)
+        await session.open()
+        reader = asyncio.create_task(collect(session))
+        await session.send_audio(AUDIO[:800])
+        await session.finish()
+        await session.close()
+        assert await asyncio.wait_for(reader, 10) == []  # ended, and without an error
+        assert client_closed.is_set()
+    finally:
+        await runner.cleanup()
