@@ -11,6 +11,7 @@ from bridge.simulate import CallSpec, build_call, stream_call
 from tests.conftest import BridgeFactory, run_call
 from tests.support.assemblyai import AssemblyAIEmulator
 from tests.support.audio import alaw, ulaw
+from tests.support.faults import Failure, Fault
 from tests.support.receiver import WebhookReceiver
 from tests.support.speech import CALLER
 
@@ -69,7 +70,7 @@ async def test_a_bad_key_is_one_error_and_no_retry(
 async def test_a_server_error_reconnects_and_replays_at_real_time(
         bridge_factory: BridgeFactory, assemblyai: AssemblyAIEmulator,
         receiver: WebhookReceiver) -> None:
-    assemblyai.faults = [(12000, 3005)]  # 1.5 s in: "Session Cancelled", retryable
+    assemblyai.faults = [Fault(12000, Failure.ERROR, 3005)]  # 1.5 s in: "Session Cancelled"
     bridge = await bridge_factory(**engine(assemblyai))
     spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(CALLER)},
                     call_id="CA-aai-3005")

@@ -12,6 +12,7 @@ from tests.conftest import BridgeFactory, run_call
 from tests.support.admin import TOKEN, admin
 from tests.support.audio import pcm_program, ulaw
 from tests.support.deepgram import DeepgramEmulator
+from tests.support.faults import Failure, Fault
 from tests.support.receiver import WebhookReceiver
 from tests.support.speech import CALLER
 
@@ -72,7 +73,8 @@ async def test_a_silent_hold_keeps_the_session_alive(
 async def test_drops_and_a_server_error_are_survived_with_every_final_once(
         bridge_factory: BridgeFactory, deepgram: DeepgramEmulator,
         receiver: WebhookReceiver) -> None:
-    deepgram.faults = [(4000, "drop"), (9600, 1011)]  # mid first tone; then a 1011 close
+    deepgram.faults = [Fault(4000, Failure.DROP),  # mid first tone; then a 1011 close
+                       Fault(9600, Failure.CLOSE, 1011)]
     bridge = await bridge_factory(**engine(deepgram))
     spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(CALLER)},
                     call_id="CA-dg-drops")

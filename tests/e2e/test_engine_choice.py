@@ -10,6 +10,7 @@ from tests.conftest import BridgeFactory, BridgeProcess, run_call
 from tests.support.assemblyai import AssemblyAIEmulator
 from tests.support.audio import ulaw
 from tests.support.deepgram import DeepgramEmulator
+from tests.support.faults import Failure, Fault
 from tests.support.receiver import WebhookReceiver
 from tests.support.speech import CALLER_THREE, CALLER_THREE_SAYS
 from tests.support.telnyx_stt import TelnyxSttEmulator
@@ -32,7 +33,7 @@ async def call(bridge: BridgeProcess, receiver: WebhookReceiver, call_id: str,
 async def test_a_fatal_engine_error_fails_over_and_the_transcript_continues(
         bridge_factory: BridgeFactory, stt: TelnyxSttEmulator, deepgram: DeepgramEmulator,
         receiver: WebhookReceiver) -> None:
-    stt.error_after_audio_bytes = 12000  # the primary fails for good 1.5 s in
+    stt.every_session = Fault(12000, Failure.ERROR)  # the primary fails for good 1.5 s in
     stt.with_times = True
     bridge = await bridge_factory(CALLBRIDGE_SECONDARY_ENGINE="deepgram",
                                   DEEPGRAM_API_KEY="test-deepgram-key",
@@ -66,7 +67,7 @@ async def test_a_call_chooses_its_language_and_engine_within_the_allow_list(
 async def test_a_stalled_engine_is_treated_as_dropped(
         bridge_factory: BridgeFactory, stt: TelnyxSttEmulator,
         receiver: WebhookReceiver) -> None:
-    stt.mute_sessions = 1  # the first session takes audio and never answers
+    stt.faults = [Fault(0, Failure.STALL)]  # the first session takes audio, never answers
     # longer than this engine's longest quiet spell between results in this call
     bridge = await bridge_factory(CALLBRIDGE_STT_SILENCE_TIMEOUT_S="1.0")
     await call(bridge, receiver, "CA-stall", speed=2)

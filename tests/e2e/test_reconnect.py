@@ -8,6 +8,7 @@ from bridge.events import AudioEncoding, Track
 from bridge.simulate import CallSpec
 from tests.conftest import BridgeFactory, run_call
 from tests.support.audio import ulaw
+from tests.support.faults import Failure, Fault
 from tests.support.receiver import WebhookReceiver
 from tests.support.speech import CALLER_THREE
 from tests.support.telnyx_stt import TelnyxSttEmulator
@@ -21,7 +22,7 @@ async def test_two_drops_mid_utterance_lose_and_repeat_nothing(
         receiver: WebhookReceiver) -> None:
     # Session 1 drops in the first tone (0.5 s of audio); session 2, which starts with the
     # replay from the beginning, drops in the second tone (1.5 s into its audio).
-    stt.drops = [4000, 12000]
+    stt.faults = [Fault(4000, Failure.DROP), Fault(12000, Failure.DROP)]
     stt.with_times = True  # segment times let the bridge forget exactly what a final covers
     bridge = await bridge_factory(CALLBRIDGE_CHUNK_MS="20")
     spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(CALLER_THREE)},

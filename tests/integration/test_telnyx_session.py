@@ -16,6 +16,7 @@ from bridge.stt.base import EngineResult
 from bridge.stt.telnyx import TelnyxSession
 from tests.conftest import API_KEY
 from tests.support.audio import pcm_program, ulaw
+from tests.support.faults import Failure, Fault
 from tests.support.telnyx_stt import TelnyxSttEmulator
 
 AUDIO = ulaw(pcm_program(("silence", 100), ("tone", 600, 400), ("silence", 300),
@@ -92,7 +93,8 @@ async def test_error_frame_in_the_typed_shape_is_an_error_too() -> None:
 
 
 async def test_dropped_connection_is_unavailable_not_refused() -> None:
-    async with TelnyxSttEmulator(api_key=API_KEY, drop_after_audio_bytes=1600) as stt:
+    async with TelnyxSttEmulator(api_key=API_KEY) as stt:
+        stt.every_session = Fault(1600, Failure.DROP)
         session = TelnyxSession(settings(stt.url), AudioEncoding.PCMU)
         await session.open()
         reader = asyncio.create_task(collect(session))

@@ -20,6 +20,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 
+from tests.support.faults import Failure, Faults
 from tests.support.telnyx_stt import Recognizer
 
 PATH = "/v3/ws"
@@ -39,14 +40,12 @@ class AssemblySession:
         return values[0] if values else None
 
 
-class AssemblyAIEmulator:
+class AssemblyAIEmulator(Faults):
     def __init__(self, *, api_key: str = "test-assemblyai-key", rate_slack_s: float = 1.0
                  ) -> None:
+        super().__init__()
         self.api_key = api_key
         self.rate_slack_s = rate_slack_s
-        # Faults, one entry per new session in turn: (audio bytes, close code) after which
-        # the session ends with an Error frame and that code (3005: a server error).
-        self.faults: list[tuple[int, int] | None] = []
         self.sessions: list[AssemblySession] = []
         self._server: Server | None = None
 
@@ -93,7 +92,7 @@ class AssemblyAIEmulator:
         recognizer = Recognizer("mulaw" if width == 1 else "linear16", rate, 300, None)
         formatted = session.param("format_turns") == "true"
         turn = 0
-        fault = self.faults.pop(0) if self.faults else None
+        fault = self.for_new_session()
         started: float | None = None
         received_s = 0.0
         async for message in ws:
@@ -125,8 +124,17 @@ class AssemblyAIEmulator:
                                   f"Received {received_s:.1f} sec. audio in {wall:.1f} sec")
                 return
             session.audio += message
-            if fault is not None and len(session.audio) >= fault[0]:
-                await self._error(ws, session, fault[1], "Session Cancelled: An error occurred")
+            if fault is not None and len(session.audio) >= fault.after_bytes:
+                if fault.failure is Failure.DROP:
+                    ws.transport.abort()
+                    return
+                if fault.failure is Failure.STALL:
+                    continue  # reads on, says nothing
+                if fault.failure is Failure.CLOSE:
+                    session.closed_with = fault.code
+                    await ws.close(fault.code)
+                    return
+                await self._error(ws, session, fault.code, "Session Cancelled: An error occurred")
                 return
             for text, final in recognizer.feed(message):
                 if final:

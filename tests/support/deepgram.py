@@ -22,6 +22,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from tests.support.faults import Failure, Faults
 from tests.support.telnyx_stt import Recognizer
 
 PATH = "/v1/listen"
@@ -42,15 +43,13 @@ class DeepgramSession:
         return values[0] if values else None
 
 
-class DeepgramEmulator:
+class DeepgramEmulator(Faults):
     def __init__(self, *, api_key: str = "test-deepgram-key", idle_s: float = 10.0,
                  reject_status: int | None = None) -> None:
+        super().__init__()
         self.api_key = api_key
         self.idle_s = idle_s
         self.reject_status = reject_status
-        # Faults, one entry per new session in turn: (audio bytes, what) with what "drop"
-        # (no close frame), "stall" (stop answering) or a close code.
-        self.faults: list[tuple[int, str | int] | None] = []
         self.sessions: list[DeepgramSession] = []
         self._server: Server | None = None
 
@@ -93,7 +92,7 @@ class DeepgramEmulator:
         rate = int(session.param("sample_rate") or 16000)
         recognizer = Recognizer(fmt, rate, int(session.param("endpointing") or 10), None)
         interim = session.param("interim_results") == "true"
-        fault = self.faults.pop(0) if self.faults else None
+        fault = self.for_new_session()
         stalled = False
         try:
             while True:
@@ -121,15 +120,15 @@ class DeepgramEmulator:
                             return
                     continue
                 session.audio += message
-                if fault is not None and len(session.audio) >= fault[0]:
-                    if fault[1] == "drop":
+                if fault is not None and len(session.audio) >= fault.after_bytes:
+                    if fault.failure is Failure.DROP:
                         ws.transport.abort()
                         return
-                    if fault[1] == "stall":
+                    if fault.failure is Failure.STALL:
                         stalled = True
-                    else:
-                        session.closed_with = (int(fault[1]), "emulated")
-                        await ws.close(int(fault[1]), "emulated")
+                    else:  # Deepgram has no error frame: it closes with its code
+                        session.closed_with = (fault.code, "emulated")
+                        await ws.close(fault.code, "emulated")
                         return
                 if stalled:
                     continue

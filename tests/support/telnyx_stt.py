@@ -35,6 +35,8 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from tests.support.faults import Failure, Faults
+
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     import audioop
@@ -67,6 +69,7 @@ class EmulatorSession:
     text_frames: list[str] = field(default_factory=list)
     sent: list[dict[str, Any]] = field(default_factory=list)
     closed: asyncio.Event = field(default_factory=asyncio.Event)
+    stalled: bool = False  # a STALL fault struck: it reads on and says nothing
 
     def param(self, name: str) -> str | None:
         values = self.query.get(name)
@@ -173,25 +176,22 @@ class SinkStats:
                 "lag_ms": {"p50": at(0.5), "p99": at(0.99), "max": at(1.0)}}
 
 
-class TelnyxSttEmulator:
-    """Run with ``async with TelnyxSttEmulator() as emulator:``; connect to ``emulator.url``."""
+class TelnyxSttEmulator(Faults):
+    """Run with ``async with TelnyxSttEmulator() as emulator:``; connect to ``emulator.url``.
+
+    Faults (``tests/support/faults.py``): ``ERROR`` sends Telnyx's error frame (40010, the
+    engine failed) and closes 1000, as the service does."""
 
     def __init__(self, *, api_key: str = "test-telnyx-key", with_type_field: bool = False,
                  script: list[str] | None = None, reject_status: int | None = None,
-                 error_after_audio_bytes: int | None = None,
-                 drop_after_audio_bytes: int | None = None,
-                 drops: list[int] | None = None, with_times: bool = False,
-                 mute_sessions: int = 0, sink: bool = False,
+                 with_times: bool = False, sink: bool = False,
                  sink_final_every_s: float = 0.0) -> None:
+        super().__init__()
         self.api_key = api_key
         self.with_type_field = with_type_field
         self.script = script
         self.reject_status = reject_status
-        self.error_after_audio_bytes = error_after_audio_bytes
-        self.drop_after_audio_bytes = drop_after_audio_bytes
-        self.drops = list(drops or [])  # per new session, in turn: drop after N audio bytes
         self.with_times = with_times  # add start_time/duration (s) to finals, as some do
-        self.mute_sessions = mute_sessions  # the first N sessions take audio, answer nothing
         # Sink mode, for load tests: no recognition and no audio kept; each binary message's
         # lateness is measured instead, and (optionally) a final is sent per N s of audio.
         self.sink = sink
@@ -288,7 +288,7 @@ class TelnyxSttEmulator:
 
     async def _send(self, ws: ServerConnection, session: EmulatorSession,
                     frame: dict[str, Any]) -> None:
-        if self.sessions.index(session) < self.mute_sessions:
+        if session.stalled:
             return  # a stalled engine: it reads, it says nothing
         if self.with_type_field:
             frame = {"type": "transcript"} | frame
@@ -306,7 +306,7 @@ class TelnyxSttEmulator:
         deepgram_like = engine != "Telnyx"
         if engine == "Telnyx" and interim:
             recognizer = Recognizer("mulaw", 8000, None, None)  # observed: no output at all
-        drop_at = self.drops.pop(0) if self.drops else self.drop_after_audio_bytes
+        fault = self.for_new_session()
         async for message in ws:
             if isinstance(message, str):
                 session.text_frames.append(message)
@@ -321,15 +321,20 @@ class TelnyxSttEmulator:
                 continue  # other text is ignored, as Telnyx documents
             session.audio += message
             session.binary_frames += 1
-            if drop_at is not None and len(session.audio) >= drop_at:
-                ws.transport.abort()  # the client sees 1006: no close frame
-                return
-            if (self.error_after_audio_bytes is not None
-                    and len(session.audio) >= self.error_after_audio_bytes):
-                await self._send_error(ws, session, "40010", "Engine failure",
-                                       "The transcription engine failed", "audio")
-                await ws.close(1000)
-                return
+            if fault is not None and len(session.audio) >= fault.after_bytes:
+                if fault.failure is Failure.DROP:
+                    ws.transport.abort()  # the client sees 1006: no close frame
+                    return
+                if fault.failure is Failure.STALL:
+                    session.stalled = True
+                elif fault.failure is Failure.CLOSE:
+                    await ws.close(fault.code)
+                    return
+                else:
+                    await self._send_error(ws, session, "40010", "Engine failure",
+                                           "The transcription engine failed", "audio")
+                    await ws.close(1000)
+                    return
             for text, final in recognizer.feed(message):
                 if final:
                     await self._final(ws, session, text, deepgram_like,
