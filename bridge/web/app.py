@@ -2,7 +2,7 @@
 
 Routes: ``/streams/<dialect>`` for each known provider, ``/streams`` (recognises the
 provider from its first messages), ``GET /healthz``, ``/readyz``, ``/metrics``, and the
-admin API and live feed of ``bridge.admin``. The webhook dispatcher and its HTTP client
+admin API and live feed of ``bridge.web.admin``. The webhook dispatcher and its HTTP client
 live in ``cleanup_ctx`` and are drained on shutdown.
 """
 
@@ -24,22 +24,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bridge import __version__
-from bridge.admin import add_admin_routes
 from bridge.admission import ConnectionGate, LiveCalls, peer_key
-from bridge.appkeys import (
-    AUTH_FAILURES,
-    CALLS_CHANGED,
-    DRAINING,
-    ENGINES,
-    FEEDS,
-    GATE,
-    LIVE_CALLS,
-    METRICS,
-    NONCES,
-    REFUSALS,
-    SETTINGS,
-    SINK,
-)
 from bridge.calls import Call
 from bridge.config import (
     DEFAULT_STT_URL,
@@ -50,7 +35,6 @@ from bridge.config import (
     uses_telnyx_protocol,
 )
 from bridge.delivery.dispatcher import DurableDispatcher
-from bridge.delivery.feed import LiveTee
 from bridge.errors import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_MESSAGE_TOO_BIG,
@@ -75,6 +59,22 @@ from bridge.metrics import Metrics, counter, gauge
 from bridge.security import GuardedResolver, is_loopback_host
 from bridge.stt.engines import Engines
 from bridge.stt.local.supervisor import EmbeddedRecognizer
+from bridge.web.admin import add_admin_routes
+from bridge.web.feed import LiveTee
+from bridge.web.keys import (
+    AUTH_FAILURES,
+    CALLS_CHANGED,
+    DRAINING,
+    ENGINES,
+    FEEDS,
+    GATE,
+    LIVE_CALLS,
+    METRICS,
+    NONCES,
+    REFUSALS,
+    SETTINGS,
+    SINK,
+)
 
 log = structlog.get_logger("bridge.app")
 

@@ -24,13 +24,13 @@ from urllib.parse import quote
 import structlog
 from aiohttp import web
 
-from bridge.appkeys import FEEDS, LIVE_CALLS, SETTINGS, TOKENS
 from bridge.calls import Call
-from bridge.delivery.feed import LiveFeed, LiveFeeds, LiveTokens, Viewer
 from bridge.errors import InvalidNumber
 from bridge.events import Track
 from bridge.ingress.auth import raw_bytes
 from bridge.numbers import read_float, read_int
+from bridge.web.feed import LiveFeed, LiveFeeds, LiveTokens, Viewer
+from bridge.web.keys import FEEDS, LIVE_CALLS, SETTINGS, TOKENS
 
 log = structlog.get_logger("bridge.admin")
 
