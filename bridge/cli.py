@@ -218,7 +218,7 @@ def _serve_on(settings: Settings, listener: socket.socket, config: str | None) -
                     "reach webhooks as the engine wrote them", dtmf=settings.compliance.dtmf)
     if not settings.webhooks.urls:
         log.warning("no webhook URLs configured: transcripts are produced but sent nowhere")
-    from bridge.web.app import ingress_exposure
+    from bridge.web.media import ingress_exposure
 
     exposed = ingress_exposure(settings)
     if exposed and settings.server.require_ingress_auth:

@@ -1,0 +1,293 @@
+"""The media-stream endpoint: one WebSocket per call, its credentials checked first.
+
+``media_stream`` serves ``/streams/<dialect>`` and ``/streams`` (the dialect recognised from
+the first messages). It is a thin driver: it feeds the sans-I/O parser, applies the handshake
+check of the dialect the stream is (or turns out to be) and the stream token, and hands the
+parser's events to a ``Call``. ``ingress_exposure`` tells ``serve`` which endpoints are open
+to anyone on a non-loopback address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Final
+
+import structlog
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from bridge.admission import peer_key
+from bridge.calls import Call
+from bridge.config import Settings
+from bridge.errors import (
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_MESSAGE_TOO_BIG,
+    CLOSE_POLICY_VIOLATION,
+    AuthenticationFailed,
+    MessageTooBig,
+    PeerError,
+    PolicyRefusal,
+)
+from bridge.events import StreamStarted
+from bridge.ingress import BINARY_DIALECTS, DIALECTS, SUBPROTOCOLS, make_dialect
+from bridge.ingress.auth import (
+    check_audiohook,
+    check_basic,
+    check_bearer,
+    check_parameter_token,
+    check_twilio,
+    parse_audiohook_keys,
+)
+from bridge.security import is_loopback_host
+from bridge.web.feed import LiveTee
+from bridge.web.keys import (
+    AUTH_FAILURES,
+    DRAINING,
+    ENGINES,
+    FEEDS,
+    GATE,
+    LIVE_CALLS,
+    METRICS,
+    NONCES,
+    REFUSALS,
+    SETTINGS,
+    SINK,
+)
+
+log = structlog.get_logger("bridge.media")
+
+
+async def media_stream(request: web.Request, *, dialect: str | None) -> web.StreamResponse:
+    """One media connection: read frames, feed the parser, hand events to the call.
+
+    Checks, in order: the handshake credential of a named endpoint; a place among the
+    connections waiting to start (``ConnectionGate``); on ``/streams``, the credentials of the
+    dialect the stream turns out to be, before any of its events is handled; the stream token;
+    a call slot and the call id (``LiveCalls``), all before ``server.start_timeout_s`` passes.
+    A peer that breaks the protocol or a check gets the fitting close code and one log line;
+    its legs are still finished, so every transcript already produced is delivered.
+    """
+    app = request.app
+    settings = app[SETTINGS]
+    endpoint = dialect or "streams"
+    if dialect is not None:
+        refusal = _authenticate(request, dialect, settings)
+        if refusal is not None:
+            _count_auth_failure(app, dialect)
+            log.warning("ingress authentication failed", endpoint=request.path, reason=refusal,
+                        remote=request.remote)
+            error = web.HTTPUnauthorized if refusal.startswith("missing") else web.HTTPForbidden
+            raise error(text="authentication failed\n")
+    if app[DRAINING]:
+        raise web.HTTPServiceUnavailable(text="callbridge is draining: no new calls\n")
+    calls = app[LIVE_CALLS]
+    if len(calls) >= settings.server.max_calls:
+        _count_refusal(app, "at_capacity")
+        raise web.HTTPServiceUnavailable(text="callbridge is at capacity\n")
+    address = peer_key(request.remote)
+    gate = app[GATE]
+    full = gate.admit(address)
+    if full is not None:
+        _count_refusal(app, full)
+        raise web.HTTPServiceUnavailable(text="too many connections are waiting to start\n")
+    waiting = True
+
+    def started() -> None:
+        """The stream started (or the connection ended first): its place is free."""
+        nonlocal waiting
+        if waiting:
+            waiting = False
+            gate.leave(address)
+
+    try:
+        return await _serve_stream(request, dialect, endpoint, started)
+    finally:
+        started()
+
+
+async def _serve_stream(request: web.Request, dialect: str | None, endpoint: str,
+                        started: Callable[[], None]) -> web.StreamResponse:
+    app = request.app
+    settings = app[SETTINGS]
+    # mod_audio_fork and jambonz offer a subprotocol that must be echoed; AudioHook clients
+    # abort if one is selected, so only these two are ever chosen.
+    ws = web.WebSocketResponse(max_msg_size=settings.server.max_message_bytes,
+                               autoping=True, heartbeat=30.0, protocols=SUBPROTOCOLS)
+    await ws.prepare(request)
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(endpoint=request.path)
+    parser = make_dialect(dialect, request.query, connection_id=uuid.uuid4().hex)
+    verified = dialect is not None  # /streams: checked once the dialect is known
+    reason = "disconnected"
+    dispatcher = app[SINK]
+    feeds = app.get(FEEDS)
+    sink = dispatcher if feeds is None else LiveTee(dispatcher, feeds)
+    async with asyncio.TaskGroup() as tasks:
+        call = Call(settings=settings, sink=sink, engines=app[ENGINES], tasks=tasks,
+                    route=lambda started: dispatcher.route(request.path,
+                                                           started.custom_parameters),
+                    path=request.path, metrics=app[METRICS], registry=app[LIVE_CALLS])
+        call.media_socket = ws
+        try:
+            async with asyncio.timeout(settings.server.start_timeout_s) as deadline:
+                async for message in ws:
+                    if message.type is WSMsgType.TEXT:
+                        parser.receive_text(message.data)
+                    elif message.type is WSMsgType.BINARY:
+                        parser.receive_bytes(message.data)
+                    elif message.type is WSMsgType.ERROR:
+                        _raise_socket_error(ws.exception())
+                    if not verified and parser.name != "unknown":
+                        _check_detected(request, parser.name, settings)
+                        verified = True
+                    for event in parser.events():
+                        if isinstance(event, StreamStarted):
+                            event = _check_stream_token(event, dialect, settings)
+                            call.handle(event)  # claims the call id and a slot, or raises
+                            deadline.reschedule(None)
+                            started()
+                        else:
+                            call.handle(event)
+                    for reply in parser.to_send():
+                        await ws.send_str(reply)
+            reason = call.end_reason or ("stopped" if parser.stopped else "disconnected")
+        except TimeoutError:
+            reason = "refused"
+            _count_refusal(app, "start_timeout")
+            log.warning("media connection refused: no stream start in time", endpoint=endpoint,
+                        start_timeout_s=settings.server.start_timeout_s, remote=request.remote)
+            await ws.close(code=CLOSE_POLICY_VIOLATION, message=b"no stream start in time")
+        except PeerError as exc:
+            reason = "protocol_error"
+            if isinstance(exc, AuthenticationFailed):
+                reason = "refused"
+                _count_auth_failure(app, endpoint)
+                log.warning("ingress authentication failed", endpoint=request.path,
+                            dialect=parser.name, reason=str(exc), remote=request.remote,
+                            close_code=exc.close_code)
+            elif isinstance(exc, PolicyRefusal):
+                reason = "refused"
+                _count_refusal(app, "policy")
+                log.warning("media connection refused", dialect=parser.name, reason=str(exc),
+                            close_code=exc.close_code, remote=request.remote)
+            else:
+                log.warning("closing media connection: peer broke the protocol",
+                            dialect=parser.name, error=str(exc), close_code=exc.close_code)
+            # A close frame's reason has at most 123 bytes: cut on a character boundary.
+            reason_bytes = str(exc).encode()[:123].decode("utf-8", "ignore").encode()
+            await ws.close(code=exc.close_code, message=reason_bytes)
+        except Exception:
+            reason = "internal_error"
+            log.exception("closing media connection: internal error")
+            await ws.close(code=CLOSE_INTERNAL_ERROR, message=b"internal error")
+            raise
+        finally:
+            try:
+                await call.end(reason)
+            finally:
+                call.release()
+                if isinstance(sink, LiveTee):
+                    sink.close()
+    return ws
+
+
+ENDPOINTS: Final = (*DIALECTS, *BINARY_DIALECTS, "audiohook")
+
+
+def ingress_exposure(settings: Settings) -> dict[str, str]:
+    """Dialects whose streams need no credential on a non-loopback address, each with the
+    setting that would protect it; empty when the bridge listens on loopback only."""
+    if is_loopback_host(settings.server.host):
+        return {}
+    auth = settings.ingress_auth
+    open_dialects = {}
+    for name in ENDPOINTS:
+        if _has_handshake_check(name, settings) or (
+                auth.stream_token and name in auth.stream_token_endpoints):
+            continue
+        open_dialects[name] = (
+            "TWILIO_AUTH_TOKEN" if name == "twilio"
+            else "CALLBRIDGE_EXOTEL_BASIC" if name == "exotel"
+            else "CALLBRIDGE_AUDIOHOOK_KEYS" if name == "audiohook"
+            else "CALLBRIDGE_INGRESS_TOKEN" if name in auth.bearer_endpoints
+            else "CALLBRIDGE_STREAM_TOKEN" if name in auth.stream_token_endpoints
+            else "ingress_auth.bearer_endpoints or ingress_auth.stream_token_endpoints")
+    return open_dialects
+
+
+def _count_auth_failure(app: web.Application, endpoint: str) -> None:
+    app[AUTH_FAILURES][endpoint] = app[AUTH_FAILURES].get(endpoint, 0) + 1
+
+
+def _count_refusal(app: web.Application, reason: str) -> None:
+    app[REFUSALS][reason] += 1
+
+
+# A stream recognised on /streams must pass the handshake check of what it turned out to be.
+# SignalWire copies Twilio's messages: a Twilio-shaped stream may be either, and must pass
+# the check of one of them (when either has one configured).
+DETECTED_AS: Final = {"twilio": ("twilio", "signalwire")}
+
+
+def _check_detected(request: web.Request, detected: str, settings: Settings) -> None:
+    """Apply the handshake checks configured for the dialect a ``/streams`` stream turned out
+    to be (its headers were kept from the handshake); raises ``AuthenticationFailed``."""
+    problems = [_authenticate(request, name, settings)
+                for name in DETECTED_AS.get(detected, (detected,))
+                if _has_handshake_check(name, settings)]
+    if problems and all(problem is not None for problem in problems):
+        raise AuthenticationFailed(f"recognised as {detected}: {problems[0]}")
+
+
+def _has_handshake_check(name: str, settings: Settings) -> bool:
+    auth = settings.ingress_auth
+    return bool((name == "twilio" and auth.twilio_auth_token)
+                or (name == "exotel" and auth.exotel_basic)
+                or (name == "audiohook" and auth.audiohook_keys)
+                or (name in auth.bearer_endpoints and auth.bearer_token))
+
+
+def _authenticate(request: web.Request, dialect: str, settings: Settings) -> str | None:
+    """The handshake check configured for this dialect: None when it passes (or none is)."""
+    auth = settings.ingress_auth
+    authorization = request.headers.get("Authorization")
+    if dialect == "twilio" and auth.twilio_auth_token:
+        base = auth.twilio_public_url.rstrip("/") or f"wss://{request.host}"
+        return check_twilio(auth.twilio_auth_token.reveal(), base + request.path_qs,
+                            request.headers.get("X-Twilio-Signature"))
+    if dialect == "exotel" and auth.exotel_basic:
+        return check_basic(auth.exotel_basic.reveal(), authorization)
+    if dialect == "audiohook" and auth.audiohook_keys:
+        return check_audiohook(parse_audiohook_keys(auth.audiohook_keys.reveal()),
+                               target=request.path_qs, authority=request.host,
+                               headers=request.headers, now=int(time.time()),
+                               nonces=request.app[NONCES])
+    if dialect in auth.bearer_endpoints and auth.bearer_token:
+        return check_bearer(auth.bearer_token.reveal(), authorization)
+    return None
+
+
+def _check_stream_token(event: StreamStarted, dialect: str | None,
+                        settings: Settings) -> StreamStarted:
+    """For platforms that sign nothing: the shared token in a custom parameter, which is
+    then removed so that it reaches no webhook."""
+    auth = settings.ingress_auth
+    name = dialect or event.provider
+    if not auth.stream_token or name not in auth.stream_token_endpoints:
+        return event
+    parameters = dict(event.custom_parameters)
+    problem = check_parameter_token(auth.stream_token.reveal(),
+                                    parameters.pop(auth.stream_token_parameter, None))
+    if problem is not None:
+        raise AuthenticationFailed(problem)
+    return replace(event, custom_parameters=parameters)
+
+
+def _raise_socket_error(error: BaseException | None) -> None:
+    code = getattr(error, "code", None)
+    if code == CLOSE_MESSAGE_TOO_BIG or code == WSCloseCode.MESSAGE_TOO_BIG:
+        raise MessageTooBig("message larger than server.max_message_bytes")
+    raise PeerError(f"WebSocket error: {type(error).__name__}")
