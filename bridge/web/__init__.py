@@ -1,4 +1,4 @@
-"""The HTTP surface: everything that speaks aiohttp, named for its layer.
+"""The HTTP surface of the bridge, one module per layer as aiohttp names its own.
 
 ``app`` builds the application (shared resources in ``cleanup_ctx``, health, readiness and
 metrics); ``media`` is the media-stream endpoint that checks credentials and drives a
