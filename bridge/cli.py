@@ -169,7 +169,7 @@ def _settings_or_exit(args: argparse.Namespace) -> Settings | None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from bridge.server import bind_listener
+    from bridge.web.serve import bind_listener
 
     settings = _settings_or_exit(args)
     if settings is None:
@@ -218,7 +218,7 @@ def _serve_on(settings: Settings, listener: socket.socket, config: str | None) -
                     "reach webhooks as the engine wrote them", dtmf=settings.compliance.dtmf)
     if not settings.webhooks.urls:
         log.warning("no webhook URLs configured: transcripts are produced but sent nowhere")
-    from bridge.app import ingress_exposure
+    from bridge.web.media import ingress_exposure
 
     exposed = ingress_exposure(settings)
     if exposed and settings.server.require_ingress_auth:
@@ -237,7 +237,7 @@ def _serve_on(settings: Settings, listener: socket.socket, config: str | None) -
         print(f"callbridge: {exc}", file=sys.stderr)
         return 2
     log.info("event loop", loop="uvloop" if factory else "asyncio")
-    from bridge.server import serve
+    from bridge.web.serve import serve
 
     try:
         with asyncio.Runner(loop_factory=factory) as runner:

@@ -29,8 +29,6 @@ from typing import Any, Final, TextIO
 
 from aiohttp import web
 
-from bridge.app import create_app
-from bridge.appkeys import SINK
 from bridge.config import load_settings, override
 from bridge.delivery.dispatcher import DurableDispatcher
 from bridge.delivery.signing import verify
@@ -38,6 +36,8 @@ from bridge.events import AudioEncoding, Track
 from bridge.simulate import CallSpec, build_call, stream_call
 from bridge.stt.local.protocol import PATH
 from bridge.stt.local.server import create_stt_app
+from bridge.web.app import create_app
+from bridge.web.keys import SINK
 from bridge.wer import word_errors
 
 SAMPLE: Final = Path(__file__).with_name("samples") / "support_call"

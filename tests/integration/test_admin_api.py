@@ -16,10 +16,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from bridge.app import create_app
 from bridge.config import load_settings
 from bridge.events import AudioEncoding, Track
 from bridge.simulate import CallSpec, StreamResult, build_call, stream_call
+from bridge.web.app import create_app
 from tests.conftest import API_KEY
 from tests.support.admin import TOKEN
 from tests.support.audio import ulaw

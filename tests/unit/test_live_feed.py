@@ -8,10 +8,10 @@ from collections.abc import Sequence
 
 import pytest
 
-from bridge.delivery.feed import LiveFeed, LiveFeeds, LiveTee, LiveTokens
 from bridge.delivery.retry import Outcome
 from bridge.delivery.webhooks import encode_event
 from bridge.events import EventType, OutboundEvent
+from bridge.web.feed import LiveFeed, LiveFeeds, LiveTee, LiveTokens
 
 ADMIN = "admin-token-for-tests-0123456789"
 

@@ -23,10 +23,10 @@ from typing import Final
 import structlog
 from aiohttp import web
 
-from bridge.app import create_app
-from bridge.appkeys import CALLS_CHANGED, DRAINING, LIVE_CALLS
 from bridge.config import Settings
 from bridge.errors import ConfigError
+from bridge.web.app import create_app
+from bridge.web.keys import CALLS_CHANGED, DRAINING, LIVE_CALLS
 
 log = structlog.get_logger("bridge.serve")
 

@@ -15,6 +15,9 @@ Tokens are ``<expiry>.<signature>``: HMAC-SHA256, under a key derived from the a
 of the call id, the id of the stream that feed belongs to, and the expiry. A token opens that
 one stream's feed until it expires (a later stream announcing the same call id is another
 feed); every instance sharing the admin token accepts it.
+
+``stream_events`` writes one viewer's stream; the admin API's route checks the viewer's
+token for the feed first and then hands the request to it.
 """
 
 from __future__ import annotations
@@ -23,11 +26,15 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import time
 import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
+
+import structlog
+from aiohttp import web
 
 from bridge.delivery.retry import Outcome
 from bridge.delivery.webhooks import EventSink, encode_event
@@ -35,8 +42,13 @@ from bridge.errors import InvalidNumber
 from bridge.events import EventType, OutboundEvent
 from bridge.numbers import read_int
 
+log = structlog.get_logger("bridge.feed")
+
 TOKEN_CONTEXT: Final = b"callbridge live feed token v1"
 MAX_EXPIRY: Final = 10**11  # Unix seconds: far beyond any token's lifetime
+# Retry delay an EventSource uses after a dropped stream (ms); the captions page uses its own.
+SSE_RETRY_MS: Final = 2000
+MAX_EVENT_ID: Final = 2**53 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,3 +273,63 @@ class LiveTokens:
             return False
         expected = self._signature(call_id, expires)
         return hmac.compare_digest(signature.encode(), expected.encode())
+
+
+def _resume_point(request: web.Request) -> int:
+    """Where a reconnecting viewer resumes; a value that is no event id starts from the
+    backlog, as a new viewer would (EventSource resends whatever id it was given)."""
+    raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id") or "0"
+    try:
+        return read_int(raw, field="Last-Event-ID", low=0, high=MAX_EVENT_ID)
+    except InvalidNumber:
+        return 0
+
+
+async def stream_events(request: web.Request, feed: LiveFeed, tokens: LiveTokens, *,
+                        max_viewers: int, keepalive_s: float,
+                        token_ttl_s: float) -> web.StreamResponse:
+    """``feed``'s events as Server-Sent Events, each ``data`` the webhook's body (so redacted
+    exactly as webhooks are), each ``id`` for resuming with ``Last-Event-ID``.
+
+    The caller has checked the viewer's right to ``feed``. First the backlog after the resume
+    point, then events as they happen; a ``token`` event brings a fresh token (from
+    ``tokens``, valid ``token_ttl_s``) before the one in use runs out. The stream ends after
+    the call's ``call.ended``; a viewer that falls behind is disconnected and may resume.
+    More than ``max_viewers`` at once get 429.
+    """
+    if len(feed.viewers) >= max_viewers:
+        raise web.HTTPTooManyRequests(text="too many viewers of this call\n")
+    viewer = feed.watch(_resume_point(request))
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream", "Cache-Control": "no-store",
+        "X-Accel-Buffering": "no"})  # nginx would buffer the stream otherwise
+    try:
+        await response.prepare(request)
+        await response.write(b"retry: %d\n\n" % SSE_RETRY_MS)
+        await _stream(response, tokens, feed.subject, viewer, keepalive_s, token_ttl_s)
+    except ConnectionError:
+        pass  # the viewer went away
+    finally:
+        feed.leave(viewer)
+    if viewer.overflowed:
+        log.info("live feed viewer fell behind and was disconnected", call_id=feed.call_id)
+    return response
+
+
+async def _stream(response: web.StreamResponse, tokens: LiveTokens, subject: str,
+                  viewer: Viewer, keepalive_s: float, token_ttl_s: float) -> None:
+    refresh_at = 0.0
+    while True:
+        now = time.monotonic()
+        if now >= refresh_at:
+            # Well before the viewer's token can run out, a fresh one for reconnecting.
+            token, _ = tokens.issue(subject, now=time.time(), ttl_s=token_ttl_s)
+            await response.write(b"event: token\ndata: %s\n\n" % token.encode())
+            refresh_at = now + token_ttl_s / 3
+        frames = await viewer.take(min(keepalive_s, max(refresh_at - now, 0.1)))
+        if frames:
+            await response.write(b"".join(frame.encode() for frame in frames))
+        elif viewer.closed:
+            return
+        else:
+            await response.write(b": keep-alive\n\n")

@@ -11,10 +11,10 @@ from bridge.admission import ConnectionGate, LiveCalls
 from bridge.calls import Call
 from bridge.config import Settings
 from bridge.delivery.dispatcher import DurableDispatcher
-from bridge.delivery.feed import LiveFeeds, LiveTokens
 from bridge.ingress.auth import NonceCache
 from bridge.metrics import Metrics
 from bridge.stt.engines import Engines
+from bridge.web.feed import LiveFeeds, LiveTokens
 
 SETTINGS = web.AppKey("settings", Settings)
 SINK = web.AppKey("sink", DurableDispatcher)

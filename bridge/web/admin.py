@@ -18,25 +18,18 @@ import secrets
 import time
 from functools import partial
 from importlib import resources
-from typing import Any, Final
+from typing import Any
 from urllib.parse import quote
 
-import structlog
 from aiohttp import web
 
-from bridge.appkeys import FEEDS, LIVE_CALLS, SETTINGS, TOKENS
 from bridge.calls import Call
-from bridge.delivery.feed import LiveFeed, LiveFeeds, LiveTokens, Viewer
 from bridge.errors import InvalidNumber
 from bridge.events import Track
 from bridge.ingress.auth import raw_bytes
-from bridge.numbers import read_float, read_int
-
-log = structlog.get_logger("bridge.admin")
-
-# Retry delay an EventSource uses after a dropped stream (ms); the captions page uses its own.
-SSE_RETRY_MS: Final = 2000
-MAX_EVENT_ID: Final = 2**53 - 1
+from bridge.numbers import read_float
+from bridge.web.feed import LiveFeed, LiveFeeds, LiveTokens, stream_events
+from bridge.web.keys import FEEDS, LIVE_CALLS, SETTINGS, TOKENS
 
 
 def add_admin_routes(app: web.Application) -> None:
@@ -181,24 +174,9 @@ def _feed_access(request: web.Request, feed: LiveFeed | None) -> None:
         text="a valid token is required (expired? ask POST /calls/{id}/token for another)\n")
 
 
-def _resume_point(request: web.Request) -> int:
-    """Where a reconnecting viewer resumes; a value that is no event id starts from the
-    backlog, as a new viewer would (EventSource resends whatever id it was given)."""
-    raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id") or "0"
-    try:
-        return read_int(raw, field="Last-Event-ID", low=0, high=MAX_EVENT_ID)
-    except InvalidNumber:
-        return 0
-
-
 async def live_events(request: web.Request) -> web.StreamResponse:
-    """A live call's events as Server-Sent Events, each ``data`` the webhook's body (so
-    redacted exactly as webhooks are), each ``id`` for resuming with ``Last-Event-ID``.
-
-    First the backlog after the resume point, then events as they happen; a ``token`` event
-    brings a fresh token before the one in use runs out. The stream ends after the call's
-    ``call.ended``; a viewer that falls behind is disconnected and may resume.
-    """
+    """A live call's events as Server-Sent Events (``bridge.web.feed.stream_events``), for
+    the admin token or a token issued for that call's feed."""
     call_id = request.match_info["call_id"]
     app = request.app
     _require_admin_api(request)
@@ -207,43 +185,8 @@ async def live_events(request: web.Request) -> web.StreamResponse:
     if feed is None:
         raise web.HTTPNotFound(text="no live call with that id\n")
     live = app[SETTINGS].live
-    if len(feed.viewers) >= live.max_viewers:
-        raise web.HTTPTooManyRequests(text="too many viewers of this call\n")
-    viewer = feed.watch(_resume_point(request))
-    response = web.StreamResponse(headers={
-        "Content-Type": "text/event-stream", "Cache-Control": "no-store",
-        "X-Accel-Buffering": "no"})  # nginx would buffer the stream otherwise
-    try:
-        await response.prepare(request)
-        await response.write(b"retry: %d\n\n" % SSE_RETRY_MS)
-        await _stream(response, request, feed.subject, viewer, live.keepalive_s,
-                      live.token_ttl_s)
-    except ConnectionError:
-        pass  # the viewer went away
-    finally:
-        feed.leave(viewer)
-    if viewer.overflowed:
-        log.info("live feed viewer fell behind and was disconnected", call_id=call_id)
-    return response
-
-
-async def _stream(response: web.StreamResponse, request: web.Request, subject: str,
-                  viewer: Viewer, keepalive_s: float, token_ttl_s: float) -> None:
-    refresh_at = 0.0
-    while True:
-        now = time.monotonic()
-        if now >= refresh_at:
-            # Well before the viewer's token can run out, a fresh one for reconnecting.
-            token, _ = request.app[TOKENS].issue(subject, now=time.time(), ttl_s=token_ttl_s)
-            await response.write(b"event: token\ndata: %s\n\n" % token.encode())
-            refresh_at = now + token_ttl_s / 3
-        frames = await viewer.take(min(keepalive_s, max(refresh_at - now, 0.1)))
-        if frames:
-            await response.write(b"".join(frame.encode() for frame in frames))
-        elif viewer.closed:
-            return
-        else:
-            await response.write(b": keep-alive\n\n")
+    return await stream_events(request, feed, app[TOKENS], max_viewers=live.max_viewers,
+                               keepalive_s=live.keepalive_s, token_ttl_s=live.token_ttl_s)
 
 
 async def captions_page(request: web.Request) -> web.Response:

@@ -1,0 +1,197 @@
+"""The aiohttp application: its routes, health, and the shared resources.
+
+Routes: ``/streams/<dialect>`` for each known provider and ``/streams`` (recognises the
+provider from its first messages), served by ``bridge.web.media``; ``GET /healthz``,
+``/readyz``, ``/metrics``; the admin API and live feed of ``bridge.web.admin``. The webhook
+dispatcher and its HTTP client live in ``cleanup_ctx`` and are drained on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from functools import partial
+from typing import Any
+
+import aiohttp
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from bridge import __version__
+from bridge.admission import ConnectionGate, LiveCalls
+from bridge.config import (
+    DEFAULT_STT_URL,
+    Settings,
+    SttTarget,
+    redact_url,
+    stt_target,
+    uses_telnyx_protocol,
+)
+from bridge.delivery.dispatcher import DurableDispatcher
+from bridge.ingress.auth import NonceCache
+from bridge.metrics import Metrics, counter, gauge
+from bridge.security import GuardedResolver
+from bridge.stt.engines import Engines
+from bridge.stt.local.supervisor import EmbeddedRecognizer
+from bridge.web.admin import add_admin_routes
+from bridge.web.keys import (
+    AUTH_FAILURES,
+    CALLS_CHANGED,
+    DRAINING,
+    ENGINES,
+    FEEDS,
+    GATE,
+    LIVE_CALLS,
+    METRICS,
+    NONCES,
+    REFUSALS,
+    SETTINGS,
+    SINK,
+)
+from bridge.web.media import ENDPOINTS, media_stream
+
+log = structlog.get_logger("bridge.app")
+
+
+def create_app(settings: Settings) -> web.Application:
+    """Build the application for ``settings``."""
+    app = web.Application()
+    app[SETTINGS] = settings
+    server = settings.server
+    app[CALLS_CHANGED] = asyncio.Event()
+    app[LIVE_CALLS] = LiveCalls(max_calls=server.max_calls,
+                                duplicates=server.duplicate_call_id,
+                                changed=app[CALLS_CHANGED])
+    app[GATE] = ConnectionGate(limit=server.max_pending_streams,
+                               per_address=server.max_pending_per_address)
+    app[AUTH_FAILURES] = {}
+    app[REFUSALS] = Counter()
+    app[NONCES] = NonceCache()
+    app[METRICS] = Metrics()
+    app[DRAINING] = False
+
+    app.cleanup_ctx.append(_speech_to_text)
+    app.cleanup_ctx.append(_webhooks)
+    app.cleanup_ctx.append(_observability)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/streams", partial(media_stream, dialect=None))
+    for name in ENDPOINTS:
+        app.router.add_get(f"/streams/{name}", partial(media_stream, dialect=name))
+    add_admin_routes(app)
+    return app
+
+
+async def _speech_to_text(app: web.Application) -> AsyncIterator[None]:
+    """The engines legs use; starts the embedded recognizer when the Telnyx-protocol engine
+    is in use with neither a key nor a URL."""
+    settings = app[SETTINGS]
+    target = stt_target(settings)
+    if not uses_telnyx_protocol(settings) or target is not SttTarget.EMBEDDED:
+        url = settings.stt.url or DEFAULT_STT_URL
+        app[ENGINES] = Engines(settings, lambda: url)
+        log.info("speech-to-text", engines=list(app[ENGINES].names),
+                 telnyx=target.value if uses_telnyx_protocol(settings) else None,
+                 url=redact_url(url) if uses_telnyx_protocol(settings) else None)
+        yield
+        return
+    local = settings.local_stt
+    async with EmbeddedRecognizer(workers=local.workers, max_sessions=local.max_sessions,
+                                  model=local.model) as embedded:
+        log.warning("no TELNYX_API_KEY: transcribing with the embedded recognizer "
+                    "(offline); its accuracy is for development, not production",
+                    model=local.model, url=embedded.url, pid=embedded.pid)
+        app[ENGINES] = Engines(settings, lambda: embedded.url)
+        yield
+
+
+async def _webhooks(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    hooks = settings.webhooks
+    connector = aiohttp.TCPConnector(
+        limit_per_host=hooks.max_in_flight + 2,
+        resolver=GuardedResolver(allow_private=hooks.allow_private_networks))
+    async with (aiohttp.ClientSession(connector=connector) as session,
+                DurableDispatcher(settings, session) as dispatcher):
+        app[SINK] = dispatcher
+        log.info("webhook delivery ready", outbox=str(settings.outbox.path),
+                 targets=sorted(dispatcher.targets))
+        yield
+
+
+async def _observability(app: web.Application) -> AsyncIterator[None]:
+    """Event-loop lag measurement, and the values metrics read when scraped."""
+    registry = app[METRICS]
+
+    def scraped() -> Iterator[Any]:
+        dispatcher = app.get(SINK)
+        if dispatcher is not None:
+            stats = dispatcher.stats
+            yield counter("callbridge_webhook_deliveries", "Webhook deliveries by outcome",
+                          ["outcome"], {("delivered",): stats.delivered,
+                                        ("retried",): stats.retried, ("dead",): stats.dead,
+                                        ("partial_sent",): stats.partials_sent,
+                                        ("partial_dropped",): stats.partials_dropped,
+                                        ("refused_outbox_full",): stats.outbox_rejected})
+            yield gauge("callbridge_outbox_pending", "Deliveries waiting in the outbox",
+                        ["target"], {(label,): count for label, count
+                                     in dispatcher.pending_by_label().items()})
+        yield counter("callbridge_auth_failures", "Media connections refused for their "
+                      "credentials", ["endpoint"],
+                      {(k,): v for k, v in app[AUTH_FAILURES].items()})
+        yield counter("callbridge_media_refused", "Media connections refused by policy: no "
+                      "start in time, too many waiting, at capacity, call id in use",
+                      ["reason"], {(k,): v for k, v in app[REFUSALS].items()})
+        yield gauge("callbridge_media_waiting", "Media connections that have not started a "
+                    "stream yet", [], {(): app[GATE].pending})
+        feeds = app.get(FEEDS)
+        if feeds is not None:
+            yield gauge("callbridge_live_viewers", "Open live feed streams", [],
+                        {(): feeds.viewers})
+            yield counter("callbridge_live_viewers_cut_off", "Live feed streams closed for "
+                          "falling behind", [], {(): feeds.viewers_cut_off})
+
+    registry.watch(scraped)
+    lag = asyncio.create_task(registry.measure_loop_lag(), name="loop lag")
+    yield
+    lag.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await lag
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition."""
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready to take calls: not draining, the outbox writable, the engine reachable."""
+    app = request.app
+    problems = []
+    if app[DRAINING]:
+        problems.append("draining")
+    dispatcher = app.get(SINK)
+    if dispatcher is None:
+        problems.append("outbox not open")
+    else:
+        try:
+            async with asyncio.timeout(2):
+                await dispatcher.db.call(lambda ob: ob.check_writable())
+        except Exception:  # noqa: BLE001 - any failure here means "not ready", said below
+            problems.append("outbox not writable")
+    engines = app.get(ENGINES)
+    if engines is None or not await engines.reachable():
+        problems.append("speech-to-text engine not reachable")
+    status = 503 if problems else 200
+    return web.json_response({"ready": not problems, "problems": problems}, status=status)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """The process is alive and serving."""
+    return web.json_response({"status": "ok", "version": __version__,
+                              "calls": len(request.app[LIVE_CALLS])})
