@@ -265,8 +265,9 @@ def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] |
         import uvloop
     except ImportError:
         if choice == "uvloop":
-            raise ConfigError("server.event_loop", "uvloop is not installed "
-                              "(pip install 'callbridge[fast]')") from None
+            raise ConfigError("server.event_loop", "uvloop is not installed (it comes with "
+                              "callbridge on CPython for Linux and macOS; pip install "
+                              "uvloop)") from None
         return None
     return uvloop.new_event_loop
 

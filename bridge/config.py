@@ -26,8 +26,7 @@ from urllib.parse import urlsplit
 
 from bridge.errors import ConfigError
 from bridge.events import EventType as EventKinds
-from bridge.ingress.auth import parse_audiohook_keys
-from bridge.security import check_webhook_url, is_loopback_host
+from bridge.security import check_webhook_url, is_loopback_host, parse_audiohook_keys
 
 LOG_FORMATS: Final = ("auto", "json", "console")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
