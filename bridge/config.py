@@ -902,7 +902,7 @@ class SttTarget(enum.Enum):
     """Where a bridge's legs are transcribed."""
 
     TELNYX = "telnyx"  # the Telnyx service (a key is set)
-    CONFIGURED = "configured"  # stt.url as given (a local server or an emulator)
+    CONFIGURED = "configured"  # telnyx.url as given (a local server or an emulator)
     EMBEDDED = "embedded"  # no key, no URL: the bridge starts the embedded recognizer
 
 

@@ -13,9 +13,11 @@ LOCAL = {"CALLBRIDGE_TELNYX_URL": "ws://127.0.0.1:9/v2/speech-to-text/transcript
 
 
 def test_the_shipped_config_file_loads_and_matches_the_defaults() -> None:
+    notices: list[str] = []
     shipped = load_settings(Path(__file__).parents[2] / "config" / "callbridge.toml",
-                            environ={"TELNYX_API_KEY": "k"})
+                            environ={"TELNYX_API_KEY": "k"}, warn=notices.append)
     assert shipped == load_settings(environ={"TELNYX_API_KEY": "k"})
+    assert notices == []  # it uses no deprecated key
 
 
 def test_environment_overrides_the_file(tmp_path: Path) -> None:
