@@ -272,12 +272,19 @@ def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] |
     return uvloop.new_event_loop
 
 
+def _ignore(line: str) -> None:
+    """Drop a deprecation line (for a process whose parent printed it)."""
+
+
 def run_stt_local(args: argparse.Namespace) -> int:
     from bridge.stt.local import recognizer
     from bridge.stt.local.runner import serve_local
 
     try:
-        settings = load_settings(args.config)
+        # Started by serve (--exit-with-parent), which read the same environment and has
+        # printed its deprecation lines already: the child stays quiet about them.
+        settings = load_settings(args.config, warn=_ignore) if args.exit_with_parent \
+            else load_settings(args.config)
         changes = {key: value for key, value in (
             ("host", args.host), ("port", args.port), ("workers", args.workers),
             ("max_sessions", args.max_sessions), ("model", args.model)) if value is not None}

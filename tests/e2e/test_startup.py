@@ -93,6 +93,18 @@ async def test_a_port_in_use_is_one_line_naming_the_setting(
                    "use by another process; choose another port"]
 
 
+async def test_a_port_in_use_given_by_the_old_variable_names_that_variable(
+        stt: TelnyxSttEmulator, tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = str(taken.getsockname()[1])
+        status, out, err = await callbridge(
+            "serve", env=environment(stt, tmp_path, CALLBRIDGE_PORT=port))
+    assert status == 2 and out == []
+    assert err == ["callbridge: CALLBRIDGE_PORT is deprecated: use CALLBRIDGE_SERVER_PORT",
+                   f"callbridge: invalid setting CALLBRIDGE_PORT: 127.0.0.1:{port} is already "
+                   "in use by another process; choose another port"]
+
+
 @pytest.mark.parametrize("given_as", ["CALLBRIDGE_CONFIG", "--config"])
 async def test_a_directory_as_the_settings_file_is_one_line(
         stt: TelnyxSttEmulator, tmp_path: Path, given_as: str) -> None:
