@@ -983,8 +983,11 @@ def describe(settings: Settings) -> dict[str, Any]:
                 value = [{"name": t.name, "url": redact_url(t.url), "events": list(t.events)}
                          for t in value]
             elif f.name == "routes":
-                value = [{"targets": list(r.targets), "path": r.path,
-                          "parameters": sorted(k for k, _ in r.parameters)} for r in value]
+                # Parameter values may identify a customer: only their names are shown.
+                value = [{"path": r.path, "parameters": sorted(k for k, _ in r.parameters),
+                          **({"targets": list(r.targets)} if isinstance(r, RouteSettings)
+                             else {"engine": r.engine, "language": r.language})}
+                         for r in value]
             view[f"{section}.{f.name}"] = value
     return view
 

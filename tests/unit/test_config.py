@@ -326,3 +326,17 @@ def test_a_target_without_its_own_secret_names_the_variable_that_set_the_secret(
                                  warn=lambda line: None)
         [target] = settings.webhooks.targets
         assert target.secret_env == variable and target.secret.reveal() == SECRET
+
+
+def test_the_settings_view_shows_engine_routes_and_webhook_routes(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[[stt.routes]]\nparameters = { tenant = "acme" }\nlanguage = "fr-FR"\n'
+                    '[[webhooks.routes]]\ntargets = ["default"]\npath = "/streams/twilio"\n')
+    view = describe(load_settings(path, environ={
+        **LOCAL, "CALLBRIDGE_WEBHOOKS_URLS": "https://a.example/h",
+        "CALLBRIDGE_WEBHOOKS_SECRET": SECRET}))
+    assert view["stt.routes"] == [{"path": "", "parameters": ["tenant"], "engine": "",
+                                   "language": "fr-FR"}]
+    assert view["webhooks.routes"] == [{"path": "/streams/twilio", "parameters": [],
+                                        "targets": ["default"]}]
+    assert "acme" not in str(view)
