@@ -4,6 +4,10 @@
 primary failed fatally or kept failing. A call may pick among these two with the custom
 parameter ``callbridge_engine``, and set the options listed in ``stt.call_options`` (such as
 ``callbridge_language=de-DE``), when the allow-list names them.
+
+Engine names come from the registry ``bridge.config.ENGINES`` (settings section, key,
+session limit); ``SESSIONS`` maps the same names to session classes here, since the session
+modules import the settings and not the other way round.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ class Engines:
         stt = settings.stt
         self.primary = stt.engine
         self.secondary = stt.secondary_engine or None
-        self.names = tuple(n for n in (self.primary, self.secondary) if n)
+        self.names = stt.in_use()
         self._reachable: bool | None = None
         self._checked_at = 0.0
 
