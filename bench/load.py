@@ -217,14 +217,16 @@ def start_processes(kind: str, calls: int, final_every_s: float, chunk_ms: int,
     env = {k: v for k, v in os.environ.items() if not k.startswith("CALLBRIDGE_")}
     if kind == "callbridge":
         env.update({
-            "CALLBRIDGE_PORT": str(bridge_port), "CALLBRIDGE_STT_URL": stt_url,
-            "TELNYX_API_KEY": API_KEY, "CALLBRIDGE_WEBHOOK_URLS": receiver_url,
-            "CALLBRIDGE_WEBHOOK_SECRET": SECRET, "CALLBRIDGE_WEBHOOK_ALLOW_PRIVATE": "true",
+            "CALLBRIDGE_SERVER_PORT": str(bridge_port), "CALLBRIDGE_TELNYX_URL": stt_url,
+            "TELNYX_API_KEY": API_KEY, "CALLBRIDGE_WEBHOOKS_URLS": receiver_url,
+            "CALLBRIDGE_WEBHOOKS_SECRET": SECRET,
+            "CALLBRIDGE_WEBHOOKS_ALLOW_PRIVATE_NETWORKS": "true",
             "CALLBRIDGE_OUTBOX_PATH": str(workdir / "outbox.db"),
-            "CALLBRIDGE_LOG_FORMAT": "json", "CALLBRIDGE_LOG_LEVEL": "warning",
-            "CALLBRIDGE_CHUNK_MS": str(chunk_ms), "CALLBRIDGE_MAX_CALLS": str(calls + 10),
+            "CALLBRIDGE_LOGGING_FORMAT": "json", "CALLBRIDGE_LOGGING_LEVEL": "warning",
+            "CALLBRIDGE_AUDIO_CHUNK_MS": str(chunk_ms),
+            "CALLBRIDGE_SERVER_MAX_CALLS": str(calls + 10),
         })
-        env["CALLBRIDGE_EVENT_LOOP"] = event_loop
+        env["CALLBRIDGE_SERVER_EVENT_LOOP"] = event_loop
         command = [sys.executable, "-m", "bridge", "serve"]
     else:
         command = [sys.executable, str(ROOT / "bench" / "forwarder.py"), "--port",

@@ -18,6 +18,7 @@ from bridge.config import (
     Settings,
     SttTarget,
     describe,
+    given_as,
     load_settings,
     override,
     stt_target,
@@ -34,16 +35,19 @@ SERVE_EPILOG: Final = """\
 settings come from a TOML file (--config, or $CALLBRIDGE_CONFIG; every setting is
 documented in config/callbridge.toml), then from environment variables, which win.
 The main variables:
+Every setting has one, CALLBRIDGE_<SECTION>_<KEY>; the main ones:
   TELNYX_API_KEY              Telnyx speech-to-text; without it (and without
-                              CALLBRIDGE_STT_URL) the embedded recognizer is started
-  CALLBRIDGE_ENGINE           telnyx, deepgram or assemblyai (with DEEPGRAM_API_KEY
+                              CALLBRIDGE_TELNYX_URL) the embedded recognizer is started
+  CALLBRIDGE_STT_ENGINE       telnyx, deepgram or assemblyai (with DEEPGRAM_API_KEY
                               or ASSEMBLYAI_API_KEY)
-  CALLBRIDGE_WEBHOOK_URLS     comma-separated webhook URLs
-  CALLBRIDGE_WEBHOOK_SECRET   whsec_... secret that signs them
-  CALLBRIDGE_HOST, CALLBRIDGE_PORT   listen address (default 127.0.0.1:8080)
+  CALLBRIDGE_WEBHOOKS_URLS    comma-separated webhook URLs
+  CALLBRIDGE_WEBHOOKS_SECRET  whsec_... secret that signs them
+  CALLBRIDGE_SERVER_HOST, CALLBRIDGE_SERVER_PORT   listen address (127.0.0.1:8080)
   CALLBRIDGE_OUTBOX_PATH      the webhook outbox file (SQLite)
-  CALLBRIDGE_ADMIN_TOKEN      turns on the admin API and live captions
-  CALLBRIDGE_LOG_LEVEL, CALLBRIDGE_LOG_FORMAT   info|debug..., auto|json|console
+  CALLBRIDGE_SERVER_ADMIN_TOKEN   turns on the admin API and live captions
+  CALLBRIDGE_LOGGING_LEVEL, CALLBRIDGE_LOGGING_FORMAT   info|debug..., auto|json|console
+Older names (CALLBRIDGE_PORT, CALLBRIDGE_WEBHOOK_URLS, ...) still work, with one
+deprecation line each.
 Once it accepts calls, serve prints one line on stdout: "callbridge: ready on ...".
 """
 
@@ -72,9 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
         "streams in on /streams/<provider>, transcripts out to webhooks.",
         epilog=SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     serve.add_argument("--config", help=config_help)
-    serve.add_argument("--host", help="listen address (overrides server.host, CALLBRIDGE_HOST)")
+    serve.add_argument("--host", help="listen address (overrides server.host, "
+                       "CALLBRIDGE_SERVER_HOST)")
     serve.add_argument("--port", type=int, help="listen port (overrides server.port, "
-                       "CALLBRIDGE_PORT); 0 picks a free one, named on the ready line")
+                       "CALLBRIDGE_SERVER_PORT); 0 picks a free one, named on the ready line")
     serve.set_defaults(run=run_serve)
 
     local = commands.add_parser(
@@ -179,8 +184,7 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         secure_location(settings.outbox.path)  # its directory too, before anything is logged
         listener = bind_listener(settings.server.host, settings.server.port,
-                                 _given_as(args.port, "CALLBRIDGE_PORT", "port"),
-                                 _given_as(args.host, "CALLBRIDGE_HOST", "host"))
+                                 _given_as(args.port, "port"), _given_as(args.host, "host"))
     except ConfigError as exc:
         print(f"callbridge: {exc}", file=sys.stderr)
         return 2
@@ -212,7 +216,7 @@ def _serve_on(settings: Settings, listener: socket.socket, config: str | None) -
     if policy.enabled:
         log.info("bridge-side redaction on", policies=policy.names(),
                  hold_s=settings.compliance.hold_s, dtmf=settings.compliance.dtmf,
-                 engine_redact=settings.stt.redact or None)
+                 engine_redact=settings.telnyx.redact or None)
     else:
         log.warning("bridge-side redaction is OFF: card numbers, security codes and SSNs "
                     "reach webhooks as the engine wrote them", dtmf=settings.compliance.dtmf)
@@ -248,13 +252,9 @@ def _serve_on(settings: Settings, listener: socket.socket, config: str | None) -
     return status
 
 
-def _given_as(option: object, variable: str, key: str) -> str:
+def _given_as(option: object, key: str) -> str:
     """How the user gave a ``server`` setting (option, variable or file), to name it."""
-    if option is not None:
-        return f"--{key}"
-    if os.environ.get(variable):
-        return variable
-    return f"server.{key}"
+    return f"--{key}" if option is not None else given_as("server", key)
 
 
 def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -265,10 +265,15 @@ def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] |
         import uvloop
     except ImportError:
         if choice == "uvloop":
-            raise ConfigError("server.event_loop", "uvloop is not installed "
-                              "(pip install 'callbridge[fast]')") from None
+            raise ConfigError("server.event_loop", "uvloop is not installed (it comes with "
+                              "callbridge on CPython for Linux and macOS; pip install "
+                              "uvloop)") from None
         return None
     return uvloop.new_event_loop
+
+
+def _ignore(line: str) -> None:
+    """Drop a deprecation line (for a process whose parent printed it)."""
 
 
 def run_stt_local(args: argparse.Namespace) -> int:
@@ -276,7 +281,10 @@ def run_stt_local(args: argparse.Namespace) -> int:
     from bridge.stt.local.runner import serve_local
 
     try:
-        settings = load_settings(args.config)
+        # Started by serve (--exit-with-parent), which read the same environment and has
+        # printed its deprecation lines already: the child stays quiet about them.
+        settings = load_settings(args.config, warn=_ignore) if args.exit_with_parent \
+            else load_settings(args.config)
         changes = {key: value for key, value in (
             ("host", args.host), ("port", args.port), ("workers", args.workers),
             ("max_sessions", args.max_sessions), ("model", args.model)) if value is not None}

@@ -1,12 +1,21 @@
 """Typed settings: the one source of truth for configuration.
 
 Values come from, in rising precedence: the defaults below, the TOML file named by
-``CALLBRIDGE_CONFIG`` (or ``--config``), and environment variables. Secrets (the Telnyx key,
-the webhook secret) come from the environment only, never from the file, and are held in
-``Secret`` so that printing a settings object cannot reveal them.
+``CALLBRIDGE_CONFIG`` (or ``--config``), and environment variables. Every setting has one
+variable, ``CALLBRIDGE_<SECTION>_<KEY>`` (``CALLBRIDGE_SERVER_PORT``), generated from the
+dataclasses below; the providers' own key variables (``TELNYX_API_KEY``, ...) work too.
+Names from before that scheme still work and print one deprecation line each (see
+``DEPRECATED_VARIABLES`` and ``load_settings``). Secrets come from the environment only,
+never from the file, and are held in ``Secret`` so that printing settings cannot reveal them.
 
-A wrong value raises ``ConfigError`` naming the setting as the user wrote it
-(``webhooks.urls`` in the file, ``CALLBRIDGE_WEBHOOK_URLS`` in the environment).
+Each section checks its own values (``validate``); ``_validate_across`` holds the few checks
+that read two sections. A wrong value raises ``ConfigError`` naming the setting as the user
+wrote it (``webhooks.urls`` in the file, ``CALLBRIDGE_WEBHOOKS_URLS`` or the older
+``CALLBRIDGE_WEBHOOK_URLS`` in the environment).
+
+The engine registry (``ENGINES``) is the one list of speech-to-text engines: their settings
+section, key variable, session limit and which one the embedded recognizer stands in for.
+``bridge.stt.engines`` maps the same names to session classes.
 """
 
 from __future__ import annotations
@@ -16,8 +25,9 @@ import binascii
 import enum
 import os
 import re
+import sys
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from fnmatch import fnmatch
 from pathlib import Path
@@ -26,8 +36,7 @@ from urllib.parse import urlsplit
 
 from bridge.errors import ConfigError
 from bridge.events import EventType as EventKinds
-from bridge.ingress.auth import parse_audiohook_keys
-from bridge.security import check_webhook_url, is_loopback_host
+from bridge.security import check_webhook_url, is_loopback_host, parse_audiohook_keys
 
 LOG_FORMATS: Final = ("auto", "json", "console")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
@@ -35,6 +44,14 @@ LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 TELNYX_ENGINES: Final = ("Deepgram", "Telnyx", "Google", "Azure", "xAI", "AssemblyAI",
                          "Speechmatics", "Soniox", "Parakeet", "Reson8")
 DEFAULT_STT_URL: Final = "wss://api.telnyx.com/v2/speech-to-text/transcription"
+
+SettingName = Callable[[str], str]
+"""A section's key -> the setting's name as the user wrote it (file key or variable)."""
+
+
+def _require(ok: bool, setting: str, problem: str) -> None:
+    if not ok:
+        raise ConfigError(setting, problem)
 
 
 class Secret:
@@ -64,6 +81,34 @@ class Secret:
 
 
 @dataclass(frozen=True, slots=True)
+class EngineSpec:
+    """What the settings know of one speech-to-text engine (its session class is mapped in
+    ``bridge.stt.engines``, which imports this module)."""
+
+    name: str
+    section: str  # the settings section that holds its url, api_key, ...
+    key_variable: str  # the provider's own variable for its API key
+    session_limit_key: str = ""  # the key in its section that bounds a session's life
+    # The embedded recognizer speaks this engine's protocol and stands in for it when the
+    # engine has neither a URL nor a key.
+    embedded: bool = False
+
+
+ENGINES: Final[Mapping[str, EngineSpec]] = {
+    "telnyx": EngineSpec("telnyx", "telnyx", "TELNYX_API_KEY", embedded=True),
+    "deepgram": EngineSpec("deepgram", "deepgram", "DEEPGRAM_API_KEY"),
+    "assemblyai": EngineSpec("assemblyai", "assemblyai", "ASSEMBLYAI_API_KEY",
+                             session_limit_key="max_session_s"),
+}
+ENGINE_LIST: Final = ", ".join(ENGINES)
+
+
+def _check_ws_url(url: str, setting: str, *, optional: bool = False) -> None:
+    _require((optional and url == "") or url.startswith(("ws://", "wss://")), setting,
+             "must be a ws:// or wss:// URL" + (", or empty" if optional else ""))
+
+
+@dataclass(frozen=True, slots=True)
 class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8080
@@ -79,6 +124,28 @@ class ServerSettings:
     duplicate_call_id: str = "refuse"
     require_ingress_auth: bool = False
 
+    def validate(self, name: SettingName) -> None:
+        _require(1 <= self.port <= 65535, name("port"), "must be 1-65535")
+        _require(1024 <= self.max_message_bytes <= 16 * 1024 * 1024, name("max_message_bytes"),
+                 "must be 1024-16777216")
+        _require(self.max_calls >= 1, name("max_calls"), "must be at least 1")
+        _require(0.5 <= self.start_timeout_s <= 120, name("start_timeout_s"),
+                 "must be 0.5-120 (seconds)")
+        _require(1 <= self.max_pending_streams <= 100_000, name("max_pending_streams"),
+                 "must be 1-100000")
+        _require(0 <= self.max_pending_per_address <= 100_000, name("max_pending_per_address"),
+                 "must be 0-100000 (0: no cap per address)")
+        _require(1 <= self.header_timeout_s <= 600, name("header_timeout_s"),
+                 "must be 1-600 (seconds)")
+        _require(self.duplicate_call_id in ("refuse", "separate"), name("duplicate_call_id"),
+                 "must be refuse or separate")
+        _require(0 <= self.drain_s <= 3600, name("drain_s"), "must be 0-3600 (seconds)")
+        _require(self.event_loop in ("auto", "asyncio", "uvloop"), name("event_loop"),
+                 "must be auto, asyncio or uvloop")
+        if self.admin_token:
+            _require(len(self.admin_token.reveal()) >= 16, name("admin_token"),
+                     "must be at least 16 characters")
+
 
 @dataclass(frozen=True, slots=True)
 class AudioSettings:
@@ -86,6 +153,15 @@ class AudioSettings:
     reorder_window_frames: int = 5
     max_gap_fill_ms: int = 5000
     max_buffer_ms: int = 5000
+
+    def validate(self, name: SettingName) -> None:
+        _require(20 <= self.chunk_ms <= 1000, name("chunk_ms"), "must be 20-1000 (ms)")
+        _require(0 <= self.reorder_window_frames <= 50, name("reorder_window_frames"),
+                 "must be 0-50")
+        _require(0 <= self.max_gap_fill_ms <= 60000, name("max_gap_fill_ms"),
+                 "must be 0-60000")
+        _require(self.chunk_ms <= self.max_buffer_ms <= 60000, name("max_buffer_ms"),
+                 "must be at least chunk_ms and at most 60000")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,12 +176,43 @@ class EngineRouteSettings:
 
 @dataclass(frozen=True, slots=True)
 class SttSettings:
+    """What holds for every engine: which ones, per-call choices, and a session's life."""
+
     engine: str = "telnyx"
     secondary_engine: str = ""
     call_options: tuple[str, ...] = ("language",)
     silence_timeout_s: float = 0.0
     roll_margin_s: float = 300.0
     routes: tuple[EngineRouteSettings, ...] = ()
+    close_grace_s: float = 2.0
+    replay_ms: int = 30000
+
+    def in_use(self) -> tuple[str, ...]:
+        """The configured engines: the primary, then the secondary if any."""
+        return tuple(n for n in (self.engine, self.secondary_engine) if n)
+
+    def validate(self, name: SettingName) -> None:
+        _require(self.engine in ENGINES, name("engine"), f"must be one of {ENGINE_LIST}")
+        _require(self.secondary_engine in ("", *ENGINES)
+                 and self.secondary_engine != self.engine, name("secondary_engine"),
+                 f"must be another of {ENGINE_LIST}, or empty")
+        _require(all(o in ("engine", "language") for o in self.call_options),
+                 name("call_options"), "may list engine and language")
+        for n, route in enumerate(self.routes):
+            if route.engine and route.engine not in (self.engine, self.secondary_engine):
+                raise ConfigError(f"stt.routes[{n}]", f"engine {route.engine!r} is neither "
+                                  "stt.engine nor stt.secondary_engine")
+        _require(self.silence_timeout_s >= 0, name("silence_timeout_s"), "must be >= 0 (0: off)")
+        _require(self.roll_margin_s >= 0, name("roll_margin_s"), "must be >= 0")
+        _require(0 <= self.close_grace_s <= 60, name("close_grace_s"), "must be 0-60 (seconds)")
+        _require(1000 <= self.replay_ms <= 300000, name("replay_ms"), "must be 1000-300000")
+
+
+@dataclass(frozen=True, slots=True)
+class TelnyxSettings:
+    """The Telnyx speech-to-text service (and the embedded recognizer, which speaks its
+    protocol): used when ``stt.engine`` or ``stt.secondary_engine`` is ``telnyx``."""
+
     url: str = ""
     api_key: Secret = field(default_factory=lambda: Secret(""))
     transcription_engine: str = "Deepgram"
@@ -117,9 +224,16 @@ class SttSettings:
     keyterms: tuple[str, ...] = ()
     keywords: tuple[str, ...] = ()
     connect_timeout_s: float = 10.0
-    close_grace_s: float = 2.0
-    replay_ms: int = 30000
     ping_interval_s: float = 20.0
+
+    def validate(self, name: SettingName) -> None:
+        _check_ws_url(self.url, name("url"), optional=True)
+        _require(self.transcription_engine in TELNYX_ENGINES, name("transcription_engine"),
+                 f"must be one of {', '.join(TELNYX_ENGINES)} (case-sensitive)")
+        _require(self.endpointing in ("", "false") or self.endpointing.isdigit(),
+                 name("endpointing"), "must be a number of milliseconds or \"false\"")
+        _require(self.connect_timeout_s > 0, name("connect_timeout_s"), "must be positive")
+        _require(1 <= self.ping_interval_s <= 300, name("ping_interval_s"), "must be 1-300")
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +252,11 @@ class DeepgramSettings:
     connect_timeout_s: float = 10.0
     ping_interval_s: float = 20.0
 
+    def validate(self, name: SettingName) -> None:
+        _check_ws_url(self.url, name("url"))
+        _require(0.1 <= self.keepalive_s <= 9, name("keepalive_s"),
+                 "must be 0.1-9 (Deepgram closes after 10 s without audio)")
+
 
 @dataclass(frozen=True, slots=True)
 class AssemblyAISettings:
@@ -150,6 +269,9 @@ class AssemblyAISettings:
     connect_timeout_s: float = 10.0
     ping_interval_s: float = 20.0
     max_session_s: float = 10800.0  # the service ends a session after 3 h (close 3008)
+
+    def validate(self, name: SettingName) -> None:
+        _check_ws_url(self.url, name("url"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +286,24 @@ class LocalSttSettings:
     partial_every_ms: int = 1000
     max_utterance_ms: int = 15000
 
+    def validate(self, name: SettingName) -> None:
+        _require(self.model in ("whisper-tiny.en", "pocketsphinx"), name("model"),
+                 "must be whisper-tiny.en or pocketsphinx")
+        _require(1 <= self.beam_size <= 5, name("beam_size"), "must be 1-5")
+        _require(0 <= self.port <= 65535, name("port"), "must be 0-65535")
+        _require(0 <= self.workers <= 64, name("workers"), "must be 0-64 (0: one per CPU)")
+        _require(0 <= self.max_sessions <= 1000, name("max_sessions"),
+                 "must be 0-1000 (0: 8 per recognition worker)")
+        _require(100 <= self.endpointing_ms <= 10000, name("endpointing_ms"),
+                 "must be 100-10000")
+        _require(200 <= self.partial_every_ms <= 10000, name("partial_every_ms"),
+                 "must be 200-10000")
+        _require(1000 <= self.max_utterance_ms <= 60000, name("max_utterance_ms"),
+                 "must be 1000-60000")
+
+
+WEBHOOK_SECRET_VARIABLE: Final = "CALLBRIDGE_WEBHOOKS_SECRET"  # noqa: S105 - a variable's name
+
 
 @dataclass(frozen=True, slots=True)
 class TargetSettings:
@@ -172,7 +312,7 @@ class TargetSettings:
     name: str
     url: str
     secret: Secret = field(default_factory=lambda: Secret(""))
-    secret_env: str = "CALLBRIDGE_WEBHOOK_SECRET"  # noqa: S105 - a variable's name, not a secret
+    secret_env: str = WEBHOOK_SECRET_VARIABLE
     events: tuple[str, ...] = ("*",)
 
 
@@ -213,12 +353,64 @@ class WebhookSettings:
                                      url, self.secret) for i, url in enumerate(self.urls))
         return extra + self.targets
 
+    def _url_problem(self, url: str) -> str | None:
+        return check_webhook_url(url, allow_insecure_http=self.allow_insecure_http,
+                                 allow_private=self.allow_private_networks)
+
+    def validate(self, name: SettingName) -> None:
+        _require(self.timeout_s > 0, name("timeout_s"), "must be positive")
+        _require(self.ttl_s > 0, name("ttl_s"), "must be positive")
+        _require(1 <= self.max_in_flight <= 256, name("max_in_flight"), "must be 1-256")
+        _require(1 <= self.max_call_targets <= 10_000, name("max_call_targets"),
+                 "must be 1-10000")
+        _require(bool(self.retry_schedule_s)
+                 and all(0.01 <= step <= 86400 for step in self.retry_schedule_s),
+                 name("retry_schedule_s"), "must be steps of 0.01-86400 seconds")
+        _require(self.partial_max_age_s > 0, name("partial_max_age_s"), "must be positive")
+        _require(self.drain_timeout_s >= 0, name("drain_timeout_s"), "must be >= 0")
+        for url in self.urls:
+            problem = self._url_problem(url)
+            _require(problem is None, name("urls"), f"{redact_url(url)}: {problem}")
+        if self.secret:
+            _require(decode_webhook_secret(self.secret) is not None, name("secret"),
+                     "must be whsec_ followed by base64 of 24-64 random bytes")
+        names = [t.name for t in self.all_targets()]
+        for n, target in enumerate(self.targets):
+            where = f"webhooks.targets[{n}]"
+            if names.count(target.name) > 1:
+                raise ConfigError(where, f"target name {target.name!r} is used twice")
+            problem = self._url_problem(target.url)
+            if problem is not None:
+                raise ConfigError(where, f"{redact_url(target.url)}: {problem}")
+            if decode_webhook_secret(target.secret) is None:
+                raise ConfigError(target.secret_env, f"the secret of target {target.name!r} "
+                                  "must be whsec_ followed by base64 of 24-64 random bytes")
+            for pattern in target.events:
+                if not any(fnmatch(t.value, pattern) for t in EventKinds):
+                    raise ConfigError(where, f"event filter {pattern!r} matches no event type")
+        for n, route in enumerate(self.routes):
+            for target_name in route.targets:
+                if target_name not in names:
+                    raise ConfigError(f"webhooks.routes[{n}]", f"unknown target {target_name!r}")
+        for entry in self.call_url_allowlist:
+            problem = self._url_problem(entry)
+            if problem is None and urlsplit(entry).query:
+                problem = "must not have a query string (entries match scheme, host, port, path)"
+            _require(problem is None, name("call_url_allowlist"),
+                     f"{redact_url(entry)}: {problem}")
+
 
 @dataclass(frozen=True, slots=True)
 class OutboxSettings:
     path: str = "callbridge-outbox.db"
     max_events: int = 1_000_000
     retention_days: float = 0.0
+
+    def validate(self, name: SettingName) -> None:
+        _require(1000 <= self.max_events <= 100_000_000, name("max_events"),
+                 "must be 1000-100000000")
+        _require(self.retention_days >= 0, name("retention_days"), "must be >= 0")
+        _require(bool(self.path), name("path"), "must be a file path")
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +423,12 @@ class ComplianceSettings:
     custom_patterns: tuple[str, ...] = ()
     hold_s: float = 2.0
     dtmf: str = "drop"
+
+    def validate(self, name: SettingName) -> None:
+        _require(self.dtmf in ("drop", "masked"), name("dtmf"), "must be drop or masked")
+        _require(0.1 <= self.hold_s <= 10, name("hold_s"), "must be 0.1-10 (seconds)")
+        for entry in self.custom_patterns:
+            custom_pattern(entry, name("custom_patterns"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,12 +444,28 @@ class IngressAuthSettings:
     stream_token_endpoints: tuple[str, ...] = ("telnyx", "plivo", "bandwidth", "vonage",
                                                "audiofork", "jambonz")
 
+    def validate(self, name: SettingName) -> None:
+        if self.audiohook_keys:
+            try:
+                parse_audiohook_keys(self.audiohook_keys.reveal())
+            except ValueError:
+                raise ConfigError(name("audiohook_keys"), "expected comma-separated "
+                                  "api_key:base64_client_secret pairs") from None
+        if self.exotel_basic:
+            _require(":" in self.exotel_basic.reveal(), name("exotel_basic"),
+                     "expected user:password")
+        _require(self.twilio_public_url == "" or self.twilio_public_url.startswith("wss://"),
+                 name("twilio_public_url"), "must start with wss:// (as Twilio dials it)")
+
 
 @dataclass(frozen=True, slots=True)
 class SpeakerSettings:
     inbound: str = "caller"
     outbound: str = "agent"
     mixed: str = "call"
+
+    def validate(self, name: SettingName) -> None:
+        """Any label will do: nothing to check."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,11 +477,25 @@ class LiveSettings:
     keepalive_s: float = 15.0
     retain_s: float = 60.0
 
+    def validate(self, name: SettingName) -> None:
+        _require(60 <= self.token_ttl_s <= 86400, name("token_ttl_s"),
+                 "must be 60-86400 (seconds)")
+        _require(0 <= self.backlog_bytes <= 16 * 1024 * 1024, name("backlog_bytes"),
+                 "must be 0-16777216")
+        _require(16 <= self.viewer_buffer <= 10000, name("viewer_buffer"), "must be 16-10000")
+        _require(1 <= self.max_viewers <= 1000, name("max_viewers"), "must be 1-1000")
+        _require(1 <= self.keepalive_s <= 300, name("keepalive_s"), "must be 1-300 (seconds)")
+        _require(0 <= self.retain_s <= 3600, name("retain_s"), "must be 0-3600 (seconds)")
+
 
 @dataclass(frozen=True, slots=True)
 class LoggingSettings:
     level: str = "info"
     format: str = "auto"
+
+    def validate(self, name: SettingName) -> None:
+        _require(self.level in LOG_LEVELS, name("level"), f"must be one of {LOG_LEVELS}")
+        _require(self.format in LOG_FORMATS, name("format"), f"must be one of {LOG_FORMATS}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +503,7 @@ class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     audio: AudioSettings = field(default_factory=AudioSettings)
     stt: SttSettings = field(default_factory=SttSettings)
+    telnyx: TelnyxSettings = field(default_factory=TelnyxSettings)
     local_stt: LocalSttSettings = field(default_factory=LocalSttSettings)
     deepgram: DeepgramSettings = field(default_factory=DeepgramSettings)
     assemblyai: AssemblyAISettings = field(default_factory=AssemblyAISettings)
@@ -287,96 +516,185 @@ class Settings:
     logging: LoggingSettings = field(default_factory=LoggingSettings)
 
 
-# Environment variable -> (section, key). Values are parsed like the file's, as strings.
-ENVIRONMENT: Final[Mapping[str, tuple[str, str]]] = {
-    "CALLBRIDGE_HOST": ("server", "host"),
-    "CALLBRIDGE_DRAIN_S": ("server", "drain_s"),
-    "CALLBRIDGE_ADMIN_TOKEN": ("server", "admin_token"),
-    "CALLBRIDGE_LIVE_TOKEN_TTL_S": ("live", "token_ttl_s"),
-    "TWILIO_AUTH_TOKEN": ("ingress_auth", "twilio_auth_token"),
-    "CALLBRIDGE_TWILIO_PUBLIC_URL": ("ingress_auth", "twilio_public_url"),
-    "CALLBRIDGE_INGRESS_TOKEN": ("ingress_auth", "bearer_token"),
-    "CALLBRIDGE_EXOTEL_BASIC": ("ingress_auth", "exotel_basic"),
-    "CALLBRIDGE_AUDIOHOOK_KEYS": ("ingress_auth", "audiohook_keys"),
-    "CALLBRIDGE_STREAM_TOKEN": ("ingress_auth", "stream_token"),
-    "CALLBRIDGE_REDACTION": ("compliance", "redaction"),
-    "CALLBRIDGE_DTMF": ("compliance", "dtmf"),
-    "CALLBRIDGE_PORT": ("server", "port"),
-    "CALLBRIDGE_MAX_CALLS": ("server", "max_calls"),
-    "CALLBRIDGE_START_TIMEOUT_S": ("server", "start_timeout_s"),
-    "CALLBRIDGE_MAX_PENDING_STREAMS": ("server", "max_pending_streams"),
-    "CALLBRIDGE_MAX_PENDING_PER_ADDRESS": ("server", "max_pending_per_address"),
-    "CALLBRIDGE_DUPLICATE_CALL_ID": ("server", "duplicate_call_id"),
-    "CALLBRIDGE_REQUIRE_INGRESS_AUTH": ("server", "require_ingress_auth"),
-    "CALLBRIDGE_HEADER_TIMEOUT_S": ("server", "header_timeout_s"),
-    "CALLBRIDGE_EVENT_LOOP": ("server", "event_loop"),
-    "CALLBRIDGE_CHUNK_MS": ("audio", "chunk_ms"),
-    "CALLBRIDGE_STT_URL": ("stt", "url"),
-    "CALLBRIDGE_ENGINE": ("stt", "engine"),
-    "CALLBRIDGE_SECONDARY_ENGINE": ("stt", "secondary_engine"),
-    "CALLBRIDGE_STT_SILENCE_TIMEOUT_S": ("stt", "silence_timeout_s"),
-    "CALLBRIDGE_STT_ROLL_MARGIN_S": ("stt", "roll_margin_s"),
-    "CALLBRIDGE_ASSEMBLYAI_MAX_SESSION_S": ("assemblyai", "max_session_s"),
-    "DEEPGRAM_API_KEY": ("deepgram", "api_key"),
-    "CALLBRIDGE_DEEPGRAM_URL": ("deepgram", "url"),
-    "CALLBRIDGE_DEEPGRAM_KEEPALIVE_S": ("deepgram", "keepalive_s"),
-    "ASSEMBLYAI_API_KEY": ("assemblyai", "api_key"),
-    "CALLBRIDGE_ASSEMBLYAI_URL": ("assemblyai", "url"),
-    "TELNYX_API_KEY": ("stt", "api_key"),
-    "CALLBRIDGE_STT_ENGINE": ("stt", "transcription_engine"),
-    "CALLBRIDGE_STT_INTERIM_RESULTS": ("stt", "interim_results"),
-    "CALLBRIDGE_LOCAL_STT_MODEL": ("local_stt", "model"),
-    "CALLBRIDGE_LOCAL_STT_WORKERS": ("local_stt", "workers"),
-    "CALLBRIDGE_LOCAL_STT_MAX_SESSIONS": ("local_stt", "max_sessions"),
-    "CALLBRIDGE_WEBHOOK_URLS": ("webhooks", "urls"),
-    "CALLBRIDGE_WEBHOOK_SECRET": ("webhooks", "secret"),
-    "CALLBRIDGE_WEBHOOK_ALLOW_HTTP": ("webhooks", "allow_insecure_http"),
-    "CALLBRIDGE_WEBHOOK_ALLOW_PRIVATE": ("webhooks", "allow_private_networks"),
-    "CALLBRIDGE_WEBHOOK_RETRY_SCHEDULE": ("webhooks", "retry_schedule_s"),
-    "CALLBRIDGE_WEBHOOK_TTL_S": ("webhooks", "ttl_s"),
-    "CALLBRIDGE_OUTBOX_PATH": ("outbox", "path"),
-    "CALLBRIDGE_OUTBOX_MAX_EVENTS": ("outbox", "max_events"),
-    "CALLBRIDGE_OUTBOX_RETENTION_DAYS": ("outbox", "retention_days"),
-    "CALLBRIDGE_LOG_LEVEL": ("logging", "level"),
-    "CALLBRIDGE_LOG_FORMAT": ("logging", "format"),
+SECTIONS: Final[Mapping[str, type[Any]]] = {
+    "server": ServerSettings,
+    "audio": AudioSettings,
+    "stt": SttSettings,
+    "telnyx": TelnyxSettings,
+    "local_stt": LocalSttSettings,
+    "deepgram": DeepgramSettings,
+    "assemblyai": AssemblyAISettings,
+    "webhooks": WebhookSettings,
+    "outbox": OutboxSettings,
+    "compliance": ComplianceSettings,
+    "ingress_auth": IngressAuthSettings,
+    "speakers": SpeakerSettings,
+    "live": LiveSettings,
+    "logging": LoggingSettings,
 }
-SECRET_KEYS: Final = {("stt", "api_key"), ("webhooks", "secret"), ("server", "admin_token"),
-                      ("deepgram", "api_key"), ("assemblyai", "api_key"),
-                      ("ingress_auth", "twilio_auth_token"), ("ingress_auth", "bearer_token"),
-                      ("ingress_auth", "exotel_basic"), ("ingress_auth", "audiohook_keys"),
-                      ("ingress_auth", "stream_token")}
-SECRET_NAMES: Final = {("stt", "api_key"): "TELNYX_API_KEY",
-                       ("webhooks", "secret"): "CALLBRIDGE_WEBHOOK_SECRET",
-                       ("server", "admin_token"): "CALLBRIDGE_ADMIN_TOKEN",
-                       ("ingress_auth", "audiohook_keys"): "CALLBRIDGE_AUDIOHOOK_KEYS",
-                       ("ingress_auth", "exotel_basic"): "CALLBRIDGE_EXOTEL_BASIC"}
+
+
+# Arrays of tables: set in the file only.
+FILE_ONLY: Final = {("stt", "routes"), ("webhooks", "targets"), ("webhooks", "routes")}
+SECRET_KEYS: Final = frozenset((section, f.name) for section, cls in SECTIONS.items()
+                               for f in fields(cls) if f.type in ("Secret", Secret))
+
+
+def variable_for(section: str, key: str) -> str:
+    """The setting's environment variable under the one scheme, ``CALLBRIDGE_<SECTION>_<KEY>``."""
+    return f"CALLBRIDGE_{section.upper()}_{key.upper()}"
+
+
+# Every setting's variable, generated: variable -> (section, key).
+ENVIRONMENT: Final[Mapping[str, tuple[str, str]]] = {
+    variable_for(section, f.name): (section, f.name)
+    for section, cls in SECTIONS.items() for f in fields(cls)
+    if (section, f.name) not in FILE_ONLY}
+# The providers' own variables, as their documentation names them; the CALLBRIDGE_ one wins.
+PROVIDER_VARIABLES: Final[Mapping[str, tuple[str, str]]] = {
+    **{spec.key_variable: (spec.section, "api_key") for spec in ENGINES.values()},
+    "TWILIO_AUTH_TOKEN": ("ingress_auth", "twilio_auth_token"),
+}
+# Names from before the scheme: old -> new. Each still works, with one deprecation line.
+DEPRECATED_VARIABLES: Final[Mapping[str, str]] = {
+    "CALLBRIDGE_HOST": "CALLBRIDGE_SERVER_HOST",
+    "CALLBRIDGE_PORT": "CALLBRIDGE_SERVER_PORT",
+    "CALLBRIDGE_DRAIN_S": "CALLBRIDGE_SERVER_DRAIN_S",
+    "CALLBRIDGE_ADMIN_TOKEN": "CALLBRIDGE_SERVER_ADMIN_TOKEN",
+    "CALLBRIDGE_MAX_CALLS": "CALLBRIDGE_SERVER_MAX_CALLS",
+    "CALLBRIDGE_START_TIMEOUT_S": "CALLBRIDGE_SERVER_START_TIMEOUT_S",
+    "CALLBRIDGE_MAX_PENDING_STREAMS": "CALLBRIDGE_SERVER_MAX_PENDING_STREAMS",
+    "CALLBRIDGE_MAX_PENDING_PER_ADDRESS": "CALLBRIDGE_SERVER_MAX_PENDING_PER_ADDRESS",
+    "CALLBRIDGE_DUPLICATE_CALL_ID": "CALLBRIDGE_SERVER_DUPLICATE_CALL_ID",
+    "CALLBRIDGE_REQUIRE_INGRESS_AUTH": "CALLBRIDGE_SERVER_REQUIRE_INGRESS_AUTH",
+    "CALLBRIDGE_HEADER_TIMEOUT_S": "CALLBRIDGE_SERVER_HEADER_TIMEOUT_S",
+    "CALLBRIDGE_EVENT_LOOP": "CALLBRIDGE_SERVER_EVENT_LOOP",
+    "CALLBRIDGE_TWILIO_PUBLIC_URL": "CALLBRIDGE_INGRESS_AUTH_TWILIO_PUBLIC_URL",
+    "CALLBRIDGE_INGRESS_TOKEN": "CALLBRIDGE_INGRESS_AUTH_BEARER_TOKEN",
+    "CALLBRIDGE_EXOTEL_BASIC": "CALLBRIDGE_INGRESS_AUTH_EXOTEL_BASIC",
+    "CALLBRIDGE_AUDIOHOOK_KEYS": "CALLBRIDGE_INGRESS_AUTH_AUDIOHOOK_KEYS",
+    "CALLBRIDGE_STREAM_TOKEN": "CALLBRIDGE_INGRESS_AUTH_STREAM_TOKEN",
+    "CALLBRIDGE_REDACTION": "CALLBRIDGE_COMPLIANCE_REDACTION",
+    "CALLBRIDGE_DTMF": "CALLBRIDGE_COMPLIANCE_DTMF",
+    "CALLBRIDGE_CHUNK_MS": "CALLBRIDGE_AUDIO_CHUNK_MS",
+    "CALLBRIDGE_ENGINE": "CALLBRIDGE_STT_ENGINE",
+    "CALLBRIDGE_SECONDARY_ENGINE": "CALLBRIDGE_STT_SECONDARY_ENGINE",
+    "CALLBRIDGE_STT_URL": "CALLBRIDGE_TELNYX_URL",
+    "CALLBRIDGE_STT_INTERIM_RESULTS": "CALLBRIDGE_TELNYX_INTERIM_RESULTS",
+    "CALLBRIDGE_WEBHOOK_URLS": "CALLBRIDGE_WEBHOOKS_URLS",
+    "CALLBRIDGE_WEBHOOK_SECRET": WEBHOOK_SECRET_VARIABLE,
+    "CALLBRIDGE_WEBHOOK_ALLOW_HTTP": "CALLBRIDGE_WEBHOOKS_ALLOW_INSECURE_HTTP",
+    "CALLBRIDGE_WEBHOOK_ALLOW_PRIVATE": "CALLBRIDGE_WEBHOOKS_ALLOW_PRIVATE_NETWORKS",
+    "CALLBRIDGE_WEBHOOK_RETRY_SCHEDULE": "CALLBRIDGE_WEBHOOKS_RETRY_SCHEDULE_S",
+    "CALLBRIDGE_WEBHOOK_TTL_S": "CALLBRIDGE_WEBHOOKS_TTL_S",
+    "CALLBRIDGE_LOG_LEVEL": "CALLBRIDGE_LOGGING_LEVEL",
+    "CALLBRIDGE_LOG_FORMAT": "CALLBRIDGE_LOGGING_FORMAT",
+}
+# Before the scheme this named telnyx.transcription_engine; now it is stt.engine's variable.
+# A Telnyx engine name as its value ("Deepgram", "Azure": capitalised, case-sensitive) is
+# taken in the old meaning, with a deprecation line; anything else in the new.
+STT_ENGINE_VARIABLE: Final = "CALLBRIDGE_STT_ENGINE"
+# [stt] keys that moved to [telnyx]: still read from [stt] in a file, with a deprecation line.
+MOVED_TO_TELNYX: Final = tuple(f.name for f in fields(TelnyxSettings))
+
+
+def variables_of(section: str, key: str) -> tuple[str, ...]:
+    """The variables that set a setting, the one that wins first: its own, the provider's,
+    then the deprecated names."""
+    own = variable_for(section, key)
+    provider = [v for v, target in PROVIDER_VARIABLES.items() if target == (section, key)]
+    old = [v for v, new in DEPRECATED_VARIABLES.items() if new == own]
+    return (own, *provider, *old)
+
+
+def given_as(section: str, key: str, environ: Mapping[str, str] | None = None) -> str:
+    """How the user gave a setting, to name it in an error found after loading: the variable
+    that set it, else the file key."""
+    env = os.environ if environ is None else environ
+    return next((v for v in variables_of(section, key) if env.get(v)), f"{section}.{key}")
+
+
+def _default_name(section: str, key: str) -> str:
+    """A setting's name in an error when the user did not set it: for a secret, the variable
+    to set (the provider's if it has one); else the file key."""
+    if (section, key) not in SECRET_KEYS:
+        return f"{section}.{key}"
+    provider = [v for v, target in PROVIDER_VARIABLES.items() if target == (section, key)]
+    return provider[0] if provider else variable_for(section, key)
+
 
 T = TypeVar("T")
 
 
+def _print_deprecation(line: str) -> None:
+    print(f"callbridge: {line}", file=sys.stderr)
+
+
 def load_settings(path: str | os.PathLike[str] | None = None,
-                  environ: Mapping[str, str] | None = None) -> Settings:
-    """Build validated settings from the file (if any) and the environment."""
+                  environ: Mapping[str, str] | None = None, *,
+                  warn: Callable[[str], None] = _print_deprecation) -> Settings:
+    """Build validated settings from the file (if any) and the environment.
+
+    Each deprecated name in use (a variable or an ``[stt]`` key that moved to ``[telnyx]``)
+    is reported once through ``warn``, by default one line on stderr naming the new one.
+    """
     env = os.environ if environ is None else environ
-    given_as = "--config" if path else "CALLBRIDGE_CONFIG"
+    given_as_option = "--config" if path else "CALLBRIDGE_CONFIG"
     path = path or env.get("CALLBRIDGE_CONFIG") or None
     raw: dict[str, dict[str, Any]] = {}
     origin: dict[tuple[str, str], str] = {}
     if path is not None:
-        raw = _read_file(Path(path), given_as)
+        raw = _read_file(Path(path), given_as_option)
         for section, values in raw.items():
             for key in values:
                 origin[(section, key)] = f"{section}.{key}"
-                if (section, key) in SECRET_KEYS:
+                if (section, key) in SECRET_KEYS or (
+                        section == "stt" and key in MOVED_TO_TELNYX
+                        and ("telnyx", key) in SECRET_KEYS):
                     raise ConfigError(f"{section}.{key}", "secrets are read from the "
                                       "environment only; remove it from the file")
-    for variable, (section, key) in ENVIRONMENT.items():
-        if variable in env and env[variable] != "":
-            raw.setdefault(section, {})[key] = env[variable]
-            origin[(section, key)] = variable
+        _move_old_stt_keys(raw, origin, warn)
+    _read_environment(env, raw, origin, warn)
     settings = _build(raw, origin, env)
     _validate(settings, origin)
     return settings
+
+
+def _move_old_stt_keys(raw: dict[str, dict[str, Any]], origin: dict[tuple[str, str], str],
+                       warn: Callable[[str], None]) -> None:
+    stt = raw.get("stt", {})
+    for key in [k for k in stt if k in MOVED_TO_TELNYX]:
+        value = stt.pop(key)
+        del origin[("stt", key)]
+        warn(f"stt.{key} in the settings file is deprecated: use telnyx.{key} "
+             "(in a [telnyx] section)")
+        telnyx = raw.setdefault("telnyx", {})
+        if key not in telnyx:  # the new key wins when both are given
+            telnyx[key] = value
+            origin[("telnyx", key)] = f"stt.{key}"
+
+
+def _read_environment(env: Mapping[str, str], raw: dict[str, dict[str, Any]],
+                      origin: dict[tuple[str, str], str], warn: Callable[[str], None]) -> None:
+    telnyx_engine_given_old_way = env.get(STT_ENGINE_VARIABLE, "") in TELNYX_ENGINES
+    for section, key in ENVIRONMENT.values():
+        names = variables_of(section, key)
+        if telnyx_engine_given_old_way:
+            if (section, key) == ("stt", "engine"):
+                names = tuple(n for n in names if n != STT_ENGINE_VARIABLE)
+            elif (section, key) == ("telnyx", "transcription_engine"):
+                names = (*names, STT_ENGINE_VARIABLE)
+        variable = next((n for n in names if env.get(n)), None)
+        if variable is not None:
+            raw.setdefault(section, {})[key] = env[variable]
+            origin[(section, key)] = variable
+    for old, new in DEPRECATED_VARIABLES.items():
+        if env.get(old):
+            warn(f"{old} is deprecated: use {new}")
+    if telnyx_engine_given_old_way:
+        warn(f"{STT_ENGINE_VARIABLE}={env[STT_ENGINE_VARIABLE]} (a Telnyx engine) is "
+             "deprecated: use CALLBRIDGE_TELNYX_TRANSCRIPTION_ENGINE; "
+             f"{STT_ENGINE_VARIABLE} now chooses among {ENGINE_LIST}")
 
 
 def _read_file(path: Path, given_as: str) -> dict[str, dict[str, Any]]:
@@ -400,23 +718,6 @@ def _read_file(path: Path, given_as: str) -> dict[str, dict[str, Any]]:
         if not isinstance(values, dict):
             raise ConfigError(section, "must be a table")
     return data
-
-
-SECTIONS: Final[Mapping[str, type[Any]]] = {
-    "server": ServerSettings,
-    "audio": AudioSettings,
-    "stt": SttSettings,
-    "local_stt": LocalSttSettings,
-    "deepgram": DeepgramSettings,
-    "assemblyai": AssemblyAISettings,
-    "webhooks": WebhookSettings,
-    "outbox": OutboxSettings,
-    "compliance": ComplianceSettings,
-    "ingress_auth": IngressAuthSettings,
-    "speakers": SpeakerSettings,
-    "live": LiveSettings,
-    "logging": LoggingSettings,
-}
 
 
 def _build(raw: dict[str, dict[str, Any]], origin: dict[tuple[str, str], str],
@@ -460,7 +761,11 @@ def _targets(value: Any, env: Mapping[str, str]) -> tuple[TargetSettings, ...]:
         unknown = set(item) - {"name", "url", "secret_env", "events"}
         if unknown:
             raise ConfigError(f"{name}.{sorted(unknown)[0]}", "unknown setting")
-        secret_env = item.get("secret_env", "CALLBRIDGE_WEBHOOK_SECRET")
+        # Without its own, a target is signed with webhooks.secret, from whichever of its
+        # variables is set (the name is kept in the outbox to sign again after a restart).
+        secret_env = item.get("secret_env", next(
+            (v for v in variables_of("webhooks", "secret") if env.get(v)),
+            WEBHOOK_SECRET_VARIABLE))
         events = item.get("events", ["*"])
         if not isinstance(secret_env, str) or not isinstance(events, list) or not all(
                 isinstance(e, str) for e in events):
@@ -567,195 +872,62 @@ def _expect(name: str, value: Any, kind: type[T], description: str) -> T:
 
 
 def _validate(settings: Settings, origin: Mapping[tuple[str, str], str]) -> None:
-    def name(section: str, key: str) -> str:
-        default = SECRET_NAMES.get((section, key), f"{section}.{key}")
-        return origin.get((section, key), default)
+    """Each section checks itself, then the checks that read two sections."""
+    for section in SECTIONS:
+        def name(key: str, section: str = section) -> str:
+            return origin.get((section, key), _default_name(section, key))
 
-    def check(ok: bool, section: str, key: str, problem: str) -> None:
-        if not ok:
-            raise ConfigError(name(section, key), problem)
+        getattr(settings, section).validate(name)
+    _validate_across(settings, lambda section, key: origin.get(
+        (section, key), _default_name(section, key)))
 
-    s = settings
-    check(1 <= s.server.port <= 65535, "server", "port", "must be 1-65535")
-    check(1024 <= s.server.max_message_bytes <= 16 * 1024 * 1024, "server",
-          "max_message_bytes", "must be 1024-16777216")
-    check(s.server.max_calls >= 1, "server", "max_calls", "must be at least 1")
-    check(0.5 <= s.server.start_timeout_s <= 120, "server", "start_timeout_s",
-          "must be 0.5-120 (seconds)")
-    check(1 <= s.server.max_pending_streams <= 100_000, "server", "max_pending_streams",
-          "must be 1-100000")
-    check(0 <= s.server.max_pending_per_address <= 100_000, "server",
-          "max_pending_per_address", "must be 0-100000 (0: no cap per address)")
-    check(1 <= s.server.header_timeout_s <= 600, "server", "header_timeout_s",
-          "must be 1-600 (seconds)")
-    check(s.server.duplicate_call_id in ("refuse", "separate"), "server", "duplicate_call_id",
-          "must be refuse or separate")
-    check(0 <= s.server.drain_s <= 3600, "server", "drain_s", "must be 0-3600 (seconds)")
-    check(s.server.event_loop in ("auto", "asyncio", "uvloop"), "server", "event_loop",
-          "must be auto, asyncio or uvloop")
-    check(60 <= s.live.token_ttl_s <= 86400, "live", "token_ttl_s", "must be 60-86400 (seconds)")
-    check(0 <= s.live.backlog_bytes <= 16 * 1024 * 1024, "live", "backlog_bytes",
-          "must be 0-16777216")
-    check(16 <= s.live.viewer_buffer <= 10000, "live", "viewer_buffer", "must be 16-10000")
-    check(1 <= s.live.max_viewers <= 1000, "live", "max_viewers", "must be 1-1000")
-    check(1 <= s.live.keepalive_s <= 300, "live", "keepalive_s", "must be 1-300 (seconds)")
-    check(0 <= s.live.retain_s <= 3600, "live", "retain_s", "must be 0-3600 (seconds)")
-    check(20 <= s.audio.chunk_ms <= 1000, "audio", "chunk_ms", "must be 20-1000 (ms)")
-    check(0 <= s.audio.reorder_window_frames <= 50, "audio", "reorder_window_frames",
-          "must be 0-50")
-    check(0 <= s.audio.max_gap_fill_ms <= 60000, "audio", "max_gap_fill_ms", "must be 0-60000")
-    check(s.audio.chunk_ms <= s.audio.max_buffer_ms <= 60000, "audio", "max_buffer_ms",
-          "must be at least chunk_ms and at most 60000")
-    check(s.stt.url == "" or s.stt.url.startswith(("ws://", "wss://")), "stt", "url",
-          "must be a ws:// or wss:// URL, or empty")
-    check(s.stt.transcription_engine in TELNYX_ENGINES, "stt", "transcription_engine",
-          f"must be one of {', '.join(TELNYX_ENGINES)} (case-sensitive)")
-    check(s.stt.endpointing == "" or s.stt.endpointing == "false"
-          or s.stt.endpointing.isdigit(), "stt", "endpointing",
-          "must be a number of milliseconds or \"false\"")
-    check(s.stt.connect_timeout_s > 0, "stt", "connect_timeout_s", "must be positive")
-    check(0 <= s.stt.close_grace_s <= 60, "stt", "close_grace_s", "must be 0-60 (seconds)")
-    check(1000 <= s.stt.replay_ms <= 300000, "stt", "replay_ms", "must be 1000-300000")
-    engines = ("telnyx", "deepgram", "assemblyai")
-    check(s.stt.engine in engines, "stt", "engine", "must be telnyx, deepgram or assemblyai")
-    check(s.stt.secondary_engine in ("", *engines) and s.stt.secondary_engine != s.stt.engine,
-          "stt", "secondary_engine", "must be another of telnyx, deepgram, assemblyai, or empty")
-    check(all(o in ("engine", "language") for o in s.stt.call_options), "stt", "call_options",
-          "may list engine and language")
-    for n, engine_route in enumerate(s.stt.routes):
-        if engine_route.engine and engine_route.engine not in (s.stt.engine,
-                                                               s.stt.secondary_engine):
-            raise ConfigError(f"stt.routes[{n}]", f"engine {engine_route.engine!r} is neither "
-                              "stt.engine nor stt.secondary_engine")
-    check(s.stt.silence_timeout_s >= 0, "stt", "silence_timeout_s", "must be >= 0 (0: off)")
-    check(s.stt.roll_margin_s >= 0, "stt", "roll_margin_s", "must be >= 0")
-    used = {s.stt.engine, s.stt.secondary_engine}
-    if "deepgram" in used:
-        check(s.deepgram.url.startswith(("ws://", "wss://")), "deepgram", "url",
-              "must be a ws:// or wss:// URL")
-        dg_host = urlsplit(s.deepgram.url).hostname or ""
-        check(bool(s.deepgram.api_key) or is_loopback_host(dg_host), "deepgram", "api_key",
-              "DEEPGRAM_API_KEY must be set: deepgram.url is not on this machine")
-    if "assemblyai" in used:
-        check(s.assemblyai.url.startswith(("ws://", "wss://")), "assemblyai", "url",
-              "must be a ws:// or wss:// URL")
-        aai_host = urlsplit(s.assemblyai.url).hostname or ""
-        check(bool(s.assemblyai.api_key) or is_loopback_host(aai_host), "assemblyai",
-              "api_key", "ASSEMBLYAI_API_KEY must be set: assemblyai.url is not on this machine")
-    check(0.1 <= s.deepgram.keepalive_s <= 9, "deepgram", "keepalive_s",
-          "must be 0.1-9 (Deepgram closes after 10 s without audio)")
-    check(1 <= s.stt.ping_interval_s <= 300, "stt", "ping_interval_s", "must be 1-300")
-    check(s.webhooks.timeout_s > 0, "webhooks", "timeout_s", "must be positive")
-    check(s.webhooks.ttl_s > 0, "webhooks", "ttl_s", "must be positive")
-    check(1 <= s.webhooks.max_in_flight <= 256, "webhooks", "max_in_flight", "must be 1-256")
-    check(1 <= s.webhooks.max_call_targets <= 10_000, "webhooks", "max_call_targets",
-          "must be 1-10000")
-    check(bool(s.webhooks.retry_schedule_s)
-          and all(0.01 <= step <= 86400 for step in s.webhooks.retry_schedule_s),
-          "webhooks", "retry_schedule_s", "must be steps of 0.01-86400 seconds")
-    check(s.webhooks.partial_max_age_s > 0, "webhooks", "partial_max_age_s", "must be positive")
-    check(1000 <= s.outbox.max_events <= 100_000_000, "outbox", "max_events",
-          "must be 1000-100000000")
-    check(s.outbox.retention_days >= 0, "outbox", "retention_days", "must be >= 0")
-    check(bool(s.outbox.path), "outbox", "path", "must be a file path")
-    check(s.webhooks.drain_timeout_s >= 0, "webhooks", "drain_timeout_s", "must be >= 0")
-    check(s.compliance.dtmf in ("drop", "masked"), "compliance", "dtmf",
-          "must be drop or masked")
-    check(0.1 <= s.compliance.hold_s <= 10, "compliance", "hold_s", "must be 0.1-10 (seconds)")
-    for entry in s.compliance.custom_patterns:
-        custom_pattern(entry, name("compliance", "custom_patterns"))
-    if s.server.admin_token:
-        check(len(s.server.admin_token.reveal()) >= 16, "server", "admin_token",
-              "must be at least 16 characters")
-    auth = s.ingress_auth
-    if auth.audiohook_keys:
-        try:
-            parse_audiohook_keys(auth.audiohook_keys.reveal())
-        except ValueError:
-            raise ConfigError(name("ingress_auth", "audiohook_keys"), "expected comma-separated "
-                              "api_key:base64_client_secret pairs") from None
-    if auth.exotel_basic:
-        check(":" in auth.exotel_basic.reveal(), "ingress_auth", "exotel_basic",
-              "expected user:password")
-    check(auth.twilio_public_url == "" or auth.twilio_public_url.startswith("wss://"),
-          "ingress_auth", "twilio_public_url", "must start with wss:// (as Twilio dials it)")
-    check(s.logging.level in LOG_LEVELS, "logging", "level", f"must be one of {LOG_LEVELS}")
-    check(s.logging.format in LOG_FORMATS, "logging", "format", f"must be one of {LOG_FORMATS}")
-    for url in s.webhooks.urls:
-        problem = check_webhook_url(url, allow_insecure_http=s.webhooks.allow_insecure_http,
-                                    allow_private=s.webhooks.allow_private_networks)
-        check(problem is None, "webhooks", "urls", f"{redact_url(url)}: {problem}")
-    if s.webhooks.secret:
-        check(decode_webhook_secret(s.webhooks.secret) is not None, "webhooks", "secret",
-              "must be whsec_ followed by base64 of 24-64 random bytes")
-    names = [t.name for t in s.webhooks.all_targets()]
-    for n, target in enumerate(s.webhooks.targets):
-        where = f"webhooks.targets[{n}]"
-        if names.count(target.name) > 1:
-            raise ConfigError(where, f"target name {target.name!r} is used twice")
-        problem = check_webhook_url(target.url,
-                                    allow_insecure_http=s.webhooks.allow_insecure_http,
-                                    allow_private=s.webhooks.allow_private_networks)
-        if problem is not None:
-            raise ConfigError(where, f"{redact_url(target.url)}: {problem}")
-        if decode_webhook_secret(target.secret) is None:
-            raise ConfigError(target.secret_env, f"the secret of target {target.name!r} must be "
-                              "whsec_ followed by base64 of 24-64 random bytes")
-        for pattern in target.events:
-            if not any(fnmatch(t.value, pattern) for t in EventKinds):
-                raise ConfigError(where, f"event filter {pattern!r} matches no event type")
-    for n, route in enumerate(s.webhooks.routes):
-        for target_name in route.targets:
-            if target_name not in names:
-                raise ConfigError(f"webhooks.routes[{n}]", f"unknown target {target_name!r}")
-    for entry in s.webhooks.call_url_allowlist:
-        problem = check_webhook_url(entry, allow_insecure_http=s.webhooks.allow_insecure_http,
-                                    allow_private=s.webhooks.allow_private_networks)
-        if problem is None and urlsplit(entry).query:
-            problem = "must not have a query string (entries match scheme, host, port, path)"
-        check(problem is None, "webhooks", "call_url_allowlist",
-              f"{redact_url(entry)}: {problem}")
-    stt_host = urlsplit(s.stt.url).hostname or ""
-    check(bool(s.stt.api_key) or not s.stt.url or is_loopback_host(stt_host), "stt", "api_key",
-          "TELNYX_API_KEY must be set: stt.url is not on this machine")
-    check(s.local_stt.model in ("whisper-tiny.en", "pocketsphinx"), "local_stt", "model",
-          "must be whisper-tiny.en or pocketsphinx")
-    check(1 <= s.local_stt.beam_size <= 5, "local_stt", "beam_size", "must be 1-5")
-    check(1 <= s.local_stt.port <= 65535 or s.local_stt.port == 0, "local_stt", "port",
-          "must be 0-65535")
-    check(0 <= s.local_stt.workers <= 64, "local_stt", "workers",
-          "must be 0-64 (0: one per CPU)")
-    check(0 <= s.local_stt.max_sessions <= 1000, "local_stt", "max_sessions",
-          "must be 0-1000 (0: 8 per recognition worker)")
-    check(100 <= s.local_stt.endpointing_ms <= 10000, "local_stt", "endpointing_ms",
-          "must be 100-10000")
-    check(200 <= s.local_stt.partial_every_ms <= 10000, "local_stt", "partial_every_ms",
-          "must be 200-10000")
-    check(1000 <= s.local_stt.max_utterance_ms <= 60000, "local_stt", "max_utterance_ms",
-          "must be 1000-60000")
+
+def _validate_across(s: Settings, name: Callable[[str, str], str]) -> None:
+    for engine in s.stt.in_use():
+        spec = ENGINES[engine]
+        url = getattr(s, spec.section).url
+        # A URL on this machine (an emulator, a local server) needs no key; an empty one is
+        # the embedded recognizer or the service's default, which the Telnyx check below covers.
+        needs_key = bool(url) and not is_loopback_host(urlsplit(url).hostname or "")
+        _require(bool(getattr(s, spec.section).api_key) or not needs_key,
+                 name(spec.section, "api_key"),
+                 f"{spec.key_variable} must be set: {name(spec.section, 'url')} is not on "
+                 "this machine")
     if s.webhooks.urls:
-        check(bool(s.webhooks.secret), "webhooks", "secret",
-              "webhook URLs are set, so CALLBRIDGE_WEBHOOK_SECRET must be set to sign them")
+        _require(bool(s.webhooks.secret), name("webhooks", "secret"),
+                 "webhook URLs are set, so a secret must be set to sign them")
 
 
 class SttTarget(enum.Enum):
     """Where a bridge's legs are transcribed."""
 
     TELNYX = "telnyx"  # the Telnyx service (a key is set)
-    CONFIGURED = "configured"  # stt.url as given (a local server or an emulator)
+    CONFIGURED = "configured"  # telnyx.url as given (a local server or an emulator)
     EMBEDDED = "embedded"  # no key, no URL: the bridge starts the embedded recognizer
 
 
 def uses_telnyx_protocol(settings: Settings) -> bool:
-    return "telnyx" in (settings.stt.engine, settings.stt.secondary_engine)
+    """Whether an engine in use speaks the protocol of the embedded recognizer."""
+    return any(ENGINES[name].embedded for name in settings.stt.in_use())
 
 
 def stt_target(settings: Settings) -> SttTarget:
     """Where the Telnyx-protocol engine goes: an explicit URL, Telnyx with a key, else the
     embedded recognizer (only started when the Telnyx engine is in use)."""
-    if settings.stt.url:
+    if settings.telnyx.url:
         return SttTarget.CONFIGURED
-    return SttTarget.TELNYX if settings.stt.api_key else SttTarget.EMBEDDED
+    return SttTarget.TELNYX if settings.telnyx.api_key else SttTarget.EMBEDDED
+
+
+def engine_settings(settings: Settings, engine: str) -> Any:
+    """The settings section of an engine named in ``ENGINES``."""
+    return getattr(settings, ENGINES[engine].section)
+
+
+def session_limit_s(settings: Settings, engine: str) -> float:
+    """How long a session of this engine may live (0: no limit)."""
+    key = ENGINES[engine].session_limit_key
+    return float(getattr(engine_settings(settings, engine), key)) if key else 0.0
 
 
 def custom_pattern(entry: str, setting: str = "compliance.custom_patterns"
@@ -811,8 +983,11 @@ def describe(settings: Settings) -> dict[str, Any]:
                 value = [{"name": t.name, "url": redact_url(t.url), "events": list(t.events)}
                          for t in value]
             elif f.name == "routes":
-                value = [{"targets": list(r.targets), "path": r.path,
-                          "parameters": sorted(k for k, _ in r.parameters)} for r in value]
+                # Parameter values may identify a customer: only their names are shown.
+                value = [{"path": r.path, "parameters": sorted(k for k, _ in r.parameters),
+                          **({"targets": list(r.targets)} if isinstance(r, RouteSettings)
+                             else {"engine": r.engine, "language": r.language})}
+                         for r in value]
             view[f"{section}.{f.name}"] = value
     return view
 

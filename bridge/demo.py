@@ -166,12 +166,12 @@ async def run_demo(*, speed: float = 1.0, model: str = "whisper-tiny.en",
         hooks_runner, hooks_port = await _start(hooks)
         runners.append(hooks_runner)
         settings = load_settings(environ={
-            "CALLBRIDGE_STT_URL": f"ws://127.0.0.1:{stt_port}{PATH}",
-            "CALLBRIDGE_STT_INTERIM_RESULTS": "true",
-            "CALLBRIDGE_WEBHOOK_URLS": f"http://127.0.0.1:{hooks_port}/hooks",
-            "CALLBRIDGE_WEBHOOK_SECRET": secret,
+            "CALLBRIDGE_TELNYX_URL": f"ws://127.0.0.1:{stt_port}{PATH}",
+            "CALLBRIDGE_TELNYX_INTERIM_RESULTS": "true",
+            "CALLBRIDGE_WEBHOOKS_URLS": f"http://127.0.0.1:{hooks_port}/hooks",
+            "CALLBRIDGE_WEBHOOKS_SECRET": secret,
             # the demo's receiver is on this machine: allow loopback webhooks for it
-            "CALLBRIDGE_WEBHOOK_ALLOW_PRIVATE": "true",
+            "CALLBRIDGE_WEBHOOKS_ALLOW_PRIVATE_NETWORKS": "true",
             "CALLBRIDGE_OUTBOX_PATH": str(Path(workdir.name) / "outbox.db"),
         })
         settings = override(settings, "stt", close_grace_s=LAST_FINALS_WAIT_S)

@@ -16,6 +16,7 @@ says so.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import re
 import socket
@@ -200,3 +201,16 @@ class GuardedResolver(AbstractResolver):
 
     async def close(self) -> None:
         await self._inner.close()
+
+
+def parse_audiohook_keys(value: str) -> dict[str, bytes]:
+    """``api_key:base64_secret,api_key2:`` as a mapping (an empty secret: unsigned)."""
+    keys: dict[str, bytes] = {}
+    for item in value.split(","):
+        if not item.strip():
+            continue
+        key, sep, secret = item.strip().partition(":")
+        if not sep or not key:
+            raise ValueError("each entry is api_key:base64_client_secret")
+        keys[key] = base64.b64decode(secret, validate=True) if secret else b""
+    return keys

@@ -122,19 +122,19 @@ async def bridge_factory(stt: TelnyxSttEmulator, receiver: WebhookReceiver,
     async def start(**extra_env: str) -> BridgeProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CALLBRIDGE_")}
         env.update({
-            "CALLBRIDGE_STT_URL": stt.url,
+            "CALLBRIDGE_TELNYX_URL": stt.url,
             "TELNYX_API_KEY": API_KEY,
-            "CALLBRIDGE_WEBHOOK_URLS": receiver.url,
-            "CALLBRIDGE_WEBHOOK_SECRET": SECRET,
-            "CALLBRIDGE_LOG_FORMAT": "json",
-            "CALLBRIDGE_LOG_LEVEL": "debug",
-            "CALLBRIDGE_WEBHOOK_ALLOW_PRIVATE": "true",  # the receiver is on 127.0.0.1
+            "CALLBRIDGE_WEBHOOKS_URLS": receiver.url,
+            "CALLBRIDGE_WEBHOOKS_SECRET": SECRET,
+            "CALLBRIDGE_LOGGING_FORMAT": "json",
+            "CALLBRIDGE_LOGGING_LEVEL": "debug",
+            "CALLBRIDGE_WEBHOOKS_ALLOW_PRIVATE_NETWORKS": "true",  # the receiver is on 127.0.0.1
             "CALLBRIDGE_OUTBOX_PATH": str(tmp_path / "outbox.db"),
         })
         env.update(extra_env)
         # Port 0: the bridge binds a free port itself and names it, so no other process can
         # take it between choosing and binding.
-        port_option = [] if "CALLBRIDGE_PORT" in extra_env else ["--port", "0"]
+        port_option = [] if "CALLBRIDGE_SERVER_PORT" in extra_env else ["--port", "0"]
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bridge", "serve", *port_option, env=env,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,

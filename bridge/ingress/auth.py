@@ -27,6 +27,10 @@ from typing import Final
 from bridge.errors import InvalidNumber
 from bridge.numbers import read_int
 
+# The parser lives in bridge.security so that configuration needs no ingress module;
+# re-exported here for the media endpoint.
+from bridge.security import parse_audiohook_keys as parse_audiohook_keys
+
 AUDIOHOOK_COMPONENTS: Final = ("@request-target", "@authority", "audiohook-organization-id",
                                "audiohook-session-id", "audiohook-correlation-id", "x-api-key")
 _INPUT: Final = re.compile(r'^\s*([A-Za-z0-9_-]+)=(\((?:"[^"]*"\s*)*\)(?:;[^,]*)?)\s*$')
@@ -205,16 +209,3 @@ class NonceCache:
 
     def __len__(self) -> int:
         return len(self._until)
-
-
-def parse_audiohook_keys(value: str) -> dict[str, bytes]:
-    """``api_key:base64_secret,api_key2:`` as a mapping (an empty secret: unsigned)."""
-    keys: dict[str, bytes] = {}
-    for item in value.split(","):
-        if not item.strip():
-            continue
-        key, sep, secret = item.strip().partition(":")
-        if not sep or not key:
-            raise ValueError("each entry is api_key:base64_client_secret")
-        keys[key] = base64.b64decode(secret, validate=True) if secret else b""
-    return keys

@@ -108,9 +108,10 @@ class AssemblyAISession(WebSocketSession):
     """One Universal-Streaming session. See ``EngineSession`` for the contract."""
 
     def __init__(self, settings: AssemblyAISettings, encoding: AudioEncoding,
-                 sample_rate: int = 8000) -> None:
+                 sample_rate: int = 8000, *, close_grace_s: float = 10.0) -> None:
         super().__init__()
         self._settings = settings
+        self._close_grace_s = close_grace_s
         self._encoding = encoding
         self.url = build_url(settings, encoding, sample_rate)
         width = 1 if encoding is AudioEncoding.PCMU else 2
@@ -124,7 +125,8 @@ class AssemblyAISession(WebSocketSession):
     async def open(self) -> None:
         await self._connect({"Authorization": self._settings.api_key.reveal()},
                             open_timeout=self._settings.connect_timeout_s,
-                            ping_interval=self._settings.ping_interval_s)
+                            ping_interval=self._settings.ping_interval_s,
+                            close_timeout=self._close_grace_s)
 
     async def send_audio(self, chunk: bytes) -> None:
         if self._encoding is AudioEncoding.PCMA:

@@ -134,9 +134,10 @@ class DeepgramSession(WebSocketSession):
     """One Deepgram live session. See ``EngineSession`` for the contract."""
 
     def __init__(self, settings: DeepgramSettings, encoding: AudioEncoding,
-                 sample_rate: int = 8000) -> None:
+                 sample_rate: int = 8000, *, close_grace_s: float = 10.0) -> None:
         super().__init__()
         self._settings = settings
+        self._close_grace_s = close_grace_s
         self.url = build_url(settings, encoding, sample_rate)
         self._joiner = UtteranceJoiner()
         self._last_send = 0.0
@@ -145,7 +146,8 @@ class DeepgramSession(WebSocketSession):
     async def open(self) -> None:
         await self._connect({"Authorization": f"Token {self._settings.api_key.reveal()}"},
                             open_timeout=self._settings.connect_timeout_s,
-                            ping_interval=self._settings.ping_interval_s)
+                            ping_interval=self._settings.ping_interval_s,
+                            close_timeout=self._close_grace_s)
         self._last_send = asyncio.get_running_loop().time()
         self._keepalive = asyncio.create_task(self._keep_alive(), name="deepgram keepalive")
 

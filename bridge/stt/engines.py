@@ -4,6 +4,10 @@
 primary failed fatally or kept failing. A call may pick among these two with the custom
 parameter ``callbridge_engine``, and set the options listed in ``stt.call_options`` (such as
 ``callbridge_language=de-DE``), when the allow-list names them.
+
+Engine names come from the registry ``bridge.config.ENGINES`` (settings section, key,
+session limit); ``SESSIONS`` maps the same names to session classes here, since the session
+modules import the settings and not the other way round.
 """
 
 from __future__ import annotations
@@ -11,11 +15,11 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import replace
-from typing import Final
+from dataclasses import fields, replace
+from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
 
-from bridge.config import Settings
+from bridge.config import ENGINES, Settings, engine_settings, session_limit_s
 from bridge.events import AudioEncoding
 from bridge.stt.assemblyai import AssemblyAISession
 from bridge.stt.base import EngineSession
@@ -24,6 +28,22 @@ from bridge.stt.telnyx import TelnyxSession
 
 OPTION_VALUE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,39}$")
 PARAMETER_PREFIX: Final = "callbridge_"
+
+
+class SessionClass(Protocol):
+    """How every engine's session is built from its settings section."""
+
+    def __call__(self, settings: Any, encoding: AudioEncoding, sample_rate: int = 8000, *,
+                 close_grace_s: float = ...) -> EngineSession: ...
+
+
+# The session class of each engine in the registry (``bridge.config.ENGINES``): the same
+# names, checked by a test.
+SESSIONS: Final[Mapping[str, SessionClass]] = {
+    "telnyx": TelnyxSession,
+    "deepgram": DeepgramSession,
+    "assemblyai": AssemblyAISession,
+}
 
 
 class Engines:
@@ -35,7 +55,7 @@ class Engines:
         stt = settings.stt
         self.primary = stt.engine
         self.secondary = stt.secondary_engine or None
-        self.names = tuple(n for n in (self.primary, self.secondary) if n)
+        self.names = stt.in_use()
         self._reachable: bool | None = None
         self._checked_at = 0.0
 
@@ -65,18 +85,20 @@ class Engines:
 
     def open(self, name: str, encoding: AudioEncoding, sample_rate: int,
              options: Mapping[str, str]) -> EngineSession:
+        section = replace(engine_settings(self.settings, name), url=self._url(name))
         language = options.get("language")
-        if name == "deepgram":
-            deepgram = self.settings.deepgram
-            if language:
-                deepgram = replace(deepgram, language=language)
-            return DeepgramSession(deepgram, encoding, sample_rate)
-        if name == "assemblyai":
-            return AssemblyAISession(self.settings.assemblyai, encoding, sample_rate)
-        stt = replace(self.settings.stt, url=self._telnyx_url())
-        if language:
-            stt = replace(stt, language=language)
-        return TelnyxSession(stt, encoding, sample_rate)
+        if language and "language" in {f.name for f in fields(section)}:
+            section = replace(section, language=language)
+        return SESSIONS[name](section, encoding, sample_rate,
+                              close_grace_s=self.settings.stt.close_grace_s)
+
+    def _url(self, name: str) -> str:
+        """The engine's URL; the bridge picks it for the engine the embedded recognizer
+        stands in for (the service, or the recognizer it started)."""
+        if ENGINES[name].embedded:
+            return self._telnyx_url()
+        url: str = engine_settings(self.settings, name).url
+        return url
 
     async def reachable(self) -> bool:
         """Whether the primary engine's host accepts a TCP connection (checked at most
@@ -84,9 +106,7 @@ class Engines:
         loop = asyncio.get_running_loop()
         if loop.time() - self._checked_at < 10 and self._reachable is not None:
             return self._reachable
-        url = {"deepgram": self.settings.deepgram.url,
-               "assemblyai": self.settings.assemblyai.url}.get(self.primary)
-        parts = urlsplit(url or self._telnyx_url())
+        parts = urlsplit(self._url(self.primary))
         port = parts.port or (443 if parts.scheme == "wss" else 80)
         try:
             async with asyncio.timeout(2):
@@ -101,4 +121,4 @@ class Engines:
 
     def max_session_s(self, name: str) -> float:
         """How long a session of this engine may live (0: no limit)."""
-        return self.settings.assemblyai.max_session_s if name == "assemblyai" else 0.0
+        return session_limit_s(self.settings, name)

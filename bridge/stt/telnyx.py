@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 import orjson
 import structlog
 
-from bridge.config import SttSettings
+from bridge.config import TelnyxSettings
 from bridge.errors import UpstreamError, UpstreamRefused, UpstreamUnavailable
 from bridge.events import AudioEncoding
 from bridge.stt.base import MAX_ERROR_CHARS, EngineResult, confidence, seconds
@@ -34,7 +34,7 @@ INPUT_FORMATS: Final = {AudioEncoding.PCMU: "mulaw", AudioEncoding.PCMA: "alaw",
 CLOSE_STREAM: Final = '{"type": "CloseStream"}'
 
 
-def build_url(settings: SttSettings, encoding: AudioEncoding, sample_rate: int = 8000) -> str:
+def build_url(settings: TelnyxSettings, encoding: AudioEncoding, sample_rate: int = 8000) -> str:
     """The session URL for a leg: base URL plus every configured parameter.
 
     The format is the leg's own: ``mulaw``/``alaw`` at 8000, ``linear16`` at the leg's rate
@@ -124,10 +124,11 @@ def _times(frame: dict[str, Any]) -> tuple[float | None, float | None]:
 class TelnyxSession(WebSocketSession):
     """One Telnyx STT WebSocket session. See ``EngineSession`` for the contract."""
 
-    def __init__(self, settings: SttSettings, encoding: AudioEncoding,
-                 sample_rate: int = 8000) -> None:
+    def __init__(self, settings: TelnyxSettings, encoding: AudioEncoding,
+                 sample_rate: int = 8000, *, close_grace_s: float = 2.0) -> None:
         super().__init__()
         self._settings = settings
+        self._close_grace_s = close_grace_s
         self.url = build_url(settings, encoding, sample_rate)
 
     async def open(self) -> None:
@@ -136,7 +137,7 @@ class TelnyxSession(WebSocketSession):
             headers["Authorization"] = f"Bearer {self._settings.api_key.reveal()}"
         await self._connect(headers, open_timeout=self._settings.connect_timeout_s,
                             ping_interval=self._settings.ping_interval_s,
-                            close_timeout=self._settings.close_grace_s)
+                            close_timeout=self._close_grace_s)
 
     async def send_audio(self, chunk: bytes) -> None:
         await self._send(chunk)

@@ -59,7 +59,7 @@ async def _end_feeds(app: web.Application) -> None:
 def _require_admin_api(request: web.Request) -> str:
     token = request.app[SETTINGS].server.admin_token
     if not token:
-        raise web.HTTPNotFound(text="the admin API is off: set CALLBRIDGE_ADMIN_TOKEN\n")
+        raise web.HTTPNotFound(text="the admin API is off: set CALLBRIDGE_SERVER_ADMIN_TOKEN\n")
     return token.reveal()
 
 

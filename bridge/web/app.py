@@ -92,7 +92,7 @@ async def _speech_to_text(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     target = stt_target(settings)
     if not uses_telnyx_protocol(settings) or target is not SttTarget.EMBEDDED:
-        url = settings.stt.url or DEFAULT_STT_URL
+        url = settings.telnyx.url or DEFAULT_STT_URL
         app[ENGINES] = Engines(settings, lambda: url)
         log.info("speech-to-text", engines=list(app[ENGINES].names),
                  telnyx=target.value if uses_telnyx_protocol(settings) else None,

@@ -210,10 +210,10 @@ def ingress_exposure(settings: Settings) -> dict[str, str]:
             continue
         open_dialects[name] = (
             "TWILIO_AUTH_TOKEN" if name == "twilio"
-            else "CALLBRIDGE_EXOTEL_BASIC" if name == "exotel"
-            else "CALLBRIDGE_AUDIOHOOK_KEYS" if name == "audiohook"
-            else "CALLBRIDGE_INGRESS_TOKEN" if name in auth.bearer_endpoints
-            else "CALLBRIDGE_STREAM_TOKEN" if name in auth.stream_token_endpoints
+            else "CALLBRIDGE_INGRESS_AUTH_EXOTEL_BASIC" if name == "exotel"
+            else "CALLBRIDGE_INGRESS_AUTH_AUDIOHOOK_KEYS" if name == "audiohook"
+            else "CALLBRIDGE_INGRESS_AUTH_BEARER_TOKEN" if name in auth.bearer_endpoints
+            else "CALLBRIDGE_INGRESS_AUTH_STREAM_TOKEN" if name in auth.stream_token_endpoints
             else "ingress_auth.bearer_endpoints or ingress_auth.stream_token_endpoints")
     return open_dialects
 

@@ -26,8 +26,8 @@ async def assemblyai() -> AsyncIterator[AssemblyAIEmulator]:
 
 
 def engine(emulator: AssemblyAIEmulator, key: str = "test-assemblyai-key") -> dict[str, str]:
-    return {"CALLBRIDGE_ENGINE": "assemblyai", "ASSEMBLYAI_API_KEY": key,
-            "CALLBRIDGE_ASSEMBLYAI_URL": emulator.url, "CALLBRIDGE_CHUNK_MS": "20"}
+    return {"CALLBRIDGE_STT_ENGINE": "assemblyai", "ASSEMBLYAI_API_KEY": key,
+            "CALLBRIDGE_ASSEMBLYAI_URL": emulator.url, "CALLBRIDGE_AUDIO_CHUNK_MS": "20"}
 
 
 async def test_audio_in_allowed_sizes_at_real_time_and_formatted_finals(

@@ -65,7 +65,7 @@ async def scrape(bridge: BridgeProcess, family: str) -> dict[str, float]:
 async def test_streams_applies_the_credentials_of_the_dialect_it_recognises(
         bridge_factory: BridgeFactory, receiver: WebhookReceiver) -> None:
     bridge = await bridge_factory(TWILIO_AUTH_TOKEN=TWILIO_TOKEN,
-                                  CALLBRIDGE_EXOTEL_BASIC="exo-key:exo-token")
+                                  CALLBRIDGE_INGRESS_AUTH_EXOTEL_BASIC="exo-key:exo-token")
     streams = bridge.url("/streams")
     assert await first_close(streams, twilio_call("CA-unsigned")) == 1008
     exotel = dialects.exotel(ulaw(SPEECH), rate=8000, call_id="EX-unsigned")
@@ -87,7 +87,7 @@ async def test_streams_applies_the_credentials_of_the_dialect_it_recognises(
 
 async def test_a_signalwire_stream_recognised_as_twilio_needs_signalwires_token(
         bridge_factory: BridgeFactory, receiver: WebhookReceiver) -> None:
-    bridge = await bridge_factory(CALLBRIDGE_INGRESS_TOKEN="signalwire-bearer-token")
+    bridge = await bridge_factory(CALLBRIDGE_INGRESS_AUTH_BEARER_TOKEN="signalwire-bearer-token")
     streams = bridge.url("/streams")
     assert await first_close(streams, twilio_call("SW-no-token")) == 1008
     result = await stream_call(streams, twilio_call("SW-token"), speed=0,
@@ -99,7 +99,8 @@ async def test_a_signalwire_stream_recognised_as_twilio_needs_signalwires_token(
 
 async def test_idle_sockets_never_take_a_call_slot_and_are_closed_at_the_deadline(
         bridge_factory: BridgeFactory, receiver: WebhookReceiver) -> None:
-    bridge = await bridge_factory(CALLBRIDGE_MAX_CALLS="2", CALLBRIDGE_START_TIMEOUT_S="2")
+    bridge = await bridge_factory(CALLBRIDGE_SERVER_MAX_CALLS="2",
+                                  CALLBRIDGE_SERVER_START_TIMEOUT_S="2")
     async with aiohttp.ClientSession() as session:
         idle = [await session.ws_connect(bridge.url("/streams/twilio"), autoping=True)
                 for _ in range(6)]
@@ -122,7 +123,7 @@ async def test_idle_sockets_never_take_a_call_slot_and_are_closed_at_the_deadlin
 
 async def test_connections_waiting_to_start_are_capped_per_address(
         bridge_factory: BridgeFactory) -> None:
-    bridge = await bridge_factory(CALLBRIDGE_MAX_PENDING_PER_ADDRESS="3")
+    bridge = await bridge_factory(CALLBRIDGE_SERVER_MAX_PENDING_PER_ADDRESS="3")
     async with aiohttp.ClientSession() as session:
         waiting = [await session.ws_connect(bridge.url("/streams/twilio")) for _ in range(3)]
         with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
@@ -140,7 +141,7 @@ async def test_connections_waiting_to_start_are_capped_per_address(
 
 async def test_a_request_whose_headers_never_end_is_cut_off(
         bridge_factory: BridgeFactory) -> None:
-    bridge = await bridge_factory(CALLBRIDGE_HEADER_TIMEOUT_S="1")
+    bridge = await bridge_factory(CALLBRIDGE_SERVER_HEADER_TIMEOUT_S="1")
     reader, writer = await asyncio.open_connection("127.0.0.1", bridge.port)
     writer.write(b"GET /streams/twilio HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n")
     await writer.drain()
@@ -158,7 +159,7 @@ async def test_a_second_stream_cannot_take_over_a_live_call_even_across_a_crash(
         allowed = intruders.url.rsplit("/", 1)[0]
         config.write_text(f'[webhooks]\ncall_url_allowlist = ["{allowed}"]\n')
         bridge = await bridge_factory(CALLBRIDGE_CONFIG=str(config),
-                                      CALLBRIDGE_ADMIN_TOKEN=ADMIN)
+                                      CALLBRIDGE_SERVER_ADMIN_TOKEN=ADMIN)
         victim = asyncio.create_task(stream_call(bridge.url("/streams/twilio"),
                                                  twilio_call("CA-victim", repeat=40),
                                                  speed=1))
@@ -188,7 +189,7 @@ async def test_a_second_stream_cannot_take_over_a_live_call_even_across_a_crash(
 
 async def test_separate_mode_keeps_a_second_stream_apart_under_its_own_id(
         bridge_factory: BridgeFactory, receiver: WebhookReceiver) -> None:
-    bridge = await bridge_factory(CALLBRIDGE_DUPLICATE_CALL_ID="separate")
+    bridge = await bridge_factory(CALLBRIDGE_SERVER_DUPLICATE_CALL_ID="separate")
     first = asyncio.create_task(stream_call(bridge.url("/streams/twilio"),
                                             twilio_call("CA-two", repeat=3), speed=2))
     await bridge.wait_for_log("call started", call_id="CA-two")
@@ -208,8 +209,8 @@ async def test_separate_mode_keeps_a_second_stream_apart_under_its_own_id(
 
 async def test_hostile_numbers_and_headers_end_cleanly_while_a_call_goes_on(
         bridge_factory: BridgeFactory, receiver: WebhookReceiver) -> None:
-    bridge = await bridge_factory(CALLBRIDGE_ADMIN_TOKEN=ADMIN,
-                                  CALLBRIDGE_INGRESS_TOKEN="signalwire-bearer-token")
+    bridge = await bridge_factory(CALLBRIDGE_SERVER_ADMIN_TOKEN=ADMIN,
+                                  CALLBRIDGE_INGRESS_AUTH_BEARER_TOKEN="signalwire-bearer-token")
     call = asyncio.create_task(stream_call(bridge.url("/streams/twilio"),
                                            twilio_call("CA-busy", repeat=4), speed=2))
     await bridge.wait_for_log("call started", call_id="CA-busy")
@@ -317,7 +318,7 @@ async def test_a_malformed_request_is_one_short_log_line(bridge_factory: BridgeF
 
 async def test_a_feed_token_opens_only_the_stream_it_was_issued_for(
         bridge_factory: BridgeFactory, receiver: WebhookReceiver) -> None:
-    bridge = await bridge_factory(CALLBRIDGE_ADMIN_TOKEN=ADMIN)
+    bridge = await bridge_factory(CALLBRIDGE_SERVER_ADMIN_TOKEN=ADMIN)
     first = asyncio.create_task(stream_call(bridge.url("/streams/twilio"),
                                             twilio_call("CA-feed", repeat=3), speed=2))
     await bridge.wait_for_log("call started", call_id="CA-feed")
@@ -340,7 +341,7 @@ async def test_a_feed_token_opens_only_the_stream_it_was_issued_for(
 
 async def test_errors_before_the_stream_starts_are_not_logged(
         bridge_factory: BridgeFactory) -> None:
-    bridge = await bridge_factory(CALLBRIDGE_STREAM_TOKEN="shared-stream-token")
+    bridge = await bridge_factory(CALLBRIDGE_INGRESS_AUTH_STREAM_TOKEN="shared-stream-token")
     error = json.dumps({"event": "error", "stream_id": "x", "payload": {"code": 1, "title": "x"}})
     spec = CallSpec("telnyx", AudioEncoding.PCMU, {Track.INBOUND: ulaw(SPEECH)},
                     call_id="TX-no-token")

@@ -124,7 +124,7 @@ async def test_lost_and_reordered_frames_keep_the_audio_clock_true(
 
 async def test_interim_results_arrive_as_partials_numbered_for_their_final(
         bridge_factory: BridgeFactory, receiver: WebhookReceiver) -> None:
-    bridge = await bridge_factory(CALLBRIDGE_STT_INTERIM_RESULTS="true")
+    bridge = await bridge_factory(CALLBRIDGE_TELNYX_INTERIM_RESULTS="true")
     spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(CALLER)},
                     call_id="CA-partials")
     # In real time: a partial is only sent when no earlier event of its call is waiting.
@@ -233,7 +233,7 @@ async def test_refused_upstream_reports_an_error_and_keeps_the_media_connection(
 async def test_engine_error_frame_becomes_a_transcription_error(
         bridge_factory: BridgeFactory, receiver: WebhookReceiver) -> None:
     # The Telnyx (Whisper) engine takes no mulaw: the service answers 40002 and closes.
-    bridge = await bridge_factory(CALLBRIDGE_STT_ENGINE="Telnyx")
+    bridge = await bridge_factory(CALLBRIDGE_TELNYX_TRANSCRIPTION_ENGINE="Telnyx")
     spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(CALLER)},
                     call_id="CA-40002")
     events = await run_call(bridge, receiver, spec)
@@ -262,8 +262,8 @@ async def test_logs_carry_call_context_and_never_text_audio_or_secrets(
 
 async def test_a_wrong_setting_stops_start_up_with_one_line(
         bridge_factory: BridgeFactory) -> None:
-    with pytest.raises(RuntimeError, match="invalid setting CALLBRIDGE_CHUNK_MS") as caught:
-        await bridge_factory(CALLBRIDGE_CHUNK_MS="5")
+    with pytest.raises(RuntimeError, match="invalid setting CALLBRIDGE_AUDIO_CHUNK_MS") as caught:
+        await bridge_factory(CALLBRIDGE_AUDIO_CHUNK_MS="5")
     assert str(caught.value).count("\n") == 1  # "bridge exited:" and the one line
 
 

@@ -92,8 +92,8 @@ def _bubbles(driver: webdriver.Chrome) -> list[tuple[str, str, str, str]]:
 
 async def test_captions_page_shows_a_live_call_from_the_calls_page(
         bridge_factory: BridgeFactory, browser: webdriver.Chrome) -> None:
-    bridge = await bridge_factory(CALLBRIDGE_ADMIN_TOKEN=TOKEN,
-                                  CALLBRIDGE_STT_INTERIM_RESULTS="true")
+    bridge = await bridge_factory(CALLBRIDGE_SERVER_ADMIN_TOKEN=TOKEN,
+                                  CALLBRIDGE_TELNYX_INTERIM_RESULTS="true")
     base = f"http://127.0.0.1:{bridge.port}"
     call = start_call(bridge, "CA-page", {Track.INBOUND: ulaw(LEAD_IN + CALLER_LIVE),
                                           Track.OUTBOUND: ulaw(LEAD_IN + AGENT_LIVE)})
@@ -141,7 +141,7 @@ async def test_captions_page_shows_a_live_call_from_the_calls_page(
 
 async def test_calls_page_asks_for_the_token_and_a_bad_captions_link_says_so(
         bridge_factory: BridgeFactory, browser: webdriver.Chrome) -> None:
-    bridge = await bridge_factory(CALLBRIDGE_ADMIN_TOKEN=TOKEN)
+    bridge = await bridge_factory(CALLBRIDGE_SERVER_ADMIN_TOKEN=TOKEN)
     call = start_call(bridge, "CA-bad-link", {Track.INBOUND: ulaw(LEAD_IN + CALLER_LIVE)})
     await bridge.wait_for_log("call started", call_id="CA-bad-link")
     base = f"http://127.0.0.1:{bridge.port}"
@@ -163,7 +163,7 @@ async def test_calls_page_asks_for_the_token_and_a_bad_captions_link_says_so(
 
 async def test_captions_page_reconnects_after_a_network_cut_and_misses_nothing(
         bridge_factory: BridgeFactory, browser: webdriver.Chrome) -> None:
-    bridge = await bridge_factory(CALLBRIDGE_ADMIN_TOKEN=TOKEN)
+    bridge = await bridge_factory(CALLBRIDGE_SERVER_ADMIN_TOKEN=TOKEN)
     call = start_call(bridge, "CA-cut", {Track.INBOUND: ulaw(LEAD_IN + CALLER_LIVE),
                                          Track.OUTBOUND: ulaw(LEAD_IN + AGENT_LIVE)})
     await bridge.wait_for_log("call started", call_id="CA-cut")

@@ -26,7 +26,7 @@ async def test_card_numbers_from_the_engine_reach_no_webhook_outbox_row_or_log(
         bridge_factory: BridgeFactory, stt: TelnyxSttEmulator, receiver: WebhookReceiver,
         tmp_path: Path) -> None:
     stt.script = SCRIPT
-    bridge = await bridge_factory(CALLBRIDGE_STT_INTERIM_RESULTS="true",
+    bridge = await bridge_factory(CALLBRIDGE_TELNYX_INTERIM_RESULTS="true",
                                   CALLBRIDGE_OUTBOX_RETENTION_DAYS="1")
     on = await bridge.wait_for_log("bridge-side redaction on")  # the secure default
     assert on["policies"] == ["credit_card", "card_security_code", "card_expiry", "ssn"]
@@ -72,7 +72,7 @@ async def test_a_card_read_with_interruptions_over_finals_reaches_no_webhook_or_
         bridge_factory: BridgeFactory, stt: TelnyxSttEmulator, receiver: WebhookReceiver,
         tmp_path: Path) -> None:
     stt.script = INTERRUPTED_SCRIPT
-    bridge = await bridge_factory(CALLBRIDGE_STT_INTERIM_RESULTS="true",
+    bridge = await bridge_factory(CALLBRIDGE_TELNYX_INTERIM_RESULTS="true",
                                   CALLBRIDGE_OUTBOX_RETENTION_DAYS="1")
     spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(INTERRUPTED_SPEECH)},
                     call_id="CA-interrupted")
@@ -98,7 +98,7 @@ async def test_redaction_can_be_turned_off_explicitly(
         bridge_factory: BridgeFactory, stt: TelnyxSttEmulator,
         receiver: WebhookReceiver) -> None:
     stt.script = SCRIPT
-    bridge = await bridge_factory(CALLBRIDGE_REDACTION="off")
+    bridge = await bridge_factory(CALLBRIDGE_COMPLIANCE_REDACTION="off")
     await bridge.wait_for_log("bridge-side redaction is OFF: card numbers, security codes and "
                               "SSNs reach webhooks as the engine wrote them")
     spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(SPEECH)},
@@ -133,7 +133,8 @@ async def call_with_keypresses(bridge: BridgeProcess, call_id: str) -> None:
 async def test_key_presses_reach_no_webhook_log_or_outbox_as_digits(
         bridge_factory: BridgeFactory, receiver: WebhookReceiver, tmp_path: Path,
         mode: str) -> None:
-    bridge = await bridge_factory(CALLBRIDGE_DTMF=mode, CALLBRIDGE_OUTBOX_RETENTION_DAYS="1")
+    bridge = await bridge_factory(CALLBRIDGE_COMPLIANCE_DTMF=mode,
+                                  CALLBRIDGE_OUTBOX_RETENTION_DAYS="1")
     call_id = f"CA-dtmf-{mode}"
     await call_with_keypresses(bridge, call_id)
     events = await receiver.wait_for(receiver.ended(call_id))
@@ -186,7 +187,7 @@ LONG = pcm_program(("silence", 200), ("tone", 800, 400), ("silence", 600),
 async def test_pause_and_resume_through_the_admin_api(
         bridge_factory: BridgeFactory, stt: TelnyxSttEmulator,
         receiver: WebhookReceiver) -> None:
-    bridge = await bridge_factory(CALLBRIDGE_ADMIN_TOKEN=TOKEN)
+    bridge = await bridge_factory(CALLBRIDGE_SERVER_ADMIN_TOKEN=TOKEN)
     spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(LONG)},
                     call_id="CA-pause")
     call = asyncio.create_task(stream_call(bridge.url("/streams/twilio"), build_call(spec),
@@ -222,7 +223,7 @@ async def test_pause_and_resume_through_the_admin_api(
 
 async def test_the_admin_api_is_off_without_a_token(bridge: BridgeProcess) -> None:
     status, body = await admin(bridge, "pause", "CA-any")
-    assert status == 404 and "CALLBRIDGE_ADMIN_TOKEN" in str(body)
+    assert status == 404 and "CALLBRIDGE_SERVER_ADMIN_TOKEN" in str(body)
 
 
 async def test_a_mark_from_the_stream_pauses_and_resumes(

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.e2e
 
 
 def engine(emulator: DeepgramEmulator, **extra: str) -> dict[str, str]:
-    return {"CALLBRIDGE_ENGINE": "deepgram", "DEEPGRAM_API_KEY": "test-deepgram-key",
+    return {"CALLBRIDGE_STT_ENGINE": "deepgram", "DEEPGRAM_API_KEY": "test-deepgram-key",
             "CALLBRIDGE_DEEPGRAM_URL": emulator.url, **extra}
 
 
@@ -48,7 +48,7 @@ async def test_a_silent_hold_keeps_the_session_alive(
         receiver: WebhookReceiver) -> None:
     deepgram.idle_s = 1.0  # a hold far beyond the idle limit, in little time
     bridge = await bridge_factory(**engine(deepgram, CALLBRIDGE_DEEPGRAM_KEEPALIVE_S="0.3",
-                                         CALLBRIDGE_ADMIN_TOKEN=TOKEN))
+                                         CALLBRIDGE_SERVER_ADMIN_TOKEN=TOKEN))
     held = pcm_program(("silence", 200), ("tone", 600, 400), ("silence", 4500),
                        ("tone", 400, 700), ("silence", 500))
     spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(held)},

@@ -29,7 +29,7 @@ pytestmark = [
 
 SAMPLE = Path(__file__).parents[2] / "bridge" / "samples" / "support_call"
 REFERENCE = json.loads((SAMPLE / "reference.json").read_text())["reference"]
-NO_KEY = {"TELNYX_API_KEY": "", "CALLBRIDGE_STT_URL": "", "CALLBRIDGE_LOCAL_STT_WORKERS": "2"}
+NO_KEY = {"TELNYX_API_KEY": "", "CALLBRIDGE_TELNYX_URL": "", "CALLBRIDGE_LOCAL_STT_WORKERS": "2"}
 # Whisper tiny.en: 17 % on the sample call (bench/local_stt.py); PocketSphinx made 64 %.
 CALL_WER_BOUND = 0.3
 

@@ -35,7 +35,7 @@ async def test_a_fatal_engine_error_fails_over_and_the_transcript_continues(
         receiver: WebhookReceiver) -> None:
     stt.every_session = Fault(12000, Failure.ERROR)  # the primary fails for good 1.5 s in
     stt.with_times = True
-    bridge = await bridge_factory(CALLBRIDGE_SECONDARY_ENGINE="deepgram",
+    bridge = await bridge_factory(CALLBRIDGE_STT_SECONDARY_ENGINE="deepgram",
                                   DEEPGRAM_API_KEY="test-deepgram-key",
                                   CALLBRIDGE_DEEPGRAM_URL=deepgram.url)
     await call(bridge, receiver, "CA-failover", speed=2)
@@ -52,7 +52,7 @@ async def test_a_fatal_engine_error_fails_over_and_the_transcript_continues(
 async def test_a_call_chooses_its_language_and_engine_within_the_allow_list(
         bridge_factory: BridgeFactory, stt: TelnyxSttEmulator, deepgram: DeepgramEmulator,
         receiver: WebhookReceiver) -> None:
-    bridge = await bridge_factory(CALLBRIDGE_SECONDARY_ENGINE="deepgram",
+    bridge = await bridge_factory(CALLBRIDGE_STT_SECONDARY_ENGINE="deepgram",
                                   DEEPGRAM_API_KEY="test-deepgram-key",
                                   CALLBRIDGE_DEEPGRAM_URL=deepgram.url)
     # language is allowed by default; the engine is not: it stays the primary
@@ -79,7 +79,7 @@ async def test_a_stalled_engine_is_treated_as_dropped(
 async def test_a_session_rolls_over_at_a_pause_before_the_engines_limit(
         bridge_factory: BridgeFactory, receiver: WebhookReceiver) -> None:
     async with AssemblyAIEmulator() as assemblyai:
-        bridge = await bridge_factory(CALLBRIDGE_ENGINE="assemblyai",
+        bridge = await bridge_factory(CALLBRIDGE_STT_ENGINE="assemblyai",
                                       ASSEMBLYAI_API_KEY="test-assemblyai-key",
                                       CALLBRIDGE_ASSEMBLYAI_URL=assemblyai.url,
                                       CALLBRIDGE_ASSEMBLYAI_MAX_SESSION_S="1.0",

@@ -58,8 +58,8 @@ async def test_twilio_signatures_are_checked(bridge_factory: BridgeFactory,
 
 
 async def test_bearer_and_basic_credentials(bridge_factory: BridgeFactory) -> None:
-    bridge = await bridge_factory(CALLBRIDGE_INGRESS_TOKEN="signalwire-bearer-token",
-                                  CALLBRIDGE_EXOTEL_BASIC="exo-key:exo-token")
+    bridge = await bridge_factory(CALLBRIDGE_INGRESS_AUTH_BEARER_TOKEN="signalwire-bearer-token",
+                                  CALLBRIDGE_INGRESS_AUTH_EXOTEL_BASIC="exo-key:exo-token")
     signalwire = bridge.url("/streams/signalwire")
     assert await handshake(signalwire) == 401
     assert await handshake(signalwire, {"Authorization": "Bearer wrong"}) == 403
@@ -90,7 +90,7 @@ def audiohook_headers(path: str, authority: str, *, created: int) -> dict[str, s
 
 
 async def test_audiohook_signed_handshake(bridge_factory: BridgeFactory) -> None:
-    bridge = await bridge_factory(CALLBRIDGE_AUDIOHOOK_KEYS=f"{API_KEY}:{SECRET}")
+    bridge = await bridge_factory(CALLBRIDGE_INGRESS_AUTH_AUDIOHOOK_KEYS=f"{API_KEY}:{SECRET}")
     url = bridge.url("/streams/audiohook")
     authority = f"127.0.0.1:{bridge.port}"
     now = int(time.time())
@@ -105,7 +105,7 @@ async def test_audiohook_signed_handshake(bridge_factory: BridgeFactory) -> None
 
 async def test_a_stream_token_parameter_for_platforms_that_sign_nothing(
         bridge_factory: BridgeFactory, receiver: WebhookReceiver) -> None:
-    bridge = await bridge_factory(CALLBRIDGE_STREAM_TOKEN="shared-stream-token")
+    bridge = await bridge_factory(CALLBRIDGE_INGRESS_AUTH_STREAM_TOKEN="shared-stream-token")
     wrong = dialects.plivo({"inbound": ulaw(SPEECH)}, encoding="audio/x-mulaw", rate=8000,
                            call_id="plivo-bad")
     async with aiohttp.ClientSession() as session, session.ws_connect(
@@ -127,14 +127,14 @@ async def test_a_stream_token_parameter_for_platforms_that_sign_nothing(
 
 async def test_open_ingress_on_a_public_address_is_said_or_refused(
         bridge_factory: BridgeFactory) -> None:
-    bridge = await bridge_factory(CALLBRIDGE_HOST="0.0.0.0",  # noqa: S104 - the case tested
+    bridge = await bridge_factory(CALLBRIDGE_SERVER_HOST="0.0.0.0",  # noqa: S104 - the case tested
                                   TWILIO_AUTH_TOKEN=TWILIO_TOKEN)
     warning = await bridge.wait_for_log("media endpoints accept streams without a credential "
                                         "on a non-loopback address; anyone who reaches them "
                                         "can open calls (see docs/security.md)")
-    assert warning["open"]["telnyx"] == "CALLBRIDGE_STREAM_TOKEN"
+    assert warning["open"]["telnyx"] == "CALLBRIDGE_INGRESS_AUTH_STREAM_TOKEN"
     assert "twilio" not in warning["open"]  # its signature is checked
     with pytest.raises(RuntimeError, match=r"server\.require_ingress_auth is on") as caught:
-        await bridge_factory(CALLBRIDGE_HOST="0.0.0.0",  # noqa: S104 - the case tested
-                             CALLBRIDGE_REQUIRE_INGRESS_AUTH="true")
+        await bridge_factory(CALLBRIDGE_SERVER_HOST="0.0.0.0",  # noqa: S104 - the case tested
+                             CALLBRIDGE_SERVER_REQUIRE_INGRESS_AUTH="true")
     assert "Traceback" not in str(caught.value)

@@ -48,8 +48,8 @@ async def test_the_feed_streams_partials_and_finals_in_order_redacted_as_webhook
         bridge_factory: BridgeFactory, stt: TelnyxSttEmulator,
         receiver: WebhookReceiver) -> None:
     stt.script = list(SCRIPT)
-    bridge = await bridge_factory(CALLBRIDGE_ADMIN_TOKEN=TOKEN,
-                                  CALLBRIDGE_STT_INTERIM_RESULTS="true")
+    bridge = await bridge_factory(CALLBRIDGE_SERVER_ADMIN_TOKEN=TOKEN,
+                                  CALLBRIDGE_TELNYX_INTERIM_RESULTS="true")
     call = start_call(bridge, "CA-live", {Track.INBOUND: ulaw(SPEECH)})
     await bridge.wait_for_log("call started", call_id="CA-live")
     issued = await token_for(bridge, "CA-live")
@@ -85,7 +85,7 @@ async def test_the_feed_streams_partials_and_finals_in_order_redacted_as_webhook
 
 async def test_a_viewer_joining_late_or_resuming_gets_what_it_missed(
         bridge_factory: BridgeFactory, receiver: WebhookReceiver) -> None:
-    bridge = await bridge_factory(CALLBRIDGE_ADMIN_TOKEN=TOKEN)
+    bridge = await bridge_factory(CALLBRIDGE_SERVER_ADMIN_TOKEN=TOKEN)
     call = start_call(bridge, "CA-late", {Track.INBOUND: ulaw(CALLER_LIVE),
                                           Track.OUTBOUND: ulaw(AGENT_LIVE)})
     await receiver.wait_for(lambda events: sum(
@@ -108,7 +108,7 @@ async def test_a_viewer_joining_late_or_resuming_gets_what_it_missed(
 
 async def test_feed_access_needs_a_token_for_that_call(bridge_factory: BridgeFactory,
                                                       receiver: WebhookReceiver) -> None:
-    bridge = await bridge_factory(CALLBRIDGE_ADMIN_TOKEN=TOKEN)
+    bridge = await bridge_factory(CALLBRIDGE_SERVER_ADMIN_TOKEN=TOKEN)
     calls = [start_call(bridge, call_id, {Track.INBOUND: ulaw(CALLER_LIVE)})
              for call_id in ("CA-one", "CA-two")]
     for call_id in ("CA-one", "CA-two"):
@@ -153,7 +153,7 @@ async def test_without_an_admin_token_there_is_no_feed_and_no_page(
 
 async def test_the_pages_are_self_contained_and_locked_down(
         bridge_factory: BridgeFactory) -> None:
-    bridge = await bridge_factory(CALLBRIDGE_ADMIN_TOKEN=TOKEN)
+    bridge = await bridge_factory(CALLBRIDGE_SERVER_ADMIN_TOKEN=TOKEN)
     async with aiohttp.ClientSession() as session:
         for path in ("/captions/CA-x", "/calls"):
             async with session.get(f"http://127.0.0.1:{bridge.port}{path}",
@@ -172,7 +172,8 @@ async def test_the_pages_are_self_contained_and_locked_down(
 
 async def test_sigterm_ends_the_feed_with_the_calls_shutdown(
         bridge_factory: BridgeFactory, receiver: WebhookReceiver) -> None:
-    bridge = await bridge_factory(CALLBRIDGE_ADMIN_TOKEN=TOKEN, CALLBRIDGE_DRAIN_S="0.5")
+    bridge = await bridge_factory(CALLBRIDGE_SERVER_ADMIN_TOKEN=TOKEN,
+                                  CALLBRIDGE_SERVER_DRAIN_S="0.5")
     long_call = ulaw(CALLER_LIVE) * 5
     call = start_call(bridge, "CA-drain-live", {Track.INBOUND: long_call})
     await bridge.wait_for_log("call started", call_id="CA-drain-live")

@@ -32,7 +32,7 @@ async def samples(bridge: BridgeProcess) -> dict[tuple[str, tuple[tuple[str, str
 
 async def test_metrics_follow_a_call(bridge_factory: BridgeFactory,
                                      receiver: WebhookReceiver) -> None:
-    bridge = await bridge_factory(CALLBRIDGE_ADMIN_TOKEN=TOKEN)
+    bridge = await bridge_factory(CALLBRIDGE_SERVER_ADMIN_TOKEN=TOKEN)
     spec = CallSpec("twilio", AudioEncoding.PCMU,
                     {Track.INBOUND: ulaw(CALLER_LIVE), Track.OUTBOUND: ulaw(AGENT_LIVE)},
                     call_id="CA-metrics")
@@ -65,14 +65,14 @@ async def test_readiness_follows_the_engine(bridge_factory: BridgeFactory,
     status, body = await get(ready, "/readyz", token=None)
     assert status == 200, body
     dead = f"ws://127.0.0.1:{refused_port}/v2/speech-to-text/transcription"
-    unready = await bridge_factory(CALLBRIDGE_STT_URL=dead)
+    unready = await bridge_factory(CALLBRIDGE_TELNYX_URL=dead)
     status, body = await get(unready, "/readyz", token=None)
     assert status == 503 and "speech-to-text engine not reachable" in body
 
 
 async def test_admin_views_and_ending_a_call(bridge_factory: BridgeFactory,
                                             receiver: WebhookReceiver) -> None:
-    bridge = await bridge_factory(CALLBRIDGE_ADMIN_TOKEN=TOKEN)
+    bridge = await bridge_factory(CALLBRIDGE_SERVER_ADMIN_TOKEN=TOKEN)
     spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(CALLER_LIVE)},
                     call_id="CA-admin")
     call = asyncio.create_task(stream_call(bridge.url("/streams/twilio"), build_call(spec),
@@ -97,7 +97,7 @@ async def test_sigterm_drains_two_live_calls_and_exits_cleanly(
         bridge_factory: BridgeFactory, receiver: WebhookReceiver) -> None:
     import signal
 
-    bridge = await bridge_factory(CALLBRIDGE_DRAIN_S="0.5")
+    bridge = await bridge_factory(CALLBRIDGE_SERVER_DRAIN_S="0.5")
     long_call = pcm_program(("silence", 200), ("tone", 600, 400), ("silence", 500),
                             ("tone", 400, 700), ("silence", 8000))
     calls = [asyncio.create_task(stream_call(
@@ -124,7 +124,7 @@ async def test_sigterm_drains_two_live_calls_and_exits_cleanly(
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 async def test_both_event_loops_carry_a_call(bridge_factory: BridgeFactory,
                                              receiver: WebhookReceiver, loop: str) -> None:
-    bridge = await bridge_factory(CALLBRIDGE_EVENT_LOOP=loop)
+    bridge = await bridge_factory(CALLBRIDGE_SERVER_EVENT_LOOP=loop)
     assert (await bridge.wait_for_log("event loop"))["loop"] == loop
     spec = CallSpec("twilio", AudioEncoding.PCMU,
                     {Track.INBOUND: ulaw(CALLER_LIVE), Track.OUTBOUND: ulaw(AGENT_LIVE)},

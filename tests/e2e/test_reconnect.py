@@ -24,7 +24,7 @@ async def test_two_drops_mid_utterance_lose_and_repeat_nothing(
     # replay from the beginning, drops in the second tone (1.5 s into its audio).
     stt.faults = [Fault(4000, Failure.DROP), Fault(12000, Failure.DROP)]
     stt.with_times = True  # segment times let the bridge forget exactly what a final covers
-    bridge = await bridge_factory(CALLBRIDGE_CHUNK_MS="20")
+    bridge = await bridge_factory(CALLBRIDGE_AUDIO_CHUNK_MS="20")
     spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(CALLER_THREE)},
                     call_id="CA-drops")
     events = await run_call(bridge, receiver, spec, speed=2, within_s=30)

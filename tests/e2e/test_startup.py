@@ -24,7 +24,7 @@ pytestmark = pytest.mark.e2e
 def environment(stt: TelnyxSttEmulator, tmp_path: Path, **extra: str) -> dict[str, str]:
     """The environment of a bridge on the emulator, without the caller's own settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CALLBRIDGE_")}
-    env.update({"CALLBRIDGE_STT_URL": stt.url, "TELNYX_API_KEY": API_KEY,
+    env.update({"CALLBRIDGE_TELNYX_URL": stt.url, "TELNYX_API_KEY": API_KEY,
                 "CALLBRIDGE_OUTBOX_PATH": str(tmp_path / "outbox.db")}, **extra)
     return env
 
@@ -66,7 +66,7 @@ async def test_serve_prints_one_ready_line_once_it_accepts_calls(
 
 
 async def test_start_up_reads_in_a_few_short_lines(bridge_factory: BridgeFactory) -> None:
-    bridge = await bridge_factory(CALLBRIDGE_LOG_LEVEL="info")
+    bridge = await bridge_factory(CALLBRIDGE_LOGGING_LEVEL="info")
     start_up = bridge.raw_stderr[:next(n for n, line in enumerate(bridge.logs)
                                       if line["event"] == "listening") + 1]
     assert len(start_up) <= 8
@@ -79,18 +79,30 @@ async def test_the_settings_dump_is_there_at_debug_level(bridge: BridgeProcess) 
     assert dump["level"] == "debug" and dump["server.port"] == 0  # what was asked for
 
 
-@pytest.mark.parametrize("given_as", ["CALLBRIDGE_PORT", "--port"])
+@pytest.mark.parametrize("given_as", ["CALLBRIDGE_SERVER_PORT", "--port"])
 async def test_a_port_in_use_is_one_line_naming_the_setting(
         stt: TelnyxSttEmulator, tmp_path: Path, given_as: str) -> None:
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = str(taken.getsockname()[1])
         args = ["serve", "--port", port] if given_as == "--port" else ["serve"]
-        extra = {"CALLBRIDGE_PORT": port} if given_as == "CALLBRIDGE_PORT" else {}
+        extra = {"CALLBRIDGE_SERVER_PORT": port} if given_as == "CALLBRIDGE_SERVER_PORT" else {}
         status, out, err = await callbridge(
             *args, env=environment(stt, tmp_path, **extra))
     assert status == 2 and out == []
     assert err == [f"callbridge: invalid setting {given_as}: 127.0.0.1:{port} is already in "
                    "use by another process; choose another port"]
+
+
+async def test_a_port_in_use_given_by_the_old_variable_names_that_variable(
+        stt: TelnyxSttEmulator, tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = str(taken.getsockname()[1])
+        status, out, err = await callbridge(
+            "serve", env=environment(stt, tmp_path, CALLBRIDGE_PORT=port))
+    assert status == 2 and out == []
+    assert err == ["callbridge: CALLBRIDGE_PORT is deprecated: use CALLBRIDGE_SERVER_PORT",
+                   f"callbridge: invalid setting CALLBRIDGE_PORT: 127.0.0.1:{port} is already "
+                   "in use by another process; choose another port"]
 
 
 @pytest.mark.parametrize("given_as", ["CALLBRIDGE_CONFIG", "--config"])
@@ -140,7 +152,7 @@ async def test_simulate_waits_for_a_bridge_that_is_still_starting(
     server.close()
     await server.wait_closed()
     assert not simulate.done()  # still waiting, not failed
-    await bridge_factory(CALLBRIDGE_PORT=port)
+    await bridge_factory(CALLBRIDGE_SERVER_PORT=port)
     status, _, err = await simulate
     assert status == 0, err
     await receiver.wait_for(receiver.ended("CA-waited"))

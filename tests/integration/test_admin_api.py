@@ -49,9 +49,10 @@ async def client(stt: TelnyxSttEmulator, receiver: WebhookReceiver, tmp_path: Pa
                  aiohttp_client: AiohttpClient) -> Client:
     # aiohttp_client last: torn down first, the bridge stops while its peers still answer.
     settings = load_settings(environ={
-        "CALLBRIDGE_STT_URL": stt.url, "TELNYX_API_KEY": API_KEY,
-        "CALLBRIDGE_WEBHOOK_URLS": receiver.url, "CALLBRIDGE_WEBHOOK_SECRET": SECRET,
-        "CALLBRIDGE_WEBHOOK_ALLOW_PRIVATE": "true", "CALLBRIDGE_ADMIN_TOKEN": TOKEN,
+        "CALLBRIDGE_TELNYX_URL": stt.url, "TELNYX_API_KEY": API_KEY,
+        "CALLBRIDGE_WEBHOOKS_URLS": receiver.url, "CALLBRIDGE_WEBHOOKS_SECRET": SECRET,
+        "CALLBRIDGE_WEBHOOKS_ALLOW_PRIVATE_NETWORKS": "true",
+        "CALLBRIDGE_SERVER_ADMIN_TOKEN": TOKEN,
         "CALLBRIDGE_OUTBOX_PATH": str(tmp_path / "outbox.db")})
     return await aiohttp_client(ServedAsInProduction(create_app(settings)))
 

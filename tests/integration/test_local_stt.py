@@ -12,7 +12,7 @@ import pytest
 import websockets.asyncio.client
 from aiohttp import web
 
-from bridge.config import LocalSttSettings, Secret, SttSettings
+from bridge.config import LocalSttSettings, Secret, TelnyxSettings
 from bridge.events import AudioEncoding
 from bridge.stt.local import recognizer
 from bridge.stt.local.protocol import PATH
@@ -84,8 +84,8 @@ async def test_partials_come_before_their_final_when_asked(local_stt: str) -> No
 
 
 async def test_the_bridges_own_client_reads_it_as_telnyx(local_stt: str) -> None:
-    session = TelnyxSession(SttSettings(url=local_stt, api_key=Secret(""), close_grace_s=5),
-                            AudioEncoding.PCMA)
+    session = TelnyxSession(TelnyxSettings(url=local_stt, api_key=Secret("")),
+                            AudioEncoding.PCMA, close_grace_s=5)
     from bridge.codecs import g711
 
     alaw = g711.encode(AudioEncoding.PCMA, g711.decode(

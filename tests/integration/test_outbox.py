@@ -185,7 +185,7 @@ def test_a_missing_directory_is_created_and_an_impossible_one_is_one_line(
         [sys.executable, "-m", "bridge", "serve", "--port", "0"], capture_output=True,
         text=True, timeout=60, check=False,
         env={**os.environ, "CALLBRIDGE_OUTBOX_PATH": str(blocker / "o.db"),
-             "CALLBRIDGE_STT_URL": "ws://127.0.0.1:9/v2/speech-to-text/transcription"})
+             "CALLBRIDGE_TELNYX_URL": "ws://127.0.0.1:9/v2/speech-to-text/transcription"})
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("callbridge: invalid setting outbox.path: cannot create")

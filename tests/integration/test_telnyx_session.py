@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 from aiohttp import web
 
-from bridge.config import Secret, SttSettings
+from bridge.config import Secret, TelnyxSettings
 from bridge.errors import UpstreamRefused, UpstreamUnavailable
 from bridge.events import AudioEncoding
 from bridge.stt.base import EngineResult
@@ -23,10 +23,14 @@ AUDIO = ulaw(pcm_program(("silence", 100), ("tone", 600, 400), ("silence", 300),
                          ("tone", 300, 850)))  # (kind, ms, Hz)
 
 
-def settings(url: str, **changes: object) -> SttSettings:
-    base = SttSettings(url=url, api_key=Secret(API_KEY), close_grace_s=1.0,
-                       connect_timeout_s=2.0)
+def settings(url: str, **changes: object) -> TelnyxSettings:
+    base = TelnyxSettings(url=url, api_key=Secret(API_KEY), connect_timeout_s=2.0)
     return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def session_for(telnyx: TelnyxSettings, encoding: AudioEncoding,
+                sample_rate: int = 8000) -> TelnyxSession:
+    return TelnyxSession(telnyx, encoding, sample_rate, close_grace_s=1.0)
 
 
 async def collect(session: TelnyxSession) -> list[EngineResult]:
@@ -35,7 +39,7 @@ async def collect(session: TelnyxSession) -> list[EngineResult]:
 
 async def test_streams_audio_and_reads_finals_then_flushes_on_close_stream(
         stt: TelnyxSttEmulator) -> None:
-    session = TelnyxSession(settings(stt.url), AudioEncoding.PCMU)
+    session = session_for(settings(stt.url), AudioEncoding.PCMU)
     await session.open()
     reader = asyncio.create_task(collect(session))
     for offset in range(0, len(AUDIO), 800):
@@ -54,7 +58,7 @@ async def test_streams_audio_and_reads_finals_then_flushes_on_close_stream(
 
 async def test_reads_frames_in_the_typed_shape_too() -> None:
     async with TelnyxSttEmulator(api_key=API_KEY, with_type_field=True) as stt:
-        session = TelnyxSession(settings(stt.url), AudioEncoding.PCMU)
+        session = session_for(settings(stt.url), AudioEncoding.PCMU)
         await session.open()
         reader = asyncio.create_task(collect(session))
         await session.send_audio(AUDIO)
@@ -65,7 +69,7 @@ async def test_reads_frames_in_the_typed_shape_too() -> None:
 
 
 async def test_bad_key_is_refused_at_the_handshake(stt: TelnyxSttEmulator) -> None:
-    session = TelnyxSession(settings(stt.url, api_key=Secret("nope")), AudioEncoding.PCMU)
+    session = session_for(settings(stt.url, api_key=Secret("nope")), AudioEncoding.PCMU)
     with pytest.raises(UpstreamRefused) as caught:
         await session.open()
     assert caught.value.status == 401
@@ -74,7 +78,7 @@ async def test_bad_key_is_refused_at_the_handshake(stt: TelnyxSttEmulator) -> No
 
 async def test_bad_parameters_are_refused_with_the_services_code(
         stt: TelnyxSttEmulator) -> None:
-    session = TelnyxSession(settings(stt.url, transcription_engine="Azure"), AudioEncoding.PCMA)
+    session = session_for(settings(stt.url, transcription_engine="Azure"), AudioEncoding.PCMA)
     await session.open()
     with pytest.raises(UpstreamRefused) as caught:
         await collect(session)
@@ -84,8 +88,8 @@ async def test_bad_parameters_are_refused_with_the_services_code(
 
 async def test_error_frame_in_the_typed_shape_is_an_error_too() -> None:
     async with TelnyxSttEmulator(api_key=API_KEY, with_type_field=True) as stt:
-        session = TelnyxSession(settings(stt.url, transcription_engine="Telnyx"),
-                                AudioEncoding.PCMU)
+        session = session_for(settings(stt.url, transcription_engine="Telnyx"),
+                              AudioEncoding.PCMU)
         await session.open()
         with pytest.raises(UpstreamRefused):
             await collect(session)
@@ -95,7 +99,7 @@ async def test_error_frame_in_the_typed_shape_is_an_error_too() -> None:
 async def test_dropped_connection_is_unavailable_not_refused() -> None:
     async with TelnyxSttEmulator(api_key=API_KEY) as stt:
         stt.every_session = Fault(1600, Failure.DROP)
-        session = TelnyxSession(settings(stt.url), AudioEncoding.PCMU)
+        session = session_for(settings(stt.url), AudioEncoding.PCMU)
         await session.open()
         reader = asyncio.create_task(collect(session))
         await session.send_audio(AUDIO[:1600])
@@ -107,13 +111,13 @@ async def test_dropped_connection_is_unavailable_not_refused() -> None:
 async def test_nothing_listening_is_unavailable(refused_port: int) -> None:
     url = f"ws://127.0.0.1:{refused_port}/v2/speech-to-text/transcription"
     with pytest.raises(UpstreamUnavailable, match="cannot connect"):
-        await TelnyxSession(settings(url), AudioEncoding.PCMU).open()
+        await session_for(settings(url), AudioEncoding.PCMU).open()
 
 
 async def test_throttled_handshake_is_unavailable() -> None:
     async with TelnyxSttEmulator(api_key=API_KEY, reject_status=429) as stt:
         with pytest.raises(UpstreamUnavailable) as caught:
-            await TelnyxSession(settings(stt.url), AudioEncoding.PCMU).open()
+            await session_for(settings(stt.url), AudioEncoding.PCMU).open()
         assert caught.value.status == 429
 
 
@@ -140,8 +144,8 @@ async def test_a_session_we_closed_is_no_drop_when_the_server_never_answers() ->
     await site.start()
     port = runner.addresses[0][1]
     try:
-        session = TelnyxSession(settings(f"ws://127.0.0.1:{port}/v2/speech-to-text/transcription",
-                                         close_grace_s=0.2), AudioEncoding.PCMU)
+        session = TelnyxSession(settings(f"ws://127.0.0.1:{port}/v2/speech-to-text/transcription"),
+                                AudioEncoding.PCMU, 8000, close_grace_s=0.2)
         await session.open()
         reader = asyncio.create_task(collect(session))
         await session.send_audio(AUDIO[:800])

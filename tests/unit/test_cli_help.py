@@ -44,8 +44,8 @@ def test_serve_help_names_the_settings_file_and_the_main_variables() -> None:
     [serve] = [parser for name, parser, _ in COMMANDS if name == "serve"]
     text = serve.format_help()
     for needed in ("--config", "CALLBRIDGE_CONFIG", "config/callbridge.toml",
-                   "TELNYX_API_KEY", "CALLBRIDGE_WEBHOOK_URLS", "CALLBRIDGE_WEBHOOK_SECRET",
-                   "CALLBRIDGE_PORT", "ready on"):
+                   "TELNYX_API_KEY", "CALLBRIDGE_WEBHOOKS_URLS", "CALLBRIDGE_WEBHOOKS_SECRET",
+                   "CALLBRIDGE_SERVER_PORT", "ready on"):
         assert needed in text
 
 

@@ -121,16 +121,16 @@ def test_allow_list_entries_match_scheme_host_port_and_whole_path_segments(
                                  "http://2130706433:8080/hook"])
 def test_the_same_checks_run_at_start_up(url: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        load_settings(environ={"CALLBRIDGE_STT_URL": "ws://127.0.0.1:9/stt",
-                               "CALLBRIDGE_WEBHOOK_URLS": url,
-                               "CALLBRIDGE_WEBHOOK_SECRET": SECRET,
-                               "CALLBRIDGE_WEBHOOK_ALLOW_HTTP": "true",
-                               "CALLBRIDGE_WEBHOOK_ALLOW_PRIVATE": "true"})
-    assert caught.value.setting == "CALLBRIDGE_WEBHOOK_URLS"
+        load_settings(environ={"CALLBRIDGE_TELNYX_URL": "ws://127.0.0.1:9/stt",
+                               "CALLBRIDGE_WEBHOOKS_URLS": url,
+                               "CALLBRIDGE_WEBHOOKS_SECRET": SECRET,
+                               "CALLBRIDGE_WEBHOOKS_ALLOW_INSECURE_HTTP": "true",
+                               "CALLBRIDGE_WEBHOOKS_ALLOW_PRIVATE_NETWORKS": "true"})
+    assert caught.value.setting == "CALLBRIDGE_WEBHOOKS_URLS"
 
 
 def test_allow_list_entries_are_checked_at_start_up(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text('[webhooks]\ncall_url_allowlist = ["https://hooks.example.com/a?t=1"]\n')
     with pytest.raises(ConfigError, match="query string"):
-        load_settings(path, environ={"CALLBRIDGE_STT_URL": "ws://127.0.0.1:9/stt"})
+        load_settings(path, environ={"CALLBRIDGE_TELNYX_URL": "ws://127.0.0.1:9/stt"})

@@ -4,17 +4,17 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from bridge.config import SttSettings
+from bridge.config import TelnyxSettings
 from bridge.events import AudioEncoding
 from bridge.stt.base import EngineResult
 from bridge.stt.telnyx import ServerError, build_url, parse_server_frame
 
 
 def test_url_carries_the_legs_codec_and_every_configured_parameter() -> None:
-    settings = SttSettings(url="wss://api.telnyx.com/v2/speech-to-text/transcription",
-                           model="nova-3", interim_results=True, endpointing="300",
-                           redact="pci,ssn", keyterms=("Telnyx", "call bridge"),
-                           keywords=("SIP:2",))
+    settings = TelnyxSettings(url="wss://api.telnyx.com/v2/speech-to-text/transcription",
+                              model="nova-3", interim_results=True, endpointing="300",
+                              redact="pci,ssn", keyterms=("Telnyx", "call bridge"),
+                              keywords=("SIP:2",))
     url = build_url(settings, AudioEncoding.PCMA)
     parts = urlsplit(url)
     assert parts.netloc == "api.telnyx.com"
@@ -27,7 +27,7 @@ def test_url_carries_the_legs_codec_and_every_configured_parameter() -> None:
 
 
 def test_mulaw_legs_ask_for_mulaw_at_8000_and_omit_unset_options() -> None:
-    query = parse_qs(urlsplit(build_url(SttSettings(), AudioEncoding.PCMU)).query)
+    query = parse_qs(urlsplit(build_url(TelnyxSettings(), AudioEncoding.PCMU)).query)
     assert query == {"transcription_engine": ["Deepgram"], "input_format": ["mulaw"],
                      "sample_rate": ["8000"], "language": ["en-US"]}
 
