@@ -74,15 +74,18 @@ async def test_gone_says_false_while_a_process_lives() -> None:
 
 async def test_serve_without_a_key_transcribes_with_the_embedded_recognizer(
         bridge_factory: BridgeFactory, receiver: WebhookReceiver) -> None:
-    bridge = await bridge_factory(**NO_KEY)
+    # Faster than real time, the recognizer works through a backlog after the stream ends:
+    # the legs wait for their last finals as long as it takes on a busy machine (the
+    # default 2 s suits engines that keep up with real time).
+    bridge = await bridge_factory(**NO_KEY, CALLBRIDGE_STT_CLOSE_GRACE_S="30")
     await embedded(bridge)
     spec = CallSpec("twilio", AudioEncoding.PCMU,
                     {Track.INBOUND: (SAMPLE / "caller.ulaw").read_bytes(),
                      Track.OUTBOUND: (SAMPLE / "agent.ulaw").read_bytes()},
                     call_id="CA-embedded")
-    result = await stream_call(bridge.url("/streams/twilio"), build_call(spec), speed=8)
+    result = await stream_call(bridge.url("/streams/twilio"), build_call(spec), speed=4)
     assert result.close_code == 1000
-    await receiver.wait_for(receiver.ended("CA-embedded"), within_s=60)
+    await receiver.wait_for(receiver.ended("CA-embedded"), within_s=90)
     legs = {leg["speaker"]: leg for leg in receiver.of_call("CA-embedded")[-1].data["legs"]}
     assert legs["agent"]["transcripts"] == 4 and legs["caller"]["transcripts"] == 3
     reference = f"{REFERENCE['caller']} {REFERENCE['agent']}"
