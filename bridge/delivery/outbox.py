@@ -23,6 +23,9 @@ starts finds rows there only if the previous one died holding them: they become 
 
 Delivery order is per call: for a target, only the oldest pending delivery of each call is
 ever due (``due_heads``), so a retry holds back the rest of that call and nothing else.
+
+The file records its schema in ``PRAGMA user_version``: a file of an older schema is brought
+up to date when opened (``Outbox._migrate``), one of a newer schema is refused.
 """
 
 from __future__ import annotations
