@@ -285,3 +285,9 @@ def test_a_file_from_a_newer_version_is_refused_naming_the_setting(tmp_path: Pat
     with pytest.raises(ConfigError) as caught:
         Outbox(path)
     assert caught.value.setting == "outbox.path" and "newer" in caught.value.problem
+    result = subprocess.run(
+        [sys.executable, "-m", "bridge", "outbox", "status"], capture_output=True, text=True,
+        timeout=60, check=False, env={**os.environ, "CALLBRIDGE_OUTBOX_PATH": str(path)})
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("callbridge: invalid setting outbox.path:") and "newer" in line
