@@ -208,8 +208,9 @@ def held(call: str, leg: str, *texts: str) -> HeldFinals:
     return HeldFinals(call, leg, tuple(finals))
 
 
-def test_held_finals_are_never_due_and_each_snapshot_replaces_the_last(tmp_path: Path) -> None:
-    outbox = Outbox(tmp_path / "o.db")
+def test_held_finals_are_never_due_and_each_snapshot_replaces_the_last(
+        open_outbox: OpenOutbox) -> None:
+    outbox = open_outbox("o.db")
     outbox.store([stored(0, EventType.CALL_STARTED)], now=T0,
                  held=[held("CA1", "inbound", "first #"), held("CA1", "inbound", "a #", "b #")])
     assert outbox.due_heads("a", T0, 10)[0][0].event_id == "msg_CA1_call.started_0"
@@ -220,12 +221,12 @@ def test_held_finals_are_never_due_and_each_snapshot_replaces_the_last(tmp_path:
 
 
 def test_a_restart_turns_held_finals_into_finals_in_order_before_closing_calls(
-        tmp_path: Path) -> None:
-    outbox = Outbox(tmp_path / "o.db")
+        open_outbox: OpenOutbox) -> None:
+    outbox = open_outbox("o.db")
     outbox.store([stored(0, EventType.CALL_STARTED), stored(1, text="hello")], now=T0,
                  held=[held("CA1", "inbound", "my card is # #", "# # thanks")])
     outbox.close()
-    restarted = Outbox(tmp_path / "o.db")
+    restarted = open_outbox("o.db")
     assert restarted.release_held(now=T0) == 2
     [call] = restarted.live_calls()
     assert call.legs[0]["text"] == "hello my card is # # # # thanks"
@@ -241,16 +242,14 @@ def test_a_restart_turns_held_finals_into_finals_in_order_before_closing_calls(
     assert [json.loads(b)["data"]["sequence"] for b in bodies[2:]] == [1, 2]  # as held
     assert [json.loads(b)["data"]["text"] for b in bodies[2:]] == ["my card is # #",
                                                                     "# # thanks"]
-    restarted.close()
 
 
-def test_call_ended_drops_what_the_call_still_held(tmp_path: Path) -> None:
-    outbox = Outbox(tmp_path / "o.db")
+def test_call_ended_drops_what_the_call_still_held(open_outbox: OpenOutbox) -> None:
+    outbox = open_outbox("o.db")
     outbox.store([stored(0, EventType.CALL_STARTED)], now=T0,
                  held=[held("CA1", "inbound", "#")])
     outbox.store([stored(1, EventType.CALL_ENDED)], now=T0)
     assert outbox.release_held(now=T0) == 0
-    outbox.close()
 
 
 def test_a_schema_1_file_with_held_finals_is_migrated_and_its_finals_close_the_call(
