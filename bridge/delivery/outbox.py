@@ -210,14 +210,18 @@ class Outbox:
         # can lose the last transactions.
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA foreign_keys=ON")
-        version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
-        if version > SCHEMA_VERSION:
-            self.db.close()
-            raise ConfigError("outbox.path", f"{self.path} was written by a newer callbridge "
-                              f"(outbox schema {version}, this one knows {SCHEMA_VERSION})")
-        self.db.executescript(SCHEMA)
-        self._migrate()
-        self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        try:
+            version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise ConfigError("outbox.path", f"{self.path} was written by a newer "
+                                  f"callbridge (outbox schema {version}, this one knows "
+                                  f"{SCHEMA_VERSION})")
+            self.db.executescript(SCHEMA)
+            self._migrate()
+            self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except BaseException:
+            self.db.close()  # the caller gets no Outbox to close
+            raise
         # SQLite gives new -wal/-shm files the database file's mode; ones left by an older
         # version are tightened here.
         _tighten_modes(self.path)
