@@ -21,14 +21,13 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import aiohttp
 
 from bridge.config import OutboxSettings, Secret, Settings, WebhookSettings
 from bridge.delivery.dispatcher import DurableDispatcher
-from bridge.events import EventType, OutboundEvent
+from bridge.events import EventType, OutboundEvent, make_event
 from bridge.observability import configure_logging
 
 RECEIVER = r"""
@@ -56,12 +55,11 @@ SECRET = "whsec_" + "Y2FsbGJyaWRnZS1iZW5jaC1zZWNyZXQtMzItYnl0ZXMh"
 
 
 def event(n: int, call: int) -> OutboundEvent:
-    return OutboundEvent(f"msg_{uuid.uuid4().hex}", EventType.TRANSCRIPT_FINAL,
-                         "2026-11-21T00:00:00.000Z",
-                         {"call_id": f"CA{call}", "leg": "inbound", "sequence": n,
-                          "text": "a final transcript of ordinary length for a call",
-                          "published_at": time.monotonic()},
-                         f"CA{call}", "inbound", ("default",))
+    return make_event(EventType.TRANSCRIPT_FINAL,
+                      {"call_id": f"CA{call}", "leg": "inbound", "sequence": n,
+                       "text": "a final transcript of ordinary length for a call",
+                       "published_at": time.monotonic()},
+                      call_id=f"CA{call}", leg="inbound", targets=("default",))
 
 
 async def ticker(stalls: list[float], stop: asyncio.Event) -> None:

@@ -13,10 +13,8 @@ import asyncio
 import contextlib
 import enum
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
 import structlog
@@ -44,6 +42,7 @@ from bridge.events import (
     StreamStarted,
     StreamStopped,
     Track,
+    make_event,
 )
 from bridge.legs.leg import Leg
 from bridge.legs.transcripts import LegTranscripts
@@ -373,15 +372,8 @@ class Call:
         if key != started.call_id:
             data["provider_call_id"] = started.call_id
         data.update(fields)
-        return OutboundEvent(
-            id=f"msg_{uuid.uuid4().hex}",
-            type=event_type,
-            timestamp=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            data=data,
-            call_id=key,
-            leg=leg.track.value if leg else None,
-            targets=self.targets,
-        )
+        return make_event(event_type, data, call_id=key, leg=leg.track.value if leg else None,
+                          targets=self.targets)
 
     def _require_started(self) -> StreamStarted:
         if self.started is None:

@@ -349,8 +349,12 @@ def run_outbox(args: argparse.Namespace) -> int:
         print(f"callbridge outbox: no outbox at {path} (outbox.path, CALLBRIDGE_OUTBOX_PATH)",
               file=sys.stderr)
         return 1
-    outbox = Outbox(path, max_events=settings.outbox.max_events,
-                    retention_days=settings.outbox.retention_days)
+    try:
+        outbox = Outbox(path, max_events=settings.outbox.max_events,
+                        retention_days=settings.outbox.retention_days)
+    except ConfigError as exc:  # a file of a newer schema, or one it cannot open
+        print(f"callbridge: {exc}", file=sys.stderr)
+        return 2
     try:
         if args.outbox_command == "status":
             rows = outbox.status()

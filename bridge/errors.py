@@ -13,7 +13,8 @@
     ├── UpstreamError           the speech-to-text service failed a leg
     │   ├── UpstreamRefused         bad key or bad parameters: fatal for that leg, never retried
     │   └── UpstreamUnavailable     connect failure, timeout or dropped socket: may be retried
-    └── DeliveryError           a webhook attempt failed (carries ``status`` when there was one)
+    ├── DeliveryError           a webhook attempt failed (carries ``status`` when there was one)
+    └── OutboxDiskFull          the disk under the outbox is full: events are not being stored
 
 Anything else raised inside the bridge is our own bug: the media connection is closed with
 1011 and the traceback logged.
@@ -163,3 +164,14 @@ class DeliveryError(CallbridgeError):
 
     def __str__(self) -> str:
         return self.reason if self.status is None else f"{self.reason} status={self.status}"
+
+
+class OutboxDiskFull(CallbridgeError):
+    """The disk under the outbox is full: the events of that write were not stored."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason

@@ -3,13 +3,20 @@
 Every ingress dialect produces the same frozen events (``IngressEvent``), with audio already
 decoded from base64 into bytes and track names already normalised to ``inbound``/``outbound``.
 Nothing downstream of ``bridge.ingress`` knows which provider sent an event.
+
+What the bridge sends is an ``OutboundEvent``, made only by ``make_event``: its id, timestamp
+and JSON body are fixed there once, and the outbox, the webhook POSTs and the live feed all
+use that same body.
 """
 
 from __future__ import annotations
 
 import enum
+import json
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 
 class AudioEncoding(enum.StrEnum):
@@ -113,12 +120,15 @@ class EventType(enum.StrEnum):
     DTMF = "dtmf"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class OutboundEvent:
     """One webhook event. ``id`` is the Standard Webhooks ``webhook-id``: stable across retries.
 
-    ``call_id`` and ``leg`` repeat what ``data`` says, for routing and logging without reading
-    it; ``targets`` names the webhook targets the call was routed to.
+    ``body`` is the exact JSON that is signed, posted and shown on the live feed, encoded once
+    when the event is made; build events with ``make_event`` so that it always matches
+    ``type``, ``timestamp`` and ``data``. ``call_id`` and ``leg`` repeat what ``data`` says,
+    for routing and logging without reading it; ``targets`` names the webhook targets the
+    call was routed to.
     """
 
     id: str
@@ -128,3 +138,20 @@ class OutboundEvent:
     call_id: str
     leg: str | None = None
     targets: tuple[str, ...] = ()
+    body: bytes
+
+
+def make_event(event_type: EventType, data: Mapping[str, object], *, call_id: str,
+               leg: str | None = None, targets: tuple[str, ...] = ()) -> OutboundEvent:
+    """A new outgoing event: a fresh ``webhook-id``, the time now (UTC, milliseconds) and
+    its body encoded once. ``data`` must not change afterwards: the body is already built."""
+    timestamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return OutboundEvent(id=f"msg_{uuid.uuid4().hex}", type=event_type, timestamp=timestamp,
+                         data=data, call_id=call_id, leg=leg, targets=targets,
+                         body=encode_body(event_type, timestamp, data))
+
+
+def encode_body(event_type: EventType, timestamp: str, data: Mapping[str, object]) -> bytes:
+    """The webhook body: ``{"type", "timestamp", "data"}`` as compact UTF-8 JSON."""
+    body = {"type": str(event_type), "timestamp": timestamp, "data": data}
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()

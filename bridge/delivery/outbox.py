@@ -1,8 +1,8 @@
 """The durable outbox: SQLite in WAL mode, one row per event and per (event, target) delivery.
 
 Synchronous on purpose: every method runs on the outbox's own thread (see
-``dispatcher.OutboxThread``), never on the event loop. Operator commands open the same file
-from another process; WAL mode lets them read and write while a bridge runs.
+``bridge.delivery.writer.OutboxThread``), never on the event loop. Operator commands open the
+same file from another process; WAL mode lets them read and write while a bridge runs.
 
 An event is stored with one delivery per target that wants it, in one transaction. It leaves
 the outbox when each delivery is ``delivered`` or ``dead`` (at once, or after
@@ -23,6 +23,9 @@ starts finds rows there only if the previous one died holding them: they become 
 
 Delivery order is per call: for a target, only the oldest pending delivery of each call is
 ever due (``due_heads``), so a retry holds back the rest of that call and nothing else.
+
+The file records its schema in ``PRAGMA user_version``: a file of an older schema is brought
+up to date when opened (``Outbox._migrate``), one of a newer schema is refused.
 """
 
 from __future__ import annotations
@@ -31,15 +34,16 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from bridge.errors import ConfigError
-from bridge.events import EventType, OutboundEvent
+from bridge.errors import ConfigError, OutboxDiskFull
+from bridge.events import EventType
 
-SCHEMA_VERSION: Final = 1
+# 2: held finals keep their speaker and text beside the body (``_migrate``).
+SCHEMA_VERSION: Final = 2
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -83,6 +87,8 @@ CREATE TABLE IF NOT EXISTS held_finals (
     id TEXT NOT NULL,
     body BLOB NOT NULL,
     targets TEXT NOT NULL,
+    speaker TEXT,
+    text TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (call_id, leg, position)
 );
 CREATE TABLE IF NOT EXISTS live_legs (
@@ -128,17 +134,32 @@ def _tighten_modes(path: Path) -> None:
             os.chmod(candidate, FILE_MODE)
 
 
-class OutboxDiskFull(Exception):
-    """The disk under the outbox is full: the event was not stored."""
+@dataclass(frozen=True, slots=True)
+class LegText:
+    """What a final adds to its leg's text so far, which closing the call after a restart
+    reports."""
+
+    speaker: str | None
+    text: str
 
 
 @dataclass(frozen=True, slots=True)
 class StoredEvent:
-    """An event as the outbox holds it, with the targets it must reach."""
+    """An event as the outbox keeps it, everything given explicitly: the outbox never reads
+    the body, it only stores and returns it.
 
-    event: OutboundEvent
+    ``opens_call`` (a ``call.started``) starts tracking the call with that data; ``adds``
+    (a final) appends to its leg's text; a ``call.ended`` stops tracking the call.
+    """
+
+    id: str
+    type: EventType
+    call_id: str
+    leg: str | None
     body: bytes
     targets: tuple[str, ...]
+    opens_call: Mapping[str, object] | None = None
+    adds: LegText | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,8 +210,18 @@ class Outbox:
         # can lose the last transactions.
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA foreign_keys=ON")
-        self.db.executescript(SCHEMA)
-        self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        try:
+            version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise ConfigError("outbox.path", f"{self.path} was written by a newer "
+                                  f"callbridge (outbox schema {version}, this one knows "
+                                  f"{SCHEMA_VERSION})")
+            self.db.executescript(SCHEMA)
+            self._migrate()
+            self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except BaseException:
+            self.db.close()  # the caller gets no Outbox to close
+            raise
         # SQLite gives new -wal/-shm files the database file's mode; ones left by an older
         # version are tightened here.
         _tighten_modes(self.path)
@@ -198,6 +229,24 @@ class Outbox:
 
     def close(self) -> None:
         self.db.close()
+
+    def _migrate(self) -> None:
+        """Bring a file of an older schema up to date, in place (``CREATE TABLE IF NOT
+        EXISTS`` leaves an existing table as it was).
+
+        Schema 1 held finals had only their body: their speaker and text are copied out of
+        it once, here, so that nothing after this reads a stored body.
+        """
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(held_finals)")}
+        if "text" in columns:
+            return
+        with self._transaction():
+            self.db.execute("ALTER TABLE held_finals ADD COLUMN speaker TEXT")
+            self.db.execute("ALTER TABLE held_finals ADD COLUMN text TEXT NOT NULL DEFAULT ''")
+            for row in self.db.execute("SELECT rowid, body FROM held_finals").fetchall():
+                data = json.loads(bytes(row["body"])).get("data", {})
+                self.db.execute("UPDATE held_finals SET speaker=?, text=? WHERE rowid=?",
+                                (data.get("speaker"), data.get("text") or "", row["rowid"]))
 
     def _count_events(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
@@ -250,10 +299,12 @@ class Outbox:
         self.db.execute("DELETE FROM held_finals WHERE call_id=? AND leg=?",
                         (snapshot.call_id, snapshot.leg))
         self.db.executemany(
-            "INSERT INTO held_finals (call_id, leg, position, id, body, targets) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            [(snapshot.call_id, snapshot.leg, n, item.event.id, item.body,
-              json.dumps(list(item.targets))) for n, item in enumerate(snapshot.finals)])
+            "INSERT INTO held_finals (call_id, leg, position, id, body, targets, speaker, text) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(snapshot.call_id, snapshot.leg, n, item.id, item.body,
+              json.dumps(list(item.targets)), item.adds.speaker if item.adds else None,
+              item.adds.text if item.adds else "")
+             for n, item in enumerate(snapshot.finals)])
 
     def release_held(self, now: float | None = None) -> int:
         """Turn finals a dead process held into deliverable events, leg by leg in order (their
@@ -262,55 +313,51 @@ class Outbox:
         now = time.time() if now is None else now
         with self._transaction():
             rows = self.db.execute(
-                "SELECT call_id, leg, id, body, targets FROM held_finals "
+                "SELECT call_id, leg, id, body, targets, speaker, text FROM held_finals "
                 "ORDER BY call_id, leg, position").fetchall()
             for row in rows:
-                body = bytes(row["body"])
-                decoded = json.loads(body)
-                event = OutboundEvent(row["id"], EventType(decoded["type"]),
-                                      decoded["timestamp"], decoded["data"], row["call_id"],
-                                      row["leg"], tuple(json.loads(row["targets"])))
-                self._insert(StoredEvent(event, body, event.targets), now)
+                self._insert(StoredEvent(
+                    row["id"], EventType.TRANSCRIPT_FINAL, row["call_id"], row["leg"],
+                    bytes(row["body"]), tuple(json.loads(row["targets"])),
+                    adds=LegText(row["speaker"], row["text"])), now)
             self.db.execute("DELETE FROM held_finals")
         return len(rows)
 
     def _insert(self, item: StoredEvent, now: float) -> None:
-        event = item.event
         cursor = self.db.execute(
             "INSERT INTO events (id, type, call_id, leg, body, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?)",
-            (event.id, str(event.type), event.call_id, event.leg, item.body, now))
+            (item.id, str(item.type), item.call_id, item.leg, item.body, now))
         seq = cursor.lastrowid
         self.db.executemany(
             "INSERT INTO deliveries (event_seq, target, call_id, state, next_attempt_at, "
             "updated_at) VALUES (?, ?, ?, 'pending', ?, ?)",
-            [(seq, target, event.call_id, now, now) for target in item.targets])
+            [(seq, target, item.call_id, now, now) for target in item.targets])
         self._count += 1
         self._track_call(item, now)
         if not item.targets:
             self._finish_event(int(seq or 0), now)
 
     def _track_call(self, item: StoredEvent, now: float) -> None:
-        event, data = item.event, item.event.data
-        if event.type is EventType.CALL_STARTED:
+        if item.opens_call is not None:
             self.db.execute(
                 # Never REPLACE: a row is one stream's, and no other stream may overwrite it
                 # (its targets and its finals are what recovery delivers).
                 "INSERT INTO live_calls (call_id, started, targets, started_at) "
                 "VALUES (?, ?, ?, ?) ON CONFLICT(call_id) DO NOTHING",
-                (event.call_id, json.dumps(dict(data)), json.dumps(list(item.targets)), now))
-        elif event.type is EventType.TRANSCRIPT_FINAL and event.leg is not None:
+                (item.call_id, json.dumps(dict(item.opens_call)), json.dumps(list(item.targets)),
+                 now))
+        elif item.adds is not None and item.leg is not None:
             self.db.execute(
                 "INSERT INTO live_legs (call_id, leg, speaker, text, transcripts) "
                 "SELECT ?, ?, ?, ?, 1 WHERE EXISTS (SELECT 1 FROM live_calls WHERE call_id=?) "
                 "ON CONFLICT(call_id, leg) DO UPDATE SET "
                 "text = CASE WHEN text = '' THEN excluded.text "
                 "ELSE text || ' ' || excluded.text END, transcripts = transcripts + 1",
-                (event.call_id, event.leg, data.get("speaker"), data.get("text", ""),
-                 event.call_id))
-        elif event.type is EventType.CALL_ENDED:
-            self.db.execute("DELETE FROM live_calls WHERE call_id=?", (event.call_id,))
-            self.db.execute("DELETE FROM held_finals WHERE call_id=?", (event.call_id,))
+                (item.call_id, item.leg, item.adds.speaker, item.adds.text, item.call_id))
+        elif item.type is EventType.CALL_ENDED:
+            self.db.execute("DELETE FROM live_calls WHERE call_id=?", (item.call_id,))
+            self.db.execute("DELETE FROM held_finals WHERE call_id=?", (item.call_id,))
 
     def mark_delivered(self, event_seq: int, target: str, status: int,
                        now: float | None = None) -> None:

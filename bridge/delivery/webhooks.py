@@ -7,7 +7,6 @@ implements it over the outbox. ``post_event`` makes one signed attempt and says 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Sequence
 from typing import Final, Protocol
@@ -33,12 +32,6 @@ class EventSink(Protocol):
     def hold(self, call_id: str, leg: str, finals: Sequence[OutboundEvent]) -> None:
         """Keep a leg's held finals, every number already masked, in place of its previous
         ones: delivered only if the process dies before the leg releases them."""
-
-
-def encode_event(event: OutboundEvent) -> bytes:
-    """The exact JSON body of an event (this is what is signed)."""
-    body = {"type": str(event.type), "timestamp": event.timestamp, "data": event.data}
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 async def post_event(session: aiohttp.ClientSession, url: str, key: bytes, event_id: str,

@@ -29,7 +29,12 @@ from urllib.parse import urlencode
 
 from bridge.codecs import g711
 from bridge.config import AssemblyAISettings
-from bridge.errors import UpstreamError, UpstreamRefused, UpstreamUnavailable
+from bridge.errors import (
+    CLOSE_POLICY_VIOLATION,
+    UpstreamError,
+    UpstreamRefused,
+    UpstreamUnavailable,
+)
 from bridge.events import AudioEncoding
 from bridge.stt.base import MAX_ERROR_CHARS, EngineResult, Word, confidence, seconds
 from bridge.stt.base import text as engine_text
@@ -168,7 +173,7 @@ class AssemblyAISession(WebSocketSession):
                                 engine_text(frame.get("error"), MAX_ERROR_CHARS))
 
     def closed_error(self, code: int, reason: str) -> UpstreamError | None:
-        if code >= 3000 or code == 1008:
+        if code >= 3000 or code == CLOSE_POLICY_VIOLATION:
             return error_for(code, reason)
         return UpstreamUnavailable("speech-to-text connection dropped", code=str(code))
 

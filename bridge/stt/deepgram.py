@@ -27,7 +27,13 @@ from typing import Any, Final
 from urllib.parse import urlencode
 
 from bridge.config import DeepgramSettings
-from bridge.errors import NORMAL_CLOSES, UpstreamError, UpstreamRefused, UpstreamUnavailable
+from bridge.errors import (
+    CLOSE_POLICY_VIOLATION,
+    NORMAL_CLOSES,
+    UpstreamError,
+    UpstreamRefused,
+    UpstreamUnavailable,
+)
 from bridge.events import AudioEncoding
 from bridge.stt.base import EngineResult, Word, confidence, seconds
 from bridge.stt.base import text as engine_text
@@ -123,7 +129,7 @@ def classify_close(code: int, reason: str) -> UpstreamRefused | UpstreamUnavaila
     codes and 1011 are retryable; a normal close is the end."""
     if code in NORMAL_CLOSES:
         return None
-    if "DATA" in reason or code == 1008:
+    if "DATA" in reason or code == CLOSE_POLICY_VIOLATION:
         return UpstreamRefused(f"speech-to-text refused the audio: {reason[:40]}",
                                code=str(code))
     return UpstreamUnavailable(f"speech-to-text connection dropped: {reason[:40]}",

@@ -37,7 +37,7 @@ import structlog
 from aiohttp import web
 
 from bridge.delivery.retry import Outcome
-from bridge.delivery.webhooks import EventSink, encode_event
+from bridge.delivery.webhooks import EventSink
 from bridge.errors import InvalidNumber
 from bridge.events import EventType, OutboundEvent
 from bridge.numbers import read_int
@@ -127,7 +127,7 @@ class LiveFeed:
 
     def publish(self, event: OutboundEvent) -> None:
         self._last_id += 1
-        frame = Frame(self._last_id, event.type, event.leg, encode_event(event))
+        frame = Frame(self._last_id, event.type, event.leg, event.body)
         if event.type is EventType.TRANSCRIPT_PARTIAL:
             self._partials[event.leg] = frame
         else:

@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import signal
-import sqlite3
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from bridge.events import AudioEncoding, Track
 from bridge.simulate import CallSpec, build_call, stream_call
 from tests.conftest import BridgeFactory
 from tests.support.audio import pcm_program, ulaw
+from tests.support.outbox_file import query
 from tests.support.receiver import WebhookReceiver
 from tests.support.speech import caller
 from tests.support.telnyx_stt import TelnyxSttEmulator
@@ -173,8 +173,9 @@ async def test_a_final_held_for_redaction_survives_a_kill_masked_and_never_on_di
 
 
 def held_rows(directory: Path) -> int:
-    with sqlite3.connect(directory / "outbox.db") as db:
-        return int(db.execute("SELECT COUNT(*) FROM held_finals").fetchone()[0])
+    [(count,)] = query(directory / "outbox.db", "SELECT COUNT(*) FROM held_finals")
+    assert isinstance(count, int)
+    return count
 
 
 async def test_a_held_final_released_in_time_goes_out_redacted_and_its_masked_copy_goes(

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import stat
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bridge.delivery.outbox import HeldFinals, Outbox, OutboxDiskFull, StoredEvent
-from bridge.delivery.webhooks import encode_event
-from bridge.errors import ConfigError
-from bridge.events import EventType, OutboundEvent
+from bridge.delivery.outbox import SCHEMA_VERSION, HeldFinals, LegText, Outbox, StoredEvent
+from bridge.delivery.writer import record
+from bridge.errors import ConfigError, OutboxDiskFull
+from bridge.events import EventType, make_event
+from tests.support.outbox_file import SCHEMA_1, write_script
 
 T0 = 1_800_000_000.0
 OpenOutbox = Callable[..., Outbox]
@@ -38,11 +42,13 @@ def open_outbox(tmp_path: Path) -> Iterator[OpenOutbox]:
 
 def stored(n: int, kind: EventType = EventType.TRANSCRIPT_FINAL, call: str = "CA1",
            targets: tuple[str, ...] = ("a",), text: str = "words") -> StoredEvent:
-    event = OutboundEvent(f"msg_{call}_{kind.value}_{n}", kind, "t",
-                          {"call_id": call, "speaker": "caller", "text": text, "stream_id": "S",
-                           "provider": "twilio", "custom_parameters": {}},
-                          call, "inbound" if kind is EventType.TRANSCRIPT_FINAL else None)
-    return StoredEvent(event, b'{"n": %d}' % n, targets)
+    final = kind is EventType.TRANSCRIPT_FINAL
+    return StoredEvent(
+        f"msg_{call}_{kind.value}_{n}", kind, call, "inbound" if final else None,
+        b'{"n": %d}' % n, targets,
+        opens_call={"call_id": call, "stream_id": "S", "provider": "twilio",
+                    "custom_parameters": {}} if kind is EventType.CALL_STARTED else None,
+        adds=LegText("caller", text) if final else None)
 
 
 def test_an_event_leaves_when_every_target_has_it(open_outbox: OpenOutbox) -> None:
@@ -100,8 +106,7 @@ def test_a_full_outbox_refuses_and_a_full_disk_is_reported(open_outbox: OpenOutb
     roomy = open_outbox("p.db")
     pages = roomy.db.execute("PRAGMA page_count").fetchone()[0]
     roomy.db.execute(f"PRAGMA max_page_count={pages}")  # the "disk" has no room left
-    big = [StoredEvent(item.event, b"x" * 4000, item.targets)
-           for item in (stored(n) for n in range(50))]
+    big = [replace(stored(n), body=b"x" * 4000) for n in range(50)]
     with pytest.raises(OutboxDiskFull):
         roomy.store(big, now=T0)
     assert roomy.event_count == 0
@@ -159,7 +164,7 @@ def test_a_purged_transcript_is_gone_from_the_file_and_its_wal(tmp_path: Path) -
     outbox = Outbox(path, retention_days=1)
     try:
         item = stored(1, text=secret)
-        body = StoredEvent(item.event, f'{{"text": "{secret}"}}'.encode(), item.targets)
+        body = replace(item, body=f'{{"text": "{secret}"}}'.encode())
         outbox.store([stored(0, EventType.CALL_STARTED), body,
                       stored(2, EventType.CALL_ENDED)], now=T0)
         for due in outbox.due_heads("a", T0, 10)[0]:
@@ -195,18 +200,20 @@ def test_a_missing_directory_is_created_and_an_impossible_one_is_one_line(
 def held(call: str, leg: str, *texts: str) -> HeldFinals:
     finals = []
     for n, text in enumerate(texts, start=1):
-        event = OutboundEvent(f"msg_held_{call}_{n}_{text}", EventType.TRANSCRIPT_FINAL, "t",
-                              {"call_id": call, "leg": leg, "speaker": "caller",
-                               "sequence": n, "text": text}, call, leg, ("a",))
-        finals.append(StoredEvent(event, encode_event(event), ("a",)))
+        event = make_event(EventType.TRANSCRIPT_FINAL, {"call_id": call, "leg": leg,
+                                                        "speaker": "caller", "sequence": n,
+                                                        "text": text},
+                           call_id=call, leg=leg, targets=("a",))
+        finals.append(record(event, ("a",)))
     return HeldFinals(call, leg, tuple(finals))
 
 
-def test_held_finals_are_never_due_and_each_snapshot_replaces_the_last(tmp_path: Path) -> None:
-    outbox = Outbox(tmp_path / "o.db")
+def test_held_finals_are_never_due_and_each_snapshot_replaces_the_last(
+        open_outbox: OpenOutbox) -> None:
+    outbox = open_outbox("o.db")
     outbox.store([stored(0, EventType.CALL_STARTED)], now=T0,
                  held=[held("CA1", "inbound", "first #"), held("CA1", "inbound", "a #", "b #")])
-    assert outbox.due_heads("a", T0, 10)[0][0].event_id.startswith("msg_CA1_call.started")
+    assert outbox.due_heads("a", T0, 10)[0][0].event_id == "msg_CA1_call.started_0"
     [(count,)] = outbox.db.execute("SELECT COUNT(*) FROM held_finals").fetchall()
     assert count == 2 and outbox.pending_by_target() == {"a": {"CA1": 1}}
     outbox.store([], now=T0, held=[held("CA1", "inbound")])  # released: nothing held
@@ -214,12 +221,12 @@ def test_held_finals_are_never_due_and_each_snapshot_replaces_the_last(tmp_path:
 
 
 def test_a_restart_turns_held_finals_into_finals_in_order_before_closing_calls(
-        tmp_path: Path) -> None:
-    outbox = Outbox(tmp_path / "o.db")
+        open_outbox: OpenOutbox) -> None:
+    outbox = open_outbox("o.db")
     outbox.store([stored(0, EventType.CALL_STARTED), stored(1, text="hello")], now=T0,
                  held=[held("CA1", "inbound", "my card is # #", "# # thanks")])
     outbox.close()
-    restarted = Outbox(tmp_path / "o.db")
+    restarted = open_outbox("o.db")
     assert restarted.release_held(now=T0) == 2
     [call] = restarted.live_calls()
     assert call.legs[0]["text"] == "hello my card is # # # # thanks"
@@ -235,13 +242,51 @@ def test_a_restart_turns_held_finals_into_finals_in_order_before_closing_calls(
     assert [json.loads(b)["data"]["sequence"] for b in bodies[2:]] == [1, 2]  # as held
     assert [json.loads(b)["data"]["text"] for b in bodies[2:]] == ["my card is # #",
                                                                     "# # thanks"]
-    restarted.close()
 
 
-def test_call_ended_drops_what_the_call_still_held(tmp_path: Path) -> None:
-    outbox = Outbox(tmp_path / "o.db")
+def test_call_ended_drops_what_the_call_still_held(open_outbox: OpenOutbox) -> None:
+    outbox = open_outbox("o.db")
     outbox.store([stored(0, EventType.CALL_STARTED)], now=T0,
                  held=[held("CA1", "inbound", "#")])
     outbox.store([stored(1, EventType.CALL_ENDED)], now=T0)
     assert outbox.release_held(now=T0) == 0
-    outbox.close()
+
+
+def test_a_schema_1_file_with_held_finals_is_migrated_and_its_finals_close_the_call(
+        tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    held_body = json.dumps({"type": "transcript.final", "timestamp": "t", "data": {
+        "call_id": "CA1", "leg": "inbound", "speaker": "caller", "sequence": 2,
+        "text": "my card is # #"}}).encode()
+    write_script(path, SCHEMA_1)
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute("INSERT INTO live_calls VALUES ('CA1', ?, '[\"a\"]', ?)",
+                   (json.dumps({"call_id": "CA1", "stream_id": "S", "provider": "twilio"}), T0))
+        db.execute("INSERT INTO live_legs VALUES ('CA1', 'inbound', 'caller', 'hello', 1)")
+        db.execute("INSERT INTO held_finals VALUES ('CA1', 'inbound', 0, 'msg_held', ?, "
+                   "'[\"a\"]')", (held_body,))
+    outbox = Outbox(path)
+    try:
+        assert outbox.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert outbox.release_held(now=T0) == 1
+        [call] = outbox.live_calls()
+        assert call.legs == [{"leg": "inbound", "speaker": "caller",
+                              "text": "hello my card is # #", "transcripts": 2}]
+        [due], _ = outbox.due_heads("a", T0, 10)
+        assert (due.event_id, due.body) == ("msg_held", held_body)  # delivered as it was held
+    finally:
+        outbox.close()
+
+
+def test_a_file_from_a_newer_version_is_refused_naming_the_setting(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    write_script(path, f"PRAGMA user_version={SCHEMA_VERSION + 1};")
+    with pytest.raises(ConfigError) as caught:
+        Outbox(path)
+    assert caught.value.setting == "outbox.path" and "newer" in caught.value.problem
+    result = subprocess.run(
+        [sys.executable, "-m", "bridge", "outbox", "status"], capture_output=True, text=True,
+        timeout=60, check=False, env={**os.environ, "CALLBRIDGE_OUTBOX_PATH": str(path)})
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("callbridge: invalid setting outbox.path:") and "newer" in line

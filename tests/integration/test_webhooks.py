@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from bridge.config import OutboxSettings, Secret, Settings, TargetSettings, Webh
 from bridge.delivery.dispatcher import DurableDispatcher
 from bridge.delivery.outbox import Outbox
 from bridge.delivery.retry import Outcome
-from bridge.events import EventType, OutboundEvent
+from bridge.events import EventType, OutboundEvent, make_event
 from bridge.security import AddressBlocked, GuardedResolver
 from tests.support.outbox_file import query
 from tests.support.receiver import SECRET, WebhookReceiver
@@ -23,11 +22,9 @@ from tests.support.receiver import SECRET, WebhookReceiver
 
 def event(n: int, call: str = "CA1", kind: EventType = EventType.TRANSCRIPT_FINAL,
           targets: tuple[str, ...] = ("default",)) -> OutboundEvent:
-    return OutboundEvent(id=f"msg_{uuid.uuid4().hex}", type=kind,
-                         timestamp="2026-11-21T10:00:00.000Z",
-                         data={"call_id": call, "leg": "inbound", "speaker": "caller",
-                               "sequence": n, "text": f"t{n}"},
-                         call_id=call, leg="inbound", targets=targets)
+    return make_event(kind, {"call_id": call, "leg": "inbound", "speaker": "caller",
+                             "sequence": n, "text": f"t{n}"},
+                      call_id=call, leg="inbound", targets=targets)
 
 
 def settings(tmp_path: Path, urls: tuple[str, ...] = (), **changes: object) -> Settings:
@@ -165,10 +162,10 @@ async def test_a_restart_delivers_what_was_stored_and_closes_open_calls(
     dead_url = f"http://127.0.0.1:{refused_port}/hook"
     first_run = settings(tmp_path, (dead_url,), retry_schedule_s=(60.0,), drain_timeout_s=0.2)
     async with DurableDispatcher(first_run, http) as dispatcher:
-        started = OutboundEvent("msg_start", EventType.CALL_STARTED, "2026-11-21T10:00:00Z",
-                                {"call_id": "CA1", "stream_id": "MZ1", "provider": "twilio",
-                                 "leg": None, "speaker": None, "custom_parameters": {}},
-                                "CA1", None, ("default",))
+        started = make_event(EventType.CALL_STARTED,
+                             {"call_id": "CA1", "stream_id": "MZ1", "provider": "twilio",
+                              "leg": None, "speaker": None, "custom_parameters": {}},
+                             call_id="CA1", targets=("default",))
         dispatcher.publish(started)
         for n in (1, 2):
             dispatcher.publish(event(n))

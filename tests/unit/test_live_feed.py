@@ -9,8 +9,7 @@ from collections.abc import Sequence
 import pytest
 
 from bridge.delivery.retry import Outcome
-from bridge.delivery.webhooks import encode_event
-from bridge.events import EventType, OutboundEvent
+from bridge.events import EventType, OutboundEvent, make_event
 from bridge.web.feed import LiveFeed, LiveFeeds, LiveTee, LiveTokens
 
 ADMIN = "admin-token-for-tests-0123456789"
@@ -18,9 +17,8 @@ ADMIN = "admin-token-for-tests-0123456789"
 
 def event(kind: EventType, leg: str | None = "inbound", text: str = "", sequence: int = 1,
           call_id: str = "CA1") -> OutboundEvent:
-    return OutboundEvent(id="msg_x", type=kind, timestamp="2026-01-01T00:00:00.000Z",
-                         data={"call_id": call_id, "leg": leg, "text": text,
-                               "sequence": sequence}, call_id=call_id, leg=leg)
+    return make_event(kind, {"call_id": call_id, "leg": leg, "text": text, "sequence": sequence},
+                      call_id=call_id, leg=leg)
 
 
 def feed(backlog_bytes: int = 65536, viewer_buffer: int = 16) -> LiveFeed:
@@ -39,9 +37,9 @@ def test_frames_carry_the_webhook_body_and_increasing_ids() -> None:
     live.publish(event(EventType.TRANSCRIPT_PARTIAL, text="how", sequence=2))
     frames = list(viewer.frames)
     assert [f.id for f in frames] == [1, 2]
-    assert frames[0].data == encode_event(first)
+    assert frames[0].data == first.body
     assert frames[0].encode() == b"id: 1\nevent: transcript.final\ndata: " + \
-        encode_event(first) + b"\n\n"
+        first.body + b"\n\n"
 
 
 def test_a_late_viewer_gets_the_finals_and_only_the_latest_partial_of_each_leg() -> None:
@@ -69,7 +67,7 @@ def test_resuming_after_an_id_skips_what_the_viewer_already_has() -> None:
 
 
 def test_the_backlog_keeps_the_newest_events_within_its_byte_budget() -> None:
-    one = len(encode_event(event(EventType.TRANSCRIPT_FINAL, text="final 1")))
+    one = len(event(EventType.TRANSCRIPT_FINAL, text="final 1").body)
     live = feed(backlog_bytes=3 * one)
     for n in range(1, 10):
         live.publish(event(EventType.TRANSCRIPT_FINAL, text=f"final {n}", sequence=n))

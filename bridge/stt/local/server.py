@@ -26,7 +26,13 @@ from aiohttp import WSMsgType, web
 
 from bridge.codecs.g711 import audioop
 from bridge.config import LocalSttSettings
-from bridge.errors import CLOSE_NORMAL
+from bridge.errors import (
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_NORMAL,
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_TRY_AGAIN_LATER,
+)
 from bridge.stt.local import recognizer
 from bridge.stt.local.protocol import (
     FELL_BEHIND,
@@ -42,7 +48,6 @@ from bridge.stt.local.segmenter import Segment, Segmenter
 
 log = structlog.get_logger("bridge.stt.local")
 
-CLOSE_TRY_AGAIN_LATER: Final = 1013
 MAX_AUDIO_MESSAGE: Final = 1024 * 1024
 # Speech awaiting recognition, per session. Far above what a paced call accumulates (one
 # utterance at a time); reached only when audio arrives much faster than it is recognised.
@@ -122,7 +127,7 @@ async def _pool(app: web.Application) -> AsyncIterator[None]:
     finally:
         active = app[ACTIVE]
         for ws in tuple(active):
-            await ws.close(code=1001, message=b"recognizer shutting down")
+            await ws.close(code=CLOSE_GOING_AWAY, message=b"recognizer shutting down")
         await asyncio.get_running_loop().run_in_executor(None, pool.close)
 
 
@@ -140,7 +145,7 @@ async def transcription(request: web.Request) -> web.StreamResponse:
     if isinstance(checked, QueryError):
         log.info("session refused", code=checked.code, parameter=checked.parameter)
         await ws.send_str(error_frame(checked))
-        await ws.close(code=1008, message=checked.title.encode())
+        await ws.close(code=CLOSE_POLICY_VIOLATION, message=checked.title.encode())
         return ws
     limit = session_limit(settings)
     if len(app[ACTIVE]) >= limit:
@@ -257,7 +262,7 @@ class Session:
             except BrokenProcessPool:
                 await self._send(error_frame(QueryError(
                     "50000", "Recognizer failed", "a recognition worker died", "audio")))
-                await self.ws.close(code=1011, message=b"recognizer failed")
+                await self.ws.close(code=CLOSE_INTERNAL_ERROR, message=b"recognizer failed")
                 return
             if segment.final:
                 self.backlog_ms -= self._length_ms(segment)
