@@ -10,18 +10,26 @@ cd "$(dirname "$0")/.."
 say() { echo "test: $*" >&2; }
 
 # The lowest supported Python: python3.11 on PATH, else pyenv's, else python3 as it is.
+# A Python that really runs: a pyenv shim on PATH may name a version that is not active.
+runs() { "$1" -c 'import sys' >/dev/null 2>&1; }
+
+# The first of python<VERSION> on PATH and pyenv's versions that runs; empty if none.
+find_python() {
+    local candidate
+    for candidate in "$(command -v "python$1" 2>/dev/null)" \
+            $(ls -d "$HOME"/.pyenv/versions/"$1"*/bin/python 2>/dev/null | sort -rV); do
+        if [ -n "$candidate" ] && runs "$candidate"; then echo "$candidate"; return; fi
+    done
+}
+
 lowest_python() {
     if [ -n "${PYTHON:-}" ]; then echo "$PYTHON"; return; fi
-    if command -v python3.11 >/dev/null 2>&1; then command -v python3.11; return; fi
     local found
-    found=$(ls -d "$HOME"/.pyenv/versions/3.11*/bin/python 2>/dev/null | sort -V | tail -n 1)
+    found=$(find_python 3.11)
     echo "${found:-python3}"
 }
 
-python_313() {
-    if command -v python3.13 >/dev/null 2>&1; then command -v python3.13; return; fi
-    ls -d "$HOME"/.pyenv/versions/3.13*/bin/python 2>/dev/null | sort -V | tail -n 1
-}
+python_313() { find_python 3.13; }
 
 # What apt would install for these packages: names, count, download and disk size.
 apt_preview() {
