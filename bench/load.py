@@ -225,6 +225,10 @@ def start_processes(kind: str, calls: int, final_every_s: float, chunk_ms: int,
             "CALLBRIDGE_LOGGING_FORMAT": "json", "CALLBRIDGE_LOGGING_LEVEL": "warning",
             "CALLBRIDGE_AUDIO_CHUNK_MS": str(chunk_ms),
             "CALLBRIDGE_SERVER_MAX_CALLS": str(calls + 10),
+            # Every call comes from this one address and all connect before any starts, as
+            # behind a load balancer: no cap per address, and room for all of them waiting.
+            "CALLBRIDGE_SERVER_MAX_PENDING_PER_ADDRESS": "0",
+            "CALLBRIDGE_SERVER_MAX_PENDING_STREAMS": str(calls + 10),
         })
         env["CALLBRIDGE_SERVER_EVENT_LOOP"] = event_loop
         command = [sys.executable, "-m", "bridge", "serve"]

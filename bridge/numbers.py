@@ -32,9 +32,12 @@ def read_int(value: object, *, field: str, low: int, high: int) -> int:
     over-long digit strings and out-of-range values.
     """
     number: int
-    if isinstance(value, bool):
+    if isinstance(value, str) and value.isascii() and value.isdigit() and \
+            len(value) <= MAX_DIGITS:
+        number = int(value)  # the usual form, first: plain ASCII digits (a counter per frame)
+    elif isinstance(value, bool):
         raise InvalidNumber(field, "a boolean is not a number")
-    if isinstance(value, int):
+    elif isinstance(value, int):
         number = value
     elif isinstance(value, float):
         if not math.isfinite(value) or not value.is_integer():
