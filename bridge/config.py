@@ -44,6 +44,9 @@ LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 TELNYX_ENGINES: Final = ("Deepgram", "Telnyx", "Google", "Azure", "xAI", "AssemblyAI",
                          "Speechmatics", "Soniox", "Parakeet", "Reson8")
 DEFAULT_STT_URL: Final = "wss://api.telnyx.com/v2/speech-to-text/transcription"
+# The media dialects, by endpoint name (/streams/<name>); bridge.ingress has their parsers.
+MEDIA_DIALECTS: Final = ("twilio", "telnyx", "plivo", "signalwire", "exotel", "bandwidth",
+                         "vonage", "audiofork", "jambonz", "audiohook")
 
 SettingName = Callable[[str], str]
 """A section's key -> the setting's name as the user wrote it (file key or variable)."""
@@ -123,8 +126,13 @@ class ServerSettings:
     header_timeout_s: float = 10.0
     duplicate_call_id: str = "refuse"
     require_ingress_auth: bool = False
+    dialects: tuple[str, ...] = MEDIA_DIALECTS  # the media endpoints served
 
     def validate(self, name: SettingName) -> None:
+        unknown = sorted(set(self.dialects) - set(MEDIA_DIALECTS))
+        _require(not unknown and bool(self.dialects), name("dialects"),
+                 f"must list some of {', '.join(MEDIA_DIALECTS)}"
+                 + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
         _require(1 <= self.port <= 65535, name("port"), "must be 1-65535")
         _require(1024 <= self.max_message_bytes <= 16 * 1024 * 1024, name("max_message_bytes"),
                  "must be 1024-16777216")

@@ -79,9 +79,11 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    # Only the dialects served have an endpoint; /streams refuses the others it recognises.
     app.router.add_get("/streams", partial(media_stream, dialect=None))
     for name in ENDPOINTS:
-        app.router.add_get(f"/streams/{name}", partial(media_stream, dialect=name))
+        if name in settings.server.dialects:
+            app.router.add_get(f"/streams/{name}", partial(media_stream, dialect=name))
     add_admin_routes(app)
     return app
 

@@ -141,6 +141,9 @@ async def _serve_stream(request: web.Request, dialect: str | None, endpoint: str
                     elif message.type is WSMsgType.ERROR:
                         _raise_socket_error(ws.exception())
                     if not verified and parser.name != "unknown":
+                        if parser.name not in settings.server.dialects:
+                            raise PolicyRefusal(f"the {parser.name} dialect is not served "
+                                                "(server.dialects)")
                         _check_detected(request, parser.name, settings)
                         verified = True
                     for event in parser.events():
@@ -204,7 +207,7 @@ def ingress_exposure(settings: Settings) -> dict[str, str]:
         return {}
     auth = settings.ingress_auth
     open_dialects = {}
-    for name in ENDPOINTS:
+    for name in settings.server.dialects:
         if _has_handshake_check(name, settings) or (
                 auth.stream_token and name in auth.stream_token_endpoints):
             continue

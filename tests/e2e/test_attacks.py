@@ -373,3 +373,22 @@ async def test_pause_marks_beyond_the_limit_make_no_events(
     assert len(toggles) == 200
     ended = next(e for e in receiver.of_call("CA-marks") if e.type == "call.ended")
     assert len(ended.body) < 50_000
+
+
+async def test_only_the_dialects_served_have_a_door(bridge_factory: BridgeFactory,
+                                                    receiver: WebhookReceiver) -> None:
+    bridge = await bridge_factory(CALLBRIDGE_SERVER_DIALECTS="twilio",
+                                  CALLBRIDGE_SERVER_HOST="0.0.0.0",  # noqa: S104 - the case
+                                  CALLBRIDGE_SERVER_REQUIRE_INGRESS_AUTH="true",
+                                  TWILIO_AUTH_TOKEN=TWILIO_TOKEN)
+    # It started: the one dialect served has its credential.
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+            await session.ws_connect(bridge.url("/streams/telnyx"))
+        assert caught.value.status == 404
+    spec = CallSpec("telnyx", AudioEncoding.PCMU, {Track.INBOUND: ulaw(SPEECH)},
+                    call_id="TX-not-served")
+    assert await first_close(bridge.url("/streams"), build_call(spec)) == 1008
+    refusal = await bridge.wait_for_log("media connection refused")
+    assert refusal["reason"] == "the telnyx dialect is not served (server.dialects)"
+    assert receiver.of_call("TX-not-served") == []

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from bridge.config import Secret, describe, load_settings
+from bridge.config import MEDIA_DIALECTS, Secret, describe, load_settings
 from bridge.errors import ConfigError
+from bridge.web.media import ENDPOINTS
 
 SECRET = "whsec_" + "Y2FsbGJyaWRnZS10ZXN0LXNlY3JldC0zMi1ieXRlcyE="
 LOCAL = {"CALLBRIDGE_TELNYX_URL": "ws://127.0.0.1:9/v2/speech-to-text/transcription"}
@@ -340,3 +341,11 @@ def test_the_settings_view_shows_engine_routes_and_webhook_routes(tmp_path: Path
     assert view["webhooks.routes"] == [{"path": "/streams/twilio", "parameters": [],
                                         "targets": ["default"]}]
     assert "acme" not in str(view)
+
+
+def test_the_dialects_setting_names_exactly_the_media_endpoints() -> None:
+    assert sorted(MEDIA_DIALECTS) == sorted(ENDPOINTS)
+    served = load_settings(environ={"CALLBRIDGE_SERVER_DIALECTS": "twilio, telnyx"})
+    assert served.server.dialects == ("twilio", "telnyx")
+    with pytest.raises(ConfigError, match="unknown: sipgate"):
+        load_settings(environ={"CALLBRIDGE_SERVER_DIALECTS": "twilio,sipgate"})
