@@ -29,7 +29,6 @@ from bridge.numbers import read_int
 
 # The parser lives in bridge.security so that configuration needs no ingress module;
 # re-exported here for the media endpoint.
-from bridge.security import parse_audiohook_keys as parse_audiohook_keys
 
 AUDIOHOOK_COMPONENTS: Final = ("@request-target", "@authority", "audiohook-organization-id",
                                "audiohook-session-id", "audiohook-correlation-id", "x-api-key")

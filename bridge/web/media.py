@@ -39,9 +39,8 @@ from bridge.ingress.auth import (
     check_bearer,
     check_parameter_token,
     check_twilio,
-    parse_audiohook_keys,
 )
-from bridge.security import is_loopback_host
+from bridge.security import is_loopback_host, parse_audiohook_keys
 from bridge.web.feed import LiveTee
 from bridge.web.keys import (
     AUTH_FAILURES,
@@ -208,7 +207,7 @@ def ingress_exposure(settings: Settings) -> dict[str, str]:
     auth = settings.ingress_auth
     open_dialects = {}
     for name in settings.server.dialects:
-        if _has_handshake_check(name, settings) or (
+        if _handshake_check(name, settings) is not None or (
                 auth.stream_token and name in auth.stream_token_endpoints):
             continue
         open_dialects[name] = (
@@ -238,39 +237,44 @@ DETECTED_AS: Final = {"twilio": ("twilio", "signalwire")}
 def _check_detected(request: web.Request, detected: str, settings: Settings) -> None:
     """Apply the handshake checks configured for the dialect a ``/streams`` stream turned out
     to be (its headers were kept from the handshake); raises ``AuthenticationFailed``."""
-    problems = [_authenticate(request, name, settings)
-                for name in DETECTED_AS.get(detected, (detected,))
-                if _has_handshake_check(name, settings)]
+    checks = [check for name in DETECTED_AS.get(detected, (detected,))
+              if (check := _handshake_check(name, settings)) is not None]
+    problems = [check(request) for check in checks]
     if problems and all(problem is not None for problem in problems):
         raise AuthenticationFailed(f"recognised as {detected}: {problems[0]}")
 
 
-def _has_handshake_check(name: str, settings: Settings) -> bool:
+HandshakeCheck = Callable[[web.Request], str | None]
+
+
+def _handshake_check(dialect: str, settings: Settings) -> HandshakeCheck | None:
+    """The handshake check configured for a dialect (it returns None when the request
+    passes, else why not), or None when none is configured: the one place that says which
+    credential guards which dialect at the handshake."""
     auth = settings.ingress_auth
-    return bool((name == "twilio" and auth.twilio_auth_token)
-                or (name == "exotel" and auth.exotel_basic)
-                or (name == "audiohook" and auth.audiohook_keys)
-                or (name in auth.bearer_endpoints and auth.bearer_token))
+    if dialect == "twilio" and auth.twilio_auth_token:
+        token, public = auth.twilio_auth_token.reveal(), auth.twilio_public_url.rstrip("/")
+        return lambda request: check_twilio(
+            token, (public or f"wss://{request.host}") + request.path_qs,
+            request.headers.get("X-Twilio-Signature"))
+    if dialect == "exotel" and auth.exotel_basic:
+        basic = auth.exotel_basic.reveal()
+        return lambda request: check_basic(basic, request.headers.get("Authorization"))
+    if dialect == "audiohook" and auth.audiohook_keys:
+        keys = parse_audiohook_keys(auth.audiohook_keys.reveal())
+        return lambda request: check_audiohook(
+            keys, target=request.path_qs, authority=request.host, headers=request.headers,
+            now=int(time.time()), nonces=request.app[NONCES])
+    if dialect in auth.bearer_endpoints and auth.bearer_token:
+        bearer = auth.bearer_token.reveal()
+        return lambda request: check_bearer(bearer, request.headers.get("Authorization"))
+    return None
 
 
 def _authenticate(request: web.Request, dialect: str, settings: Settings) -> str | None:
     """The handshake check configured for this dialect: None when it passes (or none is)."""
-    auth = settings.ingress_auth
-    authorization = request.headers.get("Authorization")
-    if dialect == "twilio" and auth.twilio_auth_token:
-        base = auth.twilio_public_url.rstrip("/") or f"wss://{request.host}"
-        return check_twilio(auth.twilio_auth_token.reveal(), base + request.path_qs,
-                            request.headers.get("X-Twilio-Signature"))
-    if dialect == "exotel" and auth.exotel_basic:
-        return check_basic(auth.exotel_basic.reveal(), authorization)
-    if dialect == "audiohook" and auth.audiohook_keys:
-        return check_audiohook(parse_audiohook_keys(auth.audiohook_keys.reveal()),
-                               target=request.path_qs, authority=request.host,
-                               headers=request.headers, now=int(time.time()),
-                               nonces=request.app[NONCES])
-    if dialect in auth.bearer_endpoints and auth.bearer_token:
-        return check_bearer(auth.bearer_token.reveal(), authorization)
-    return None
+    check = _handshake_check(dialect, settings)
+    return None if check is None else check(request)
 
 
 def _check_stream_token(event: StreamStarted, dialect: str | None,

@@ -16,8 +16,8 @@ from bridge.ingress.auth import (
     check_bearer,
     check_parameter_token,
     check_twilio,
-    parse_audiohook_keys,
 )
+from bridge.security import parse_audiohook_keys
 
 API_KEY = "SGVsbG8sIEkgYW0gdGhlIEFQSSBrZXkh"
 SECRET = base64.b64decode("TXlTdXBlclNlY3JldEtleVRlbGxOby0xITJAMyM0JDU=")
