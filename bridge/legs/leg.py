@@ -65,9 +65,10 @@ class Leg:
     def push(self, frame: AudioFrame) -> None:
         """Add one frame of audio. Never waits."""
         audio = self.audio
-        if audio.push(frame.payload, frame.timestamp_ms):
-            self.upstream.wake()
-        if audio.counters.chunks_dropped and not self._warned_drops:
+        if not audio.push(frame.payload, frame.timestamp_ms):
+            return  # most frames: no chunk completed, nothing more to do
+        self.upstream.wake()
+        if audio.counters.chunks_dropped and not self._warned_drops:  # drops happen here only
             self._warned_drops = True
             log.warning("upstream is slower than real time; dropping oldest audio",
                         leg=self.track.value, buffer_ms=self._max_buffer_ms)
