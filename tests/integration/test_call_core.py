@@ -38,6 +38,17 @@ async def feed(call: Call, frames: list[tuple[bytes, int]]) -> None:
             await asyncio.sleep(0)  # let the leg's sender run, as the media reader would
 
 
+async def stream_whole_call(engines: FakeEngines, sink: RecordingSink,
+                            frames: list[tuple[bytes, int]]) -> None:
+    """One call from start to end: its frames, the stream's stop, the call's end."""
+    async with asyncio.TaskGroup() as tasks:
+        call = Call(settings=SETTINGS, sink=sink, engines=engines, tasks=tasks)
+        call.handle(STARTED)
+        await feed(call, frames)
+        call.handle(StreamStopped())
+        await call.end("stopped")
+
+
 def finals(sink: RecordingSink) -> list[tuple[int, str, int, int]]:
     return [(data(e)["sequence"], data(e)["text"], data(e)["start_ms"], data(e)["end_ms"])
             for e in sink.of_type("transcript.final")]
@@ -64,13 +75,7 @@ async def test_frames_out_of_order_and_a_lost_one_reach_the_engine_whole_and_tim
     shuffled = frames[:]
     for n in range(1, len(shuffled) - 2, 4):
         shuffled[n], shuffled[n + 1] = shuffled[n + 1], shuffled[n]
-    async with asyncio.TaskGroup() as tasks:
-        call = Call(settings=SETTINGS, sink=sink, engines=FakeEngines({"telnyx": script}),
-                    tasks=tasks)
-        call.handle(STARTED)
-        await feed(call, shuffled)
-        call.handle(StreamStopped())
-        await call.end("stopped")
+    await stream_whole_call(FakeEngines({"telnyx": script}), sink, shuffled)
     received = bytes(script.sessions[0].received)
     expected = b"".join(p for p, _ in frames[:30]) + b"\xff" * len(lost[0]) + b"".join(
         p for p, _ in frames[30:])
@@ -109,13 +114,7 @@ async def test_a_card_split_over_finals_is_held_and_redacted_whole() -> None:
     script = EngineScript(utterance_ms=500, finals=["my card number is 4111 1111",
                                                     "1111 1111", "thanks"])
     sink = RecordingSink()
-    async with asyncio.TaskGroup() as tasks:
-        call = Call(settings=SETTINGS, sink=sink, engines=FakeEngines({"telnyx": script}),
-                    tasks=tasks)
-        call.handle(STARTED)
-        await feed(call, speech(1500))
-        call.handle(StreamStopped())
-        await call.end("stopped")
+    await stream_whole_call(FakeEngines({"telnyx": script}), sink, speech(1500))
     published = finals(sink)
     assert [(seq, text) for seq, text, _, _ in published] == [
         (1, "my card number is [credit_card]"), (2, "thanks")]
@@ -144,13 +143,7 @@ async def test_a_dropped_session_is_replaced_and_replayed_from_the_last_final() 
     script = EngineScript(utterance_ms=500, drop_after_bytes=[6000])
     sink = RecordingSink()
     frames = speech(2000)
-    async with asyncio.TaskGroup() as tasks:
-        call = Call(settings=SETTINGS, sink=sink, engines=FakeEngines({"telnyx": script}),
-                    tasks=tasks)
-        call.handle(STARTED)
-        await feed(call, frames)
-        call.handle(StreamStopped())
-        await call.end("stopped")
+    await stream_whole_call(FakeEngines({"telnyx": script}), sink, frames)
     first, second = script.sessions
     audio = b"".join(p for p, _ in frames)
     assert bytes(first.received) == audio[:5600]  # up to the chunk that could not go
@@ -164,12 +157,7 @@ async def test_a_refused_engine_fails_over_to_the_secondary() -> None:
     primary, secondary = EngineScript(refuse=True), EngineScript(utterance_ms=500)
     sink = RecordingSink()
     engines = FakeEngines({"telnyx": primary, "deepgram": secondary}, secondary="deepgram")
-    async with asyncio.TaskGroup() as tasks:
-        call = Call(settings=SETTINGS, sink=sink, engines=engines, tasks=tasks)
-        call.handle(STARTED)
-        await feed(call, speech(1000))
-        call.handle(StreamStopped())
-        await call.end("stopped")
+    await stream_whole_call(engines, sink, speech(1000))
     failover = sink.of_type("transcription.failover")
     assert [(data(e)["from"], data(e)["to"]) for e in failover] == [("telnyx", "deepgram")]
     assert len(finals(sink)) == 2 and primary.sessions == []
