@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import enum
 import random
-import re
 from collections.abc import Sequence
 from email.utils import parsedate_to_datetime
 from typing import Final
 
+from bridge.errors import InvalidNumber
+from bridge.numbers import read_int
+
 # A Retry-After beyond this is clamped: a receiver cannot park our queue for hours.
 MAX_RETRY_AFTER_S: Final = 300.0
-# delta-seconds is 1*DIGIT in ASCII (RFC 9110 10.2.3); more than 10 digits is beyond any clamp.
-DELTA_SECONDS: Final = re.compile(r"[0-9]{1,10}")
 
 
 class Outcome(enum.Enum):
@@ -43,10 +43,14 @@ def parse_retry_after(value: str | None, *, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if DELTA_SECONDS.fullmatch(value):
-        return min(float(value), MAX_RETRY_AFTER_S)
-    if value.isdigit() or value.lstrip("+-").isdigit():
-        return None  # "²", "-5" or a hundred digits: not a delta-seconds we honour
+    if value[:1] in "+-":
+        return None  # delta-seconds has no sign (RFC 9110 10.2.3)
+    if value[:1].isdigit():  # delta-seconds, not an HTTP date
+        try:
+            return min(read_int(value, field="Retry-After", low=0, high=10**10),
+                       MAX_RETRY_AFTER_S)
+        except InvalidNumber:
+            return None  # "²", "-5" or a hundred digits: not a delta-seconds we honour
     try:
         when = parsedate_to_datetime(value).timestamp()
     except (TypeError, ValueError, IndexError, OverflowError):

@@ -13,6 +13,9 @@ import hmac
 from collections.abc import Mapping
 from typing import Final
 
+from bridge.errors import InvalidNumber
+from bridge.numbers import read_int
+
 DEFAULT_TOLERANCE_S: Final = 300
 
 
@@ -29,10 +32,11 @@ def verify(key: bytes, headers: Mapping[str, str], body: bytes, *, now: int,
     msg_id = headers.get("webhook-id", "")
     raw_timestamp = headers.get("webhook-timestamp", "")
     signatures = headers.get("webhook-signature", "")
-    if not msg_id or not raw_timestamp.isdigit():
+    try:
+        timestamp = read_int(raw_timestamp, field="webhook-timestamp", low=0, high=2**40)
+    except InvalidNumber:
         return False
-    timestamp = int(raw_timestamp)
-    if abs(now - timestamp) > tolerance_s:
+    if not msg_id or abs(now - timestamp) > tolerance_s:
         return False
     expected = sign(key, msg_id, timestamp, body)
     return any(hmac.compare_digest(expected, candidate)

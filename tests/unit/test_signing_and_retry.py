@@ -81,3 +81,10 @@ def test_a_past_date_waits_the_first_step_and_no_header_follows_the_schedule() -
     assert next_attempt_delay(1, (2.0, 5.0), past) == 2.0
     assert 4.0 <= next_attempt_delay(2, (2.0, 5.0), None, random.Random(1)) <= 6.0
     assert next_attempt_delay(1, (2.0,), 7.0) == 7.0
+
+
+@pytest.mark.parametrize("timestamp", ["\u00b2", "1" * 5000, "-5", "", "1e9"])
+def test_verify_refuses_a_timestamp_that_is_not_a_bounded_number(timestamp: str) -> None:
+    sent = headers(EXPECTED)
+    sent["webhook-timestamp"] = timestamp
+    assert not verify(KEY, sent, BODY, now=TIMESTAMP)
