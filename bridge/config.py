@@ -25,6 +25,7 @@ import binascii
 import enum
 import os
 import re
+import socket
 import sys
 import tomllib
 from collections.abc import Callable, Mapping
@@ -233,8 +234,11 @@ class TelnyxSettings:
     keywords: tuple[str, ...] = ()
     connect_timeout_s: float = 10.0
     ping_interval_s: float = 20.0
+    max_streams: int = 0  # concurrent sessions the account allows; 0: no limit
 
     def validate(self, name: SettingName) -> None:
+        _require(0 <= self.max_streams <= 1_000_000, name("max_streams"),
+                 "must be 0-1000000 (0: no limit)")
         _check_ws_url(self.url, name("url"), optional=True)
         _require(self.transcription_engine in TELNYX_ENGINES, name("transcription_engine"),
                  f"must be one of {', '.join(TELNYX_ENGINES)} (case-sensitive)")
@@ -259,8 +263,11 @@ class DeepgramSettings:
     keepalive_s: float = 4.0
     connect_timeout_s: float = 10.0
     ping_interval_s: float = 20.0
+    max_streams: int = 0  # concurrent sessions the account allows; 0: no limit
 
     def validate(self, name: SettingName) -> None:
+        _require(0 <= self.max_streams <= 1_000_000, name("max_streams"),
+                 "must be 0-1000000 (0: no limit)")
         _check_ws_url(self.url, name("url"))
         _require(0.1 <= self.keepalive_s <= 9, name("keepalive_s"),
                  "must be 0.1-9 (Deepgram closes after 10 s without audio)")
@@ -277,8 +284,11 @@ class AssemblyAISettings:
     connect_timeout_s: float = 10.0
     ping_interval_s: float = 20.0
     max_session_s: float = 10800.0  # the service ends a session after 3 h (close 3008)
+    max_streams: int = 0  # concurrent sessions the account allows; 0: no limit
 
     def validate(self, name: SettingName) -> None:
+        _require(0 <= self.max_streams <= 1_000_000, name("max_streams"),
+                 "must be 0-1000000 (0: no limit)")
         _check_ws_url(self.url, name("url"))
 
 
@@ -496,6 +506,72 @@ class LiveSettings:
         _require(0 <= self.retain_s <= 3600, name("retain_s"), "must be 0-3600 (seconds)")
 
 
+INSTANCE_ID: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    """Cluster mode: instances share calls, feeds, undelivered events and engine limits in
+    Redis (or Valkey). Off while both ``redis_url`` and ``sentinels`` are empty."""
+
+    redis_url: Secret = field(default_factory=lambda: Secret(""))  # or CALLBRIDGE_REDIS_URL
+    sentinels: tuple[str, ...] = ()  # host:port of each Sentinel; replaces redis_url's host
+    sentinel_primary: str = "mymaster"  # the primary's name as the Sentinels know it
+    instance_id: str = ""  # empty: <host name>-<pid>
+    key_prefix: str = "callbridge"
+    heartbeat_s: float = 1.0
+    takeover_s: float = 10.0  # an instance silent this long is lost; survivors take over
+    command_timeout_s: float = 5.0  # an admin action sent to the instance holding the call
+    wait_replicas: int = 0  # WAIT for this many replicas before an event counts as stored
+    wait_timeout_ms: int = 500
+    feed_max_events: int = 2000  # each call's event stream in Redis, for captions anywhere
+    events_stream: str = ""  # every event appended here for consumer groups; empty: off
+    events_stream_max_len: int = 100_000
+    events_stream_max_age_s: float = 0.0  # 0: trimmed by length only
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.redis_url) or bool(self.sentinels)
+
+    def validate(self, name: SettingName) -> None:
+        if self.redis_url:
+            _require(self.redis_url.reveal().startswith(("redis://", "rediss://", "unix://")),
+                     name("redis_url"), "must be a redis://, rediss:// or unix:// URL")
+        for address in self.sentinels:
+            host, _, port = address.rpartition(":")
+            _require(bool(host) and port.isdigit() and 1 <= int(port) <= 65535,
+                     name("sentinels"), "must list host:port addresses")
+        _require(bool(self.sentinel_primary), name("sentinel_primary"), "must be a name")
+        _require(not self.instance_id or bool(INSTANCE_ID.match(self.instance_id)),
+                 name("instance_id"), "must be 1-63 letters, digits, '.', '_' or '-'")
+        _require(bool(re.match(r"^[A-Za-z0-9_.:-]{1,40}$", self.key_prefix)),
+                 name("key_prefix"), "must be 1-40 letters, digits, '.', '_', ':' or '-'")
+        _require(0.1 <= self.heartbeat_s <= 60, name("heartbeat_s"), "must be 0.1-60 (seconds)")
+        _require(self.heartbeat_s * 3 <= self.takeover_s <= 3600, name("takeover_s"),
+                 "must be at least three heartbeats (cluster.heartbeat_s) and at most 3600")
+        _require(0.1 <= self.command_timeout_s <= 60, name("command_timeout_s"),
+                 "must be 0.1-60 (seconds)")
+        _require(0 <= self.wait_replicas <= 16, name("wait_replicas"), "must be 0-16")
+        _require(1 <= self.wait_timeout_ms <= 60_000, name("wait_timeout_ms"),
+                 "must be 1-60000 (milliseconds)")
+        _require(16 <= self.feed_max_events <= 1_000_000, name("feed_max_events"),
+                 "must be 16-1000000")
+        _require(not self.events_stream or bool(re.match(r"^[A-Za-z0-9_.:{}-]{1,100}$",
+                                                         self.events_stream)),
+                 name("events_stream"), "must be a Redis key of letters, digits and _.:{}-")
+        _require(100 <= self.events_stream_max_len <= 100_000_000, name("events_stream_max_len"),
+                 "must be 100-100000000")
+        _require(0 <= self.events_stream_max_age_s <= 30 * 86400,
+                 name("events_stream_max_age_s"), "must be 0-2592000 (seconds)")
+
+    def instance(self) -> str:
+        """This instance's id: the setting, else the host name and the process id."""
+        if self.instance_id:
+            return self.instance_id
+        host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:40].strip(".-_")
+        return f"{host or 'host'}-{os.getpid()}"
+
+
 @dataclass(frozen=True, slots=True)
 class LoggingSettings:
     level: str = "info"
@@ -521,6 +597,7 @@ class Settings:
     ingress_auth: IngressAuthSettings = field(default_factory=IngressAuthSettings)
     speakers: SpeakerSettings = field(default_factory=SpeakerSettings)
     live: LiveSettings = field(default_factory=LiveSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
 
 
@@ -538,6 +615,7 @@ SECTIONS: Final[Mapping[str, type[Any]]] = {
     "ingress_auth": IngressAuthSettings,
     "speakers": SpeakerSettings,
     "live": LiveSettings,
+    "cluster": ClusterSettings,
     "logging": LoggingSettings,
 }
 
@@ -562,6 +640,7 @@ ENVIRONMENT: Final[Mapping[str, tuple[str, str]]] = {
 PROVIDER_VARIABLES: Final[Mapping[str, tuple[str, str]]] = {
     **{spec.key_variable: (spec.section, "api_key") for spec in ENGINES.values()},
     "TWILIO_AUTH_TOKEN": ("ingress_auth", "twilio_auth_token"),
+    "CALLBRIDGE_REDIS_URL": ("cluster", "redis_url"),
 }
 # Names from before the scheme: old -> new. Each still works, with one deprecation line.
 DEPRECATED_VARIABLES: Final[Mapping[str, str]] = {

@@ -68,6 +68,30 @@ browser_skip_reason() {
     fi
 }
 
+# Cluster mode is tested against a real Redis: Debian's redis-server and redis-sentinel.
+redis_skip_reason() {
+    if command -v redis-server >/dev/null 2>&1 && command -v redis-sentinel >/dev/null 2>&1; then
+        return
+    fi
+    if [ -n "${CALLBRIDGE_TEST_NO_APT:-}" ]; then
+        echo "redis-server and redis-sentinel are not installed (CALLBRIDGE_TEST_NO_APT is set)"
+        return
+    fi
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then sudo="sudo"; fi
+    if ! command -v apt-get >/dev/null 2>&1 || { [ "$(id -u)" -ne 0 ] && [ -z "$sudo" ]; }; then
+        echo "redis-server and redis-sentinel are not installed, and apt-get as root is not available"
+        return
+    fi
+    $sudo apt-get update -qq >&2 || true
+    say "the cluster tests need redis-server and redis-sentinel; installing through apt:"
+    say "  $(apt_preview redis-server redis-sentinel)"
+    if ! DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server redis-sentinel \
+            >/dev/null; then
+        echo "apt-get could not install redis-server and redis-sentinel"
+    fi
+}
+
 lowest=$(lowest_python)
 PYTHON="$lowest" bash scripts/setup.sh dev
 
@@ -75,6 +99,12 @@ skip_reason=$(browser_skip_reason)
 if [ -n "$skip_reason" ]; then
     say "browser tests skipped: $skip_reason"
     export CALLBRIDGE_TEST_SKIP_BROWSER="$skip_reason"
+fi
+
+redis_reason=$(redis_skip_reason)
+if [ -n "$redis_reason" ]; then
+    say "Redis tests skipped: $redis_reason"
+    export CALLBRIDGE_TEST_SKIP_REDIS="$redis_reason"
 fi
 
 .venv/bin/ruff check .

@@ -17,6 +17,7 @@ import pytest
 from bridge.simulate import CallSpec, build_call, stream_call
 from tests.support.ports import refusing_port
 from tests.support.receiver import SECRET, Received, WebhookReceiver
+from tests.support.redis_server import RedisServer
 from tests.support.telnyx_stt import TelnyxSttEmulator
 
 API_KEY = "test-telnyx-key"
@@ -32,6 +33,13 @@ async def stt() -> AsyncIterator[TelnyxSttEmulator]:
 async def receiver() -> AsyncIterator[WebhookReceiver]:
     async with WebhookReceiver() as hooks:
         yield hooks
+
+
+@pytest.fixture
+async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    """A real ``redis-server`` on 127.0.0.1, without persistence, for this test alone."""
+    async with RedisServer(tmp_path / "redis") as server:
+        yield server
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bridge import __version__
 from bridge.admission import ConnectionGate, LiveCalls
+from bridge.cluster.member import ClusterMember
 from bridge.config import (
     DEFAULT_STT_URL,
     Settings,
@@ -40,6 +41,7 @@ from bridge.web.admin import add_admin_routes
 from bridge.web.keys import (
     AUTH_FAILURES,
     CALLS_CHANGED,
+    CLUSTER,
     DRAINING,
     ENGINES,
     FEEDS,
@@ -73,6 +75,7 @@ def create_app(settings: Settings) -> web.Application:
     app[METRICS] = Metrics()
     app[DRAINING] = False
 
+    app.cleanup_ctx.append(_cluster)
     app.cleanup_ctx.append(_speech_to_text)
     app.cleanup_ctx.append(_webhooks)
     app.cleanup_ctx.append(_observability)
@@ -86,6 +89,22 @@ def create_app(settings: Settings) -> web.Application:
             app.router.add_get(f"/streams/{name}", partial(media_stream, dialect=name))
     add_admin_routes(app)
     return app
+
+
+async def _cluster(app: web.Application) -> AsyncIterator[None]:
+    """In cluster mode, this instance's membership (``bridge.cluster``); nothing otherwise."""
+    settings = app[SETTINGS]
+    if not settings.cluster.enabled:
+        yield
+        return
+
+    def state() -> dict[str, Any]:
+        return {"calls": len(app[LIVE_CALLS]), "max_calls": settings.server.max_calls,
+                "draining": app[DRAINING], "version": __version__}
+
+    async with ClusterMember(settings.cluster, state=state) as member:
+        app[CLUSTER] = member
+        yield
 
 
 async def _speech_to_text(app: web.Application) -> AsyncIterator[None]:
@@ -150,6 +169,10 @@ async def _observability(app: web.Application) -> AsyncIterator[None]:
                       ["reason"], {(k,): v for k, v in app[REFUSALS].items()})
         yield gauge("callbridge_media_waiting", "Media connections that have not started a "
                     "stream yet", [], {(): app[GATE].pending})
+        member = app.get(CLUSTER)
+        if member is not None:
+            yield gauge("callbridge_cluster_redis_up", "Whether the cluster's Redis answered "
+                        "the last call made to it (1) or not (0)", [], {(): int(member.up)})
         feeds = app.get(FEEDS)
         if feeds is not None:
             yield gauge("callbridge_live_viewers", "Open live feed streams", [],
@@ -172,9 +195,17 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready to take calls: not draining, the outbox writable, the engine reachable."""
+    """Ready to take calls: not draining, the outbox writable, the engine reachable.
+
+    Redis away is not a problem here (calls go on, events wait locally) but it is listed
+    under ``degraded``.
+    """
     app = request.app
     problems = []
+    degraded = []
+    member = app.get(CLUSTER)
+    if member is not None and not member.up:
+        degraded.append("redis unreachable: cluster state is kept locally until it is back")
     if app[DRAINING]:
         problems.append("draining")
     dispatcher = app.get(SINK)
@@ -190,7 +221,10 @@ async def readyz(request: web.Request) -> web.Response:
     if engines is None or not await engines.reachable():
         problems.append("speech-to-text engine not reachable")
     status = 503 if problems else 200
-    return web.json_response({"ready": not problems, "problems": problems}, status=status)
+    body: dict[str, Any] = {"ready": not problems, "problems": problems}
+    if member is not None:
+        body.update(instance=member.id, degraded=degraded)
+    return web.json_response(body, status=status)
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from bridge.admission import ConnectionGate, LiveCalls
 from bridge.calls import Call
+from bridge.cluster.member import ClusterMember
 from bridge.config import Settings
 from bridge.delivery.dispatcher import DurableDispatcher
 from bridge.ingress.auth import NonceCache
@@ -29,3 +30,4 @@ CALLS_CHANGED = web.AppKey("calls_changed", asyncio.Event)  # set when a call en
 DRAINING = web.AppKey("draining", bool)
 FEEDS = web.AppKey("feeds", LiveFeeds)  # present when the admin API is on
 TOKENS = web.AppKey("tokens", LiveTokens)  # likewise
+CLUSTER = web.AppKey("cluster", ClusterMember)  # present in cluster mode only

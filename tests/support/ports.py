@@ -18,3 +18,13 @@ def refusing_port() -> Iterator[int]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         yield int(sock.getsockname()[1])
+
+
+def free_port() -> int:
+    """A local port free a moment ago, for a server that cannot bind port 0 itself (Redis).
+
+    Another process may take it before the server binds it: callers retry with another.
+    """
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
