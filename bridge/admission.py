@@ -73,13 +73,14 @@ class ConnectionGate:
 
 class LiveCalls(Generic[C]):
     """The live calls of this process, by call key: what the admin API lists and drain waits
-    for. ``changed`` is set whenever a call leaves."""
+    for. ``changed`` is set whenever a call leaves, ``updated`` whenever one comes or leaves."""
 
     def __init__(self, *, max_calls: int, duplicates: str = "refuse",
                  changed: asyncio.Event | None = None) -> None:
         self.max_calls = max_calls
         self.duplicates = duplicates
         self.changed = changed or asyncio.Event()
+        self.updated = asyncio.Event()
         self._calls: dict[str, C] = {}
 
     def claim(self, call_id: str, call: C) -> str:
@@ -102,6 +103,7 @@ class LiveCalls(Generic[C]):
             if not key:
                 raise PolicyRefusal("too many live streams for this call id")
         self._calls[key] = call
+        self.updated.set()
         return key
 
     def release(self, key: str, call: C) -> None:
@@ -109,6 +111,7 @@ class LiveCalls(Generic[C]):
         if self._calls.get(key) is call:
             del self._calls[key]
             self.changed.set()
+            self.updated.set()
 
     def get(self, key: str) -> C | None:
         return self._calls.get(key)

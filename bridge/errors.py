@@ -14,6 +14,9 @@
     │   ├── UpstreamRefused         bad key or bad parameters: fatal for that leg, never retried
     │   └── UpstreamUnavailable     connect failure, timeout or dropped socket: may be retried
     ├── DeliveryError           a webhook attempt failed (carries ``status`` when there was one)
+    ├── ClusterError            an admin action for a call another instance holds went wrong
+    │   ├── ClusterMessageInvalid   a message on a cluster channel is not a valid command or reply
+    │   └── OwnerUnreachable        the instance holding the call did not answer in time (504)
     └── OutboxDiskFull          the disk under the outbox is full: events are not being stored
 
 Anything else raised inside the bridge is our own bug: the media connection is closed with
@@ -175,3 +178,31 @@ class OutboxDiskFull(CallbridgeError):
 
     def __str__(self) -> str:
         return self.reason
+
+
+class ClusterError(CallbridgeError):
+    """An admin action sent through the cluster's Redis to another instance went wrong."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+class ClusterMessageInvalid(ClusterError):
+    """A message read from a cluster channel or reply list is not one an instance sends
+    (too big, not JSON, a field missing or out of bounds, a bad signature): it is dropped."""
+
+
+class OwnerUnreachable(ClusterError):
+    """The instance holding a call did not take an admin action (``instance`` names it):
+    nothing listens on its channel, or no reply came within ``cluster.command_timeout_s``."""
+
+    def __init__(self, instance: str, reason: str) -> None:
+        super().__init__(reason)
+        self.instance = instance
+
+    def __str__(self) -> str:
+        return f"instance {self.instance} {self.reason}"

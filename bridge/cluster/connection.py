@@ -97,10 +97,13 @@ class Keys:
         state (JSON). Its absence says the instance is gone."""
         return f"{self.prefix}:instance:{instance_id}"
 
-    @property
-    def calls(self) -> str:
-        """Hash: call key -> the live call's summary (JSON), with the instance holding it."""
-        return f"{self.prefix}:calls"
+    def calls(self, instance_id: str) -> str:
+        """Hash: call key -> summary (JSON) of each live call an instance holds.
+
+        It does not expire with the instance: whoever takes a lost instance over reads its
+        calls from here and deletes the hash; listings skip instances that are not alive.
+        """
+        return f"{self.prefix}:calls:{instance_id}"
 
     def commands(self, instance_id: str) -> str:
         """Pub/sub channel: admin actions for the calls an instance holds."""

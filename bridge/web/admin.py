@@ -2,7 +2,12 @@
 
 Routes: ``GET /calls`` (JSON; the calls page for a browser), ``GET /calls/{id}``,
 ``POST /calls/{id}/end``, ``/pause``, ``/resume``, ``/token``; ``GET /calls/{id}/events``
-(Server-Sent Events); ``GET /captions/{id}`` (the captions page).
+(Server-Sent Events); ``GET /captions/{id}`` (the captions page); ``GET /cluster``.
+
+In cluster mode the call views and actions answer for every live call of the cluster: a call
+another instance holds is listed from Redis, and its view and actions are sent to that
+instance (``bridge.cluster.calls``), whose answer is given as if it were local, with
+``instance`` added. Redis away: this instance's calls, marked ``"partial": true``.
 
 The admin token is sent as ``Authorization: Bearer``. The event stream also takes a token in
 ``?token=`` (browsers' ``EventSource`` cannot send headers): a short-lived one from
@@ -16,6 +21,7 @@ import functools
 import hmac
 import secrets
 import time
+from collections.abc import AsyncIterator, Mapping
 from functools import partial
 from importlib import resources
 from typing import Any
@@ -24,12 +30,14 @@ from urllib.parse import quote
 from aiohttp import web
 
 from bridge.calls import Call
-from bridge.errors import InvalidNumber
+from bridge.cluster.calls import ClusterCalls, Command, Reply
+from bridge.cluster.connection import REDIS_ERRORS
+from bridge.errors import ClusterMessageInvalid, InvalidNumber, OwnerUnreachable
 from bridge.events import Track
 from bridge.ingress.auth import raw_bytes
 from bridge.numbers import read_float
 from bridge.web.feed import LiveFeed, LiveFeeds, LiveTokens, stream_events
-from bridge.web.keys import FEEDS, LIVE_CALLS, SETTINGS, TOKENS
+from bridge.web.keys import CLUSTER, CLUSTER_CALLS, DRAINING, FEEDS, LIVE_CALLS, SETTINGS, TOKENS
 
 
 def add_admin_routes(app: web.Application) -> None:
@@ -42,6 +50,8 @@ def add_admin_routes(app: web.Application) -> None:
                                viewer_buffer=live.viewer_buffer, retain_s=live.retain_s)
         app[TOKENS] = LiveTokens(token.reveal())
         app.on_shutdown.append(_end_feeds)
+    app.cleanup_ctx.append(_cluster_calls)
+    app.router.add_get("/cluster", cluster_view)
     app.router.add_get("/calls", list_calls)
     app.router.add_get("/calls/{call_id}", show_call)
     app.router.add_post("/calls/{call_id}/end", end_call)
@@ -54,6 +64,37 @@ def add_admin_routes(app: web.Application) -> None:
 
 async def _end_feeds(app: web.Application) -> None:
     app[FEEDS].close()
+
+
+async def _cluster_calls(app: web.Application) -> AsyncIterator[None]:
+    """In cluster mode, this instance's calls published in Redis and, with the admin token,
+    admin actions taken from other instances; nothing otherwise."""
+    member = app.get(CLUSTER)
+    if member is None:
+        yield
+        return
+    live_calls = app[LIVE_CALLS]
+    token = app[SETTINGS].server.admin_token
+
+    def summaries() -> dict[str, Mapping[str, Any]]:
+        return {call.key: {**_call_view(call, detail=False), "opened_at": call.opened_at}
+                for call in live_calls if call.started and call.key}
+
+    async with ClusterCalls(member, summaries=summaries, updated=live_calls.updated,
+                            admin_token=token.reveal() if token else "",
+                            perform=partial(_perform_for_cluster, app)) as calls:
+        app[CLUSTER_CALLS] = calls
+        yield
+
+
+async def _perform_for_cluster(app: web.Application, command: Command) -> Reply:
+    """An admin action another instance sent for one of this instance's calls."""
+    call = app[LIVE_CALLS].get(command.call_key)
+    if call is None:
+        return Reply(404, {"error": NO_SUCH_CALL})
+    status, body = await _act(call, command.action,
+                              Track(command.leg) if command.leg is not None else None)
+    return Reply(status, body)
 
 
 def _require_admin_api(request: web.Request) -> str:
@@ -72,13 +113,6 @@ def _authorise(request: web.Request) -> None:
                                    text="a valid bearer token is required\n")
 
 
-def _live_call(request: web.Request) -> Call:
-    call = request.app[LIVE_CALLS].get(request.match_info["call_id"])
-    if call is None:
-        raise web.HTTPNotFound(text="no live call with that id\n")
-    return call
-
-
 def _call_view(call: Call, *, detail: bool) -> dict[str, Any]:
     started = call.started
     return {
@@ -93,43 +127,166 @@ def _call_view(call: Call, *, detail: bool) -> dict[str, Any]:
 
 
 async def list_calls(request: web.Request) -> web.Response:
-    """Live calls; a browser asking for HTML without credentials gets the calls page."""
+    """Live calls; a browser asking for HTML without credentials gets the calls page.
+
+    In cluster mode: every instance's, each with ``instance``, and ``partial`` true when
+    some could not be read (Redis away).
+    """
     if "text/html" in request.headers.get("Accept", "") and \
             "Authorization" not in request.headers:
         _require_admin_api(request)
         return _page("calls.html")
     _authorise(request)
-    calls = [_call_view(c, detail=False) for c in request.app[LIVE_CALLS] if c.started]
-    return web.json_response({"calls": calls})
+    app = request.app
+    calls = [_call_view(c, detail=False) for c in app[LIVE_CALLS] if c.started]
+    member, cluster = app.get(CLUSTER), app.get(CLUSTER_CALLS)
+    if member is None or cluster is None:
+        return web.json_response({"calls": calls})
+    for view in calls:
+        view["instance"] = member.id
+    try:
+        elsewhere, partial_listing = await cluster.elsewhere()
+    except REDIS_ERRORS as exc:
+        member.trouble("listing the cluster's calls", exc)
+        elsewhere, partial_listing = [], True
+    return web.json_response({"calls": calls + elsewhere, "instance": member.id,
+                              "partial": partial_listing})
 
 
 async def show_call(request: web.Request) -> web.Response:
     """One live call with its legs' counters."""
-    _authorise(request)
-    return web.json_response(_call_view(_live_call(request), detail=True))
+    return await _call_action(request, "show")
 
 
 async def end_call(request: web.Request) -> web.Response:
     """End a live call: its media connection closes, its legs finish and deliver their last
     finals, ``call.ended`` says ``ended_by_admin``."""
-    _authorise(request)
-    call = _live_call(request)
-    await call.hang_up()
-    return web.json_response({"call_id": call.call_id, "ending": True}, status=202)
+    return await _call_action(request, "end")
 
 
 async def pause_call(request: web.Request, *, paused: bool) -> web.Response:
     """Pause or resume transcription of a live call (``?leg=inbound|outbound`` for one leg)."""
+    return await _call_action(request, "pause" if paused else "resume")
+
+
+NO_SUCH_CALL = "no live call with that id"
+
+
+async def _act(call: Call, action: str, track: Track | None) -> tuple[int, dict[str, Any]]:
+    """Do an admin action on one of this instance's calls: the status and JSON answer."""
+    if action == "show":
+        return 200, _call_view(call, detail=True)
+    if action == "end":
+        await call.hang_up()
+        return 202, {"call_id": call.call_id, "ending": True}
+    state = call.set_paused(action == "pause", track, reason="admin")
+    return 200, {"call_id": call.call_id, "paused": state, "call_paused": call.paused}
+
+
+async def _call_action(request: web.Request, action: str) -> web.Response:
+    """An admin action on a live call: done here if this instance holds the call, else (in
+    cluster mode) sent to the instance that does, whose answer is given with ``instance``.
+
+    ``?instance=`` chooses among instances holding streams with the same call id (409
+    otherwise). 404: no live call; 503: not here and Redis away; 504: its instance did not
+    answer.
+    """
     _authorise(request)
-    call = _live_call(request)
-    leg = request.query.get("leg")
+    app = request.app
+    leg = request.query.get("leg") if action in ("pause", "resume") else None
     try:
         track = Track(leg) if leg else None
     except ValueError:
         raise web.HTTPBadRequest(text="leg must be inbound or outbound\n") from None
-    state = call.set_paused(paused, track, reason="admin")
-    return web.json_response({"call_id": call.call_id, "paused": state,
-                              "call_paused": call.paused})
+    call_key = request.match_info["call_id"]
+    chosen = request.query.get("instance")
+    member, cluster = app.get(CLUSTER), app.get(CLUSTER_CALLS)
+    call = app[LIVE_CALLS].get(call_key)
+    if call is not None and (member is None or chosen in (None, member.id)):
+        status, body = await _act(call, action, track)
+        if member is not None:
+            body["instance"] = member.id
+        return web.json_response(body, status=status)
+    if member is None or cluster is None:
+        raise web.HTTPNotFound(text=f"{NO_SUCH_CALL}\n")
+    try:
+        owners = await cluster.owners(call_key)
+        owners = [owner for owner in owners if chosen in (None, owner)]
+        if not owners:
+            raise web.HTTPNotFound(text=f"{NO_SUCH_CALL}\n")
+        if len(owners) > 1:
+            return web.json_response(
+                {"error": "several instances hold a live stream with that call id: choose "
+                          "one with ?instance=", "instances": owners}, status=409)
+        reply = await cluster.send(owners[0], action, call_key, leg)
+    except REDIS_ERRORS as exc:
+        member.trouble("sending an admin action", exc)
+        raise web.HTTPServiceUnavailable(
+            text="this instance holds no live call with that id, and the cluster's Redis "
+                 "is unreachable\n") from None
+    except OwnerUnreachable as exc:
+        raise web.HTTPGatewayTimeout(text=f"{exc}\n") from None
+    except ClusterMessageInvalid:
+        raise web.HTTPBadGateway(text=f"instance {owners[0]} gave an answer that is not "
+                                      "one\n") from None
+    if reply.status >= 400:
+        error = reply.body.get("error")
+        return web.Response(status=reply.status,
+                            text=f"{error if isinstance(error, str) else 'failed'}\n")
+    return web.json_response({**reply.body, "instance": owners[0]}, status=reply.status)
+
+
+async def cluster_view(request: web.Request) -> web.Response:
+    """The instances of the cluster: alive or lost, heartbeat age, calls, load, whether they
+    take calls. Without cluster mode, this instance alone, under ``"cluster": false``."""
+    _authorise(request)
+    app = request.app
+    settings = app[SETTINGS]
+    member = app.get(CLUSTER)
+    here = {"instance": member.id if member is not None else settings.cluster.instance(),
+            "alive": True, "heartbeat_age_s": 0.0, "calls": len(app[LIVE_CALLS]),
+            "max_calls": settings.server.max_calls, "draining": app[DRAINING]}
+    if member is None:
+        return web.json_response({"cluster": False, "instances": [_member_view(here, 0)]})
+    try:
+        members = await member.members()
+        partial_listing = False
+    except REDIS_ERRORS as exc:
+        member.trouble("listing the cluster's members", exc)
+        members, partial_listing = [], True
+    now_ms = time.time() * 1000
+    instances = [_member_view(here, now_ms)]
+    instances += [_member_view(state, now_ms) for state in members
+                  if state.get("instance") != member.id]
+    return web.json_response({"cluster": True, "instance": member.id, "redis_up": member.up,
+                              "partial": partial_listing, "instances": instances})
+
+
+def _member_view(state: Mapping[str, Any], now_ms: float) -> dict[str, Any]:
+    """One member as ``GET /cluster`` shows it, from its heartbeat's state (read from Redis:
+    a value of the wrong kind is shown as null)."""
+    def number(name: str) -> float | None:
+        value = state.get(name)
+        return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+    alive = state.get("alive") is True
+    heartbeat_ms = number("heartbeat_ms")
+    calls, max_calls = number("calls"), number("max_calls")
+    draining = state.get("draining") if isinstance(state.get("draining"), bool) else None
+    view: dict[str, Any] = {
+        "instance": state.get("instance"), "alive": alive,
+        "heartbeat_age_s": (state["heartbeat_age_s"] if "heartbeat_age_s" in state
+                            else round(max(0.0, now_ms - heartbeat_ms) / 1000, 1)
+                            if heartbeat_ms is not None else None),
+        "calls": calls if alive else None, "max_calls": max_calls if alive else None,
+        "load": round(calls / max_calls, 3) if alive and calls is not None and max_calls
+        else None,
+        "draining": draining if alive else None,
+        "accepting_calls": bool(alive and draining is False and calls is not None
+                                and max_calls is not None and calls < max_calls)}
+    if isinstance(state.get("version"), str):
+        view["version"] = state["version"]
+    return view
 
 
 async def issue_token(request: web.Request) -> web.Response:

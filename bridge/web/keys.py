@@ -9,6 +9,7 @@ from aiohttp import web
 
 from bridge.admission import ConnectionGate, LiveCalls
 from bridge.calls import Call
+from bridge.cluster.calls import ClusterCalls
 from bridge.cluster.member import ClusterMember
 from bridge.config import Settings
 from bridge.delivery.dispatcher import DurableDispatcher
@@ -31,3 +32,4 @@ DRAINING = web.AppKey("draining", bool)
 FEEDS = web.AppKey("feeds", LiveFeeds)  # present when the admin API is on
 TOKENS = web.AppKey("tokens", LiveTokens)  # likewise
 CLUSTER = web.AppKey("cluster", ClusterMember)  # present in cluster mode only
+CLUSTER_CALLS = web.AppKey("cluster_calls", ClusterCalls)  # likewise: the cluster's calls
