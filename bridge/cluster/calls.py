@@ -286,6 +286,8 @@ class ClusterCalls:
             pipe.expire(self.own_key, FORGET_AFTER_S)
             await pipe.execute()
         self._published = set(current)
+        log.debug("cluster calls published", started=len(added), ended=len(removed),
+                  calls=len(current))
 
     async def _keep_published(self) -> None:
         loop = asyncio.get_running_loop()
@@ -322,10 +324,7 @@ class ClusterCalls:
         others = await self._others_alive()
         if not others:
             return [], False
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for instance in others:
-                pipe.hlen(self.keys.calls(instance))
-            sizes = await pipe.execute()
+        sizes = await self.counts(others)
         listed = [i for i, size in zip(others, sizes, strict=True)
                   if size <= MAX_CALLS_LISTED_PER_INSTANCE]
         left_out = len(listed) < len(others)
@@ -341,6 +340,19 @@ class ClusterCalls:
                 if summary is not None:
                     calls.append(summary)
         return calls, left_out
+
+    async def counts(self, instances: list[str]) -> list[int]:
+        """How many live calls each of ``instances`` has published (current to the last
+        call that started or ended, where heartbeats are up to ``heartbeat_s`` old).
+
+        Raises one of ``REDIS_ERRORS`` when Redis is away.
+        """
+        if not instances:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for instance in instances:
+                pipe.hlen(self.keys.calls(instance))
+            return [int(count) for count in await pipe.execute()]
 
     async def owners(self, call_key: str) -> list[str]:
         """The other live instances holding a call under ``call_key`` (normally one).

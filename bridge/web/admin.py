@@ -248,16 +248,23 @@ async def cluster_view(request: web.Request) -> web.Response:
             "max_calls": settings.server.max_calls, "draining": app[DRAINING]}
     if member is None:
         return web.json_response({"cluster": False, "instances": [_member_view(here, 0)]})
+    cluster = app.get(CLUSTER_CALLS)
     try:
-        members = await member.members()
+        members = [state for state in await member.members()
+                   if state.get("instance") != member.id]
+        alive = [state for state in members if state.get("alive") is True]
+        if cluster is not None:
+            # The calls' hashes follow each start and end; heartbeats lag by up to one beat.
+            for state, count in zip(alive, await cluster.counts(
+                    [state["instance"] for state in alive]), strict=True):
+                state["calls"] = count
         partial_listing = False
     except REDIS_ERRORS as exc:
         member.trouble("listing the cluster's members", exc)
         members, partial_listing = [], True
     now_ms = time.time() * 1000
     instances = [_member_view(here, now_ms)]
-    instances += [_member_view(state, now_ms) for state in members
-                  if state.get("instance") != member.id]
+    instances += [_member_view(state, now_ms) for state in members]
     return web.json_response({"cluster": True, "instance": member.id, "redis_up": member.up,
                               "partial": partial_listing, "instances": instances})
 
