@@ -135,10 +135,10 @@ def parse_command(raw: object, key: bytes, *, now: float) -> Command:
     if not isinstance(request_id, str) or not _REQUEST_ID.match(request_id):
         raise ClusterMessageInvalid("field 'request' must be 32 hexadecimal digits")
     action = _field(message, "action")
-    if action not in ACTIONS:
+    if not isinstance(action, str) or action not in ACTIONS:
         raise ClusterMessageInvalid(f"field 'action' must be one of {sorted(ACTIONS)}")
     leg = _field(message, "leg")
-    if leg is not None and leg not in LEGS:
+    if leg is not None and (not isinstance(leg, str) or leg not in LEGS):
         raise ClusterMessageInvalid("field 'leg' must be inbound, outbound or null")
     call_key = _text_field(message, "call", MAX_CALL_KEY)
     sender = _field(message, "from")

@@ -120,6 +120,7 @@ async def test_hostile_messages_on_an_instances_channel_are_ignored_and_it_serve
         forged.encode(command_key("another-token-0123456789")).decode(),
         json.dumps({**json.loads(forged.encode(command_key(ADMIN))), "action": "explode"}),
         json.dumps({**json.loads(forged.encode(command_key(ADMIN))), "leg": "both"}),
+        json.dumps({**json.loads(forged.encode(command_key(ADMIN))), "action": ["end"]}),
         json.dumps({**json.loads(forged.encode(command_key(ADMIN))), "at": 1}),
     ]
     for message in hostile:
