@@ -192,3 +192,28 @@ async def test_without_cluster_mode_the_cluster_is_this_instance(
     assert here["alive"] and here["calls"] == 0 and here["accepting_calls"] is True
     status, listing = await _json(bridge, "GET", "/calls")
     assert listing == {"calls": []}  # the single-process answer is unchanged
+
+
+async def test_one_call_id_on_two_instances_is_listed_twice_and_chosen_by_instance(
+        bridge_factory: BridgeFactory, redis_server: RedisServer, tmp_path: Path) -> None:
+    a, b = await _two_bridges(bridge_factory, redis_server, tmp_path)
+    c = await bridge_factory(**_cluster_env(redis_server, tmp_path, "c"))
+    on_a, on_b = await _call_on(a, "CA-twice"), await _call_on(b, "CA-twice")
+
+    status, listing = await _json(c, "GET", "/calls")
+    assert sorted((x["call_id"], x["instance"]) for x in listing["calls"]) == [
+        ("CA-twice", "a"), ("CA-twice", "b")]
+    status, answer = await _json(c, "POST", "/calls/CA-twice/end")
+    assert status == 409 and sorted(answer["instances"]) == ["a", "b"]
+    assert (await _json(a, "GET", "/calls/CA-twice"))[1]["instance"] == "a"  # its own first
+    status, detail = await _json(a, "GET", "/calls/CA-twice", instance="b")
+    assert status == 200 and detail["instance"] == "b"
+    assert (await _json(c, "GET", "/calls/CA-twice", instance="z"))[0] == 404
+
+    status, answer = await _json(c, "POST", "/calls/CA-twice/end", instance="b")
+    assert status == 202 and answer["instance"] == "b"
+    await on_b
+    await b.wait_for_log("cluster calls published", calls=0)
+    assert (await _json(c, "GET", "/calls/CA-twice"))[1]["instance"] == "a"
+    assert (await _json(c, "POST", "/calls/CA-twice/end"))[0] == 202
+    await on_a
