@@ -268,7 +268,11 @@ class ClusterCalls:
             if current:
                 pipe.hset(self.own_key, mapping=current)  # type: ignore[arg-type]
                 pipe.expire(self.own_key, FORGET_AFTER_S)
-            await pipe.execute()
+            deleted, *_ = await pipe.execute()
+        if self._published and not deleted:
+            # The hash had gone (Redis restarted empty, or failed over to a replica that
+            # never had it): the calls are listed again from now.
+            log.debug("cluster calls published again", calls=len(current))
         self._published = set(current)
 
     async def publish_changes(self) -> None:
@@ -426,6 +430,7 @@ class ClusterCalls:
                     continue
                 if message.get("type") == "subscribe":
                     self.listening.set()
+                    log.debug("listening for admin commands")
                     continue
                 if message.get("type") != "message":
                     continue

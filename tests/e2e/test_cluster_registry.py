@@ -217,3 +217,29 @@ async def test_one_call_id_on_two_instances_is_listed_twice_and_chosen_by_instan
     assert (await _json(c, "GET", "/calls/CA-twice"))[1]["instance"] == "a"
     assert (await _json(c, "POST", "/calls/CA-twice/end"))[0] == 202
     await on_a
+
+
+async def test_after_redis_comes_back_empty_the_calls_are_listed_and_reached_again(
+        bridge_factory: BridgeFactory, redis_server: RedisServer, receiver: WebhookReceiver,
+        tmp_path: Path) -> None:
+    a, b = await _two_bridges(bridge_factory, redis_server, tmp_path)
+    call = await _call_on(a, "CA-healed")
+    await a.wait_for_log("listening for admin commands")
+    await redis_server.kill()
+    await redis_server.start()  # no persistence: Redis comes back empty
+    await a.wait_for_log("cluster calls published again", calls=1)
+    await a.wait_for_log("listening for admin commands", occurrence=2)
+    # Nothing marks a heartbeat; A's next one (every 0.2 s) announces it again.
+    async with asyncio.timeout(10):
+        while await redis_server.command("EXISTS", "callbridge:instance:a") != "1":
+            await asyncio.sleep(0.05)
+
+    status, listing = await _json(b, "GET", "/calls")
+    assert status == 200 and listing["partial"] is False
+    assert [(c["call_id"], c["instance"]) for c in listing["calls"]] == [("CA-healed", "a")]
+    status, answer = await _json(b, "POST", "/calls/CA-healed/pause")
+    assert status == 200 and answer["instance"] == "a"
+    await receiver.wait_for(lambda events: any(
+        e.type == "transcription.paused" and e.data["call_id"] == "CA-healed" for e in events))
+    assert (await _json(b, "POST", "/calls/CA-healed/end"))[0] == 202
+    await call
