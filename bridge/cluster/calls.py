@@ -271,7 +271,9 @@ class ClusterCalls:
             deleted, *_ = await pipe.execute()
         if self._published and not deleted:
             # The hash had gone (Redis restarted empty, or failed over to a replica that
-            # never had it): the calls are listed again from now.
+            # never had it), and this instance's membership with it: both are back from
+            # now, rather than the calls waiting for the next heartbeat to be listed.
+            await self.member.heartbeat()
             log.debug("cluster calls published again", calls=len(current))
         self._published = set(current)
 
