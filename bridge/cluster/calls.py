@@ -25,6 +25,7 @@ import hmac
 import re
 import secrets
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -225,7 +226,9 @@ class ClusterCalls:
         self._seen = NonceCache(limit=10_000)
         self._in_flight = 0
         self._waiting = 0
-        self.rejected = 0
+        # Admin actions by outcome, for metrics: sent to others and answered, sent and not
+        # answered, taken from others, ignored (invalid, a replay, or too many at once).
+        self.outcomes: Counter[str] = Counter()
         self._rejected_logged_at = -REJECTIONS_LOGGED_EVERY_S
         self._rejected_since_log = 0
         self.listening = asyncio.Event()  # subscribed to this instance's command channel
@@ -394,6 +397,7 @@ class ClusterCalls:
             receivers = await self.redis.publish(self.keys.commands(owner),
                                                  command.encode(self._key))
             if not receivers:
+                self.outcomes["unanswered"] += 1
                 raise OwnerUnreachable(owner, "is not listening for admin actions")
             # The client's socket has no read timeout (it blocks by design): this bounds a
             # server that stops answering mid-wait.
@@ -405,8 +409,10 @@ class ClusterCalls:
         finally:
             self._waiting -= 1
         if popped is None:
+            self.outcomes["unanswered"] += 1
             raise OwnerUnreachable(owner, f"did not answer within {timeout_s:g} s "
                                           "(cluster.command_timeout_s)")
+        self.outcomes["answered"] += 1
         return parse_reply(popped[1])
 
     # -- admin actions from other instances ---------------------------------------------------
@@ -456,10 +462,11 @@ class ClusterCalls:
             self._reject(ClusterMessageInvalid("too many admin actions in progress"))
             return
         self._in_flight += 1
+        self.outcomes["taken"] += 1
         tasks.create_task(self._answer(command, self._perform))
 
     def _reject(self, error: ClusterMessageInvalid) -> None:
-        self.rejected += 1
+        self.outcomes["ignored"] += 1
         self._rejected_since_log += 1
         now = time.monotonic()
         if now - self._rejected_logged_at >= REJECTIONS_LOGGED_EVERY_S:

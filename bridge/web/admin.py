@@ -21,7 +21,7 @@ import functools
 import hmac
 import secrets
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from functools import partial
 from importlib import resources
 from typing import Any
@@ -35,9 +35,19 @@ from bridge.cluster.connection import REDIS_ERRORS
 from bridge.errors import ClusterMessageInvalid, InvalidNumber, OwnerUnreachable
 from bridge.events import Track
 from bridge.ingress.auth import raw_bytes
+from bridge.metrics import counter
 from bridge.numbers import read_float
 from bridge.web.feed import LiveFeed, LiveFeeds, LiveTokens, stream_events
-from bridge.web.keys import CLUSTER, CLUSTER_CALLS, DRAINING, FEEDS, LIVE_CALLS, SETTINGS, TOKENS
+from bridge.web.keys import (
+    CLUSTER,
+    CLUSTER_CALLS,
+    DRAINING,
+    FEEDS,
+    LIVE_CALLS,
+    METRICS,
+    SETTINGS,
+    TOKENS,
+)
 
 
 def add_admin_routes(app: web.Application) -> None:
@@ -84,6 +94,15 @@ async def _cluster_calls(app: web.Application) -> AsyncIterator[None]:
                             admin_token=token.reveal() if token else "",
                             perform=partial(_perform_for_cluster, app)) as calls:
         app[CLUSTER_CALLS] = calls
+
+        def scraped() -> Iterator[Any]:
+            yield counter("callbridge_cluster_admin_actions", "Admin actions between "
+                          "instances: sent and answered or unanswered, taken from others, "
+                          "ignored (invalid, replayed, too many at once)", ["outcome"],
+                          {(outcome,): calls.outcomes[outcome] for outcome in
+                           ("answered", "unanswered", "taken", "ignored")})
+
+        app[METRICS].watch(scraped)
         yield
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.cluster.calls import command_key, new_command
 from bridge.events import Track
@@ -33,6 +34,12 @@ async def _json(bridge: BridgeProcess, method: str, path: str, **query: str) -> 
         return status, json.loads(body)
     except ValueError:
         return status, body
+
+
+async def _metric(bridge: BridgeProcess, name: str, **labels: str) -> float:
+    _, text = await bridge.http("GET", "/metrics")
+    return next(sample.value for family in text_string_to_metric_families(text)
+                for sample in family.samples if sample.name == name and sample.labels == labels)
 
 
 async def _two_bridges(bridge_factory: BridgeFactory, redis: RedisServer, tmp_path: Path,
@@ -131,6 +138,8 @@ async def test_hostile_messages_on_an_instances_channel_are_ignored_and_it_serve
     ignored = await a.wait_for_log("admin command from the cluster channel ignored")
     assert "another-token" not in json.dumps(ignored)
     assert len(a.log_events("admin command from the cluster channel ignored")) == 1
+    assert await _metric(a, "callbridge_cluster_admin_actions_total", outcome="ignored") == \
+        len(hostile)
     assert not receiver.ended("CA-hostile")(receiver.events)
 
     # A replay of a command that was done is refused too.
@@ -143,6 +152,9 @@ async def test_hostile_messages_on_an_instances_channel_are_ignored_and_it_serve
     await call
     events = await receiver.wait_for(receiver.ended("CA-hostile"))
     assert sum(e.type == "transcription.paused" for e in events) == 1
+    assert await _metric(a, "callbridge_cluster_admin_actions_total", outcome="ignored") == \
+        len(hostile) + 1
+    assert await _metric(b, "callbridge_cluster_admin_actions_total", outcome="answered") == 2
     assert a.process.returncode is None
 
 
