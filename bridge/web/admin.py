@@ -24,12 +24,20 @@ from urllib.parse import quote
 from aiohttp import web
 
 from bridge.calls import Call
+from bridge.cluster.feeds import SharedFeed
 from bridge.errors import InvalidNumber
 from bridge.events import Track
 from bridge.ingress.auth import raw_bytes
 from bridge.numbers import read_float
-from bridge.web.feed import LiveFeed, LiveFeeds, LiveTokens, stream_events
-from bridge.web.keys import FEEDS, LIVE_CALLS, SETTINGS, TOKENS
+from bridge.web.feed import (
+    LiveFeed,
+    LiveFeeds,
+    LiveTokens,
+    resume_point,
+    serve_frames,
+    stream_events,
+)
+from bridge.web.keys import FEEDS, LIVE_CALLS, SETTINGS, SHARED_FEEDS, TOKENS
 
 
 def add_admin_routes(app: web.Application) -> None:
@@ -54,6 +62,9 @@ def add_admin_routes(app: web.Application) -> None:
 
 async def _end_feeds(app: web.Application) -> None:
     app[FEEDS].close()
+    shared = app.get(SHARED_FEEDS)
+    if shared is not None:
+        shared.close()
 
 
 def _require_admin_api(request: web.Request) -> str:
@@ -132,11 +143,27 @@ async def pause_call(request: web.Request, *, paused: bool) -> web.Response:
                               "call_paused": call.paused})
 
 
+async def _find_feed(request: web.Request, call_id: str) -> LiveFeed | SharedFeed | None:
+    """The call's feed: this instance's, or in cluster mode the one Redis has from the
+    instance holding the call (503 while Redis is away)."""
+    feed = request.app[FEEDS].get(call_id)
+    shared = request.app.get(SHARED_FEEDS)
+    if feed is not None or shared is None:
+        return feed
+    found = await shared.find(call_id)
+    if found is None and not shared.member.up:
+        raise web.HTTPServiceUnavailable(
+            text="the cluster's Redis is unreachable: feeds of calls held by other "
+                 "instances cannot be read now\n")
+    return found
+
+
 async def issue_token(request: web.Request) -> web.Response:
-    """A short-lived token for one live call's feed (``?ttl_s=`` shortens it)."""
+    """A short-lived token for one live call's feed (``?ttl_s=`` shortens it), on any
+    instance of a cluster."""
     _authorise(request)
     call_id = request.match_info["call_id"]
-    feed = request.app[FEEDS].get(call_id)
+    feed = await _find_feed(request, call_id)
     if feed is None:
         raise web.HTTPNotFound(text="no live call with that id\n")
     limit = request.app[SETTINGS].live.token_ttl_s
@@ -153,7 +180,7 @@ async def issue_token(request: web.Request) -> web.Response:
         "captions_url": f"/captions/{quoted}#token={token}"})
 
 
-def _feed_access(request: web.Request, feed: LiveFeed | None) -> None:
+def _feed_access(request: web.Request, feed: LiveFeed | SharedFeed | None) -> None:
     """The admin token (header or query), or a live token for this feed, or 401.
 
     A token opens the feed of the stream it was issued for: a later stream that announces
@@ -180,13 +207,23 @@ async def live_events(request: web.Request) -> web.StreamResponse:
     call_id = request.match_info["call_id"]
     app = request.app
     _require_admin_api(request)
-    feed = app[FEEDS].get(call_id)
+    feed = await _find_feed(request, call_id)
     _feed_access(request, feed)
     if feed is None:
         raise web.HTTPNotFound(text="no live call with that id\n")
     live = app[SETTINGS].live
-    return await stream_events(request, feed, app[TOKENS], max_viewers=live.max_viewers,
-                               keepalive_s=live.keepalive_s, token_ttl_s=live.token_ttl_s)
+    if isinstance(feed, LiveFeed):
+        return await stream_events(request, feed, app[TOKENS], max_viewers=live.max_viewers,
+                                   keepalive_s=live.keepalive_s, token_ttl_s=live.token_ttl_s)
+    shared = app[SHARED_FEEDS]
+    reader = shared.read(feed, resume_point(request))
+    if reader is None:
+        raise web.HTTPTooManyRequests(text="too many viewers of calls held elsewhere\n")
+    try:
+        return await serve_frames(request, reader, app[TOKENS], feed.subject,
+                                  keepalive_s=live.keepalive_s, token_ttl_s=live.token_ttl_s)
+    finally:
+        shared.leave(reader)
 
 
 async def captions_page(request: web.Request) -> web.Response:
