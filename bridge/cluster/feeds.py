@@ -150,7 +150,9 @@ def frames_of(entries: Any) -> tuple[list[Frame], int]:
     frames = []
     last = 0
     for raw_id, fields in entries or ():
-        _, _, number = text(raw_id).partition("-")
+        epoch, _, number = text(raw_id).partition("-")
+        if epoch != "0":
+            continue  # not an id a feed writer gives
         try:
             frame_id = read_int(number, field="feed entry id", low=1, high=MAX_EVENT_ID)
         except InvalidNumber:
