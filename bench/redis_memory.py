@@ -83,12 +83,15 @@ async def measure(client: redis.Redis) -> dict[str, Any]:
     stream_entries = await client.xlen(STREAM) if await client.exists(STREAM) else 0
     used = (await client.info("memory"))["used_memory"]
     ended = sum([await client.hget(k, "ended") == b"1" for k in infos])
+    sample = await client.xrange(STREAM, count=2000) if stream_entries else []
+    body = sum(len(fields[b"body"]) for _, fields in sample) / max(len(sample), 1)
     return {"used_memory": used, "feeds": len(feeds), "ended": ended, "feed_bytes": feed_bytes,
             "info_bytes": info_bytes, "feed_entries": feed_entries,
-            "stream_bytes": stream_bytes, "stream_entries": stream_entries}
+            "stream_bytes": stream_bytes, "stream_entries": stream_entries,
+            "mean_body": body}
 
 
-async def run(calls: int, utterances: int) -> None:
+async def run(calls: int, utterances: int, partials: bool) -> None:
     program = []
     for n in range(utterances):
         program += [("silence", 600), ("tone", 1500, 400 + 50 * (n % 10))]
@@ -102,7 +105,7 @@ async def run(calls: int, utterances: int) -> None:
             env = {k: v for k, v in os.environ.items() if not k.startswith("CALLBRIDGE_")}
             env.update({
                 "CALLBRIDGE_TELNYX_URL": stt.url, "TELNYX_API_KEY": API_KEY,
-                "CALLBRIDGE_TELNYX_INTERIM_RESULTS": "true",
+                "CALLBRIDGE_TELNYX_INTERIM_RESULTS": "true" if partials else "false",
                 "CALLBRIDGE_WEBHOOKS_URLS": receiver.url, "CALLBRIDGE_WEBHOOKS_SECRET": SECRET,
                 "CALLBRIDGE_WEBHOOKS_ALLOW_PRIVATE_NETWORKS": "true",
                 "CALLBRIDGE_LOGGING_FORMAT": "json", "CALLBRIDGE_LOGGING_LEVEL": "info",
@@ -146,13 +149,14 @@ async def run(calls: int, utterances: int) -> None:
                 bridge.terminate()
                 await bridge.wait()
                 await logs
-    report(calls, utterances, seconds, before, live, ended)
+    report(calls, utterances, seconds, before, live, ended, partials)
 
 
 def report(calls: int, utterances: int, seconds: float, before: dict[str, Any],
-           live: dict[str, Any], ended: dict[str, Any]) -> None:
+           live: dict[str, Any], ended: dict[str, Any], partials: bool) -> None:
     print(f"calls={calls} legs={calls * 2} utterances/leg={utterances} "
-          f"call_s={seconds:.1f} (a partial per 200 ms of speech)")
+          f"call_s={seconds:.1f} partials={'every 200 ms of speech' if partials else 'off'} "
+          f"mean_body={ended['mean_body']:.0f} B")
     for name, m in (("live", live), ("ended", ended)):
         print(f"{name}: used_memory +{(m['used_memory'] - before['used_memory']) / 1024:.0f} KiB"
               f"  feeds={m['feeds']} (ended {m['ended']}) feed_entries={m['feed_entries']} "
@@ -174,8 +178,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=50)
     parser.add_argument("--utterances", type=int, default=8)
+    parser.add_argument("--no-partials", action="store_true", help="interim results off")
     args = parser.parse_args()
-    asyncio.run(run(args.calls, args.utterances))
+    asyncio.run(run(args.calls, args.utterances, not args.no_partials))
 
 
 if __name__ == "__main__":
