@@ -4,22 +4,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
+import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
 import pytest
+import redis.asyncio as redis
 
 from bridge.events import Track
 from tests.conftest import BridgeFactory, BridgeProcess
 from tests.e2e.test_cluster import ADMIN, _cluster_env
 from tests.support.admin import start_call
-from tests.support.audio import ulaw
+from tests.support.audio import pcm_program, ulaw
 from tests.support.receiver import Received, WebhookReceiver
 from tests.support.redis_server import RedisServer
 from tests.support.speech import AGENT_LIVE, CALLER_LIVE, SCRIPT, SPEECH
@@ -215,3 +218,67 @@ async def _whole_call(bridge: BridgeProcess, receiver: WebhookReceiver, call_id:
     assert (await call).close_code == 1000
     await receiver.wait_for(receiver.ended(call_id))
     return receiver.of_call(call_id)
+
+
+async def test_events_made_while_redis_is_away_reach_it_in_order_when_it_is_back(
+        bridge_factory: BridgeFactory, receiver: WebhookReceiver, tmp_path: Path) -> None:
+    stream = "callbridge:events"
+    async with RedisServer(tmp_path / "aof", appendonly=True) as server:
+        a = await bridge_factory(**_cluster_env(server, tmp_path, "a",
+                                                CALLBRIDGE_CLUSTER_EVENTS_STREAM=stream))
+        four_words = pcm_program(*[part for _ in range(4) for part in
+                                   (("silence", 700), ("tone", 500, 600))], ("silence", 500))
+        call = start_call(a, "CA-outage", {Track.INBOUND: ulaw(four_words)})
+
+        def finals(count: int) -> Callable[[list[Received]], bool]:
+            return lambda events: sum(e.type == "transcript.final"
+                                      and e.data["call_id"] == "CA-outage"
+                                      for e in events) >= count
+        await receiver.wait_for(finals(1))
+        await server.stop()  # an orderly stop: what Redis had is in its append-only file
+        await receiver.wait_for(finals(3))  # these were made while Redis was away
+        await a.wait_for_log("redis unreachable: cluster state degraded; calls go on and "
+                             "events are kept locally until it is back")
+        await server.start()
+        assert (await call).close_code == 1000
+        await receiver.wait_for(receiver.ended("CA-outage"))
+        await a.wait_for_log("redis reachable again: cluster state restored")
+
+        b = await bridge_factory(**_cluster_env(server, tmp_path, "b"))
+        async with feed(b, "CA-outage") as response:
+            through_b = await numbered(response)
+        hooks = receiver.of_call("CA-outage")
+        assert [e.data for e in through_b] == [h.body.decode() for h in hooks]
+        assert [e.id for e in through_b] == [str(n) for n in range(1, len(hooks) + 1)]
+
+        client = redis.Redis.from_url(server.url)
+        try:
+            entries = await client.xrange(stream)
+        finally:
+            await client.aclose()
+        assert [fields[b"id"].decode() for _, fields in entries] == \
+            [h.webhook_id for h in hooks]
+        assert [fields[b"body"] for _, fields in entries] == [h.body for h in hooks]
+
+
+async def test_sigterm_ends_the_streams_of_calls_held_elsewhere_at_once(
+        bridge_factory: BridgeFactory, redis_server: RedisServer, tmp_path: Path) -> None:
+    a, b = await two_bridges(bridge_factory, redis_server, tmp_path)
+    long_call = ulaw(CALLER_LIVE) * 6
+    call = start_call(a, "CA-held-elsewhere", {Track.INBOUND: long_call})
+    await feed_in_redis(redis_server, "CA-held-elsewhere")
+    async with feed(b, "CA-held-elsewhere") as response:
+        assert response.status == 200
+        events = read_events(response)
+        first = await anext(events)
+        assert first.event == "token"
+        b.process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(10):  # well before keepalive_s (15 s) would wake it
+            rest = [event async for event in events]
+        assert await b.process.wait() == 0
+    assert all(e.event != "call.ended" for e in rest)  # the call itself goes on, on A
+    status, _ = await a.http("GET", "/calls/CA-held-elsewhere", ADMIN)
+    assert status == 200
+    call.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await call
