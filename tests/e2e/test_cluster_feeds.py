@@ -13,6 +13,7 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -253,7 +254,7 @@ async def test_events_made_while_redis_is_away_reach_it_in_order_when_it_is_back
 
         client = redis.Redis.from_url(server.url)
         try:
-            entries = await client.xrange(stream)
+            entries: Any = await client.xrange(stream)  # [(id, {field: value})]
         finally:
             await client.aclose()
         assert [fields[b"id"].decode() for _, fields in entries] == \
