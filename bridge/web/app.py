@@ -134,7 +134,11 @@ async def _cluster_streams(app: web.Application) -> AsyncIterator[None]:
                 member, stream=settings.cluster.events_stream,
                 max_len=settings.cluster.events_stream_max_len,
                 max_age_s=settings.cluster.events_stream_max_age_s))
-        yield
+        try:
+            yield
+        finally:
+            if feeds is not None:
+                feeds.mirror = None  # the writer is stopping: feeds opened from now stay local
 
 
 async def _speech_to_text(app: web.Application) -> AsyncIterator[None]:
