@@ -54,15 +54,20 @@ class RedisAppender(Generic[T]):
 
     async def __aexit__(self, *exc_info: object) -> None:
         """What is queued gets up to ``FLUSH_S`` to reach Redis; the rest is lost."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(FLUSH_S):
-                await self._idle.wait()
+        await self.drained(FLUSH_S)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self._queue:
             log.warning(f"redis {self.name} not written at shutdown", count=len(self._queue))
+
+    async def drained(self, within_s: float) -> bool:
+        """Whether everything offered so far is in Redis, waiting up to ``within_s``."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within_s):
+                await self._idle.wait()
+        return self._idle.is_set()
 
     @property
     def pending(self) -> int:
