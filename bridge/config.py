@@ -525,6 +525,7 @@ class ClusterSettings:
     wait_replicas: int = 0  # WAIT for this many replicas before an event counts as stored
     wait_timeout_ms: int = 500
     feed_max_events: int = 2000  # each call's event stream in Redis, for captions anywhere
+    feed_readers: int = 200  # viewers here of calls held elsewhere (one connection each)
     events_stream: str = ""  # every event appended here for consumer groups; empty: off
     events_stream_max_len: int = 100_000
     events_stream_max_age_s: float = 0.0  # 0: trimmed by length only
@@ -556,6 +557,7 @@ class ClusterSettings:
                  "must be 1-60000 (milliseconds)")
         _require(16 <= self.feed_max_events <= 1_000_000, name("feed_max_events"),
                  "must be 16-1000000")
+        _require(1 <= self.feed_readers <= 10_000, name("feed_readers"), "must be 1-10000")
         _require(not self.events_stream or bool(re.match(r"^[A-Za-z0-9_.:{}-]{1,100}$",
                                                          self.events_stream)),
                  name("events_stream"), "must be a Redis key of letters, digits and _.:{}-")

@@ -133,6 +133,10 @@ class Keys:
         """Stream: one call's events as its live feed shows them."""
         return f"{self.prefix}:feed:{call_key}"
 
+    def feed_info(self, call_key: str) -> str:
+        """Hash: which stream a call's feed is (its tokens' subject), its instance, if ended."""
+        return f"{self.prefix}:feed-info:{call_key}"
+
     def engine(self, engine: str) -> str:
         """Sorted set: the engine's sessions in use cluster-wide -> their lease's expiry."""
         return f"{self.prefix}:engine:{engine}"

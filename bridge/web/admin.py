@@ -32,12 +32,20 @@ from aiohttp import web
 from bridge.calls import Call
 from bridge.cluster.calls import ClusterCalls, Command, Reply
 from bridge.cluster.connection import REDIS_ERRORS
+from bridge.cluster.feeds import SharedFeed
 from bridge.errors import ClusterMessageInvalid, InvalidNumber, OwnerUnreachable
 from bridge.events import Track
 from bridge.ingress.auth import raw_bytes
 from bridge.metrics import counter
 from bridge.numbers import read_float
-from bridge.web.feed import LiveFeed, LiveFeeds, LiveTokens, stream_events
+from bridge.web.feed import (
+    LiveFeed,
+    LiveFeeds,
+    LiveTokens,
+    resume_point,
+    serve_frames,
+    stream_events,
+)
 from bridge.web.keys import (
     CLUSTER,
     CLUSTER_CALLS,
@@ -46,6 +54,7 @@ from bridge.web.keys import (
     LIVE_CALLS,
     METRICS,
     SETTINGS,
+    SHARED_FEEDS,
     TOKENS,
 )
 
@@ -74,6 +83,9 @@ def add_admin_routes(app: web.Application) -> None:
 
 async def _end_feeds(app: web.Application) -> None:
     app[FEEDS].close()
+    shared = app.get(SHARED_FEEDS)
+    if shared is not None:
+        shared.close()
 
 
 async def _cluster_calls(app: web.Application) -> AsyncIterator[None]:
@@ -315,11 +327,27 @@ def _member_view(state: Mapping[str, Any], now_ms: float) -> dict[str, Any]:
     return view
 
 
+async def _find_feed(request: web.Request, call_id: str) -> LiveFeed | SharedFeed | None:
+    """The call's feed: this instance's, or in cluster mode the one Redis has from the
+    instance holding the call (503 while Redis is away)."""
+    feed = request.app[FEEDS].get(call_id)
+    shared = request.app.get(SHARED_FEEDS)
+    if feed is not None or shared is None:
+        return feed
+    found = await shared.find(call_id)
+    if found is None and not shared.member.up:
+        raise web.HTTPServiceUnavailable(
+            text="the cluster's Redis is unreachable: feeds of calls held by other "
+                 "instances cannot be read now\n")
+    return found
+
+
 async def issue_token(request: web.Request) -> web.Response:
-    """A short-lived token for one live call's feed (``?ttl_s=`` shortens it)."""
+    """A short-lived token for one live call's feed (``?ttl_s=`` shortens it), on any
+    instance of a cluster."""
     _authorise(request)
     call_id = request.match_info["call_id"]
-    feed = request.app[FEEDS].get(call_id)
+    feed = await _find_feed(request, call_id)
     if feed is None:
         raise web.HTTPNotFound(text="no live call with that id\n")
     limit = request.app[SETTINGS].live.token_ttl_s
@@ -336,7 +364,7 @@ async def issue_token(request: web.Request) -> web.Response:
         "captions_url": f"/captions/{quoted}#token={token}"})
 
 
-def _feed_access(request: web.Request, feed: LiveFeed | None) -> None:
+def _feed_access(request: web.Request, feed: LiveFeed | SharedFeed | None) -> None:
     """The admin token (header or query), or a live token for this feed, or 401.
 
     A token opens the feed of the stream it was issued for: a later stream that announces
@@ -363,13 +391,23 @@ async def live_events(request: web.Request) -> web.StreamResponse:
     call_id = request.match_info["call_id"]
     app = request.app
     _require_admin_api(request)
-    feed = app[FEEDS].get(call_id)
+    feed = await _find_feed(request, call_id)
     _feed_access(request, feed)
     if feed is None:
         raise web.HTTPNotFound(text="no live call with that id\n")
     live = app[SETTINGS].live
-    return await stream_events(request, feed, app[TOKENS], max_viewers=live.max_viewers,
-                               keepalive_s=live.keepalive_s, token_ttl_s=live.token_ttl_s)
+    if isinstance(feed, LiveFeed):
+        return await stream_events(request, feed, app[TOKENS], max_viewers=live.max_viewers,
+                                   keepalive_s=live.keepalive_s, token_ttl_s=live.token_ttl_s)
+    shared = app[SHARED_FEEDS]
+    reader = shared.read(feed, resume_point(request))
+    if reader is None:
+        raise web.HTTPTooManyRequests(text="too many viewers of calls held elsewhere\n")
+    try:
+        return await serve_frames(request, reader, app[TOKENS], feed.subject,
+                                  keepalive_s=live.keepalive_s, token_ttl_s=live.token_ttl_s)
+    finally:
+        shared.leave(reader)
 
 
 async def captions_page(request: web.Request) -> web.Response:

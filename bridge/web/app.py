@@ -22,6 +22,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bridge import __version__
 from bridge.admission import ConnectionGate, LiveCalls
+from bridge.cluster.events_stream import EventStream
+from bridge.cluster.feeds import FeedWriter, SharedFeeds
 from bridge.cluster.member import ClusterMember
 from bridge.config import (
     DEFAULT_STT_URL,
@@ -44,6 +46,7 @@ from bridge.web.keys import (
     CLUSTER,
     DRAINING,
     ENGINES,
+    EVENT_STREAM,
     FEEDS,
     GATE,
     LIVE_CALLS,
@@ -51,6 +54,7 @@ from bridge.web.keys import (
     NONCES,
     REFUSALS,
     SETTINGS,
+    SHARED_FEEDS,
     SINK,
 )
 from bridge.web.media import ENDPOINTS, media_stream
@@ -76,6 +80,7 @@ def create_app(settings: Settings) -> web.Application:
     app[DRAINING] = False
 
     app.cleanup_ctx.append(_cluster)
+    app.cleanup_ctx.append(_cluster_streams)
     app.cleanup_ctx.append(_speech_to_text)
     app.cleanup_ctx.append(_webhooks)
     app.cleanup_ctx.append(_observability)
@@ -105,6 +110,35 @@ async def _cluster(app: web.Application) -> AsyncIterator[None]:
     async with ClusterMember(settings.cluster, state=state) as member:
         app[CLUSTER] = member
         yield
+
+
+async def _cluster_streams(app: web.Application) -> AsyncIterator[None]:
+    """In cluster mode: live feeds mirrored to Redis and read from it for calls other
+    instances hold (with an admin token), and the consumers' event stream (when set)."""
+    member = app.get(CLUSTER)
+    if member is None:
+        yield
+        return
+    settings = app[SETTINGS]
+    async with contextlib.AsyncExitStack() as stack:
+        feeds = app.get(FEEDS)
+        if feeds is not None:
+            feeds.mirror = await stack.enter_async_context(FeedWriter(
+                member, max_events=settings.cluster.feed_max_events,
+                retain_s=settings.live.retain_s))
+            app[SHARED_FEEDS] = await stack.enter_async_context(SharedFeeds(
+                member, max_readers=settings.cluster.feed_readers,
+                max_per_call=settings.live.max_viewers))
+        if settings.cluster.events_stream:
+            app[EVENT_STREAM] = await stack.enter_async_context(EventStream(
+                member, stream=settings.cluster.events_stream,
+                max_len=settings.cluster.events_stream_max_len,
+                max_age_s=settings.cluster.events_stream_max_age_s))
+        try:
+            yield
+        finally:
+            if feeds is not None:
+                feeds.mirror = None  # the writer is stopping: feeds opened from now stay local
 
 
 async def _speech_to_text(app: web.Application) -> AsyncIterator[None]:
@@ -173,7 +207,21 @@ async def _observability(app: web.Application) -> AsyncIterator[None]:
         if member is not None:
             yield gauge("callbridge_cluster_redis_up", "Whether the cluster's Redis answered "
                         "the last call made to it (1) or not (0)", [], {(): int(member.up)})
+        dropped: dict[tuple[str, ...], float] = {}
+        stream = app.get(EVENT_STREAM)
+        if stream is not None:
+            dropped[("events",)] = stream.dropped
         feeds = app.get(FEEDS)
+        if feeds is not None and isinstance(feeds.mirror, FeedWriter):
+            dropped[("feed",)] = feeds.mirror.dropped
+        if dropped:
+            yield counter("callbridge_cluster_stream_dropped", "Entries for a Redis stream "
+                          "(live feeds, the event stream) dropped: the queue was full while "
+                          "Redis was away", ["stream"], dropped)
+        shared = app.get(SHARED_FEEDS)
+        if shared is not None:
+            yield gauge("callbridge_live_shared_readers", "Open live feed streams of calls "
+                        "other instances hold", [], {(): len(shared.readers)})
         if feeds is not None:
             yield gauge("callbridge_live_viewers", "Open live feed streams", [],
                         {(): feeds.viewers})

@@ -16,8 +16,12 @@ of the call id, the id of the stream that feed belongs to, and the expiry. A tok
 one stream's feed until it expires (a later stream announcing the same call id is another
 feed); every instance sharing the admin token accepts it.
 
+In cluster mode a ``FeedMirror`` is told of each feed's start, frames and end, so that
+other instances can serve the feed (``bridge.cluster.feeds``) with the same ids and data.
+
 ``stream_events`` writes one viewer's stream; the admin API's route checks the viewer's
-token for the feed first and then hands the request to it.
+token for the feed first and then hands the request to it. ``serve_frames`` writes a stream
+from any ``FrameSource``: a local viewer, or a reader of another instance's feed.
 """
 
 from __future__ import annotations
@@ -29,9 +33,9 @@ import hmac
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 import structlog
 from aiohttp import web
@@ -62,6 +66,52 @@ class Frame:
 
     def encode(self) -> bytes:
         return b"id: %d\nevent: %s\ndata: %s\n\n" % (self.id, self.kind.value.encode(), self.data)
+
+
+class FrameSource(Protocol):
+    """Where one viewer's frames come from."""
+
+    @property
+    def closed(self) -> bool:
+        """No more frames will come once what is buffered has been taken."""
+
+    async def take(self, within_s: float) -> list[Frame]:
+        """The next frames, waiting up to ``within_s``; [] on a quiet spell or once closed."""
+
+
+class FeedMirror(Protocol):
+    """Told of every feed's life, in order, to share it with other instances. Must not
+    block and must not raise."""
+
+    def opened(self, call_id: str, stream_uid: str) -> None:
+        """A new feed under ``call_id``: it replaces any earlier one under that key."""
+
+    def append(self, call_id: str, stream_uid: str, frame: Frame) -> None:
+        """The feed's next frame."""
+
+    def ended(self, call_id: str, stream_uid: str) -> None:
+        """The feed ended; it is kept ``live.retain_s`` for reconnecting viewers."""
+
+
+def replay(frames: Iterable[Frame]) -> list[Frame]:
+    """What a joining viewer is given of a backlog of frames in id order: every frame, but
+    partials only while they are their leg's latest word (the backlog's rule: a later
+    partial or final of the same leg, or the call's end, supersedes a partial)."""
+    kept: list[Frame] = []
+    superseded: set[str | None] = set()
+    ended = False
+    for frame in reversed(list(frames)):
+        if frame.kind is EventType.TRANSCRIPT_PARTIAL:
+            if ended or frame.leg in superseded:
+                continue
+            superseded.add(frame.leg)
+        elif frame.kind is EventType.TRANSCRIPT_FINAL:
+            superseded.add(frame.leg)
+        elif frame.kind is EventType.CALL_ENDED:
+            ended = True
+        kept.append(frame)
+    kept.reverse()
+    return kept
 
 
 class Viewer:
@@ -106,7 +156,8 @@ class Viewer:
 class LiveFeed:
     """One call's events, numbered, with a bounded backlog and the viewers watching it."""
 
-    def __init__(self, call_id: str, *, backlog_bytes: int, viewer_buffer: int) -> None:
+    def __init__(self, call_id: str, *, backlog_bytes: int, viewer_buffer: int,
+                 mirror: FeedMirror | None = None) -> None:
         self.call_id = call_id
         # Which stream this feed is: tokens are issued for it, not for the call id alone.
         self.stream_uid = uuid.uuid4().hex
@@ -119,6 +170,9 @@ class LiveFeed:
         self._backlog_size = 0
         self._partials: dict[str | None, Frame] = {}
         self._last_id = 0
+        self._mirror = mirror
+        if mirror is not None:
+            mirror.opened(call_id, self.stream_uid)
 
     @property
     def subject(self) -> str:
@@ -128,6 +182,8 @@ class LiveFeed:
     def publish(self, event: OutboundEvent) -> None:
         self._last_id += 1
         frame = Frame(self._last_id, event.type, event.leg, event.body)
+        if self._mirror is not None:
+            self._mirror.append(self.call_id, self.stream_uid, frame)
         if event.type is EventType.TRANSCRIPT_PARTIAL:
             self._partials[event.leg] = frame
         else:
@@ -161,6 +217,8 @@ class LiveFeed:
         self.viewers.discard(viewer)
 
     def end(self) -> None:
+        if not self.ended and self._mirror is not None:
+            self._mirror.ended(self.call_id, self.stream_uid)
         self.ended = True
         self._partials.clear()
         for viewer in self.viewers:
@@ -178,6 +236,7 @@ class LiveFeeds:
         self._viewer_buffer = viewer_buffer
         self._retain_s = retain_s
         self.cut_off = 0  # viewers closed for falling behind, in feeds already forgotten
+        self.mirror: FeedMirror | None = None  # cluster mode: feeds shared through Redis
 
     def get(self, call_id: str) -> LiveFeed | None:
         return self.feeds.get(call_id)
@@ -190,7 +249,7 @@ class LiveFeeds:
         call's events never join it.
         """
         feed = LiveFeed(call_id, backlog_bytes=self._backlog_bytes,
-                        viewer_buffer=self._viewer_buffer)
+                        viewer_buffer=self._viewer_buffer, mirror=self.mirror)
         retained = self.feeds.get(call_id)
         if retained is not None:
             retained.end()
@@ -275,7 +334,7 @@ class LiveTokens:
         return hmac.compare_digest(signature.encode(), expected.encode())
 
 
-def _resume_point(request: web.Request) -> int:
+def resume_point(request: web.Request) -> int:
     """Where a reconnecting viewer resumes; a value that is no event id starts from the
     backlog, as a new viewer would (EventSource resends whatever id it was given)."""
     raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id") or "0"
@@ -299,16 +358,10 @@ async def stream_events(request: web.Request, feed: LiveFeed, tokens: LiveTokens
     """
     if len(feed.viewers) >= max_viewers:
         raise web.HTTPTooManyRequests(text="too many viewers of this call\n")
-    viewer = feed.watch(_resume_point(request))
-    response = web.StreamResponse(headers={
-        "Content-Type": "text/event-stream", "Cache-Control": "no-store",
-        "X-Accel-Buffering": "no"})  # nginx would buffer the stream otherwise
+    viewer = feed.watch(resume_point(request))
     try:
-        await response.prepare(request)
-        await response.write(b"retry: %d\n\n" % SSE_RETRY_MS)
-        await _stream(response, tokens, feed.subject, viewer, keepalive_s, token_ttl_s)
-    except ConnectionError:
-        pass  # the viewer went away
+        response = await serve_frames(request, viewer, tokens, feed.subject,
+                                      keepalive_s=keepalive_s, token_ttl_s=token_ttl_s)
     finally:
         feed.leave(viewer)
     if viewer.overflowed:
@@ -316,8 +369,25 @@ async def stream_events(request: web.Request, feed: LiveFeed, tokens: LiveTokens
     return response
 
 
+async def serve_frames(request: web.Request, source: FrameSource, tokens: LiveTokens,
+                       subject: str, *, keepalive_s: float,
+                       token_ttl_s: float) -> web.StreamResponse:
+    """Write ``source``'s frames as Server-Sent Events until it closes or the viewer goes
+    away, with keepalives and fresh tokens for ``subject`` (see ``stream_events``)."""
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream", "Cache-Control": "no-store",
+        "X-Accel-Buffering": "no"})  # nginx would buffer the stream otherwise
+    try:
+        await response.prepare(request)
+        await response.write(b"retry: %d\n\n" % SSE_RETRY_MS)
+        await _stream(response, tokens, subject, source, keepalive_s, token_ttl_s)
+    except ConnectionError:
+        pass  # the viewer went away
+    return response
+
+
 async def _stream(response: web.StreamResponse, tokens: LiveTokens, subject: str,
-                  viewer: Viewer, keepalive_s: float, token_ttl_s: float) -> None:
+                  viewer: FrameSource, keepalive_s: float, token_ttl_s: float) -> None:
     refresh_at = 0.0
     while True:
         now = time.monotonic()

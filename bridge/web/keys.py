@@ -10,6 +10,8 @@ from aiohttp import web
 from bridge.admission import ConnectionGate, LiveCalls
 from bridge.calls import Call
 from bridge.cluster.calls import ClusterCalls
+from bridge.cluster.events_stream import EventStream
+from bridge.cluster.feeds import SharedFeeds
 from bridge.cluster.member import ClusterMember
 from bridge.config import Settings
 from bridge.delivery.dispatcher import DurableDispatcher
@@ -33,3 +35,5 @@ FEEDS = web.AppKey("feeds", LiveFeeds)  # present when the admin API is on
 TOKENS = web.AppKey("tokens", LiveTokens)  # likewise
 CLUSTER = web.AppKey("cluster", ClusterMember)  # present in cluster mode only
 CLUSTER_CALLS = web.AppKey("cluster_calls", ClusterCalls)  # likewise: the cluster's calls
+SHARED_FEEDS = web.AppKey("shared_feeds", SharedFeeds)  # cluster mode with an admin token
+EVENT_STREAM = web.AppKey("event_stream", EventStream)  # cluster mode with cluster.events_stream

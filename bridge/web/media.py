@@ -21,7 +21,9 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from bridge.admission import peer_key
 from bridge.calls import Call
+from bridge.cluster.events_stream import EventStreamTee
 from bridge.config import Settings
+from bridge.delivery.webhooks import EventSink
 from bridge.errors import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_MESSAGE_TOO_BIG,
@@ -46,6 +48,7 @@ from bridge.web.keys import (
     AUTH_FAILURES,
     DRAINING,
     ENGINES,
+    EVENT_STREAM,
     FEEDS,
     GATE,
     LIVE_CALLS,
@@ -123,7 +126,9 @@ async def _serve_stream(request: web.Request, dialect: str | None, endpoint: str
     reason = "disconnected"
     dispatcher = app[SINK]
     feeds = app.get(FEEDS)
-    sink = dispatcher if feeds is None else LiveTee(dispatcher, feeds)
+    stream = app.get(EVENT_STREAM)
+    delivery: EventSink = dispatcher if stream is None else EventStreamTee(dispatcher, stream)
+    sink = delivery if feeds is None else LiveTee(delivery, feeds)
     async with asyncio.TaskGroup() as tasks:
         call = Call(settings=settings, sink=sink, engines=app[ENGINES], tasks=tasks,
                     route=lambda started: dispatcher.route(request.path,

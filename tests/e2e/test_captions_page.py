@@ -9,6 +9,7 @@ The screenshot of the captions page is kept in ``test-artifacts/`` (or
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -22,9 +23,12 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from bridge.events import Track
 from tests.conftest import BridgeFactory
+from tests.e2e.test_cluster import ADMIN as CLUSTER_ADMIN
+from tests.e2e.test_cluster import _cluster_env
 from tests.support.admin import TOKEN, start_call, token_for
 from tests.support.audio import pcm_program, ulaw
 from tests.support.proxy import CuttableProxy
+from tests.support.redis_server import RedisServer
 from tests.support.speech import AGENT_LIVE, CALLER_LIVE
 
 pytestmark = pytest.mark.e2e
@@ -175,6 +179,35 @@ async def test_captions_page_reconnects_after_a_network_cut_and_misses_nothing(
         proxy.cut()
         await asyncio.to_thread(_wait, browser, "document.body.dataset.state === 'reconnecting'")
         assert "reconnecting" in await asyncio.to_thread(_status, browser)
+        proxy.refusing = False
+        await asyncio.to_thread(_wait, browser, "document.body.dataset.state === 'ended'")
+    assert (await call).close_code == 1000
+    bubbles = await asyncio.to_thread(_bubbles, browser)
+    assert sorted(b[3] for b in bubbles) == ["tone 1000 hertz", "tone 400 hertz",
+                                             "tone 700 hertz"]
+
+
+async def test_captions_page_moves_between_cluster_instances_and_misses_nothing(
+        bridge_factory: BridgeFactory, browser: webdriver.Chrome, redis_server: RedisServer,
+        tmp_path: Path) -> None:
+    holder = await bridge_factory(**_cluster_env(redis_server, tmp_path, "a"))
+    other = await bridge_factory(**_cluster_env(redis_server, tmp_path, "b"))
+    call = start_call(holder, "CA-roaming", {Track.INBOUND: ulaw(LEAD_IN + CALLER_LIVE),
+                                             Track.OUTBOUND: ulaw(LEAD_IN + AGENT_LIVE)})
+    await redis_server.command("XREAD", "BLOCK", "20000", "STREAMS",
+                               "callbridge:feed:CA-roaming", "0-0")  # the feed is shared
+    status, body = await other.http("POST", "/calls/CA-roaming/token", CLUSTER_ADMIN)
+    assert status == 200, body
+    captions = json.loads(body)["captions_url"]
+    # A load balancer sends the page to the instance without the call, then, after a cut,
+    # its reconnection to the one holding it.
+    async with CuttableProxy(other.port) as proxy:
+        await asyncio.to_thread(browser.get, f"http://127.0.0.1:{proxy.port}{captions}")
+        await asyncio.to_thread(_wait, browser, "document.querySelector('article.final')")
+        proxy.refusing = True
+        proxy.cut()
+        await asyncio.to_thread(_wait, browser, "document.body.dataset.state === 'reconnecting'")
+        proxy.target_port = holder.port
         proxy.refusing = False
         await asyncio.to_thread(_wait, browser, "document.body.dataset.state === 'ended'")
     assert (await call).close_code == 1000
