@@ -164,3 +164,43 @@ def test_the_command_line_refuses_workers_without_redis_naming_the_flag(
     # Without the flag, the variable that asked for them is named.
     assert main(["serve", "--port", "0"]) == 2
     assert "invalid setting CALLBRIDGE_SERVER_WORKERS: 3 workers" in capsys.readouterr().err
+
+
+class RecordedWrites:
+    """A stand-in for stderr that keeps each write call apart."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+def test_each_log_line_is_one_write_with_the_workers_number(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers share stderr: a line written in two parts (text, then newline) could have
+    another worker's line land between them."""
+    import json
+
+    import structlog
+
+    from bridge.observability import configure_logging
+
+    stderr = RecordedWrites()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    try:
+        configure_logging("info", "json", process_fields={"worker": 2})
+        structlog.get_logger("test").info("one line", calls=3)
+    finally:
+        structlog.reset_defaults()
+    [write] = stderr.writes
+    assert write.endswith("\n") and write.count("\n") == 1
+    line = json.loads(write)
+    assert (line["event"], line["calls"], line["worker"]) == ("one line", 3, 2)
