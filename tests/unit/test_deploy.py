@@ -30,8 +30,10 @@ def test_the_pod_waits_for_the_drain() -> None:
 
 
 def _cluster(kind: str, name: str) -> dict[str, Any]:
-    [document] = [d for d in yaml.safe_load_all(CLUSTER_MANIFEST.read_text())
-                  if d["kind"] == kind and d["metadata"]["name"] == name]
+    found: list[dict[str, Any]] = [
+        d for d in yaml.safe_load_all(CLUSTER_MANIFEST.read_text())
+        if d["kind"] == kind and d["metadata"]["name"] == name]
+    [document] = found
     return document
 
 
