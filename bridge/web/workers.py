@@ -156,8 +156,8 @@ class Supervisor:
     """The parent of ``--workers``: starts, restarts and stops the workers.
 
     ``run`` returns the exit status; it installs SIGTERM and SIGINT handlers for its
-    duration. Cancelling ``run`` leaves workers running only until they see their pipe
-    from this process close.
+    duration. Cancelling ``run`` closes each worker's pipe from the parent, so the workers
+    drain and exit by themselves; it does not wait for them.
     """
 
     def __init__(self, workers: Sequence[Worker], sockets: Sequence[socket.socket], *,

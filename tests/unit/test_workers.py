@@ -138,6 +138,17 @@ def test_port_0_is_chosen_once_and_every_worker_binds_it(
     assert all(sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) for sock in sockets)
 
 
+def test_where_so_reuseport_does_not_spread_connections_the_workers_share_one_socket(
+        monkeypatch: pytest.MonkeyPatch, sockets_to_close: list[socket.socket]) -> None:
+    import bridge.web.workers
+
+    monkeypatch.setattr(bridge.web.workers, "reuse_port_spreads", lambda: False)
+    sockets = bind_worker_sockets("127.0.0.1", 0, 3)
+    sockets_to_close += sockets
+    [shared] = sockets
+    assert shared.getsockname()[1] != 0
+
+
 def test_a_port_in_use_is_refused_even_by_a_socket_that_would_share_it(
         sockets_to_close: list[socket.socket]) -> None:
     holder = socket.socket()
