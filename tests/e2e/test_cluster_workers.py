@@ -133,6 +133,9 @@ async def test_sigterm_to_the_parent_drains_the_calls_of_both_workers(
     parent.process.send_signal(signal.SIGTERM)
     async with asyncio.timeout(40):
         assert await parent.process.wait() == 0
+    # The workers' own ready lines went to the parent: its stdout had one line in all.
+    assert parent.process.stdout is not None
+    assert await parent.process.stdout.read() == b""
     await asyncio.gather(*calls.values(), return_exceptions=True)
     for call_id in calls:
         events = receiver.of_call(call_id)
