@@ -226,9 +226,9 @@ def _run_workers(args: argparse.Namespace, settings: Settings, count: int) -> in
         print(f"callbridge: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.logging.level, settings.logging.format)
-    config = args.config or os.environ.get("CALLBRIDGE_CONFIG")
-    try:
-        supervisor = Supervisor(workers, sockets, host=settings.server.host, config=config)
+    try:  # the workers inherit the environment, CALLBRIDGE_CONFIG with it
+        supervisor = Supervisor(workers, sockets, host=settings.server.host,
+                                config=args.config)
         return asyncio.run(supervisor.run())
     finally:
         for sock in sockets:

@@ -213,3 +213,25 @@ async def test_more_than_one_worker_without_redis_is_refused_in_one_line(
                            "mode, which is off")
     assert "CALLBRIDGE_REDIS_URL" in line and "cluster.redis_url" in line
     assert _files(tmp_path, "o.db*") == []
+
+
+async def test_a_worker_that_cannot_start_stops_the_start_with_its_one_line(
+        stt: TelnyxSttEmulator, receiver: WebhookReceiver, redis_server: RedisServer,
+        tmp_path: Path) -> None:
+    env = _environment(stt, receiver, **_cluster_env(redis_server, tmp_path, "w"),
+                       CALLBRIDGE_SERVER_REQUIRE_INGRESS_AUTH="true")
+    process = await asyncio.create_subprocess_exec(
+        # A non-loopback address with open media endpoints: the first worker refuses.
+        sys.executable, "-m", "bridge", "serve", "--workers", "2", "--port", "0",
+        "--host", "0.0.0.0", env=env,  # noqa: S104 - never listens: refused before serving
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    async with asyncio.timeout(30):
+        out, err = await process.communicate()
+    assert process.returncode == 2
+    assert out == b""
+    lines = err.decode().splitlines()
+    refusals = [line for line in lines if "server.require_ingress_auth is on" in line]
+    assert len(refusals) == 1  # the second worker was never started
+    failed = [json.loads(line) for line in lines if '"worker failed to start' in line]
+    assert [(f["worker"], f["exit_code"]) for f in failed] == [(1, 2)]
