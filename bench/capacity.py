@@ -44,6 +44,10 @@ def main() -> None:
     parser.add_argument("--max-p99-ms", type=float, default=250.0)
     parser.add_argument("--final-every-s", type=float, default=5.0)
     parser.add_argument("--event-loop", choices=("auto", "asyncio", "uvloop"), default="auto")
+    parser.add_argument("--workers", type=int, default=1, help="callbridge serve --workers N")
+    parser.add_argument("--cluster", action="store_true", help="cluster mode with one process")
+    parser.add_argument("--no-pin", action="store_true", help="share the cores with the "
+                        "generator (as --workers does)")
     args = parser.parse_args()
     best = 0
     calls = args.start
@@ -51,7 +55,7 @@ def main() -> None:
         step = argparse.Namespace(
             calls=calls, seconds=args.seconds, bridge=args.bridge, chunk_ms=100,
             final_every_s=args.final_every_s, ramp_s=5.0, event_loop=args.event_loop,
-            json=False)
+            json=False, workers=args.workers, cluster=args.cluster, no_pin=args.no_pin)
         result = asyncio.run(run(step))
         ok, why = held(result, args.max_p99_ms)
         print(f"{result['legs']:5d} legs: {'held' if ok else 'FELL BEHIND'} ({why}; "
@@ -62,7 +66,8 @@ def main() -> None:
             break
         best = int(result["legs"])
         calls += args.step
-    print(f"largest load held by one {args.bridge} process: {best} legs")
+    what = f"{args.workers} workers of" if args.workers > 1 else "one"
+    print(f"largest load held by {what} {args.bridge} process: {best} legs")
 
 
 if __name__ == "__main__":

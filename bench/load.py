@@ -20,8 +20,16 @@ size; upstream lag p50/p99/max (from the sink: how far each leg's upstream bytes
 behind the audio clock after its first chunk); the bridge's event-loop lag; chunks dropped;
 calls completed; and how late the generator itself was.
 
+With ``--workers N`` the bridge is ``callbridge serve --workers N`` in cluster mode, with a
+``redis-server`` of its own (no persistence) started here; CPU and memory are then summed
+over the parent and its workers, and the metrics over the workers. Nothing is pinned to a
+core then (``--no-pin`` does the same for one process, for a like-for-like comparison): the
+workers, the generator and the sink share the machine.
+
     python bench/load.py --calls 500 --seconds 30
     python bench/load.py --calls 150 --bridge forwarder
+    python bench/load.py --calls 600 --seconds 20 --workers 2
+    python bench/load.py --calls 600 --seconds 20 --no-pin --cluster   # one process, same
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import asyncio
 import base64
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -167,20 +176,34 @@ async def read_frames(conn: Connection) -> None:
 
 # -- measuring the bridge ------------------------------------------------------------------------
 
+def family(pid: int) -> list[int]:
+    """The process and its children (the workers of ``serve --workers``)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    return [pid, *(int(c) for c in children.read_text().split())] if children.exists() \
+        else [pid]
+
+
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+    """User and system CPU of the process and its children."""
+    total = 0.0
+    for member in family(pid):
+        fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+    return total
 
 
 def rss_bytes(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+    return sum(int(Path(f"/proc/{member}/statm").read_text().split()[1]) * PAGE
+               for member in family(pid))
 
 
 def peak_rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    total = 0
+    for member in family(pid):
+        for line in Path(f"/proc/{member}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                total += int(line.split()[1]) * 1024
+    return total
 
 
 async def scrape(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
@@ -194,6 +217,21 @@ async def scrape(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
     return totals
 
 
+async def scrape_workers(base: str, workers: int) -> list[dict[str, float]]:
+    """Each worker's metrics: /readyz, then /metrics on the same kept-alive connection,
+    names the worker that answered; new connections until every worker has."""
+    found: dict[str, dict[str, float]] = {}
+    for _ in range(50 * workers):
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
+            async with session.get(f"{base}/readyz") as response:
+                instance = str(json.loads(await response.text()).get("instance", "one"))
+            if instance not in found:
+                found[instance] = await scrape(session, f"{base}/metrics")
+        if len(found) == workers:
+            break
+    return list(found.values())
+
+
 # -- the run -----------------------------------------------------------------------------------
 
 @dataclass
@@ -202,11 +240,35 @@ class Processes:
     sink: subprocess.Popen[bytes]
     bridge_port: int
     sink_port: int
+    redis: subprocess.Popen[bytes] | None = None
+
+
+def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A ``redis-server`` without persistence for the cluster's bridges; returns its URL."""
+    port = free_port()
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("no redis-server on PATH (apt-get install redis-server)")
+    redis = subprocess.Popen(  # noqa: S603 - fixed arguments
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return redis, f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            time.sleep(0.05)
+    redis.kill()
+    raise RuntimeError("redis-server did not start (apt-get install redis-server)")
 
 
 def start_processes(kind: str, calls: int, final_every_s: float, chunk_ms: int,
-                    receiver_url: str, workdir: Path, event_loop: str) -> Processes:
+                    receiver_url: str, workdir: Path, event_loop: str, workers: int = 1,
+                    cluster: bool = False, pin: bool = True) -> Processes:
     sink_port, bridge_port = free_port(), free_port()
+    redis = None
     sink = subprocess.Popen(  # noqa: S603 - our own interpreter and module, fixed arguments
         [sys.executable, "-m", "tests.support.telnyx_stt", "--sink", "--port", str(sink_port),
          "--api-key", API_KEY, "--final-every-s", str(final_every_s)],
@@ -231,7 +293,10 @@ def start_processes(kind: str, calls: int, final_every_s: float, chunk_ms: int,
             "CALLBRIDGE_SERVER_MAX_PENDING_STREAMS": str(calls + 10),
         })
         env["CALLBRIDGE_SERVER_EVENT_LOOP"] = event_loop
-        command = [sys.executable, "-m", "bridge", "serve"]
+        command = [sys.executable, "-m", "bridge", "serve", "--workers", str(workers)]
+        if cluster or workers > 1:
+            redis, env["CALLBRIDGE_REDIS_URL"] = start_redis(workdir)
+            env["CALLBRIDGE_CLUSTER_INSTANCE_ID"] = "bench"
     else:
         command = [sys.executable, str(ROOT / "bench" / "forwarder.py"), "--port",
                    str(bridge_port), "--stt-url", stt_url, "--api-key", API_KEY]
@@ -239,7 +304,7 @@ def start_processes(kind: str, calls: int, final_every_s: float, chunk_ms: int,
     bridge = subprocess.Popen(command, cwd=ROOT, env=env,  # noqa: S603 - fixed commands
                               stdout=log, stderr=log)
     cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) >= 2:
+    if len(cpus) >= 2 and pin and workers == 1:
         # The bridge gets a core of its own; the generator and the sink share the rest, so
         # they neither steal its time nor blur its figures.
         os.sched_setaffinity(bridge.pid, cpus[:1])
@@ -254,7 +319,11 @@ def start_processes(kind: str, calls: int, final_every_s: float, chunk_ms: int,
             time.sleep(0.1)
     else:
         raise RuntimeError(f"the bridge did not start; see {workdir / 'bridge.log'}")
-    return Processes(bridge, sink, bridge_port, sink_port)
+    while workers > 1 and b"ready on" not in (workdir / "bridge.log").read_bytes():
+        if time.monotonic() > deadline:  # every worker listens once the parent says ready
+            raise RuntimeError(f"the workers did not start; see {workdir / 'bridge.log'}")
+        time.sleep(0.1)
+    return Processes(bridge, sink, bridge_port, sink_port, redis)
 
 
 async def receiver() -> tuple[web.AppRunner, str]:
@@ -293,9 +362,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     runner, hook_url = await receiver()
     with tempfile.TemporaryDirectory(prefix="callbridge-load-") as tmp:
         procs = start_processes(args.bridge, args.calls, args.final_every_s, args.chunk_ms,
-                                hook_url, Path(tmp), args.event_loop)
+                                hook_url, Path(tmp), args.event_loop, args.workers,
+                                args.cluster, not args.no_pin)
         pid = procs.bridge.pid
-        metrics_url = f"http://127.0.0.1:{procs.bridge_port}/metrics"
+        base = f"http://127.0.0.1:{procs.bridge_port}"
+        metrics_url = f"{base}/metrics"
         http = aiohttp.ClientSession()
         try:
             await asyncio.sleep(1.0)
@@ -321,9 +392,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             while not all(s.done() for s in senders):
                 await asyncio.sleep(1.0)
                 rss_peak = max(rss_peak, rss_bytes(pid))
-                if args.bridge == "callbridge":
+                if args.bridge == "callbridge" and args.workers == 1:
                     loop_lags.append((await scrape(http, metrics_url)).get(
                         "callbridge_event_loop_lag_seconds", 0.0))
+                elif args.bridge == "callbridge":  # the most lagging worker's
+                    loop_lags.append(max(m.get("callbridge_event_loop_lag_seconds", 0.0)
+                                         for m in await scrape_workers(base, args.workers)))
             await asyncio.gather(*senders)
             cpu1, wall1 = cpu_seconds(pid), time.monotonic()
             helpers1 = cpu_seconds(procs.sink.pid) + time.process_time()
@@ -335,7 +409,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             after: dict[str, float] = {}
             if args.bridge == "callbridge":
                 await asyncio.sleep(1.0)
-                after = await scrape(http, metrics_url)
+                for worker in await scrape_workers(base, args.workers):
+                    for name, value in worker.items():
+                        after[name] = after.get(name, 0.0) + value
             async with http.get(f"http://127.0.0.1:{procs.sink_port}/stats") as response:
                 sink = json.loads(await response.text())
         finally:
@@ -344,13 +420,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             procs.bridge.wait(timeout=60)
             procs.sink.terminate()
             procs.sink.wait(timeout=10)
+            if procs.redis is not None:
+                procs.redis.terminate()
+                procs.redis.wait(timeout=10)
             await runner.cleanup()
     audio_s = len(script.slots) * SLOT_MS / 1000
     cpu = cpu1 - cpu0
     completed = sum(c.close_code == 1000 for c in conns)
     return {
         "bridge": args.bridge + (f" ({args.event_loop} loop)" if args.bridge == "callbridge"
-                                 else ""),
+                                 else "")
+        + (f", {args.workers} workers" if args.workers > 1 else "")
+        + (", cluster mode" if args.cluster or args.workers > 1 else "")
+        + ("" if not args.no_pin and args.workers == 1 else ", not pinned"),
         "legs": legs,
         "audio_s_per_leg": audio_s,
         "streaming_wall_s": round(wall1 - wall0, 1),
@@ -389,6 +471,12 @@ def main() -> None:
                         help="calls start spread over this many seconds")
     parser.add_argument("--event-loop", choices=("auto", "asyncio", "uvloop"), default="auto",
                         help="callbridge's server.event_loop")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="callbridge serve --workers N (cluster mode, a redis-server here)")
+    parser.add_argument("--cluster", action="store_true",
+                        help="cluster mode with one process too (a redis-server here)")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="do not give the bridge a core of its own (as with --workers)")
     parser.add_argument("--json", action="store_true", help="print one JSON line")
     args = parser.parse_args()
     result = asyncio.run(run(args))

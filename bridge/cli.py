@@ -46,6 +46,8 @@ Every setting has one, CALLBRIDGE_<SECTION>_<KEY>; the main ones:
   CALLBRIDGE_OUTBOX_PATH      the webhook outbox file (SQLite)
   CALLBRIDGE_SERVER_ADMIN_TOKEN   turns on the admin API and live captions
   CALLBRIDGE_LOGGING_LEVEL, CALLBRIDGE_LOGGING_FORMAT   info|debug..., auto|json|console
+  CALLBRIDGE_REDIS_URL        cluster mode: instances share calls, captions, delivery;
+                              --workers N (CALLBRIDGE_SERVER_WORKERS) needs it
 Older names (CALLBRIDGE_PORT, CALLBRIDGE_WEBHOOK_URLS, ...) still work, with one
 deprecation line each.
 Once it accepts calls, serve prints one line on stdout: "callbridge: ready on ...".
@@ -80,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "CALLBRIDGE_SERVER_HOST)")
     serve.add_argument("--port", type=int, help="listen port (overrides server.port, "
                        "CALLBRIDGE_SERVER_PORT); 0 picks a free one, named on the ready line")
+    serve.add_argument("--workers", type=int, metavar="N",
+                       help="serving processes on this port (overrides server.workers, "
+                       "CALLBRIDGE_SERVER_WORKERS; default 1); above 1 needs cluster mode "
+                       "(CALLBRIDGE_REDIS_URL): each is a cluster member")
+    # One worker of --workers, as its parent starts it: which one, and the inherited socket.
+    serve.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(run=run_serve)
 
     local = commands.add_parser(
@@ -158,9 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _settings_or_exit(args: argparse.Namespace) -> Settings | None:
+def _settings_or_exit(args: argparse.Namespace, *, quiet: bool = False) -> Settings | None:
+    """Settings with the command's options applied, or None after one line on stderr.
+    ``quiet``: without deprecation lines (a parent process printed them)."""
     try:
-        settings = load_settings(getattr(args, "config", None))
+        config = getattr(args, "config", None)
+        settings = load_settings(config, warn=_ignore) if quiet else load_settings(config)
         if getattr(args, "host", None):
             settings = override(settings, "server", host=args.host)
         if getattr(args, "port", None) is not None:
@@ -176,9 +188,14 @@ def _settings_or_exit(args: argparse.Namespace) -> Settings | None:
 def run_serve(args: argparse.Namespace) -> int:
     from bridge.web.serve import bind_listener
 
+    if args.listen_fd is not None:
+        return _run_worker(args)
     settings = _settings_or_exit(args)
     if settings is None:
         return 2
+    workers = args.workers if args.workers is not None else settings.server.workers
+    if workers != 1:
+        return _run_workers(args, settings, workers)
     from bridge.delivery.outbox import secure_location
 
     try:
@@ -194,8 +211,46 @@ def run_serve(args: argparse.Namespace) -> int:
         listener.close()
 
 
-def _serve_on(settings: Settings, listener: socket.socket, config: str | None) -> int:
+def _run_workers(args: argparse.Namespace, settings: Settings, count: int) -> int:
+    """``serve --workers N``: the parent of N serving processes (bridge/web/workers.py)."""
+    from bridge.delivery.outbox import secure_location
+    from bridge.web.workers import Supervisor, bind_worker_sockets, plan_workers
+
+    try:
+        workers = plan_workers(settings, count, _given_as(args.workers, "workers"))
+        for worker in workers:
+            secure_location(worker.outbox_path)
+        sockets = bind_worker_sockets(settings.server.host, settings.server.port, count,
+                                      _given_as(args.port, "port"), _given_as(args.host, "host"))
+    except ConfigError as exc:
+        print(f"callbridge: {exc}", file=sys.stderr)
+        return 2
     configure_logging(settings.logging.level, settings.logging.format)
+    try:  # the workers inherit the environment, CALLBRIDGE_CONFIG with it
+        supervisor = Supervisor(workers, sockets, host=settings.server.host,
+                                config=args.config)
+        return asyncio.run(supervisor.run())
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _run_worker(args: argparse.Namespace) -> int:
+    """One worker of ``serve --workers``, on the socket its parent passed down."""
+    settings = _settings_or_exit(args, quiet=True)
+    listener = socket.socket(fileno=args.listen_fd)
+    try:
+        if settings is None:
+            return 2
+        return _serve_on(settings, listener, args.config, worker=args.worker)
+    finally:
+        listener.close()
+
+
+def _serve_on(settings: Settings, listener: socket.socket, config: str | None,
+              worker: int | None = None) -> int:
+    configure_logging(settings.logging.level, settings.logging.format,
+                      process_fields={"worker": worker} if worker is not None else None)
     if uses_telnyx_protocol(settings) and stt_target(settings) is SttTarget.EMBEDDED:
         from bridge.stt.local import recognizer
 
@@ -242,10 +297,12 @@ def _serve_on(settings: Settings, listener: socket.socket, config: str | None) -
         return 2
     log.info("event loop", loop="uvloop" if factory else "asyncio")
     from bridge.web.serve import serve
+    from bridge.web.workers import serve_worker
 
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
-            status: int = runner.run(serve(settings, listener))
+            status: int = runner.run(serve(settings, listener) if worker is None
+                                     else serve_worker(settings, listener))
     except CallbridgeError as exc:  # the embedded recognizer refused to start, say
         print(f"callbridge: {exc}", file=sys.stderr)
         return 2

@@ -49,6 +49,8 @@ DEFAULT_STT_URL: Final = "wss://api.telnyx.com/v2/speech-to-text/transcription"
 MEDIA_DIALECTS: Final = ("twilio", "telnyx", "plivo", "signalwire", "exotel", "bandwidth",
                          "vonage", "audiofork", "jambonz", "audiohook")
 
+MAX_WORKERS: Final = 64  # serving processes per host (server.workers, serve --workers)
+
 SettingName = Callable[[str], str]
 """A section's key -> the setting's name as the user wrote it (file key or variable)."""
 
@@ -128,6 +130,7 @@ class ServerSettings:
     duplicate_call_id: str = "refuse"
     require_ingress_auth: bool = False
     dialects: tuple[str, ...] = MEDIA_DIALECTS  # the media endpoints served
+    workers: int = 1  # serving processes on one port (more than one needs cluster mode)
 
     def validate(self, name: SettingName) -> None:
         unknown = sorted(set(self.dialects) - set(MEDIA_DIALECTS))
@@ -151,6 +154,7 @@ class ServerSettings:
         _require(0 <= self.drain_s <= 3600, name("drain_s"), "must be 0-3600 (seconds)")
         _require(self.event_loop in ("auto", "asyncio", "uvloop"), name("event_loop"),
                  "must be auto, asyncio or uvloop")
+        _require(1 <= self.workers <= MAX_WORKERS, name("workers"), f"must be 1-{MAX_WORKERS}")
         if self.admin_token:
             _require(len(self.admin_token.reveal()) >= 16, name("admin_token"),
                      "must be at least 16 characters")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Mapping
 from typing import Final
 
 import structlog
@@ -18,15 +19,29 @@ LEVELS: Final = {"debug": logging.DEBUG, "info": logging.INFO,
                  "warning": logging.WARNING, "error": logging.ERROR}
 
 
-def configure_logging(level: str = "info", fmt: str = "auto") -> None:
-    """Set up structlog for the whole process. ``fmt``: auto, json or console."""
+def configure_logging(level: str = "info", fmt: str = "auto", *,
+                      process_fields: Mapping[str, object] | None = None) -> None:
+    """Set up structlog for the whole process. ``fmt``: auto, json or console.
+
+    ``process_fields`` go on every line of this process (``worker``: which of the processes
+    of ``serve --workers`` wrote it, as they share one stderr).
+    """
     console = sys.stderr.isatty() if fmt == "auto" else fmt == "console"
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer(colors=True) if console
         else structlog.processors.JSONRenderer())
+    constant = dict(process_fields or {})
+
+    def add_process_fields(logger: object, name: str, event: structlog.typing.EventDict
+                           ) -> structlog.typing.EventDict:
+        for key, value in constant.items():
+            event.setdefault(key, value)
+        return event
+
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            *([add_process_fields] if constant else []),
             bound_fields,
             structlog.processors.add_log_level,
             # A terminal reads better with the time of day only; JSON keeps the full UTC time.
@@ -36,7 +51,9 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        # One write per line (print makes two: the text, then the newline), so lines from
+        # the processes of `serve --workers`, which share stderr, never run into each other.
+        logger_factory=structlog.WriteLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
     root = logging.getLogger()

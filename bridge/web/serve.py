@@ -84,20 +84,24 @@ async def serve(settings: Settings, listener: socket.socket | None = None) -> in
     return 0
 
 
-def ready_line(host: str, port: int) -> str:
-    """The one line ``serve`` prints on stdout once it accepts calls."""
+def ready_line(host: str, port: int, workers: int = 1) -> str:
+    """The one line ``serve`` prints on stdout once it accepts calls (once every worker
+    does, with ``--workers``)."""
     shown = f"[{host}]" if ":" in host else host
-    return (f"callbridge: ready on http://{shown}:{port} "
+    processes = f" with {workers} workers" if workers > 1 else ""
+    return (f"callbridge: ready on http://{shown}:{port}{processes} "
             f"(media at ws://{shown}:{port}/streams/<provider>; Ctrl-C or SIGTERM stops)")
 
 
 def bind_listener(host: str, port: int, setting: str = "server.port",
-                  host_setting: str = "server.host") -> socket.socket:
+                  host_setting: str = "server.host", *,
+                  reuse_port: bool = False) -> socket.socket:
     """A TCP socket bound to ``host``:``port``, not yet listening, for ``serve``.
 
     Binding first, before anything starts, lets a port in use fail at once in one line:
     raises ``ConfigError`` naming ``setting`` (how the user gave the port), or
-    ``host_setting`` for a host that does not resolve.
+    ``host_setting`` for a host that does not resolve. ``reuse_port``: SO_REUSEPORT, so
+    that several sockets of this user share the port (``--workers``).
     """
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
@@ -107,6 +111,8 @@ def bind_listener(host: str, port: int, setting: str = "server.port",
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp's own sites
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
     except OSError as exc:
         sock.close()
