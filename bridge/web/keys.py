@@ -15,6 +15,7 @@ from bridge.delivery.dispatcher import DurableDispatcher
 from bridge.ingress.auth import NonceCache
 from bridge.metrics import Metrics
 from bridge.stt.engines import Engines
+from bridge.stt.slots import EngineLimits
 from bridge.web.feed import LiveFeeds, LiveTokens
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -31,3 +32,5 @@ DRAINING = web.AppKey("draining", bool)
 FEEDS = web.AppKey("feeds", LiveFeeds)  # present when the admin API is on
 TOKENS = web.AppKey("tokens", LiveTokens)  # likewise
 CLUSTER = web.AppKey("cluster", ClusterMember)  # present in cluster mode only
+# The engines' max_streams: counted here, or across the cluster in cluster mode.
+ENGINE_SLOTS = web.AppKey[EngineLimits]("engine_slots")

@@ -45,6 +45,7 @@ from bridge.web.feed import LiveTee
 from bridge.web.keys import (
     AUTH_FAILURES,
     DRAINING,
+    ENGINE_SLOTS,
     ENGINES,
     FEEDS,
     GATE,
@@ -128,7 +129,8 @@ async def _serve_stream(request: web.Request, dialect: str | None, endpoint: str
         call = Call(settings=settings, sink=sink, engines=app[ENGINES], tasks=tasks,
                     route=lambda started: dispatcher.route(request.path,
                                                            started.custom_parameters),
-                    path=request.path, metrics=app[METRICS], registry=app[LIVE_CALLS])
+                    path=request.path, metrics=app[METRICS], registry=app[LIVE_CALLS],
+                    slots=app[ENGINE_SLOTS])
         call.media_socket = ws
         try:
             async with asyncio.timeout(settings.server.start_timeout_s) as deadline:
