@@ -41,6 +41,7 @@ from bridge.stt.reconnect import (
     classify,
     reconnect_delays,
 )
+from bridge.stt.slots import LocalEngineSlots
 
 log = structlog.get_logger("bridge.legs")
 
@@ -117,7 +118,7 @@ class UpstreamHooks:
     # Transcription of the leg failed for good, or (EngineAtCapacity, once per leg) it waits
     # for a slot of a full engine and starts when one frees.
     on_error: Callable[[UpstreamError], None]
-    slots: EngineSlots | None = None  # None: no limits
+    slots: EngineSlots | None = None  # None: no limits of ours (the service's 429 still is)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +147,11 @@ class Upstream:
         self.failed_over = False
         self.capacity_waits = 0  # times the leg found every engine it may use full
         self.ended_waiting = False  # the audio ended while the leg waited for a slot
+        # Without limits of ours, slots are still taken (and never refused): a service that
+        # answers 429 makes the leg wait with the same backoff.
+        self._slots: EngineSlots = hooks.slots or LocalEngineSlots({})
         self._slot: EngineSlot | None = None
+        self._waiting_since: float | None = None  # since the leg found its engines full
         self._full_engine: str | None = None  # the service itself said 429 to this one
         self._capacity_delays: Iterator[float] | None = None
         self._capacity_reported = False
@@ -278,21 +283,20 @@ class Upstream:
         once); otherwise the leg discards its audio and tries again with backoff until a
         slot frees or the audio ends. ``on_error`` hears of the first wait only.
         """
-        slots = self._hooks.slots
-        if slots is None or self._slot is not None:
+        if self._slot is not None:
             return True
         if self._capacity_delays is None:
             self._capacity_delays = capacity_delays()
         skip, self._full_engine = self._full_engine, None
         loop = asyncio.get_running_loop()
-        first_round, since = True, loop.time()
+        first_round = True
         while True:
             candidates = [self.engine_name]
             secondary = self._hooks.secondary
             if secondary is not None and not self.failed_over and secondary != self.engine_name:
                 candidates.append(secondary)
             for name in candidates:
-                slot = None if name == skip else await slots.acquire(name)
+                slot = None if name == skip else await self._slots.acquire(name)
                 if slot is None:
                     if first_round:
                         self._metrics.engine_full.labels(name).inc()
@@ -303,19 +307,20 @@ class Upstream:
                 if self.state is UpstreamState.WAITING:
                     self._step(Step.SLOT_TAKEN)
                     self.audio.keep()
-                    log.info("an engine slot is free: the leg transcribes again", leg=self._leg,
-                             engine=name, waited_s=round(loop.time() - since, 1))
                 return True
             skip, first_round = None, False
             if self.state is not UpstreamState.WAITING:
                 self._step(Step.NO_SLOT)
                 self.audio.discard()
                 self.capacity_waits += 1
-                log.warning("every engine this leg may use is at its concurrency limit; the "
-                            "leg waits for a slot, its audio untranscribed meanwhile",
-                            leg=self._leg, engines=candidates)
+                if self._waiting_since is None:
+                    self._waiting_since = loop.time()
                 if not self._capacity_reported:
+                    # Once per leg: a service that keeps answering 429 is one story.
                     self._capacity_reported = True
+                    log.warning("every engine this leg may use is at its concurrency limit; "
+                                "the leg waits for a slot, its audio untranscribed meanwhile",
+                                leg=self._leg, engines=candidates)
                     self._hooks.on_error(EngineAtCapacity(
                         f"{' and '.join(candidates)} at the concurrency limit; transcription "
                         "starts when a session frees"))
@@ -369,6 +374,11 @@ class Upstream:
         self._heard_at_bytes = 0
         await self.engine.open()
         self._capacity_delays = None  # the engine took us: its next refusal starts over
+        if self._waiting_since is not None:
+            log.info("a session of a full engine freed up: the leg transcribes from here",
+                     leg=self._leg, engine=self.engine_name,
+                     waited_s=round(loop.time() - self._waiting_since, 1))
+            self._waiting_since = None
         self._count("opened")
         self._step(Step.OPENED)
         # The new session's audio starts where the replayed audio starts.

@@ -156,3 +156,23 @@ async def test_a_reconnect_keeps_the_legs_slot_and_a_failover_gives_it_back() ->
         call.handle(StreamStopped())
         await call.end("stopped")
     assert slots.in_use() == {"telnyx": 0, "deepgram": 0}
+
+
+async def test_a_service_at_capacity_makes_the_leg_wait_with_backoff_even_without_our_limits(
+        ) -> None:
+    script = EngineScript(utterance_ms=300, full_for_opens=2)
+    sink = WaitingSink()
+    async with asyncio.TaskGroup() as tasks:
+        call = Call(settings=SETTINGS, sink=sink, engines=FakeEngines({"telnyx": script}),
+                    tasks=tasks)  # no slots given: no limits of ours
+        call.handle(started("CA-429"))
+        transcribing = tasks.create_task(sink.wait_for("transcript.final", 1))
+        await feed_in_real_time_until(call, transcribing, first_ts=0)
+        call.handle(StreamStopped())
+        await call.end("stopped")
+    [error] = data(sink, "transcription.error")
+    assert error["error"]["code"] == "engine_capacity" and error["error"]["status"] is None
+    assert script.opens == 3  # two refusals, each followed by a wait, then the session
+    leg = leg_summary(sink)
+    assert leg["engine_capacity_waits"] == 2 and leg["upstream"] == "ok"
+    assert leg["reconnects"] == 0 and leg["bytes_untranscribed"] > 0
