@@ -10,8 +10,8 @@ leg gives it back; an instance that dies stops renewing, and its leases expire w
 ``takeover_s``.
 
 Redis away: the leg is not held up. Each instance then allows itself a share of each limit
-(the limit divided by the members alive when Redis last answered, at least one) counted in
-this process; the failure is told to the member (one log line for the outage). When Redis is
+(the limit divided by the members alive when Redis last answered, at least one; the whole
+limit if Redis never answered since the start) counted in this process; the failure is told to the member (one log line for the outage). When Redis is
 back, the next renewal writes every lease held here, including those taken meanwhile, so
 the cluster's count is whole again (it may exceed the limit until legs end; the service's
 own refusal, HTTP 429, is the last guard).
