@@ -11,10 +11,11 @@ leg gives it back; an instance that dies stops renewing, and its leases expire w
 
 Redis away: the leg is not held up. Each instance then allows itself a share of each limit
 (the limit divided by the members alive when Redis last answered, at least one; the whole
-limit if Redis never answered since the start) counted in this process; the failure is told to the member (one log line for the outage). When Redis is
-back, the next renewal writes every lease held here, including those taken meanwhile, so
-the cluster's count is whole again (it may exceed the limit until legs end; the service's
-own refusal, HTTP 429, is the last guard).
+limit if Redis never answered since the start) counted in this process; the failure is told
+to the member (one log line for the outage). When Redis is back, the next renewal writes
+every lease held here, including those taken meanwhile, so the cluster's count is whole
+again (it may exceed the limit until legs end; the service's own refusal, HTTP 429, is the
+last guard).
 """
 
 from __future__ import annotations
@@ -100,7 +101,8 @@ class ClusterEngineSlots:
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> ClusterEngineSlots:
-        self._task = asyncio.create_task(self._renew_forever(), name="engine slots")
+        if self.limits:  # without limits, nothing of this goes to Redis
+            self._task = asyncio.create_task(self._renew_forever(), name="engine slots")
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -108,6 +110,8 @@ class ClusterEngineSlots:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if not self.limits:
+            return
         for engine in self.limits:
             for lease in self.local.leases(engine):
                 self._given_back.setdefault(engine, []).append(lease)
