@@ -28,7 +28,7 @@ from typing import Any, Final
 
 import structlog
 
-from bridge.cluster.connection import REDIS_ERRORS
+from bridge.cluster.connection import REDIS_ERRORS, check_cancelled
 from bridge.cluster.member import ClusterMember
 from bridge.stt.slots import LocalEngineSlots, LocalSlot, new_lease
 
@@ -134,8 +134,10 @@ class ClusterEngineSlots:
                                               args=[limit, self._member_name(lease),
                                                     self._lease_ms])
         except REDIS_ERRORS as exc:
+            check_cancelled()
             self._member.trouble("engine slots", exc)
             return self.local.take(engine, limit=local_share(limit, self.members_alive))
+        check_cancelled()  # a leg cancelled meanwhile must stop (its lease expires unrenewed)
         self._member.recovered()
         self.cluster_in_use[engine] = int(used)
         if not int(taken):
@@ -182,6 +184,7 @@ class ClusterEngineSlots:
                 self._member.recovered()
             except REDIS_ERRORS as exc:
                 self._member.trouble("engine slots", exc)
+            check_cancelled()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._heartbeat_s):
                     await self._wake.wait()

@@ -3,10 +3,13 @@ Redis is away, the backoff of a leg waiting for a slot, and the leg's states. Pu
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 
 import pytest
 
+from bridge.cluster.connection import check_cancelled
 from bridge.cluster.engine_slots import local_share
 from bridge.config import AssemblyAISettings, DeepgramSettings, Settings, SttSettings
 from bridge.legs.upstream import TRANSITIONS, Step, UpstreamState
@@ -82,3 +85,21 @@ def test_a_leg_waits_for_a_slot_only_before_a_session_and_ends_if_its_audio_does
     assert TRANSITIONS[(UpstreamState.WAITING, Step.CLOSED)] is UpstreamState.DONE
     assert (UpstreamState.STREAMING, Step.NO_SLOT) not in TRANSITIONS
     assert (UpstreamState.WAITING, Step.OPENED) not in TRANSITIONS
+
+
+async def test_a_cancellation_a_redis_call_swallowed_is_raised_again() -> None:
+    async def swallowing_then_checking(started: asyncio.Event) -> str:
+        started.set()
+        # What a lost race inside the client amounts to: the cancellation is dropped.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(10)
+        check_cancelled()
+        return "went on"
+
+    started = asyncio.Event()
+    task = asyncio.create_task(swallowing_then_checking(started))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    check_cancelled()  # a task nobody cancelled goes on
