@@ -46,7 +46,7 @@ from bridge.events import (
 )
 from bridge.legs.leg import Leg
 from bridge.legs.transcripts import LegTranscripts
-from bridge.legs.upstream import UpstreamHooks
+from bridge.legs.upstream import EngineSlots, UpstreamHooks
 from bridge.metrics import Metrics
 from bridge.stt.base import EngineSession
 
@@ -93,7 +93,8 @@ class Call:
                  tasks: asyncio.TaskGroup,
                  route: Callable[[StreamStarted], tuple[str, ...]] = lambda _: (),
                  path: str = "", metrics: Metrics | None = None,
-                 registry: LiveCalls[Call] | None = None) -> None:
+                 registry: LiveCalls[Call] | None = None,
+                 slots: EngineSlots | None = None) -> None:
         self.settings = settings
         self.policy = policy_for(settings.compliance)
         self._sink = sink
@@ -106,6 +107,8 @@ class Call:
         self.paused = False
         self.targets: tuple[str, ...] = ()
         self._engines = engines
+        # The engines' concurrency limits, shared by every call of the process (None: none).
+        self._slots = slots
         self._tasks = tasks
         self.state = CallState.CONNECTED
         self.started: StreamStarted | None = None
@@ -258,7 +261,7 @@ class Call:
         hooks = UpstreamHooks(open_engine=self.open_engine,
                               max_session_s=self._engines.max_session_s,
                               secondary=self._engines.secondary, on_result=transcripts.result,
-                              on_failover=on_failover, on_error=on_error)
+                              on_failover=on_failover, on_error=on_error, slots=self._slots)
         leg = Leg(track, settings=self.settings, encoding=started.encoding,
                   sample_rate=started.sample_rate, engine_name=self.engine_name, hooks=hooks,
                   transcripts=transcripts, metrics=self.metrics, policy=self.policy)

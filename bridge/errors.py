@@ -13,6 +13,7 @@
     ├── UpstreamError           the speech-to-text service failed a leg
     │   ├── UpstreamRefused         bad key or bad parameters: fatal for that leg, never retried
     │   └── UpstreamUnavailable     connect failure, timeout or dropped socket: may be retried
+    │       └── EngineAtCapacity        no room for another session (our limit, or HTTP 429)
     ├── DeliveryError           a webhook attempt failed (carries ``status`` when there was one)
     ├── ClusterError            an admin action for a call another instance holds went wrong
     │   ├── ClusterMessageInvalid   a message on a cluster channel is not a valid command or reply
@@ -39,6 +40,8 @@ CLOSE_MESSAGE_TOO_BIG = 1009
 CLOSE_INTERNAL_ERROR = 1011
 CLOSE_TRY_AGAIN_LATER = 1013  # RFC 6455's registry: the server is overloaded
 NORMAL_CLOSES = frozenset({CLOSE_NORMAL, CLOSE_GOING_AWAY})  # an end, not a failure
+# error.code of transcription.error and transcription.failover when an engine is full.
+ENGINE_CAPACITY = "engine_capacity"
 
 
 class CallbridgeError(Exception):
@@ -152,6 +155,15 @@ class UpstreamRefused(UpstreamError):
 
 class UpstreamUnavailable(UpstreamError):
     """The service could not be reached or dropped the session: a later attempt may succeed."""
+
+
+class EngineAtCapacity(UpstreamUnavailable):
+    """An engine has no room for another session: its ``max_streams`` are all in use (in this
+    process, or across the cluster), or the service itself refused the handshake with HTTP 429.
+    The leg waits for a slot (or takes the secondary engine); ``code`` is ``engine_capacity``."""
+
+    def __init__(self, reason: str, *, status: int | None = None) -> None:
+        super().__init__(reason, code=ENGINE_CAPACITY, status=status)
 
 
 class DeliveryError(CallbridgeError):

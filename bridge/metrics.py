@@ -40,6 +40,10 @@ class Metrics:
                                       "a slow upstream", ["dialect"], registry=r)
         self.upstream = Counter("callbridge_upstream_sessions", "Upstream session events",
                                 ["engine", "event"], registry=r)
+        self.engine_full = Counter("callbridge_engine_capacity_refusals", "Times a leg found "
+                                   "an engine full (its max_streams in use, or the service "
+                                   "answering 429) and took the secondary or waited; once per "
+                                   "wait, not per retry", ["engine"], registry=r)
         self.latency = Histogram("callbridge_upstream_latency_seconds", "From the end of an "
                                  "utterance's audio being sent to its final", ["engine"],
                                  buckets=LATENCY_BUCKETS, registry=r)

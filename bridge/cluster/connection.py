@@ -8,6 +8,7 @@ credentials and database. Every key starts with ``cluster.key_prefix``.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
@@ -64,6 +65,16 @@ def connect(settings: ClusterSettings, *, blocking: bool = False) -> redis.Redis
                         socket_timeout=CONNECT_TIMEOUT_S)
     client: redis.Redis = sentinel.master_for(settings.sentinel_primary, **options)
     return client
+
+
+def check_cancelled() -> None:
+    """Raise ``CancelledError`` if this task was cancelled during a Redis call that returned
+    anyway: on Python 3.11 redis-py writes through ``asyncio.wait_for``, which drops a
+    cancellation that lands as the write completes (fixed in 3.12). A loop around Redis
+    calls checks after each, or it would never stop."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def text(raw: Any) -> str:

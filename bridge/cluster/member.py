@@ -22,7 +22,14 @@ import orjson
 import redis.asyncio as redis
 import structlog
 
-from bridge.cluster.connection import REDIS_ERRORS, Keys, connect, text, where
+from bridge.cluster.connection import (
+    REDIS_ERRORS,
+    Keys,
+    check_cancelled,
+    connect,
+    text,
+    where,
+)
 from bridge.config import ClusterSettings
 
 log = structlog.get_logger("bridge.cluster")
@@ -110,6 +117,7 @@ class ClusterMember:
                 self.recovered()
             except REDIS_ERRORS as exc:
                 self.trouble("heartbeat", exc)
+            check_cancelled()
             self._first.set()
             await asyncio.sleep(self.settings.heartbeat_s)
 

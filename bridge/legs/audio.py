@@ -70,7 +70,8 @@ class AudioCounters:
     """What a leg's summary reports about its audio beyond the reframer's own stats."""
 
     chunks_dropped: int = 0  # oldest chunks dropped for a slow upstream
-    bytes_discarded: int = 0  # after a fatal upstream failure: never transcribed
+    # after a fatal upstream failure, or while waiting for an engine's slot: never transcribed
+    bytes_discarded: int = 0
     bytes_paused: int = 0  # withheld while paused
     sent_bytes: int = 0  # sent upstream once (replays not counted)
 
@@ -89,7 +90,7 @@ class LegAudio:
         self.paused = False
         self.pauses: list[list[int | None]] = []  # [start_ms, end_ms] on the leg's clock
         self.ended = False
-        self.discarding = False  # the leg's transcription failed for good
+        self.discarding = False  # transcription failed for good, or waits for a slot
         self._buffer: deque[Chunk] = deque()
         self._buffered = 0
         self._max_buffered = max_buffer_ms * self.bytes_per_ms
@@ -127,12 +128,17 @@ class LegAudio:
         return True
 
     def discard(self) -> None:
-        """The leg's transcription failed for good: what waits, and all that follows, is
-        counted as untranscribed and dropped."""
+        """The leg's transcription failed for good (or waits for an engine's slot): what
+        waits, and all that follows until ``keep``, is counted as untranscribed and dropped."""
         self.discarding = True
         self.counters.bytes_discarded += self._buffered
         self._buffer.clear()
         self._buffered = 0
+
+    def keep(self) -> None:
+        """Audio from now on goes to the engine again (a leg that waited for an engine's
+        slot got one); what was discarded stays counted."""
+        self.discarding = False
 
     def _enqueue(self, chunk: Chunk) -> bool:
         counters = self.counters

@@ -103,7 +103,9 @@ class Leg:
             "bytes_untranscribed": audio.counters.bytes_discarded,
             "transcripts": self.transcripts.sequence,
             "partials": self.transcripts.partials,
-            "upstream": "failed" if upstream.state is UpstreamState.FAILED else "ok",
+            "upstream": ("failed" if upstream.state is UpstreamState.FAILED
+                         else "engine_capacity" if upstream.ended_waiting else "ok"),
+            "engine_capacity_waits": upstream.capacity_waits,
             "reconnects": upstream.reconnects,
             "engine": upstream.engine_name,
             "failed_over": upstream.failed_over,

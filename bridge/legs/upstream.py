@@ -2,8 +2,15 @@
 
 ``Upstream`` runs a leg's sessions one after another against ``bridge/stt/<engine>.py``. It is
 given the leg's audio (``LegAudio``), a way to open an engine session by name, the engine to
-fail over to, metrics, and callbacks for what it produces (results placed on the leg's
-clock, a failover, a fatal error). It never sees the call.
+fail over to, where to ask for room within the engines' concurrency limits (``EngineSlots``),
+metrics, and callbacks for what it produces (results placed on the leg's clock, a failover, a
+fatal error or a wait for a slot). It never sees the call.
+
+Engine limits: a leg holds one slot of its engine from its first session to its end, across
+reconnects and roll-overs; failing over gives the slot back and takes one of the secondary.
+A full engine (every slot in use, or the service answering HTTP 429) sends the leg to the
+secondary if that one has room; otherwise the leg waits, its audio discarded, and tries again
+with backoff (``bridge.stt.reconnect.capacity_delays``) for as long as the call lasts.
 
 Its states and their legal steps are one table, ``TRANSITIONS``; ``_step`` is the only place
 that changes the state. Reconnecting follows the pure policy of ``bridge.stt.reconnect``.
@@ -12,14 +19,15 @@ that changes the state. Reconnecting follows the pure policy of ``bridge.stt.rec
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 import structlog
 
-from bridge.errors import UpstreamError, UpstreamRefused, UpstreamUnavailable
+from bridge.errors import EngineAtCapacity, UpstreamError, UpstreamRefused, UpstreamUnavailable
 from bridge.events import TranscriptResult
 from bridge.legs.audio import LegAudio
 from bridge.metrics import Metrics
@@ -29,9 +37,11 @@ from bridge.stt.reconnect import (
     QUICK_FAILURES,
     QUICK_S,
     Decision,
+    capacity_delays,
     classify,
     reconnect_delays,
 )
+from bridge.stt.slots import LocalEngineSlots
 
 log = structlog.get_logger("bridge.legs")
 
@@ -42,6 +52,7 @@ class UpstreamState(enum.Enum):
     FINISHING = "finishing"  # end of audio sent; waiting for the last finals
     DONE = "done"
     FAILED = "failed"  # refused or lost for good: audio is discarded, the call goes on
+    WAITING = "waiting"  # every engine the leg may use is full: audio is discarded meanwhile
 
 
 class Step(enum.Enum):
@@ -50,6 +61,8 @@ class Step(enum.Enum):
     DROPPED = "dropped"  # the session ended early: reconnect, fail over or roll over
     CLOSED = "closed"  # the last session ended after the end of audio
     FAILED = "failed"
+    NO_SLOT = "no_slot"  # no engine the leg may use has room
+    SLOT_TAKEN = "slot_taken"  # a slot freed up while waiting
 
 
 _S = UpstreamState
@@ -57,6 +70,9 @@ TRANSITIONS: Final[Mapping[tuple[UpstreamState, Step], UpstreamState]] = {
     (_S.OPENING, Step.OPENED): _S.STREAMING,
     (_S.OPENING, Step.DROPPED): _S.OPENING,  # the open failed: another try
     (_S.OPENING, Step.FAILED): _S.FAILED,
+    (_S.OPENING, Step.NO_SLOT): _S.WAITING,
+    (_S.WAITING, Step.SLOT_TAKEN): _S.OPENING,
+    (_S.WAITING, Step.CLOSED): _S.DONE,  # the audio ended while no slot was free
     (_S.STREAMING, Step.AUDIO_ENDED): _S.FINISHING,
     (_S.STREAMING, Step.DROPPED): _S.OPENING,
     (_S.STREAMING, Step.FAILED): _S.FAILED,
@@ -69,6 +85,27 @@ class IllegalStep(AssertionError):
     """A step the table does not allow: a bug in this module, never the peer's doing."""
 
 
+class EngineSlot(Protocol):
+    """A leg's place within one engine's concurrency limit, held while its sessions run."""
+
+    @property
+    def engine(self) -> str:
+        """The engine this slot belongs to."""
+
+    def release(self) -> None:
+        """Give the place back. Idempotent; never waits (stores are told in the background
+        of their owner, not here)."""
+
+
+class EngineSlots(Protocol):
+    """Where legs ask for room within the engines' ``max_streams``: counted in this process
+    (``bridge.stt.slots``) or across a cluster (``bridge.cluster.engine_slots``)."""
+
+    async def acquire(self, engine: str) -> EngineSlot | None:
+        """A slot of ``engine``, or None when every one is in use. Never raises: a store
+        that cannot be reached is its implementation's to work around."""
+
+
 @dataclass(frozen=True, slots=True)
 class UpstreamHooks:
     """What a leg's upstream is given by its owner."""
@@ -78,7 +115,10 @@ class UpstreamHooks:
     secondary: str | None  # the engine to fail over to, once
     on_result: Callable[[TranscriptResult], None]  # placed on the leg's clock
     on_failover: Callable[[str, str, UpstreamError], None]  # from, to, why
-    on_error: Callable[[UpstreamError], None]  # transcription of the leg failed for good
+    # Transcription of the leg failed for good, or (EngineAtCapacity, once per leg) it waits
+    # for a slot of a full engine and starts when one frees.
+    on_error: Callable[[UpstreamError], None]
+    slots: EngineSlots | None = None  # None: no limits of ours (the service's 429 still is)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +145,16 @@ class Upstream:
         self.reconnects = 0
         self.rolls = 0
         self.failed_over = False
+        self.capacity_waits = 0  # times the leg found every engine it may use full
+        self.ended_waiting = False  # the audio ended while the leg waited for a slot
+        # Without limits of ours, slots are still taken (and never refused): a service that
+        # answers 429 makes the leg wait with the same backoff.
+        self._slots: EngineSlots = hooks.slots or LocalEngineSlots({})
+        self._slot: EngineSlot | None = None
+        self._waiting_since: float | None = None  # since the leg found its engines full
+        self._full_engine: str | None = None  # the service itself said 429 to this one
+        self._capacity_delays: Iterator[float] | None = None
+        self._capacity_reported = False
         self._wake = asyncio.Event()
         self._roll = False
         self._results_this_session = 0
@@ -134,13 +184,21 @@ class Upstream:
         since the last final again (from a buffer of at most ``stt.replay_ms``); results are
         shifted onto the leg's clock, and finals ending before the last one delivered are
         dropped. Fatal failures end the leg's transcription (``on_error`` and one log line)
-        but never the call. Cancelling leaves the upstream socket closed and the buffered
-        audio unsent.
+        but never the call. Engine limits: see the module docstring. Cancelling leaves the
+        upstream socket closed, the buffered audio unsent and the engine's slot released.
         """
+        try:
+            await self._run()
+        finally:
+            self._release_slot()
+
+    async def _run(self) -> None:
         delays = reconnect_delays()
         quick_failures = failures_in_row = 0
         loop = asyncio.get_running_loop()
         while True:
+            if not await self._take_slot():
+                return
             opened_at = loop.time()
             error: UpstreamError | None = None
             rolled = False
@@ -171,6 +229,15 @@ class Upstream:
             if productive:
                 delays = reconnect_delays()  # it worked for a while: start the backoff over
             finishing = self.state is UpstreamState.FINISHING
+            if isinstance(error, EngineAtCapacity) and not finishing:
+                # The service is full whatever our count says (others share the account):
+                # the slot goes back, and the leg waits or takes the secondary.
+                self._step(Step.DROPPED)
+                self._release_slot()
+                self._full_engine = self.engine_name
+                self.engine = self._hooks.open_engine(self.engine_name)
+                quick_failures = failures_in_row = 0
+                continue
             if (classify(error) is Decision.FATAL or finishing
                     or quick_failures >= QUICK_FAILURES or failures_in_row > MAX_RECONNECTS):
                 if not finishing and self._fail_over(error):
@@ -198,6 +265,7 @@ class Upstream:
         if secondary is None or self.failed_over or secondary == self.engine_name:
             return False
         self._step(Step.DROPPED)
+        self._release_slot()  # the primary's; the secondary's is taken before it opens
         self.failed_over = True
         self._count("failed_over")
         previous, self.engine_name = self.engine_name, secondary
@@ -206,6 +274,85 @@ class Upstream:
         self._hooks.on_failover(previous, secondary, error)
         self.engine = self._hooks.open_engine(secondary)
         return True
+
+    async def _take_slot(self) -> bool:
+        """Hold a slot of the leg's engine before a session opens (a held one is kept);
+        False when the audio ended while no engine had room.
+
+        A full engine sends the leg to the secondary when that one has room (a failover,
+        once); otherwise the leg discards its audio and tries again with backoff until a
+        slot frees or the audio ends. ``on_error`` hears of the first wait only.
+        """
+        if self._slot is not None:
+            return True
+        if self._capacity_delays is None:
+            self._capacity_delays = capacity_delays()
+        skip, self._full_engine = self._full_engine, None
+        loop = asyncio.get_running_loop()
+        first_round = True
+        while True:
+            candidates = [self.engine_name]
+            secondary = self._hooks.secondary
+            if secondary is not None and not self.failed_over and secondary != self.engine_name:
+                candidates.append(secondary)
+            for name in candidates:
+                slot = None if name == skip else await self._slots.acquire(name)
+                if slot is None:
+                    if first_round:
+                        self._metrics.engine_full.labels(name).inc()
+                    continue
+                self._slot = slot
+                if name != self.engine_name:
+                    self._switch_for_capacity(name)
+                if self.state is UpstreamState.WAITING:
+                    self._step(Step.SLOT_TAKEN)
+                    self.audio.keep()
+                return True
+            skip, first_round = None, False
+            if self.state is not UpstreamState.WAITING:
+                self._step(Step.NO_SLOT)
+                self.audio.discard()
+                self.capacity_waits += 1
+                if self._waiting_since is None:
+                    self._waiting_since = loop.time()
+                if not self._capacity_reported:
+                    # Once per leg: a service that keeps answering 429 is one story.
+                    self._capacity_reported = True
+                    log.warning("every engine this leg may use is at its concurrency limit; "
+                                "the leg waits for a slot, its audio untranscribed meanwhile",
+                                leg=self._leg, engines=candidates)
+                    self._hooks.on_error(EngineAtCapacity(
+                        f"{' and '.join(candidates)} at the concurrency limit; transcription "
+                        "starts when a session frees"))
+            if await self._audio_ends_within(next(self._capacity_delays)):
+                self._step(Step.CLOSED)
+                self.ended_waiting = True
+                return False
+
+    def _switch_for_capacity(self, secondary: str) -> None:
+        """The primary is full and the secondary has room: the leg moves there, for good."""
+        previous, self.engine_name = self.engine_name, secondary
+        self.failed_over = True
+        self._count("failed_over")
+        log.warning("speech-to-text engine at its concurrency limit; the leg takes the "
+                    "secondary engine", leg=self._leg, engine=previous, to=secondary)
+        self._hooks.on_failover(previous, secondary, EngineAtCapacity(
+            f"{previous} at the concurrency limit"))
+        self.engine = self._hooks.open_engine(secondary)
+
+    async def _audio_ends_within(self, delay: float) -> bool:
+        """Whether the leg's audio ends in the next ``delay`` seconds (it wakes us then)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                while not self.audio.ended:
+                    self._wake.clear()
+                    await self._wake.wait()
+        return self.audio.ended
+
+    def _release_slot(self) -> None:
+        if self._slot is not None:
+            self._slot.release()
+            self._slot = None
 
     def _fail(self, error: UpstreamError) -> None:
         self._count("failed")
@@ -226,6 +373,12 @@ class Upstream:
         self._session_opened = self._last_heard = loop.time()
         self._heard_at_bytes = 0
         await self.engine.open()
+        self._capacity_delays = None  # the engine took us: its next refusal starts over
+        if self._waiting_since is not None:
+            log.info("a session of a full engine freed up: the leg transcribes from here",
+                     leg=self._leg, engine=self.engine_name,
+                     waited_s=round(loop.time() - self._waiting_since, 1))
+            self._waiting_since = None
         self._count("opened")
         self._step(Step.OPENED)
         # The new session's audio starts where the replayed audio starts.

@@ -31,6 +31,7 @@ from bridge.codecs import g711
 from bridge.config import AssemblyAISettings
 from bridge.errors import (
     CLOSE_POLICY_VIOLATION,
+    EngineAtCapacity,
     UpstreamError,
     UpstreamRefused,
     UpstreamUnavailable,
@@ -50,6 +51,7 @@ PII_POLICIES: Final = {
     "numbers": ("account_number", "banking_information", "phone_number"),
 }
 FATAL_CODES: Final = frozenset({1008, 3006, 3007, 4001, 4002, 4003})
+AT_CAPACITY: Final = 3009  # "Too many concurrent sessions" (a rate of new sessions, in fact)
 
 
 def build_url(settings: AssemblyAISettings, encoding: AudioEncoding, sample_rate: int) -> str:
@@ -69,7 +71,11 @@ def build_url(settings: AssemblyAISettings, encoding: AudioEncoding, sample_rate
 
 def error_for(code: int, message: str) -> UpstreamError:
     """An Error frame or close code: 1008/3006/3007/4001-4003 are refusals; the rest
-    (3005 server error, 3008 session expired, 3009 rate of new sessions) may be retried."""
+    (3005 server error, 3008 session expired) may be retried. Too many sessions (3009, or
+    1008 saying "concurrent": AssemblyAI's pages use both) is the engine at capacity: the
+    leg waits for room."""
+    if code == AT_CAPACITY or (code == CLOSE_POLICY_VIOLATION and "concurrent" in message.lower()):
+        return EngineAtCapacity(f"speech-to-text refused another session: {message[:80]}")
     error = UpstreamRefused if code in FATAL_CODES else UpstreamUnavailable
     return error(f"speech-to-text error: {message[:80]}", code=str(code))
 

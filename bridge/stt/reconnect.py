@@ -51,3 +51,13 @@ def reconnect_delays(rand: random.Random | None = None) -> Iterator[float]:
         yield step + source.uniform(0, 0.5)
     while True:
         yield 5.0 + source.uniform(0, 0.5)
+
+
+def capacity_delays(rand: random.Random | None = None) -> Iterator[float]:
+    """Between a full engine's retries: 0.5 s, 1 s, 2 s, then 4 s, each plus up to a quarter
+    more of jitter, so that legs waiting on several instances do not retry in step."""
+    source = rand or random.Random()
+    step = 0.5
+    while True:
+        yield step + source.uniform(0, step / 4)
+        step = min(step * 2, 4.0)

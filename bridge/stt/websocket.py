@@ -3,13 +3,16 @@
 Each engine module subclasses ``WebSocketSession`` with its URL and headers, reads its
 frames with ``text_frames()`` and says what a close code means in ``closed_error()``.
 Handshake refusals map to errors here: a 4xx status (but 429) is a refusal, never
-retried; anything else that prevents the connection may pass.
+retried; 429 says the account has no room for another session (Deepgram enforces its
+concurrency limit so at the upgrade), which the leg treats as an engine at capacity;
+anything else that prevents the connection may pass.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Mapping
+from http import HTTPStatus
 from typing import Any, Final
 
 import orjson
@@ -20,6 +23,7 @@ from bridge import __version__
 from bridge.errors import (
     CLOSE_ABNORMAL,
     NORMAL_CLOSES,
+    EngineAtCapacity,
     UpstreamError,
     UpstreamRefused,
     UpstreamUnavailable,
@@ -53,8 +57,10 @@ class WebSocketSession:
                 ping_interval=ping_interval, ping_timeout=ping_interval)
         except InvalidStatus as exc:
             status = exc.response.status_code
-            error = UpstreamRefused if 400 <= status < 500 and status != 429 \
-                else UpstreamUnavailable
+            if status == HTTPStatus.TOO_MANY_REQUESTS:
+                raise EngineAtCapacity("speech-to-text refused another session (429)",
+                                       status=status) from None
+            error = UpstreamRefused if 400 <= status < 500 else UpstreamUnavailable
             raise error("speech-to-text handshake refused", status=status) from None
         except (OSError, TimeoutError, InvalidHandshake) as exc:
             raise UpstreamUnavailable(f"cannot connect to speech-to-text: "

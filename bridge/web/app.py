@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bridge import __version__
 from bridge.admission import ConnectionGate, LiveCalls
+from bridge.cluster.engine_slots import ClusterEngineSlots
 from bridge.cluster.events_stream import EventStream
 from bridge.cluster.feeds import FeedWriter, SharedFeeds
 from bridge.cluster.member import ClusterMember
@@ -39,12 +40,14 @@ from bridge.metrics import Metrics, counter, gauge
 from bridge.security import GuardedResolver
 from bridge.stt.engines import Engines
 from bridge.stt.local.supervisor import EmbeddedRecognizer
+from bridge.stt.slots import LocalEngineSlots, stream_limits
 from bridge.web.admin import add_admin_routes
 from bridge.web.keys import (
     AUTH_FAILURES,
     CALLS_CHANGED,
     CLUSTER,
     DRAINING,
+    ENGINE_SLOTS,
     ENGINES,
     EVENT_STREAM,
     FEEDS,
@@ -81,6 +84,7 @@ def create_app(settings: Settings) -> web.Application:
 
     app.cleanup_ctx.append(_cluster)
     app.cleanup_ctx.append(_cluster_streams)
+    app.cleanup_ctx.append(_engine_slots)
     app.cleanup_ctx.append(_speech_to_text)
     app.cleanup_ctx.append(_webhooks)
     app.cleanup_ctx.append(_observability)
@@ -139,6 +143,19 @@ async def _cluster_streams(app: web.Application) -> AsyncIterator[None]:
         finally:
             if feeds is not None:
                 feeds.mirror = None  # the writer is stopping: feeds opened from now stay local
+
+
+async def _engine_slots(app: web.Application) -> AsyncIterator[None]:
+    """The engines' ``max_streams``: across the cluster in cluster mode, else counted here."""
+    limits = stream_limits(app[SETTINGS])
+    member = app.get(CLUSTER)
+    if member is None:
+        app[ENGINE_SLOTS] = LocalEngineSlots(limits)
+        yield
+        return
+    async with ClusterEngineSlots(member, limits) as slots:
+        app[ENGINE_SLOTS] = slots
+        yield
 
 
 async def _speech_to_text(app: web.Application) -> AsyncIterator[None]:
@@ -203,6 +220,12 @@ async def _observability(app: web.Application) -> AsyncIterator[None]:
                       ["reason"], {(k,): v for k, v in app[REFUSALS].items()})
         yield gauge("callbridge_media_waiting", "Media connections that have not started a "
                     "stream yet", [], {(): app[GATE].pending})
+        slots = app.get(ENGINE_SLOTS)
+        if slots is not None:
+            yield gauge("callbridge_engine_sessions", "Speech-to-text sessions holding a slot "
+                        "of their engine's max_streams, in this instance and (as Redis last "
+                        "said) in the cluster", ["engine", "scope"],
+                        {key: count for key, count in slots.usage().items()})
         member = app.get(CLUSTER)
         if member is not None:
             yield gauge("callbridge_cluster_redis_up", "Whether the cluster's Redis answered "

@@ -18,6 +18,7 @@ from bridge.delivery.dispatcher import DurableDispatcher
 from bridge.ingress.auth import NonceCache
 from bridge.metrics import Metrics
 from bridge.stt.engines import Engines
+from bridge.stt.slots import EngineLimits
 from bridge.web.feed import LiveFeeds, LiveTokens
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -37,3 +38,5 @@ CLUSTER = web.AppKey("cluster", ClusterMember)  # present in cluster mode only
 CLUSTER_CALLS = web.AppKey("cluster_calls", ClusterCalls)  # likewise: the cluster's calls
 SHARED_FEEDS = web.AppKey("shared_feeds", SharedFeeds)  # cluster mode with an admin token
 EVENT_STREAM = web.AppKey("event_stream", EventStream)  # cluster mode with cluster.events_stream
+# The engines' max_streams: counted here, or across the cluster in cluster mode.
+ENGINE_SLOTS = web.AppKey[EngineLimits]("engine_slots")

@@ -47,6 +47,7 @@ from bridge.web.feed import LiveTee
 from bridge.web.keys import (
     AUTH_FAILURES,
     DRAINING,
+    ENGINE_SLOTS,
     ENGINES,
     EVENT_STREAM,
     FEEDS,
@@ -133,7 +134,8 @@ async def _serve_stream(request: web.Request, dialect: str | None, endpoint: str
         call = Call(settings=settings, sink=sink, engines=app[ENGINES], tasks=tasks,
                     route=lambda started: dispatcher.route(request.path,
                                                            started.custom_parameters),
-                    path=request.path, metrics=app[METRICS], registry=app[LIVE_CALLS])
+                    path=request.path, metrics=app[METRICS], registry=app[LIVE_CALLS],
+                    slots=app[ENGINE_SLOTS])
         call.media_socket = ws
         try:
             async with asyncio.timeout(settings.server.start_timeout_s) as deadline:

@@ -196,7 +196,7 @@ async def test_workers_do_not_outlive_a_killed_parent(workers_factory: WorkersFa
     assert sorted(line["worker"] for line in parent.log_events("stopped")) == [1, 2]
     # A process closes its files before the kernel finishes its exit: wait out that moment.
     async with asyncio.timeout(10):
-        while [pid for pid in worker_pids if _running(pid)]:
+        while [pid for pid in worker_pids if _running(pid)]:  # noqa: ASYNC110 - not our child: no event tells of its exit
             await asyncio.sleep(0.05)
 
 

@@ -6,6 +6,11 @@ service), and answers from the audio like the Telnyx emulator does ("tone 400 he
 in Deepgram's shape: each utterance settles in two ``is_final`` segments, the second with
 ``speech_final``, with ``start``/``duration`` in seconds of audio. ``Finalize`` flushes
 (``from_finalize``), ``CloseStream`` flushes, sends ``Metadata`` and closes with 1000.
+
+It counts concurrent sessions (``active``, and the most at once, ``max_active``) from the
+accepted upgrade to the end of the session; with ``max_concurrent`` set it refuses an upgrade
+beyond it with HTTP 429, as Deepgram enforces a project's concurrency limit
+(``refused_for_capacity`` counts those).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from tests.support.faults import Failure, Faults
+from tests.support.faults import Failure, Fault, Faults
 from tests.support.telnyx_stt import Recognizer
 
 PATH = "/v1/listen"
@@ -45,11 +50,15 @@ class DeepgramSession:
 
 class DeepgramEmulator(Faults):
     def __init__(self, *, api_key: str = "test-deepgram-key", idle_s: float = 10.0,
-                 reject_status: int | None = None) -> None:
+                 reject_status: int | None = None, max_concurrent: int | None = None) -> None:
         super().__init__()
         self.api_key = api_key
         self.idle_s = idle_s
         self.reject_status = reject_status
+        self.max_concurrent = max_concurrent
+        self.active = 0
+        self.max_active = 0
+        self.refused_for_capacity = 0
         self.sessions: list[DeepgramSession] = []
         self._server: Server | None = None
 
@@ -81,6 +90,14 @@ class DeepgramEmulator(Faults):
         if "encoding" in query and "sample_rate" not in query:
             return connection.respond(HTTPStatus.BAD_REQUEST,
                                       '{"err_code":"INVALID_QUERY_PARAMETER"}')
+        if self.max_concurrent is not None and self.active >= self.max_concurrent:
+            self.refused_for_capacity += 1
+            return connection.respond(HTTPStatus.TOO_MANY_REQUESTS,
+                                      '{"err_code":"TOO_MANY_REQUESTS","err_msg":"Too many '
+                                      'concurrent requests."}')
+        # Counted from the accepted upgrade: the handler starts a moment later.
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:
@@ -93,6 +110,13 @@ class DeepgramEmulator(Faults):
         recognizer = Recognizer(fmt, rate, int(session.param("endpointing") or 10), None)
         interim = session.param("interim_results") == "true"
         fault = self.for_new_session()
+        try:
+            await self._serve(ws, session, recognizer, interim, fault)
+        finally:
+            self.active -= 1
+
+    async def _serve(self, ws: ServerConnection, session: DeepgramSession,
+                     recognizer: Recognizer, interim: bool, fault: Fault | None) -> None:
         stalled = False
         try:
             while True:

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from bridge.delivery.retry import Outcome
-from bridge.errors import UpstreamRefused, UpstreamUnavailable
+from bridge.errors import EngineAtCapacity, UpstreamRefused, UpstreamUnavailable
 from bridge.events import AudioEncoding, OutboundEvent
 from bridge.stt.base import EngineResult, EngineSession
 
@@ -26,6 +26,8 @@ class EngineScript:
     finals: list[str] = field(default_factory=list)  # texts in turn, then "<n>"
     timed: bool = True  # segment times, or none (like Telnyx)
     refuse: bool = False  # every open refused (a bad key)
+    full_for_opens: int = 0  # the first opens refused as a service at capacity does (429)
+    opens: int = 0  # open attempts, refused ones included
     drop_after_bytes: list[int] = field(default_factory=list)  # per session, in turn
     sessions: list[FakeSession] = field(default_factory=list)
     spoken: int = 0  # finals said so far, across sessions
@@ -45,6 +47,9 @@ class FakeSession:
         self._said_until = 0  # bytes covered by finals
 
     async def open(self) -> None:
+        self.script.opens += 1
+        if self.script.opens <= self.script.full_for_opens:
+            raise EngineAtCapacity("too many concurrent sessions", status=429)
         if self.script.refuse:
             raise UpstreamRefused("the engine refused the key", code="40001", status=401)
         self.script.sessions.append(self)

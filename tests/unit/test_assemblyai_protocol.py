@@ -4,7 +4,7 @@ import json
 from urllib.parse import parse_qs, urlsplit
 
 from bridge.config import AssemblyAISettings
-from bridge.errors import UpstreamRefused, UpstreamUnavailable
+from bridge.errors import EngineAtCapacity, UpstreamRefused, UpstreamUnavailable
 from bridge.events import AudioEncoding
 from bridge.stt.assemblyai import TurnReader, build_url, error_for
 from bridge.stt.base import EngineResult
@@ -55,3 +55,12 @@ def test_error_codes() -> None:
         assert isinstance(error_for(code, "x"), UpstreamRefused)
     for code in (3005, 3008, 3009):
         assert isinstance(error_for(code, "x"), UpstreamUnavailable)
+
+
+def test_too_many_sessions_is_the_engine_at_capacity_whichever_code_says_it() -> None:
+    for code, message in ((3009, "Too many concurrent sessions"),
+                          (1008, "Unauthorized connection: Too many concurrent sessions")):
+        error = error_for(code, message)
+        assert isinstance(error, EngineAtCapacity) and error.code == "engine_capacity"
+    assert not isinstance(error_for(1008, "Unauthorized connection: invalid key"),
+                          EngineAtCapacity)
