@@ -18,7 +18,7 @@ from typing import Final, Generic, Self, TypeVar
 
 import structlog
 
-from bridge.cluster.connection import REDIS_ERRORS
+from bridge.cluster.connection import REDIS_ERRORS, check_cancelled
 from bridge.cluster.member import ClusterMember
 
 log = structlog.get_logger("bridge.cluster")
@@ -98,10 +98,12 @@ class RedisAppender(Generic[T]):
             try:
                 await self.write(batch)
             except REDIS_ERRORS as exc:
+                check_cancelled()
                 self.member.trouble(f"writing {self.name}", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
                 continue
+            check_cancelled()
             self.member.recovered()
             delay = RETRY_FIRST_S
             for _ in batch:

@@ -34,7 +34,7 @@ import orjson
 import redis.asyncio as redis
 import structlog
 
-from bridge.cluster.connection import REDIS_ERRORS, connect
+from bridge.cluster.connection import REDIS_ERRORS, check_cancelled, connect
 from bridge.cluster.member import FORGET_AFTER_S, ClusterMember
 from bridge.config import INSTANCE_ID
 from bridge.errors import ClusterMessageInvalid, OwnerUnreachable
@@ -305,6 +305,7 @@ class ClusterCalls:
                 await self.publish_all()
             except REDIS_ERRORS as exc:
                 self.member.trouble("publishing calls", exc)
+            check_cancelled()
             next_full = loop.time() + self.member.settings.heartbeat_s
             while (remaining := next_full - loop.time()) > 0:
                 with contextlib.suppress(TimeoutError):
@@ -317,6 +318,7 @@ class ClusterCalls:
                     await self.publish_changes()
                 except REDIS_ERRORS as exc:
                     self.member.trouble("publishing calls", exc)
+                check_cancelled()
 
     # -- the cluster's calls ------------------------------------------------------------------
 
@@ -426,6 +428,7 @@ class ClusterCalls:
                     self.member.trouble("listening for admin actions", exc)
                 finally:
                     self.listening.clear()
+                check_cancelled()
                 await asyncio.sleep(self.member.settings.heartbeat_s)
 
     async def _listen(self, tasks: asyncio.TaskGroup) -> None:
@@ -434,6 +437,7 @@ class ClusterCalls:
             while True:
                 message = await pubsub.get_message(ignore_subscribe_messages=False,
                                                    timeout=None)
+                check_cancelled()
                 if message is None:
                     continue
                 if message.get("type") == "subscribe":

@@ -43,7 +43,7 @@ import structlog
 from redis.exceptions import ResponseError
 
 from bridge.cluster.appender import RedisAppender
-from bridge.cluster.connection import REDIS_ERRORS, connect, text
+from bridge.cluster.connection import REDIS_ERRORS, check_cancelled, connect, text
 from bridge.cluster.member import ClusterMember
 from bridge.errors import InvalidNumber
 from bridge.events import EventType
@@ -194,12 +194,14 @@ class FeedReader:
             if not self._started:
                 self._started = True
                 frames, full = await self._range()
+                check_cancelled()
                 if self.feed.ended and not full:
                     self.closed = True  # everything the ended feed has is in hand
                 return self._seen(replay(frames))
             frames = await self._follow(within_s)
             if not frames and not self.closed:
                 frames = await self._still_current()
+            check_cancelled()
         except REDIS_ERRORS as exc:
             self._feeds.member.trouble("reading a live feed", exc)
             self.closed = True
