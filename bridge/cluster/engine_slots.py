@@ -80,6 +80,11 @@ def local_share(limit: int, members_alive: int) -> int:
     return max(1, limit // max(1, members_alive))
 
 
+# How long a leg waits for Redis to grant a slot before it uses the local share (its audio
+# is buffered for audio.max_buffer_ms meanwhile).
+ACQUIRE_TIMEOUT_S: Final = 2.0
+
+
 class ClusterEngineSlots:
     """The ``EngineSlots`` of a cluster member (see the module docstring). Use ``async with``
     inside the member's life: leaving stops the renewals and gives back what is held."""
@@ -127,12 +132,18 @@ class ClusterEngineSlots:
         limit = self.limits.get(engine)
         if limit is None:
             return self.local.take(engine)
+        if not self._member.up:
+            # Known to be away: no leg waits seconds for a Redis that is not answering.
+            return self.local.take(engine, limit=local_share(limit, self.members_alive))
         # Held here only once Redis granted it: a renewal meanwhile must not write it.
         lease = new_lease()
         try:
-            taken, used = await self._acquire(keys=[self._keys.engine(engine)],
-                                              args=[limit, self._member_name(lease),
-                                                    self._lease_ms])
+            # A Redis that stalls must not hold the leg's start: past this, the local share.
+            # A lease granted after the timeout is never renewed and expires (takeover_s).
+            async with asyncio.timeout(ACQUIRE_TIMEOUT_S):
+                taken, used = await self._acquire(keys=[self._keys.engine(engine)],
+                                                  args=[limit, self._member_name(lease),
+                                                        self._lease_ms])
         except REDIS_ERRORS as exc:
             check_cancelled()
             self._member.trouble("engine slots", exc)

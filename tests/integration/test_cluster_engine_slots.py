@@ -8,10 +8,11 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
-from bridge.cluster.engine_slots import ClusterEngineSlots
+from bridge.cluster.engine_slots import ACQUIRE_TIMEOUT_S, ClusterEngineSlots
 from bridge.cluster.member import ClusterMember
 from bridge.config import ClusterSettings, Secret
 from tests.support.redis_server import RedisServer
+
 
 KEY = "callbridge:engine:deepgram"
 
@@ -87,3 +88,21 @@ async def test_with_redis_away_each_instance_keeps_to_its_share_and_the_count_co
         await redis_server.start()  # empty: it kept nothing
         await slots_a.renew()
         assert len(await leases(redis_server)) == 2  # the leases taken meanwhile are written
+
+
+async def test_a_stalled_redis_does_not_hold_a_leg_once_it_is_known_to_be_away(
+        redis_server: RedisServer) -> None:
+    async with (members(redis_server, "a") as (a,),
+                ClusterEngineSlots(a, {"deepgram": 4}) as slots_a):
+        redis_server.freeze()
+        try:
+            # The first leg waits at most ACQUIRE_TIMEOUT_S, then takes the local share and
+            # the member is marked away; the next ones do not ask Redis at all. (The timeout
+            # only stops a hang: without both, each would wait out the client's timeouts.)
+            async with asyncio.timeout(ACQUIRE_TIMEOUT_S + 3):
+                first = await slots_a.acquire("deepgram")
+                assert not a.up
+                second = await slots_a.acquire("deepgram")
+            assert first is not None and second is not None
+        finally:
+            redis_server.thaw()

@@ -86,6 +86,15 @@ class RedisServer:
         """SIGKILL: the machine's Redis is gone at once."""
         await self._signal(signal.SIGKILL)
 
+    def freeze(self) -> None:
+        """SIGSTOP: Redis stalls (accepts connections, answers nothing) until ``thaw``."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
     async def _signal(self, sig: signal.Signals) -> None:
         if self.process is None or self.process.returncode is not None:
             return
@@ -111,6 +120,8 @@ class RedisServer:
         return await self.start()
 
     async def __aexit__(self, *exc_info: object) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.thaw()  # a frozen process ignores SIGKILL's exit until it runs again
         await self.kill()
 
 
