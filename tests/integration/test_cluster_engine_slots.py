@@ -13,7 +13,6 @@ from bridge.cluster.member import ClusterMember
 from bridge.config import ClusterSettings, Secret
 from tests.support.redis_server import RedisServer
 
-
 KEY = "callbridge:engine:deepgram"
 
 
