@@ -540,8 +540,17 @@ class ClusterSettings:
 
     def validate(self, name: SettingName) -> None:
         if self.redis_url:
-            _require(self.redis_url.reveal().startswith(("redis://", "rediss://", "unix://")),
+            url = self.redis_url.reveal()
+            _require(url.startswith(("redis://", "rediss://", "unix://")),
                      name("redis_url"), "must be a redis://, rediss:// or unix:// URL")
+            try:  # never in the message: the URL may hold a password
+                parts = urlsplit(url)
+                _ = parts.port
+                readable = url.startswith("unix://") or bool(parts.hostname)
+            except ValueError:
+                readable = False
+            _require(readable, name("redis_url"), "is not a URL that can be read: "
+                     "percent-encode '/', '?', '#' and '@' in the user name and password")
         for address in self.sentinels:
             host, _, port = address.rpartition(":")
             _require(bool(host) and port.isdigit() and 1 <= int(port) <= 65535,

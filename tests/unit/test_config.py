@@ -349,3 +349,13 @@ def test_the_dialects_setting_names_exactly_the_media_endpoints() -> None:
     assert served.server.dialects == ("twilio", "telnyx")
     with pytest.raises(ConfigError, match="unknown: sipgate"):
         load_settings(environ={"CALLBRIDGE_SERVER_DIALECTS": "twilio,sipgate"})
+
+
+@pytest.mark.parametrize("url", ["redis://:top/secret@127.0.0.1:6379/0",
+                                 "redis://:top?secret@redis:6379", "redis://:pw@:6379/0"])
+def test_a_redis_url_that_cannot_be_read_fails_in_one_line_without_its_password(
+        url: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ={"CALLBRIDGE_REDIS_URL": url})
+    assert caught.value.setting == "CALLBRIDGE_REDIS_URL"
+    assert "secret" not in str(caught.value) and "pw" not in str(caught.value)
