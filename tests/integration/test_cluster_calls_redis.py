@@ -4,14 +4,17 @@ hash holds, and what a cancelled or unanswered admin action leaves behind."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import pytest
+import redis.asyncio as redis
+from structlog.testing import capture_logs
 
 from bridge.cluster.calls import ClusterCalls, Command, Reply
-from bridge.cluster.member import ClusterMember
+from bridge.cluster.member import MAX_LISTED, ClusterMember
 from bridge.config import ClusterSettings, Secret
 from bridge.errors import OwnerUnreachable
 from tests.support.redis_server import RedisServer
@@ -36,25 +39,54 @@ class Owner:
         return Reply(200, {"call_id": command.call_key})
 
 
+def _settings(redis_server: RedisServer, instance: str, *,
+              command_timeout_s: float = 0.5) -> ClusterSettings:
+    return ClusterSettings(redis_url=Secret(redis_server.url), instance_id=instance,
+                           heartbeat_s=60, takeover_s=180, command_timeout_s=command_timeout_s)
+
+
+@asynccontextmanager
+async def _instance(redis_server: RedisServer, name: str, owner: Owner | None = None, *,
+                    command_timeout_s: float = 0.5) -> AsyncIterator[ClusterCalls]:
+    """One member with its calls; it takes admin actions when given an ``owner``."""
+    async with AsyncExitStack() as stack:
+        member = await stack.enter_async_context(ClusterMember(
+            _settings(redis_server, name, command_timeout_s=command_timeout_s)))
+        calls = await stack.enter_async_context(ClusterCalls(
+            member, summaries=(lambda: owner.calls) if owner else dict,
+            updated=owner.updated if owner else asyncio.Event(), admin_token=TOKEN,
+            perform=owner.perform if owner else None))
+        if owner is not None:
+            async with asyncio.timeout(10):
+                await calls.listening.wait()
+        yield calls
+
+
 @pytest.fixture
 async def cluster(redis_server: RedisServer) -> AsyncIterator[tuple[Owner, ClusterCalls,
                                                                      ClusterCalls]]:
-    def settings(instance: str) -> ClusterSettings:
-        return ClusterSettings(redis_url=Secret(redis_server.url), instance_id=instance,
-                               heartbeat_s=60, takeover_s=180, command_timeout_s=0.5)
-
     owner = Owner()
     async with AsyncExitStack() as stack:
-        member_a = await stack.enter_async_context(ClusterMember(settings("a")))
-        member_b = await stack.enter_async_context(ClusterMember(settings("b")))
-        calls_a = await stack.enter_async_context(ClusterCalls(
-            member_a, summaries=lambda: owner.calls, updated=owner.updated,
-            admin_token=TOKEN, perform=owner.perform))
-        calls_b = await stack.enter_async_context(ClusterCalls(
-            member_b, summaries=dict, updated=asyncio.Event(), admin_token=TOKEN))
-        async with asyncio.timeout(10):
-            await calls_a.listening.wait()
+        calls_a = await stack.enter_async_context(_instance(redis_server, "a", owner))
+        calls_b = await stack.enter_async_context(_instance(redis_server, "b"))
         yield owner, calls_a, calls_b
+
+
+@asynccontextmanager
+async def _client(redis_server: RedisServer) -> AsyncIterator[redis.Redis]:
+    """A client of the test's own: a party that can read and write Redis, no admin token."""
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def _settled(calls: ClusterCalls) -> None:
+    """Until the admin actions ``calls`` took are all done (each check a round trip)."""
+    async with asyncio.timeout(10):
+        while calls._in_flight:
+            await calls.redis.ping()
 
 
 async def test_the_hash_follows_the_calls_and_a_rewrite_drops_what_others_put_there(
@@ -109,3 +141,46 @@ async def test_an_owner_that_does_not_answer_in_time_is_reported(
         await calls_b.send("z", "pause", "CA1", None)
     assert calls_b._waiting == 0
     owner.finish.set()
+
+
+async def test_members_skip_what_is_not_a_member_and_never_raise(
+        cluster: tuple[Owner, ClusterCalls, ClusterCalls], redis_server: RedisServer) -> None:
+    owner, calls_a, calls_b = cluster
+    owner.calls["CA1"] = {"call_id": "CA1", "legs": {}}
+    await calls_a.publish_changes()
+    now_ms = int(time.time() * 1000)
+    async with _client(redis_server) as hostile, hostile.pipeline(transaction=False) as pipe:
+        for name, body in (("x-garbage", b"garbage"), ("x-list", b"[1]"),
+                           ("x-big", b'{"a": "' + b"a" * 20_000 + b'"}')):
+            pipe.set(f"callbridge:instance:{name}", body)
+            pipe.zadd("callbridge:instances", {name: now_ms})
+        pipe.zadd("callbridge:instances", {b"x-\xff\xfe": now_ms})
+        pipe.zadd("callbridge:instances", {"bad id/slash": now_ms})
+        # More members than are listed, all "heartbeating" an hour from now.
+        pipe.zadd("callbridge:instances", {f"future-{n}": now_ms + 3_600_000
+                                           for n in range(MAX_LISTED)})
+        await pipe.execute()
+    members = await calls_b.member.members()
+    assert {m["instance"] for m in members if m["alive"]} == {"a", "b"}
+    assert not any(m["instance"].startswith(("x-", "future-", "bad")) for m in members)
+    assert calls_b.member.skipped >= 5
+    listed, left_out = await calls_b.elsewhere()
+    assert [c["call_id"] for c in listed] == ["CA1"] and not left_out
+    assert await calls_b.owners("CA1") == ["a"]
+    assert not any(i.startswith("future-") for i in await calls_b.member.lost())
+
+
+async def test_a_second_process_under_the_same_instance_id_is_reported_once(
+        redis_server: RedisServer) -> None:
+    # The second one's first heartbeat finds the first's key, as a restarted pod finds its
+    # previous run's: that alone is not reported.
+    with capture_logs() as logs:
+        async with ClusterMember(_settings(redis_server, "twin")) as first, \
+                ClusterMember(_settings(redis_server, "twin")) as second:
+            assert second.heartbeats == 1 and not second.twin_seen
+            await first.heartbeat()
+            await second.heartbeat()
+            await first.heartbeat()
+    twins = [e for e in logs if e["event"].startswith("another process heartbeats")]
+    assert [e["log_level"] for e in twins] == ["error", "error"]  # one for each process
+    assert first.twin_seen and second.twin_seen
