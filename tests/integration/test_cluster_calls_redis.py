@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
+import orjson
 import pytest
 import redis.asyncio as redis
 from structlog.testing import capture_logs
@@ -16,7 +17,7 @@ from structlog.testing import capture_logs
 from bridge.cluster.calls import ClusterCalls, Command, Reply
 from bridge.cluster.member import MAX_LISTED, ClusterMember
 from bridge.config import ClusterSettings, Secret
-from bridge.errors import OwnerUnreachable
+from bridge.errors import ClusterMessageInvalid, OwnerUnreachable
 from tests.support.redis_server import RedisServer
 
 TOKEN = "integration-admin-token-0123"
@@ -141,6 +142,84 @@ async def test_an_owner_that_does_not_answer_in_time_is_reported(
         await calls_b.send("z", "pause", "CA1", None)
     assert calls_b._waiting == 0
     owner.finish.set()
+
+
+async def test_a_command_replayed_on_another_instance_or_after_a_restart_is_not_done(
+        redis_server: RedisServer) -> None:
+    first_a, c, restarted_a = Owner(), Owner(), Owner()
+    for owner in (first_a, c, restarted_a):
+        owner.finish.set()
+    async with _client(redis_server) as spy, spy.pubsub() as sniffer:
+        await sniffer.psubscribe("callbridge:commands:*")
+        async with _instance(redis_server, "b") as calls_b:
+            async with _instance(redis_server, "a", first_a), \
+                    _instance(redis_server, "c", c) as calls_c:
+                assert (await calls_b.send("a", "end", "CA1", None)).status == 200
+                captured = None
+                async with asyncio.timeout(10):
+                    while captured is None or captured["type"] != "pmessage":
+                        captured = await sniffer.get_message(timeout=None)
+                # Signed for a: republished on c's channel, c does not do it.
+                # Heard by c and by the sniffer.
+                assert await spy.publish("callbridge:commands:c", captured["data"]) == 2
+                assert (await calls_b.send("c", "pause", "CA2", None)).status == 200
+                await _settled(calls_c)
+                assert len(c.requests) == 1 and calls_c.outcomes["ignored"] == 1
+            # a restarts within the minute its command is accepted: it does not do it again.
+            async with _instance(redis_server, "a", restarted_a) as calls_a:
+                assert await spy.publish("callbridge:commands:a", captured["data"]) == 2
+                assert (await calls_b.send("a", "pause", "CA3", None)).status == 200
+                await _settled(calls_a)
+                assert len(restarted_a.requests) == 1
+                assert restarted_a.requests[0] != first_a.requests[0]
+                assert calls_a.outcomes["ignored"] == 1 and calls_a.outcomes["taken"] == 1
+    assert len(first_a.requests) == 1
+
+
+async def test_an_action_that_fails_past_perform_leaves_later_actions_taken(
+        redis_server: RedisServer) -> None:
+    class Unencodable(Owner):
+        async def perform(self, command: Command) -> Reply:
+            self.requests.append(command.request_id)
+            if command.call_key == "CA-odd":
+                return Reply(200, {"legs": {"inbound", "outbound"}})  # a set: not JSON
+            return Reply(200, {"call_id": command.call_key})
+
+    owner = Unencodable()
+    async with _instance(redis_server, "a", owner) as calls_a, \
+            _instance(redis_server, "b") as calls_b:
+        with capture_logs() as logs:
+            assert (await calls_b.send("a", "show", "CA-odd", None)).status == 500
+        assert any(e["log_level"] == "error" for e in logs)
+        reply = await calls_b.send("a", "show", "CA1", None)
+        assert reply == Reply(200, {"call_id": "CA1"})
+        assert calls_a.listening.is_set() and len(owner.requests) == 2
+
+
+async def test_a_reply_pushed_by_a_party_without_the_admin_token_is_refused(
+        cluster: tuple[Owner, ClusterCalls, ClusterCalls], redis_server: RedisServer) -> None:
+    owner, calls_a, calls_b = cluster
+    async with _client(redis_server) as spy, spy.pubsub() as sniffer:
+        await sniffer.psubscribe("callbridge:commands:a")
+
+        async def answer_first() -> None:
+            message = None
+            while message is None or message["type"] != "pmessage":
+                message = await sniffer.get_message(timeout=None)
+            request = orjson.loads(message["data"])["request"]
+            # The owner is still at work (owner.finish): this reply is there first.
+            await owner.started.wait()
+            await spy.rpush(f"callbridge:reply:{request}", orjson.dumps(
+                {"status": 202, "body": orjson.dumps({"call_id": "CA1"}).decode(),
+                 "sig": "AAAA"}))
+
+        async with asyncio.timeout(10):
+            forger = asyncio.create_task(answer_first())
+            with pytest.raises(ClusterMessageInvalid, match="signature"):
+                await calls_b.send("a", "end", "CA1", None)
+            await forger
+    owner.finish.set()
+    await _settled(calls_a)
 
 
 async def test_members_skip_what_is_not_a_member_and_never_raise(
