@@ -62,6 +62,7 @@ MAX_COMMAND_AGE_S: Final = 60
 MAX_COMMANDS_IN_FLIGHT: Final = 64  # on the owner: more at once are dropped (senders: 504)
 MAX_WAITING_REPLIES: Final = 64  # on the sender: more at once are refused (503)
 MAX_CALLS_LISTED_PER_INSTANCE: Final = 20_000
+MAX_CALLS_LISTED: Final = 20_000  # the whole cluster's listing, past which it is partial
 REPLY_TTL_MARGIN_S: Final = 30
 REJECTIONS_LOGGED_EVERY_S: Final = 60.0
 _REQUEST_ID: Final = re.compile(r"^[0-9a-f]{32}$")
@@ -360,7 +361,8 @@ class ClusterCalls:
 
     async def elsewhere(self) -> tuple[list[dict[str, Any]], bool]:
         """The live calls of every other instance that is alive, each with ``instance``;
-        and whether some were left out (an instance listing more than the bound).
+        and whether some were left out (an instance listing more than its bound, or the
+        instances together more than ``MAX_CALLS_LISTED``).
 
         Raises one of ``REDIS_ERRORS`` when Redis is away.
         """
@@ -368,8 +370,11 @@ class ClusterCalls:
         if not others:
             return [], False
         sizes = await self.counts(others)
-        listed = [i for i, size in zip(others, sizes, strict=True)
-                  if size <= MAX_CALLS_LISTED_PER_INSTANCE]
+        listed, total = [], 0
+        for instance, size in zip(others, sizes, strict=True):
+            if size <= MAX_CALLS_LISTED_PER_INSTANCE and total + size <= MAX_CALLS_LISTED:
+                listed.append(instance)
+                total += size
         left_out = len(listed) < len(others)
         async with self.redis.pipeline(transaction=False) as pipe:
             for instance in listed:

@@ -14,7 +14,7 @@ import pytest
 import redis.asyncio as redis
 from structlog.testing import capture_logs
 
-from bridge.cluster.calls import ClusterCalls, Command, Reply
+from bridge.cluster.calls import MAX_CALLS_LISTED, ClusterCalls, Command, Reply
 from bridge.cluster.member import MAX_LISTED, ClusterMember
 from bridge.config import ClusterSettings, Secret
 from bridge.errors import ClusterMessageInvalid, OwnerUnreachable
@@ -247,6 +247,19 @@ async def test_members_skip_what_is_not_a_member_and_never_raise(
     assert [c["call_id"] for c in listed] == ["CA1"] and not left_out
     assert await calls_b.owners("CA1") == ["a"]
     assert not any(i.startswith("future-") for i in await calls_b.member.lost())
+
+
+async def test_the_cluster_listing_is_bounded_as_a_whole(
+        cluster: tuple[Owner, ClusterCalls, ClusterCalls], redis_server: RedisServer) -> None:
+    _, calls_a, calls_b = cluster
+    each = MAX_CALLS_LISTED // 2 + 1
+    async with _instance(redis_server, "c") as calls_c, _client(redis_server) as hostile:
+        for calls in (calls_a, calls_c):
+            await hostile.hset(calls.own_key, mapping={
+                f"CA{n}": orjson.dumps({"call_id": f"CA{n}"}) for n in range(each)})
+        listed, left_out = await calls_b.elsewhere()
+    assert left_out and len(listed) == each
+    assert len({c["instance"] for c in listed}) == 1
 
 
 async def test_a_second_process_under_the_same_instance_id_is_reported_once(
