@@ -87,3 +87,15 @@ async def test_with_redis_away_each_instance_keeps_to_its_share_and_the_count_co
         await redis_server.start()  # empty: it kept nothing
         await slots_a.renew()
         assert len(await leases(redis_server)) == 2  # the leases taken meanwhile are written
+
+
+async def test_members_heartbeating_from_the_future_do_not_shrink_the_share(
+        redis_server: RedisServer) -> None:
+    async with members(redis_server, "a", "b") as (a, _), \
+            ClusterEngineSlots(a, {"deepgram": 4}) as slots_a:
+        seconds, _micros = (await redis_server.command("TIME")).split()
+        an_hour_ahead_ms = (int(seconds) + 3600) * 1000
+        fakes = [arg for n in range(50) for arg in (str(an_hour_ahead_ms), f"future-{n}")]
+        assert await redis_server.command("ZADD", "callbridge:instances", *fakes) == "50"
+        await slots_a.renew()
+        assert slots_a.members_alive == 2
