@@ -10,9 +10,12 @@ An admin action for a call held elsewhere is a ``Command`` published on the owne
 (``Keys.commands``); the owner does it as it would for its own API and pushes a ``Reply``
 to ``Keys.reply(request_id)``, which the sender waits on with ``BLPOP`` for
 ``cluster.command_timeout_s``. Commands are signed with a key derived from the admin token
-and carry their time, and each request id is taken once: a party that can write to Redis but
-does not hold the admin token cannot end or pause a call. Everything read from Redis is
-checked as hostile input (``parse_command``, ``parse_reply``, ``parse_summary``).
+and carry their target instance and their time; each request id is taken once across the
+cluster (``Keys.command_seen``, so neither another instance nor the owner after a restart
+does it again), and replies are signed with the same key: a party that can write to Redis
+but does not hold the admin token cannot end or pause a call, nor answer in its owner's
+place. Everything read from Redis is checked as hostile input (``parse_command``,
+``parse_reply``, ``parse_summary``).
 """
 
 from __future__ import annotations
@@ -45,8 +48,10 @@ log = structlog.get_logger("bridge.cluster")
 
 ACTIONS: Final = frozenset({"end", "pause", "resume", "show"})
 LEGS: Final = frozenset({"inbound", "outbound"})
-COMMAND_VERSION: Final = 1
+COMMAND_VERSION: Final = 2
 COMMAND_CONTEXT: Final = b"callbridge cluster admin command v1"
+# Signed before a reply's fields, so that no command's signature is ever a reply's.
+REPLY_SIGNED_PREFIX: Final = b"callbridge cluster admin reply v1"
 MAX_COMMAND_BYTES: Final = 2048
 MAX_REPLY_BYTES: Final = 256 * 1024
 MAX_SUMMARY_BYTES: Final = 16 * 1024
@@ -57,6 +62,7 @@ MAX_COMMAND_AGE_S: Final = 60
 MAX_COMMANDS_IN_FLIGHT: Final = 64  # on the owner: more at once are dropped (senders: 504)
 MAX_WAITING_REPLIES: Final = 64  # on the sender: more at once are refused (503)
 MAX_CALLS_LISTED_PER_INSTANCE: Final = 20_000
+MAX_CALLS_LISTED: Final = 20_000  # the whole cluster's listing, past which it is partial
 REPLY_TTL_MARGIN_S: Final = 30
 REJECTIONS_LOGGED_EVERY_S: Final = 60.0
 _REQUEST_ID: Final = re.compile(r"^[0-9a-f]{32}$")
@@ -71,18 +77,24 @@ class Command:
     call_key: str
     leg: str | None  # one of LEGS, or None for the whole call
     sender: str
+    target: str  # the instance meant to do it: no other instance takes it
     at: int  # Unix seconds when it was sent
 
     def _signed_text(self) -> bytes:
         return "\n".join((str(COMMAND_VERSION), self.request_id, self.action, self.call_key,
-                          self.leg or "", self.sender, str(self.at))).encode()
+                          self.leg or "", self.sender, self.target, str(self.at))).encode()
+
+    def remember_until(self, now: float) -> int:
+        """Until when its request id must be remembered: as long as a command sent at
+        ``at`` is accepted, which is past ``now`` when the sender's clock is ahead."""
+        return int(max(now, self.at)) + MAX_COMMAND_AGE_S + 1
 
     def encode(self, key: bytes) -> bytes:
         """The message published on the owner's channel, signed with ``key``."""
         signature = hmac.new(key, self._signed_text(), hashlib.sha256).digest()
         return orjson.dumps({"v": COMMAND_VERSION, "request": self.request_id,
                              "action": self.action, "call": self.call_key, "leg": self.leg,
-                             "from": self.sender, "at": self.at,
+                             "from": self.sender, "to": self.target, "at": self.at,
                              "sig": base64.b64encode(signature).decode()})
 
 
@@ -92,10 +104,10 @@ def command_key(admin_token: str) -> bytes:
     return hmac.new(admin_token.encode(), COMMAND_CONTEXT, hashlib.sha256).digest()
 
 
-def new_command(action: str, call_key: str, leg: str | None, *, sender: str,
+def new_command(action: str, call_key: str, leg: str | None, *, sender: str, target: str,
                 now: float) -> Command:
-    """A command with a fresh request id."""
-    return Command(secrets.token_hex(16), action, call_key, leg, sender, int(now))
+    """A command for instance ``target``, with a fresh request id."""
+    return Command(secrets.token_hex(16), action, call_key, leg, sender, target, int(now))
 
 
 def _field(message: Mapping[str, Any], name: str) -> Any:
@@ -125,10 +137,10 @@ def _json_object(raw: object, limit: int, what: str) -> dict[str, Any]:
     return message
 
 
-def parse_command(raw: object, key: bytes, *, now: float) -> Command:
-    """The command in a channel message, checked: size, shape, known action and leg, time,
-    signature. Raises ``ClusterMessageInvalid`` (the message names the field, nothing of
-    the value)."""
+def parse_command(raw: object, key: bytes, *, receiver: str, now: float) -> Command:
+    """The command in a channel message for instance ``receiver``, checked: size, shape,
+    known action and leg, target, time, signature. Raises ``ClusterMessageInvalid`` (the
+    message names the field, nothing of the value)."""
     message = _json_object(raw, MAX_COMMAND_BYTES, "command")
     if _field(message, "v") != COMMAND_VERSION:
         raise ClusterMessageInvalid(f"field 'v' must be {COMMAND_VERSION}")
@@ -145,17 +157,27 @@ def parse_command(raw: object, key: bytes, *, now: float) -> Command:
     sender = _field(message, "from")
     if not isinstance(sender, str) or not INSTANCE_ID.match(sender):
         raise ClusterMessageInvalid("field 'from' must be an instance id")
+    target = _field(message, "to")
+    if target != receiver:
+        # Signed for another instance, and republished here (a replay elsewhere).
+        raise ClusterMessageInvalid("field 'to' must be this instance's id")
     at = _field(message, "at")
     if isinstance(at, bool) or not isinstance(at, int) or abs(now - at) > MAX_COMMAND_AGE_S:
         raise ClusterMessageInvalid(f"field 'at' must be a time within {MAX_COMMAND_AGE_S} s")
     signature = _field(message, "sig")
-    command = Command(request_id, action, call_key, leg, sender, at)
+    command = Command(request_id, action, call_key, leg, sender, receiver, at)
     expected = base64.b64encode(
         hmac.new(key, command._signed_text(), hashlib.sha256).digest()).decode()
     if not isinstance(signature, str) or not hmac.compare_digest(signature.encode(),
                                                                  expected.encode()):
         raise ClusterMessageInvalid("the signature does not match (another admin token?)")
     return command
+
+
+def _reply_signature(key: bytes, request_id: str, status: int, body: str) -> str:
+    signed = b"\n".join((REPLY_SIGNED_PREFIX, request_id.encode(), str(status).encode(),
+                         body.encode()))
+    return base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,20 +187,31 @@ class Reply:
     status: int
     body: dict[str, Any]
 
-    def encode(self) -> bytes:
-        return orjson.dumps({"status": self.status, "body": self.body})
+    def encode(self, key: bytes, request_id: str) -> bytes:
+        """The reply to ``request_id``, signed with ``key``: a party that can write to Redis
+        but holds no admin token cannot answer in the owner's place. The body travels as
+        JSON text, so the signature covers exactly the bytes the sender reads."""
+        body = orjson.dumps(self.body).decode()
+        return orjson.dumps({"status": self.status, "body": body,
+                             "sig": _reply_signature(key, request_id, self.status, body)})
 
 
-def parse_reply(raw: object) -> Reply:
-    """The reply in a reply list's item, checked. Raises ``ClusterMessageInvalid``."""
+def parse_reply(raw: object, key: bytes, *, request_id: str) -> Reply:
+    """The reply to ``request_id`` in a reply list's item, checked: size, shape, signature.
+    Raises ``ClusterMessageInvalid``."""
     message = _json_object(raw, MAX_REPLY_BYTES, "reply")
     status = _field(message, "status")
     if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599:
         raise ClusterMessageInvalid("field 'status' must be an HTTP status")
-    body = _field(message, "body")
-    if not isinstance(body, dict):
-        raise ClusterMessageInvalid("field 'body' must be a JSON object")
-    return Reply(status, body)
+    body_text = _field(message, "body")
+    if not isinstance(body_text, str):
+        raise ClusterMessageInvalid("field 'body' must be JSON text")
+    signature = _field(message, "sig")
+    expected = _reply_signature(key, request_id, status, body_text)
+    if not isinstance(signature, str) or not hmac.compare_digest(signature.encode(),
+                                                                 expected.encode()):
+        raise ClusterMessageInvalid("the reply's signature does not match")
+    return Reply(status, _json_object(body_text, MAX_REPLY_BYTES, "reply body"))
 
 
 def parse_summary(raw: object, *, instance: str, now: float) -> dict[str, Any] | None:
@@ -328,7 +361,8 @@ class ClusterCalls:
 
     async def elsewhere(self) -> tuple[list[dict[str, Any]], bool]:
         """The live calls of every other instance that is alive, each with ``instance``;
-        and whether some were left out (an instance listing more than the bound).
+        and whether some were left out (an instance listing more than its bound, or the
+        instances together more than ``MAX_CALLS_LISTED``).
 
         Raises one of ``REDIS_ERRORS`` when Redis is away.
         """
@@ -336,8 +370,11 @@ class ClusterCalls:
         if not others:
             return [], False
         sizes = await self.counts(others)
-        listed = [i for i, size in zip(others, sizes, strict=True)
-                  if size <= MAX_CALLS_LISTED_PER_INSTANCE]
+        listed, total = [], 0
+        for instance, size in zip(others, sizes, strict=True):
+            if size <= MAX_CALLS_LISTED_PER_INSTANCE and total + size <= MAX_CALLS_LISTED:
+                listed.append(instance)
+                total += size
         left_out = len(listed) < len(others)
         async with self.redis.pipeline(transaction=False) as pipe:
             for instance in listed:
@@ -393,7 +430,8 @@ class ClusterCalls:
             raise OwnerUnreachable(owner, "cannot be asked now: too many admin actions "
                                           "are waiting for other instances")
         timeout_s = self.member.settings.command_timeout_s
-        command = new_command(action, call_key, leg, sender=self.member.id, now=time.time())
+        command = new_command(action, call_key, leg, sender=self.member.id, target=owner,
+                              now=time.time())
         self._waiting += 1
         try:
             receivers = await self.redis.publish(self.keys.commands(owner),
@@ -415,7 +453,7 @@ class ClusterCalls:
             raise OwnerUnreachable(owner, f"did not answer within {timeout_s:g} s "
                                           "(cluster.command_timeout_s)")
         self.outcomes["answered"] += 1
-        return parse_reply(popped[1])
+        return parse_reply(popped[1], self._key, request_id=command.request_id)
 
     # -- admin actions from other instances ---------------------------------------------------
 
@@ -455,9 +493,9 @@ class ClusterCalls:
             return
         now = time.time()
         try:
-            command = parse_command(raw, self._key, now=now)
+            command = parse_command(raw, self._key, receiver=self.member.id, now=now)
             if not self._seen.first_use(command.request_id,
-                                        until=int(now) + MAX_COMMAND_AGE_S + 1, now=int(now)):
+                                        until=command.remember_until(now), now=int(now)):
                 raise ClusterMessageInvalid("the request id was used already (a replay)")
         except ClusterMessageInvalid as exc:
             self._reject(exc)
@@ -466,7 +504,6 @@ class ClusterCalls:
             self._reject(ClusterMessageInvalid("too many admin actions in progress"))
             return
         self._in_flight += 1
-        self.outcomes["taken"] += 1
         tasks.create_task(self._answer(command, self._perform))
 
     def _reject(self, error: ClusterMessageInvalid) -> None:
@@ -479,23 +516,55 @@ class ClusterCalls:
             self._rejected_logged_at = now
             self._rejected_since_log = 0
 
+    async def _first_taken(self, command: Command) -> bool:
+        """Whether no instance, this one before a restart included, has taken this request
+        id yet; it is taken from now. Raises one of ``REDIS_ERRORS``."""
+        now = time.time()
+        ttl_s = max(1, command.remember_until(now) - int(now))
+        return bool(await self.redis.set(self.keys.command_seen(command.request_id), b"1",
+                                         nx=True, ex=ttl_s))
+
     async def _answer(self, command: Command, perform: Perform) -> None:
+        # Each command's failure stays its own: an exception leaving this task would end
+        # the task group, and with it this instance's taking of admin actions.
         try:
-            try:
-                reply = await perform(command)
-            except Exception:  # our own bug: logged with its traceback, answered 500
-                log.exception("admin action for another instance failed",
-                              action=command.action, sender=command.sender)
-                reply = Reply(500, {"error": "internal error"})
-            key = self.keys.reply(command.request_id)
-            ttl_ms = int((self.member.settings.command_timeout_s + REPLY_TTL_MARGIN_S) * 1000)
-            try:
-                async with self.redis.pipeline(transaction=True) as pipe:
-                    pipe.rpush(key, reply.encode())
-                    pipe.pexpire(key, ttl_ms)
-                    await pipe.execute()
-            except REDIS_ERRORS as exc:
-                self.member.trouble("answering an admin action", exc)
+            await self._answer_once(command, perform)
+        except Exception:  # our own bug: logged with its traceback; the sender times out
+            log.exception("answering an admin action for another instance failed",
+                          action=command.action, sender=command.sender)
         finally:
             self._in_flight -= 1
+
+    async def _answer_once(self, command: Command, perform: Perform) -> None:
+        try:
+            if not await self._first_taken(command):
+                self._reject(ClusterMessageInvalid("the request id was used already (a replay)"))
+                return
+        except REDIS_ERRORS as exc:
+            # Unable to tell a replay: not done (the sender is told its owner did not answer).
+            self.member.trouble("taking an admin action", exc)
+            return
+        self.outcomes["taken"] += 1
+        try:
+            reply = await perform(command)
+        except Exception:  # our own bug: logged with its traceback, answered 500
+            log.exception("admin action for another instance failed",
+                          action=command.action, sender=command.sender)
+            reply = Reply(500, {"error": "internal error"})
+        try:
+            encoded = reply.encode(self._key, command.request_id)
+        except orjson.JSONEncodeError:  # our own bug: a body JSON cannot hold
+            log.exception("admin action reply for another instance cannot be encoded",
+                          action=command.action, sender=command.sender)
+            encoded = Reply(500, {"error": "internal error"}).encode(self._key,
+                                                                     command.request_id)
+        key = self.keys.reply(command.request_id)
+        ttl_ms = int((self.member.settings.command_timeout_s + REPLY_TTL_MARGIN_S) * 1000)
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.rpush(key, encoded)
+                pipe.pexpire(key, ttl_ms)
+                await pipe.execute()
+        except REDIS_ERRORS as exc:
+            self.member.trouble("answering an admin action", exc)
 

@@ -120,6 +120,11 @@ class Keys:
         """Pub/sub channel: admin actions for the calls an instance holds."""
         return f"{self.prefix}:commands:{instance_id}"
 
+    def command_seen(self, request_id: str) -> str:
+        """String, expiring once its command could no longer be accepted: the request id of
+        an admin action taken by some instance (a replay on any instance is refused)."""
+        return f"{self.prefix}:command-seen:{request_id}"
+
     def reply(self, request_id: str) -> str:
         """List: the one reply to an admin action, expiring soon after."""
         return f"{self.prefix}:reply:{request_id}"

@@ -29,7 +29,7 @@ from typing import Any, Final
 import structlog
 
 from bridge.cluster.connection import REDIS_ERRORS, check_cancelled
-from bridge.cluster.member import ClusterMember
+from bridge.cluster.member import MAX_CLOCK_AHEAD_S, ClusterMember
 from bridge.stt.slots import LocalEngineSlots, LocalSlot, new_lease
 
 log = structlog.get_logger("bridge.cluster")
@@ -177,7 +177,10 @@ class ClusterEngineSlots:
                     gone = [self._member_name(lease) for lease in given_back.get(engine, [])]
                     args: list[Any] = [self._lease_ms, *(held if renewing else []), "--", *gone]
                     await self._renew(keys=[self._keys.engine(engine)], args=args, client=pipe)
-                pipe.zcount(self._keys.instances, now_ms - self._lease_ms, "+inf")
+                # Not "+inf": entries ahead of now (a forged score) would shrink every
+                # instance's share for when Redis is away.
+                pipe.zcount(self._keys.instances, now_ms - self._lease_ms,
+                            now_ms + MAX_CLOCK_AHEAD_S * 1000)
                 *counts, alive = await pipe.execute()
         except BaseException:
             for engine, leases in given_back.items():

@@ -120,7 +120,7 @@ async def test_hostile_messages_on_an_instances_channel_are_ignored_and_it_serve
     a, b = await _two_bridges(bridge_factory, redis_server, tmp_path)
     call = await _call_on(a, "CA-hostile")
     channel = "callbridge:commands:a"
-    forged = new_command("end", "CA-hostile", None, sender="b", now=time.time())
+    forged = new_command("end", "CA-hostile", None, sender="b", target="a", now=time.time())
     hostile = [
         "not json", "[]", "{}", "x" * 100_000, '{"v": 1, "action": "end"}',
         # Well formed, but signed with a key that is not the cluster's: must not end the call.
@@ -143,7 +143,7 @@ async def test_hostile_messages_on_an_instances_channel_are_ignored_and_it_serve
     assert not receiver.ended("CA-hostile")(receiver.events)
 
     # A replay of a command that was done is refused too.
-    valid = new_command("pause", "CA-hostile", None, sender="b", now=time.time())
+    valid = new_command("pause", "CA-hostile", None, sender="b", target="a", now=time.time())
     body = valid.encode(command_key(ADMIN)).decode()
     assert await redis_server.command("PUBLISH", channel, body) == "1"
     assert await redis_server.command("PUBLISH", channel, body) == "1"

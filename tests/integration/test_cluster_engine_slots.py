@@ -105,3 +105,15 @@ async def test_a_stalled_redis_does_not_hold_a_leg_once_it_is_known_to_be_away(
             assert first is not None and second is not None
         finally:
             redis_server.thaw()
+
+
+async def test_members_heartbeating_from_the_future_do_not_shrink_the_share(
+        redis_server: RedisServer) -> None:
+    async with members(redis_server, "a", "b") as (a, _), \
+            ClusterEngineSlots(a, {"deepgram": 4}) as slots_a:
+        seconds, _micros = (await redis_server.command("TIME")).split()
+        an_hour_ahead_ms = (int(seconds) + 3600) * 1000
+        fakes = [arg for n in range(50) for arg in (str(an_hour_ahead_ms), f"future-{n}")]
+        assert await redis_server.command("ZADD", "callbridge:instances", *fakes) == "50"
+        await slots_a.renew()
+        assert slots_a.members_alive == 2

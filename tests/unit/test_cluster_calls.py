@@ -31,7 +31,7 @@ NOW = 1_796_000_000.0
 
 
 SIGNED: dict[str, Any] = json.loads(
-    new_command("pause", "CA1", "inbound", sender="b", now=NOW).encode(KEY))
+    new_command("pause", "CA1", "inbound", sender="b", target="a", now=NOW).encode(KEY))
 
 
 def _signed(**changes: Any) -> bytes:
@@ -40,11 +40,12 @@ def _signed(**changes: Any) -> bytes:
 
 
 def test_a_command_survives_the_round_trip() -> None:
-    sent = new_command("end", "CA1~2", None, sender="pod-7.example", now=NOW)
-    received = parse_command(sent.encode(KEY), KEY, now=NOW + 3)
+    sent = new_command("end", "CA1~2", None, sender="pod-7.example", target="a", now=NOW)
+    received = parse_command(sent.encode(KEY), KEY, receiver="a", now=NOW + 3)
     assert received == sent
     assert len(received.request_id) == 32
-    assert new_command("end", "CA1", None, sender="b", now=NOW).request_id != sent.request_id
+    again = new_command("end", "CA1", None, sender="b", target="a", now=NOW)
+    assert again.request_id != sent.request_id
 
 
 @pytest.mark.parametrize(("raw", "complaint"), [
@@ -54,7 +55,7 @@ def test_a_command_survives_the_round_trip() -> None:
     (b"x" * (MAX_COMMAND_BYTES + 1), "larger than"),
     (12, "not text"),
     (None, "not text"),
-    (_signed(v=2), "'v'"),
+    (_signed(v=1), "'v'"),
     (_signed(request="../../other-key"), "'request'"),
     (_signed(request="A" * 32), "'request'"),
     (_signed(action="delete"), "'action'"),
@@ -67,6 +68,8 @@ def test_a_command_survives_the_round_trip() -> None:
     (_signed(call="C" * 300), "'call'"),
     (_signed(call=None), "'call'"),
     (_signed(**{"from": "bad id/with slash"}), "'from'"),
+    (_signed(to="c"), "'to'"),  # signed for another instance, republished on this one
+    (_signed(to=None), "'to'"),
     (_signed(at="now"), "'at'"),
     (_signed(at=True), "'at'"),
     (_signed(at=int(NOW) - MAX_COMMAND_AGE_S - 5), "'at'"),
@@ -74,29 +77,68 @@ def test_a_command_survives_the_round_trip() -> None:
     (_signed(sig="AAAA"), "signature"),
     (_signed(sig=None), "signature"),
     (_signed(call="CA2"), "signature"),  # a field changed after signing
-    (b'{"v": 1}', "'request' is missing"),
+    (b'{"v": 2}', "'request' is missing"),
 ])
 def test_a_command_that_is_not_one_is_refused_with_the_field_named(raw: object,
                                                                    complaint: str) -> None:
     with pytest.raises(ClusterMessageInvalid, match=complaint) as refused:
-        parse_command(raw, KEY, now=NOW)
+        parse_command(raw, KEY, receiver="a", now=NOW)
     assert "../../" not in str(refused.value) and "CCCC" not in str(refused.value)
 
 
 def test_a_command_signed_with_another_admin_token_is_refused() -> None:
-    other = new_command("end", "CA1", None, sender="b", now=NOW)
+    other = new_command("end", "CA1", None, sender="b", target="a", now=NOW)
     with pytest.raises(ClusterMessageInvalid, match="signature"):
-        parse_command(other.encode(command_key("another-admin-token-456789")), KEY, now=NOW)
+        parse_command(other.encode(command_key("another-admin-token-456789")), KEY,
+                      receiver="a", now=NOW)
+
+
+def test_a_command_signed_for_another_instance_is_refused_even_re_addressed() -> None:
+    for_c = new_command("end", "CA1", None, sender="b", target="c", now=NOW)
+    assert parse_command(for_c.encode(KEY), KEY, receiver="c", now=NOW) == for_c
+    with pytest.raises(ClusterMessageInvalid, match="'to'"):
+        parse_command(for_c.encode(KEY), KEY, receiver="a", now=NOW)
+    re_addressed = json.dumps({**json.loads(for_c.encode(KEY)), "to": "a"}).encode()
+    with pytest.raises(ClusterMessageInvalid, match="signature"):
+        parse_command(re_addressed, KEY, receiver="a", now=NOW)
+
+
+def test_a_request_id_is_remembered_as_long_as_its_command_is_accepted() -> None:
+    sent = new_command("end", "CA1", None, sender="b", target="a", now=NOW)
+    assert sent.remember_until(NOW) == int(NOW) + MAX_COMMAND_AGE_S + 1
+    # The sender's clock is a minute ahead: accepted until NOW + 120, remembered past that.
+    ahead = new_command("end", "CA1", None, sender="b", target="a", now=NOW + MAX_COMMAND_AGE_S)
+    parse_command(ahead.encode(KEY), KEY, receiver="a", now=NOW)
+    last_accepted = NOW + 2 * MAX_COMMAND_AGE_S
+    parse_command(ahead.encode(KEY), KEY, receiver="a", now=last_accepted)
+    assert ahead.remember_until(NOW) > last_accepted
 
 
 def test_replies_are_checked() -> None:
     reply = Reply(202, {"call_id": "CA1", "ending": True})
-    assert parse_reply(reply.encode()) == reply
+    request = "0" * 32
+    assert parse_reply(reply.encode(KEY, request), KEY, request_id=request) == reply
     for raw in (b"{}", b'{"status": "200", "body": {}}', b'{"status": 99, "body": {}}',
                 b'{"status": true, "body": {}}', b'{"status": 200, "body": []}',
                 b'{"status": 200}', b"nope", b"[]", b"x" * 300_000):
         with pytest.raises(ClusterMessageInvalid):
-            parse_reply(raw)
+            parse_reply(raw, KEY, request_id=request)
+
+
+def test_a_reply_not_signed_by_the_owner_for_this_request_is_refused() -> None:
+    request = "0" * 32
+    reply = Reply(202, {"call_id": "CA1", "ending": True})
+    forged = [
+        # What a Redis writer without the admin token would push.
+        orjson.dumps({"status": 202, "body": orjson.dumps(reply.body).decode()}),
+        reply.encode(command_key("another-admin-token-456789"), request),
+        reply.encode(KEY, "1" * 32),  # the owner's reply to another request
+        orjson.dumps({**orjson.loads(reply.encode(KEY, request)), "status": 200}),
+        orjson.dumps({**orjson.loads(reply.encode(KEY, request)), "body": '{"ok": 1}'}),
+    ]
+    for raw in forged:
+        with pytest.raises(ClusterMessageInvalid, match=r"'sig'|signature"):
+            parse_reply(raw, KEY, request_id=request)
 
 
 def test_a_summary_gets_its_instance_from_the_hash_and_its_duration_from_now() -> None:
@@ -153,11 +195,12 @@ _JSON_VALUES = st.recursive(
 
 
 @settings(max_examples=300, deadline=None)
-@given(field=st.sampled_from(["v", "request", "action", "call", "leg", "from", "at", "sig"]),
+@given(field=st.sampled_from(["v", "request", "action", "call", "leg", "from", "to", "at",
+                              "sig"]),
        value=_JSON_VALUES)
 def test_any_value_in_any_field_is_refused_or_read_never_raised(field: str, value: Any) -> None:
     try:
-        parse_command(_signed(**{field: value}), KEY, now=NOW)
+        parse_command(_signed(**{field: value}), KEY, receiver="a", now=NOW)
     except ClusterMessageInvalid:
         return
     assert value == SIGNED[field]  # only what was signed is read
@@ -167,8 +210,8 @@ def test_any_value_in_any_field_is_refused_or_read_never_raised(field: str, valu
 @given(raw=st.binary(max_size=300) | _JSON_VALUES.map(lambda v: json.dumps(v).encode()))
 def test_any_bytes_are_refused_or_read_never_raised(raw: bytes) -> None:
     with pytest.raises(ClusterMessageInvalid):  # no signature in there
-        parse_command(raw, KEY, now=NOW)
+        parse_command(raw, KEY, receiver="a", now=NOW)
     with contextlib.suppress(ClusterMessageInvalid):
-        reply = parse_reply(raw)
+        reply = parse_reply(raw, KEY, request_id="0" * 32)
         assert 200 <= reply.status <= 599 and isinstance(reply.body, dict)
     assert parse_summary(raw, instance="a", now=NOW) is None or b"call_id" in raw
