@@ -10,6 +10,7 @@ from aiohttp import web
 from bridge.admission import ConnectionGate, LiveCalls
 from bridge.calls import Call
 from bridge.cluster.member import ClusterMember
+from bridge.cluster.outbox import OutboxMirror
 from bridge.config import Settings
 from bridge.delivery.dispatcher import DurableDispatcher
 from bridge.ingress.auth import NonceCache
@@ -31,3 +32,4 @@ DRAINING = web.AppKey("draining", bool)
 FEEDS = web.AppKey("feeds", LiveFeeds)  # present when the admin API is on
 TOKENS = web.AppKey("tokens", LiveTokens)  # likewise
 CLUSTER = web.AppKey("cluster", ClusterMember)  # present in cluster mode only
+MIRROR = web.AppKey("mirror", OutboxMirror)  # the outbox's copy in Redis; likewise
