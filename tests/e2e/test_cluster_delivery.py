@@ -16,12 +16,12 @@ import pytest
 import redis.asyncio as redis
 
 from bridge.events import AudioEncoding, Track
-from bridge.simulate import CallSpec, build_call, stream_call
+from bridge.simulate import CallSpec, StreamResult, build_call, stream_call
 from tests.conftest import BridgeFactory, BridgeProcess
 from tests.e2e.test_cluster import _cluster_env
 from tests.support.audio import ulaw
 from tests.support.outbox_file import query
-from tests.support.receiver import WebhookReceiver
+from tests.support.receiver import Received, WebhookReceiver
 from tests.support.redis_server import RedisSentinel, RedisServer
 from tests.support.speech import caller
 
@@ -41,7 +41,7 @@ async def redis_aof(tmp_path: Path) -> AsyncIterator[RedisServer]:
         yield server
 
 
-def _call(bridge: BridgeProcess, call_id: str, audio: bytes) -> asyncio.Task[object]:
+def _call(bridge: BridgeProcess, call_id: str, audio: bytes) -> asyncio.Task[StreamResult]:
     spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(audio)}, call_id=call_id)
     return asyncio.create_task(stream_call(bridge.url("/streams/twilio"), build_call(spec),
                                            speed=1))
@@ -95,8 +95,8 @@ def _delete_outbox(directory: Path, name: str) -> None:
         path.unlink()
 
 
-def _sequences(events: list[object]) -> list[tuple[str, object]]:
-    return [(e.type, e.data.get("sequence")) for e in events]  # type: ignore[attr-defined]
+def _sequences(events: list[Received]) -> list[tuple[str, object]]:
+    return [(e.type, e.data.get("sequence")) for e in events]
 
 
 async def test_a_lost_instance_s_finals_are_delivered_once_by_a_survivor(
