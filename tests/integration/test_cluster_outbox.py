@@ -8,6 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from bridge.cluster.connection import text
 from bridge.cluster.member import ClusterMember
 from bridge.cluster.outbox import OutboxMirror
 from bridge.config import ClusterSettings, Secret
@@ -51,7 +52,7 @@ async def outbox(tmp_path: Path) -> AsyncIterator[OutboxThread]:
 async def copied(member: ClusterMember) -> dict[str, dict[str, object]]:
     """Instance a's copy of its events: seq -> record."""
     raw = await member.redis.hgetall(member.keys.outbox("a"))
-    return {key.decode(): orjson.loads(value) for key, value in raw.items()}
+    return {text(key): orjson.loads(value) for key, value in raw.items()}
 
 
 async def test_an_event_delivered_between_reading_and_marking_leaves_the_copy(
@@ -75,7 +76,7 @@ async def test_a_removal_not_yet_copied_survives_a_crash(
     await first.open()
     await first.call(lambda ob: ob.store([final(1), final(2)], now=T0))
     await OutboxMirror(member).catch_up(first)
-    assert sorted(record["id"] for record in (await copied(member)).values()) == [
+    assert sorted(str(record["id"]) for record in (await copied(member)).values()) == [
         "msg_CA1_1", "msg_CA1_2"]
     [due], _ = await first.call(lambda ob: ob.due_heads("hooks", T0, 10))
     await first.call(lambda ob: ob.mark_delivered(due.event_seq, "hooks", 204, now=T0))
