@@ -118,6 +118,11 @@ class Keys:
         """Hash: target name -> its URL and secret's variable, for an instance's events."""
         return f"{self.prefix}:outbox-targets:{instance_id}"
 
+    def outbox_copy(self, instance_id: str) -> str:
+        """String: present while Redis holds an instance's whole outbox copy; missing after
+        a Redis that lost its data, which makes the instance copy everything again."""
+        return f"{self.prefix}:outbox-copy:{instance_id}"
+
     def outbox_calls(self, instance_id: str) -> str:
         """Hash: call id -> an instance's call in progress as its outbox tracks it (legs'
         text so far, held finals masked), for closing it if the instance is lost."""

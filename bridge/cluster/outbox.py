@@ -185,19 +185,33 @@ class OutboxMirror:
                     "restored from the cluster", events=len(events), calls=len(calls))
 
     async def run(self, db: OutboxThread, changed: asyncio.Event) -> None:
-        """Copy changes as they come, until cancelled (a batch in flight is copied again)."""
+        """Copy changes as they come, until cancelled (a batch in flight is copied again).
+        After Redis was away, a copy that did not survive (no persistence) is redone."""
+        check_copy = False
         while True:
             changed.clear()
             try:
+                if check_copy:
+                    await self._check_copy(db)
+                    check_copy = False
                 await self.catch_up(db)
             except REDIS_ERRORS as exc:
                 self.member.trouble("outbox mirror", exc)
                 self.backlog = await db.call(lambda ob: ob.mirror_backlog())
+                check_copy = True
                 await asyncio.sleep(self.settings.heartbeat_s)
                 continue
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(POLL_S):
                     await changed.wait()
+
+    async def _check_copy(self, db: OutboxThread) -> None:
+        if await self.redis.exists(self.keys.outbox_copy(self.member.id)):
+            return
+        log.warning("redis lost this instance's outbox copy (restarted without its data?); "
+                    "copying the outbox again")
+        await db.call(lambda ob: ob.mirror_again())
+        self._prune = True
 
     async def flush(self, db: OutboxThread) -> None:
         with contextlib.suppress(*REDIS_ERRORS):
@@ -220,6 +234,7 @@ class OutboxMirror:
             pruned = self._prune
             if pruned:
                 await self._drop_stale(db)
+                await self.redis.set(self.keys.outbox_copy(self.member.id), str(time.time()))
                 self._prune = False
             self.backlog = await db.call(lambda ob: ob.mirror_backlog())
         self.mirrored += copied
@@ -358,7 +373,8 @@ class Takeovers:
             await self.mirror.catch_up(self.dispatcher.db)
             async with redis.pipeline(transaction=True) as pipe:
                 pipe.delete(keys.outbox(instance), keys.outbox_targets(instance),
-                            keys.outbox_calls(instance), keys.instance_calls(instance))
+                            keys.outbox_calls(instance), keys.outbox_copy(instance),
+                            keys.instance_calls(instance))
                 pipe.zrem(keys.instances, instance)
                 pipe.set(keys.taken_over(instance), me, ex=TAKEN_OVER_KEPT_S)
                 await pipe.execute()

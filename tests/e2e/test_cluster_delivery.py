@@ -34,10 +34,12 @@ FOUR_FINALS = caller(("silence", 400), ("tone", 2500, 900), ("silence", 600),
                      ("tone", 500, 1000), ("silence", 600))
 
 
-@pytest.fixture
-async def redis_aof(tmp_path: Path) -> AsyncIterator[RedisServer]:
-    """A real ``redis-server`` with its append-only file on (``everysec``)."""
-    async with RedisServer(tmp_path / "redis-aof", appendonly=True) as server:
+@pytest.fixture(params=[True, False], ids=["aof", "no-persistence"])
+async def redis_aof(tmp_path: Path, request: pytest.FixtureRequest,
+                    ) -> AsyncIterator[RedisServer]:
+    """A real ``redis-server``, with its append-only file on (``everysec``) or, to show that
+    a copy lost with Redis's data is made again, without persistence."""
+    async with RedisServer(tmp_path / "redis-aof", appendonly=request.param) as server:
         yield server
 
 
