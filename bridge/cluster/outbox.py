@@ -201,15 +201,24 @@ class OutboxMirror:
                 check_copy = True
                 await asyncio.sleep(self.settings.heartbeat_s)
                 continue
+            except Exception:  # our bug or the disk: the copy waits, delivery goes on
+                log.exception("outbox mirror failed; retrying")
+                await asyncio.sleep(self.settings.takeover_s)
+                continue
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(POLL_S):
                     await changed.wait()
 
     async def _check_copy(self, db: OutboxThread) -> None:
-        if await self.redis.exists(self.keys.outbox_copy(self.member.id)):
+        """After Redis was away: is the copy still there? Gone with Redis's data, or taken
+        over by a survivor while this instance could not reach Redis (it was alive all
+        along, so its file stays the truth and the survivor's mark is void)."""
+        me = self.member.id
+        if await self.redis.exists(self.keys.outbox_copy(me)):
             return
-        log.warning("redis lost this instance's outbox copy (restarted without its data?); "
-                    "copying the outbox again")
+        taken = await self.redis.delete(self.keys.taken_over(me))
+        log.warning("this instance's outbox copy is gone from redis; copying the outbox again",
+                    reason="taken over while unreachable" if taken else "redis lost its data")
         await db.call(lambda ob: ob.mirror_again())
         self._prune = True
 
@@ -350,6 +359,9 @@ class Takeovers:
                     await self.take_over(instance)
             except REDIS_ERRORS as exc:
                 self.member.trouble("takeover", exc)
+            except Exception:  # our bug or the disk: the lease lapses, the takeover is redone
+                log.exception("takeover of a lost instance failed; retrying")
+                await asyncio.sleep(self.member.settings.takeover_s)
             await asyncio.sleep(self.member.settings.heartbeat_s)
 
     async def take_over(self, instance: str) -> bool:
