@@ -32,6 +32,8 @@ CALLER_THEN_LONG = caller(("silence", 400), ("tone", 3000, 900))
 # Four finals, the third after a long utterance, so Redis can be away in between.
 FOUR_FINALS = caller(("silence", 400), ("tone", 2500, 900), ("silence", 600),
                      ("tone", 500, 1000), ("silence", 600))
+# Retries stay short however long Redis is away, so the receiver's return is seen at once.
+FAST_RETRIES = {"CALLBRIDGE_WEBHOOKS_RETRY_SCHEDULE_S": "0.3"}
 
 
 @pytest.fixture(params=[True, False], ids=["aof", "no-persistence"])
@@ -148,7 +150,7 @@ async def test_redis_restarted_mid_call_loses_nothing_and_keeps_order(
         bridge_factory: BridgeFactory, receiver: WebhookReceiver, redis_aof: RedisServer,
         tmp_path: Path) -> None:
     receiver.fail_statuses = [503] * 100_000  # events stay undelivered, so the copy holds them
-    a = await bridge_factory(**_cluster_env(redis_aof, tmp_path, "a"))
+    a = await bridge_factory(**_cluster_env(redis_aof, tmp_path, "a", **FAST_RETRIES))
     call = _call(a, "CA-restart", FOUR_FINALS)
     await a.wait_for_log("event stored", event_type="transcript.final", call_id="CA-restart",
                          occurrence=2)
@@ -193,7 +195,7 @@ async def test_a_sentinel_failover_mid_call_loses_nothing_and_mirroring_goes_on(
         env = _cluster_env(primary, tmp_path, "a", CALLBRIDGE_CLUSTER_SENTINELS=sentinel.address,
                            CALLBRIDGE_CLUSTER_SENTINEL_PRIMARY=sentinel.name,
                            CALLBRIDGE_CLUSTER_WAIT_REPLICAS="1",
-                           CALLBRIDGE_CLUSTER_WAIT_TIMEOUT_MS="1000")
+                           CALLBRIDGE_CLUSTER_WAIT_TIMEOUT_MS="1000", **FAST_RETRIES)
         env["CALLBRIDGE_REDIS_URL"] = ""
         a = await bridge_factory(**env)
         call = _call(a, "CA-failover", FOUR_FINALS)
