@@ -674,7 +674,11 @@ class Outbox:
     # -- the cluster's mirror ------------------------------------------------------------------
 
     def to_mirror(self, limit: int) -> ToMirror:
-        """Up to ``limit`` each of the events, live calls and removals the copy lacks."""
+        """Up to ``limit`` each of the events, live calls and removals the copy lacks.
+
+        Calls and removals come only with the last batch of events, so that a call's copy
+        never runs ahead of its events' (its ``call.ended`` copied before the call's copy
+        leaves, its legs' text never ahead of the finals copied)."""
         events: list[tuple[int, int, StoredEvent | None]] = []
         for row in self.db.execute(
                 "SELECT seq, version, id, type, call_id, leg, body FROM events "
@@ -685,6 +689,8 @@ class Outbox:
             event = StoredEvent(row["id"], EventType(row["type"]), row["call_id"], row["leg"],
                                 bytes(row["body"]), targets) if targets else None
             events.append((row["seq"], row["version"], event))
+        if len(events) == limit:
+            return ToMirror(events, [], [], self.targets())
         calls = [(row["version"], self._live_call(row, held=True)) for row in self.db.execute(
             "SELECT call_id, started, targets, version FROM live_calls "
             "WHERE mirrored IS NOT version LIMIT ?", (limit,)).fetchall()]

@@ -165,3 +165,13 @@ async def test_a_restart_with_its_file_drops_rows_redis_has_beyond_it(
     await mirror.reconcile(outbox)
     await mirror.catch_up(outbox)
     assert [record["id"] for record in (await copied(member)).values()] == ["msg_CA1_1"]
+
+
+async def test_a_call_s_copy_waits_for_its_events_to_be_copied(
+        member: ClusterMember, outbox: OutboxThread) -> None:
+    await outbox.call(lambda ob: ob.store([started(), final(1), final(2)], now=T0))
+    first = await outbox.call(lambda ob: ob.to_mirror(2))
+    assert len(first.events) == 2 and first.calls == []  # the call's text includes final 2
+    await outbox.call(lambda ob: ob.mark_mirrored(first))
+    second = await outbox.call(lambda ob: ob.to_mirror(2))
+    assert len(second.events) == 1 and [call.call_id for _, call in second.calls] == ["CA1"]
