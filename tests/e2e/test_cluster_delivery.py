@@ -146,6 +146,41 @@ async def test_a_lost_instance_s_finals_are_delivered_once_by_a_survivor(
     assert await redis_server.command("GET", "callbridge:taken-over:a") == "b"
 
 
+async def test_an_instance_back_after_a_takeover_does_not_send_its_events_again(
+        bridge_factory: BridgeFactory, receiver: WebhookReceiver, redis_server: RedisServer,
+        tmp_path: Path) -> None:
+    receiver.fail_statuses = [503] * 100_000
+    env = _cluster_env(redis_server, tmp_path, "a")
+    a = await bridge_factory(**env)
+    b = await bridge_factory(**_cluster_env(redis_server, tmp_path, "b"))
+    call = _call(a, "CA-back", CALLER_THEN_LONG)
+    await a.wait_for_log("event stored", event_type="transcript.final", call_id="CA-back",
+                         occurrence=2)
+    await _mirrored(a, since=len(a.logs))
+    os.kill(a.process.pid, signal.SIGKILL)
+    await a.process.wait()
+    with contextlib.suppress(aiohttp.ClientError, ConnectionError):
+        await call
+    receiver.fail_statuses.clear()
+    await b.wait_for_log("lost instance taken over: its undelivered events are delivered "
+                         "from here and its calls ended", instance="a")
+    await receiver.wait_for(receiver.ended("CA-back"), within_s=30)
+
+    # A comes back with the same id and its file: what B took over is not sent again.
+    again = await bridge_factory(**env)
+    dropped = await again.wait_for_log("another instance took over this one's undelivered "
+                                       "events while it was away; local copies of them are "
+                                       "dropped, not sent twice")
+    assert dropped["events"] == 3 and dropped["calls"] == 1
+    await again.wait_for_log("webhook delivery ready")
+    assert query(tmp_path / "a.db", "SELECT COUNT(*) FROM events") == [(0,)]
+    assert query(tmp_path / "a.db", "SELECT COUNT(*) FROM live_calls") == [(0,)]
+    assert not again.log_events("closing calls a previous run left open")
+    assert _sequences(receiver.of_call("CA-back")) == [
+        ("call.started", None), ("transcript.final", 1), ("transcript.final", 2),
+        ("call.ended", None)]
+
+
 async def test_redis_restarted_mid_call_loses_nothing_and_keeps_order(
         bridge_factory: BridgeFactory, receiver: WebhookReceiver, redis_aof: RedisServer,
         tmp_path: Path) -> None:
