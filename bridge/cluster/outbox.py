@@ -10,6 +10,10 @@ the copy too; the file remembers what the copy lacks (``Outbox.to_mirror``), so 
 a Redis outage only delays the copy, which then catches up in order. With
 ``cluster.wait_replicas``, each batch waits for that many replicas (``WAIT``).
 
+The copy follows the file within ``LINGER_S`` (plus a round trip): long enough for a
+receiver that answers at once to have taken an event, which then never needs copying, so
+Redis mostly holds what is waiting for a slow or absent receiver.
+
 ``Takeovers`` watches the members: for each one whose heartbeat expired, one survivor
 (holding ``Keys.takeover`` as a lease) adopts its events into its own outbox, keeping
 every ``webhook-id``, ends its calls with ``call.ended`` (``instance_lost``), waits until
@@ -46,6 +50,7 @@ log = structlog.get_logger("bridge.cluster")
 MIRROR_BATCH: Final = 500  # rows of each kind per round trip to Redis
 READ_BATCH: Final = 500  # a lost instance's events read (and adopted) this many at a time
 POLL_S: Final = 1.0  # the mirror looks again this often (an operator's command changed the file)
+LINGER_S: Final = 0.05  # after a change, the mirror waits this long before copying
 LEASE_FACTOR: Final = 6  # a takeover's lease lasts this many takeover_s
 TAKEN_OVER_KEPT_S: Final = 7 * 86400  # the mark a restarted instance looks for
 
@@ -208,6 +213,9 @@ class OutboxMirror:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(POLL_S):
                     await changed.wait()
+            # A burst of changes is copied at once, and an event its receiver took at once
+            # has left the file before the copy would have been made: it never reaches Redis.
+            await asyncio.sleep(LINGER_S)
 
     async def _check_copy(self, db: OutboxThread) -> None:
         """After Redis was away: is the copy still there? Gone with Redis's data, or taken
