@@ -239,21 +239,20 @@ class OutboxMirror:
         ``REDIS_ERRORS``; what was not copied stays marked in the file."""
         async with self._lock:
             copied = calls = removed = 0
-            while True:
-                batch = await db.call(lambda ob: ob.to_mirror(MIRROR_BATCH))
-                if batch.empty:
-                    break
+            batch: ToMirror | None = await db.call(lambda ob: ob.to_mirror(MIRROR_BATCH))
+            while batch is not None and not batch.empty:
                 await self._write(batch)
-                await db.call(lambda ob, batch=batch: ob.mark_mirrored(batch))  # type: ignore[misc]
                 copied += len(batch.events)
                 calls += len(batch.calls)
                 removed += len(batch.removed)
+                batch = await db.call(lambda ob, done=batch: ob.mark_mirrored(  # type: ignore[misc]
+                    done, MIRROR_BATCH))
             pruned = self._prune
             if pruned:
                 await self._drop_stale(db)
                 await self.redis.set(self.keys.outbox_copy(self.member.id), str(time.time()))
                 self._prune = False
-            self.backlog = await db.call(lambda ob: ob.mirror_backlog())
+            self.backlog = 0  # the last batch read was empty
         self.mirrored += copied
         if copied or calls or removed or pruned:
             self.member.recovered()  # only a Redis call that succeeded says it is back

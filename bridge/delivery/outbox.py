@@ -681,11 +681,11 @@ class Outbox:
         leaves, its legs' text never ahead of the finals copied)."""
         events: list[tuple[int, int, StoredEvent | None]] = []
         for row in self.db.execute(
-                "SELECT seq, version, id, type, call_id, leg, body FROM events "
-                "WHERE mirrored IS NOT version ORDER BY seq LIMIT ?", (limit,)).fetchall():
-            targets = tuple(t[0] for t in self.db.execute(
-                "SELECT target FROM deliveries WHERE event_seq=? AND state='pending' "
-                "ORDER BY target", (row["seq"],)))
+                "SELECT seq, version, id, type, call_id, leg, body, (SELECT json_group_array("
+                "target) FROM (SELECT target FROM deliveries WHERE event_seq=seq "
+                "AND state='pending' ORDER BY target)) AS pending FROM events "
+                "WHERE mirrored IS NOT version ORDER BY seq LIMIT ?", (limit,)):
+            targets = tuple(json.loads(row["pending"]))
             event = StoredEvent(row["id"], EventType(row["type"]), row["call_id"], row["leg"],
                                 bytes(row["body"]), targets) if targets else None
             events.append((row["seq"], row["version"], event))
@@ -698,15 +698,20 @@ class Outbox:
             "SELECT id, kind, key FROM mirror_tombstones ORDER BY id LIMIT ?", (limit,))]
         return ToMirror(events, calls, removed, self.targets() if events else {})
 
-    def mark_mirrored(self, batch: ToMirror) -> None:
+    def mark_mirrored(self, batch: ToMirror, next_limit: int = 0) -> ToMirror | None:
         """Record that Redis now has ``batch``. A row changed since it was read stays to be
-        copied again; one deleted since gets a tombstone, as Redis may now hold it."""
+        copied again; one deleted since gets a tombstone, as Redis may now hold it. With
+        ``next_limit``, returns the next batch (``to_mirror``), saving the caller a trip."""
         with self._transaction():
-            for seq, version, _ in batch.events:
-                if not self.db.execute("UPDATE events SET mirrored=? WHERE seq=?",
-                                       (version, seq)).rowcount:
-                    self.db.execute("INSERT INTO mirror_tombstones (kind, key) "
-                                    "VALUES ('event', ?)", (str(seq),))
+            seqs = [seq for seq, _, _ in batch.events]
+            present = {row[0] for row in self.db.execute(
+                f"SELECT seq FROM events WHERE seq IN ({','.join('?' * len(seqs))})",  # noqa: S608
+                seqs)} if seqs else set()
+            self.db.executemany("UPDATE events SET mirrored=? WHERE seq=?",
+                                [(version, seq) for seq, version, _ in batch.events
+                                 if seq in present])
+            self.db.executemany("INSERT INTO mirror_tombstones (kind, key) VALUES ('event', ?)",
+                                [(str(seq),) for seq in seqs if seq not in present])
             for version, call in batch.calls:
                 if not self.db.execute("UPDATE live_calls SET mirrored=? WHERE call_id=?",
                                        (version, call.call_id)).rowcount:
@@ -714,6 +719,7 @@ class Outbox:
                                     "VALUES ('call', ?)", (call.call_id,))
             self.db.executemany("DELETE FROM mirror_tombstones WHERE id=?",
                                 [(tombstone_id,) for tombstone_id, _, _ in batch.removed])
+        return self.to_mirror(next_limit) if next_limit else None
 
     def mirror_backlog(self) -> int:
         """Events, live calls and removals the copy in Redis lacks."""
