@@ -10,9 +10,9 @@ the copy too; the file remembers what the copy lacks (``Outbox.to_mirror``), so 
 a Redis outage only delays the copy, which then catches up in order. With
 ``cluster.wait_replicas``, each batch waits for that many replicas (``WAIT``).
 
-The copy follows the file within ``LINGER_S`` (plus a round trip): long enough for a
-receiver that answers at once to have taken an event, which then never needs copying, so
-Redis mostly holds what is waiting for a slow or absent receiver.
+An event is copied once it has been stored for ``LINGER_S`` (within twice that, plus a
+round trip): long enough for a receiver that answers at once to have taken it, so that it
+never needs copying and Redis mostly holds what waits for a slow or absent receiver.
 
 ``Takeovers`` watches the members: for each one whose heartbeat expired, one survivor
 (holding ``Keys.takeover`` as a lease) adopts its events into its own outbox, keeping
@@ -50,7 +50,7 @@ log = structlog.get_logger("bridge.cluster")
 MIRROR_BATCH: Final = 500  # rows of each kind per round trip to Redis
 READ_BATCH: Final = 500  # a lost instance's events read (and adopted) this many at a time
 POLL_S: Final = 1.0  # the mirror looks again this often (an operator's command changed the file)
-LINGER_S: Final = 0.05  # after a change, the mirror waits this long before copying
+LINGER_S: Final = 0.05  # an event waits this long before it is copied; so do passes
 LEASE_FACTOR: Final = 6  # a takeover's lease lasts this many takeover_s
 TAKEN_OVER_KEPT_S: Final = 7 * 86400  # the mark a restarted instance looks for
 
@@ -148,6 +148,8 @@ class OutboxMirror:
         self.wait_shortfalls = 0  # batches fewer replicas than cluster.wait_replicas took
         self._waiting_short = False
         self._prune = False
+        # An event stored this recently is not copied yet: its receiver may take it first.
+        self.grace_s = LINGER_S
         self._lock = asyncio.Lock()
 
     async def reconcile(self, db: OutboxThread) -> None:
@@ -211,11 +213,10 @@ class OutboxMirror:
                 await asyncio.sleep(self.settings.takeover_s)
                 continue
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(POLL_S):
+                # Events too young to copy yet are due once their grace has passed.
+                async with asyncio.timeout(LINGER_S if self.backlog else POLL_S):
                     await changed.wait()
-            # A burst of changes is copied at once, and an event its receiver took at once
-            # has left the file before the copy would have been made: it never reaches Redis.
-            await asyncio.sleep(LINGER_S)
+            await asyncio.sleep(LINGER_S)  # a burst of changes goes in one round trip
 
     async def _check_copy(self, db: OutboxThread) -> None:
         """After Redis was away: is the copy still there? Gone with Redis's data, or taken
@@ -231,6 +232,7 @@ class OutboxMirror:
         self._prune = True
 
     async def flush(self, db: OutboxThread) -> None:
+        self.grace_s = 0.0  # the last pass copies everything
         with contextlib.suppress(*REDIS_ERRORS):
             await self.catch_up(db)
 
@@ -239,20 +241,21 @@ class OutboxMirror:
         ``REDIS_ERRORS``; what was not copied stays marked in the file."""
         async with self._lock:
             copied = calls = removed = 0
-            batch: ToMirror | None = await db.call(lambda ob: ob.to_mirror(MIRROR_BATCH))
-            while batch is not None and not batch.empty:
+            grace = self.grace_s
+            batch = await db.call(lambda ob: ob.to_mirror(MIRROR_BATCH, grace))
+            while not batch.empty:
                 await self._write(batch)
                 copied += len(batch.events)
                 calls += len(batch.calls)
                 removed += len(batch.removed)
                 batch = await db.call(lambda ob, done=batch: ob.mark_mirrored(  # type: ignore[misc]
-                    done, MIRROR_BATCH))
+                    done, MIRROR_BATCH, grace))
             pruned = self._prune
             if pruned:
                 await self._drop_stale(db)
                 await self.redis.set(self.keys.outbox_copy(self.member.id), str(time.time()))
                 self._prune = False
-            self.backlog = 0  # the last batch read was empty
+            self.backlog = batch.young  # the last batch read had nothing old enough
         self.mirrored += copied
         if copied or calls or removed or pruned:
             self.member.recovered()  # only a Redis call that succeeded says it is back

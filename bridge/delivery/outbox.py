@@ -252,12 +252,14 @@ class LiveCall:
 class ToMirror:
     """What the copy in Redis lacks, oldest first: events with the targets still pending
     (None: nothing pending, the copy goes), live calls with their held finals, removals,
-    and every known target (name -> url, secret's variable) when there are events."""
+    every known target (name -> url, secret's variable) when there are events, and how
+    many events are too young to be in it yet."""
 
     events: list[tuple[int, int, StoredEvent | None]]  # (seq, version, event)
     calls: list[tuple[int, LiveCall]]  # (version, call)
     removed: list[tuple[int, str, str]]  # tombstones: (id, 'event' or 'call', seq or call id)
     targets: dict[str, tuple[str, str]]
+    young: int = 0  # events left for a later batch: stored within the grace period
 
     @property
     def empty(self) -> bool:
@@ -673,32 +675,40 @@ class Outbox:
 
     # -- the cluster's mirror ------------------------------------------------------------------
 
-    def to_mirror(self, limit: int) -> ToMirror:
-        """Up to ``limit`` each of the events, live calls and removals the copy lacks.
+    def to_mirror(self, limit: int, grace_s: float = 0.0,
+                  now: float | None = None) -> ToMirror:
+        """Up to ``limit`` each of the events, live calls and removals the copy lacks;
+        events stored less than ``grace_s`` ago wait (one delivered meanwhile is never
+        copied), counted in ``young``.
 
-        Calls and removals come only with the last batch of events, so that a call's copy
-        never runs ahead of its events' (its ``call.ended`` copied before the call's copy
-        leaves, its legs' text never ahead of the finals copied)."""
+        Calls and removals come only with the last batch of events, so that a call's
+        ``call.ended`` is copied before the call's own copy leaves."""
+        cutoff = (time.time() if now is None else now) - grace_s
         events: list[tuple[int, int, StoredEvent | None]] = []
         for row in self.db.execute(
                 "SELECT seq, version, id, type, call_id, leg, body, (SELECT json_group_array("
                 "target) FROM (SELECT target FROM deliveries WHERE event_seq=seq "
                 "AND state='pending' ORDER BY target)) AS pending FROM events "
-                "WHERE mirrored IS NOT version ORDER BY seq LIMIT ?", (limit,)):
+                "WHERE mirrored IS NOT version AND created_at <= ? ORDER BY seq LIMIT ?",
+                (cutoff, limit)):
             targets = tuple(json.loads(row["pending"]))
             event = StoredEvent(row["id"], EventType(row["type"]), row["call_id"], row["leg"],
                                 bytes(row["body"]), targets) if targets else None
             events.append((row["seq"], row["version"], event))
         if len(events) == limit:
             return ToMirror(events, [], [], self.targets())
+        young = int(self.db.execute(
+            "SELECT COUNT(*) FROM events WHERE mirrored IS NOT version AND created_at > ?",
+            (cutoff,)).fetchone()[0]) if grace_s > 0 else 0
         calls = [(row["version"], self._live_call(row, held=True)) for row in self.db.execute(
             "SELECT call_id, started, targets, version FROM live_calls "
             "WHERE mirrored IS NOT version LIMIT ?", (limit,)).fetchall()]
         removed = [(row[0], row[1], row[2]) for row in self.db.execute(
             "SELECT id, kind, key FROM mirror_tombstones ORDER BY id LIMIT ?", (limit,))]
-        return ToMirror(events, calls, removed, self.targets() if events else {})
+        return ToMirror(events, calls, removed, self.targets() if events else {}, young)
 
-    def mark_mirrored(self, batch: ToMirror, next_limit: int = 0) -> ToMirror | None:
+    def mark_mirrored(self, batch: ToMirror, next_limit: int = 0,
+                      grace_s: float = 0.0) -> ToMirror | None:
         """Record that Redis now has ``batch``. A row changed since it was read stays to be
         copied again; one deleted since gets a tombstone, as Redis may now hold it. With
         ``next_limit``, returns the next batch (``to_mirror``), saving the caller a trip."""
@@ -719,7 +729,7 @@ class Outbox:
                                     "VALUES ('call', ?)", (call.call_id,))
             self.db.executemany("DELETE FROM mirror_tombstones WHERE id=?",
                                 [(tombstone_id,) for tombstone_id, _, _ in batch.removed])
-        return self.to_mirror(next_limit) if next_limit else None
+        return self.to_mirror(next_limit, grace_s) if next_limit else None
 
     def mirror_backlog(self) -> int:
         """Events, live calls and removals the copy in Redis lacks."""

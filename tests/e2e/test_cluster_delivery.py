@@ -140,6 +140,10 @@ async def test_a_lost_instance_s_finals_are_delivered_once_by_a_survivor(
                               "text": "tone 400 hertz tone 700 hertz", "transcripts": 2}]
     # Delivered by B, and nothing of the call is left to send again.
     await b.wait_for_log("event stored", event_type="call.ended", call_id="CA-lost")
+    b.process.terminate()
+    stopped = await b.wait_for_log("webhook delivery stopped")
+    assert stopped["delivered"] == 4
+    await b.process.wait()
     assert query(tmp_path / "b.db", "SELECT COUNT(*) FROM events") == [(0,)]
     assert await redis_server.command("EXISTS", "callbridge:outbox:a",
                                       "callbridge:outbox-calls:a") == "0"

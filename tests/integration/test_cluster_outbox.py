@@ -17,7 +17,7 @@ from bridge.delivery.writer import OutboxThread
 from bridge.events import EventType
 from tests.support.redis_server import RedisServer
 
-T0 = 1_800_000_000.0
+T0 = 1_700_000_000.0  # in the past: a copy takes events stored before now
 Opened = Callable[[str], OutboxMirror]
 
 
@@ -49,6 +49,14 @@ async def outbox(tmp_path: Path) -> AsyncIterator[OutboxThread]:
     await db.close()
 
 
+def copier(member: ClusterMember) -> OutboxMirror:
+    """A mirror that copies events as soon as they are stored (no grace: the tests' clock
+    is their own)."""
+    mirror = OutboxMirror(member)
+    mirror.grace_s = 0.0
+    return mirror
+
+
 async def copied(member: ClusterMember) -> dict[str, dict[str, object]]:
     """Instance a's copy of its events: seq -> record."""
     raw = await member.redis.hgetall(member.keys.outbox("a"))
@@ -57,7 +65,7 @@ async def copied(member: ClusterMember) -> dict[str, dict[str, object]]:
 
 async def test_an_event_delivered_between_reading_and_marking_leaves_the_copy(
         member: ClusterMember, outbox: OutboxThread) -> None:
-    mirror = OutboxMirror(member)
+    mirror = copier(member)
     await outbox.call(lambda ob: ob.store([final(1)], now=T0))
     batch = await outbox.call(lambda ob: ob.to_mirror(100))
     await mirror._write(batch)  # Redis has it ...
@@ -75,7 +83,7 @@ async def test_a_removal_not_yet_copied_survives_a_crash(
     first = OutboxThread(lambda: Outbox(tmp_path / "a.db"))
     await first.open()
     await first.call(lambda ob: ob.store([final(1), final(2)], now=T0))
-    await OutboxMirror(member).catch_up(first)
+    await copier(member).catch_up(first)
     assert sorted(str(record["id"]) for record in (await copied(member)).values()) == [
         "msg_CA1_1", "msg_CA1_2"]
     [due], _ = await first.call(lambda ob: ob.due_heads("hooks", T0, 10))
@@ -85,7 +93,7 @@ async def test_a_removal_not_yet_copied_survives_a_crash(
     again = OutboxThread(lambda: Outbox(tmp_path / "a.db"))
     await again.open()
     try:
-        await OutboxMirror(member).catch_up(again)
+        await copier(member).catch_up(again)
     finally:
         await again.close()
     assert [record["id"] for record in (await copied(member)).values()] == ["msg_CA1_2"]
@@ -93,7 +101,7 @@ async def test_a_removal_not_yet_copied_survives_a_crash(
 
 async def test_a_delivery_to_one_of_two_targets_leaves_the_other_in_the_copy(
         member: ClusterMember, outbox: OutboxThread) -> None:
-    mirror = OutboxMirror(member)
+    mirror = copier(member)
     await outbox.call(lambda ob: ob.store([final(1, targets=("one", "two"))], now=T0))
     await mirror.catch_up(outbox)
     [due], _ = await outbox.call(lambda ob: ob.due_heads("one", T0, 10))
@@ -105,7 +113,7 @@ async def test_a_delivery_to_one_of_two_targets_leaves_the_other_in_the_copy(
 
 async def test_a_call_in_progress_is_copied_with_its_text_and_leaves_when_it_ends(
         member: ClusterMember, outbox: OutboxThread) -> None:
-    mirror = OutboxMirror(member)
+    mirror = copier(member)
     await outbox.call(lambda ob: ob.store([started(), final(1), final(2)], now=T0))
     await mirror.catch_up(outbox)
     raw = await member.redis.hget(member.keys.outbox_calls("a"), "CA1")
@@ -120,7 +128,7 @@ async def test_a_call_in_progress_is_copied_with_its_text_and_leaves_when_it_end
 
 async def test_a_restart_after_a_takeover_drops_what_was_copied_and_keeps_the_rest(
         member: ClusterMember, outbox: OutboxThread) -> None:
-    mirror = OutboxMirror(member)
+    mirror = copier(member)
     await outbox.call(lambda ob: ob.store([final(1)], now=T0))
     await mirror.catch_up(outbox)
     await outbox.call(lambda ob: ob.store([final(2)], now=T0))  # never copied
@@ -128,7 +136,7 @@ async def test_a_restart_after_a_takeover_drops_what_was_copied_and_keeps_the_re
     await member.redis.delete(member.keys.outbox("a"))
     await member.redis.set(member.keys.taken_over("a"), "b")
 
-    await OutboxMirror(member).reconcile(outbox)
+    await copier(member).reconcile(outbox)
     ids = await outbox.call(lambda ob: [row[0] for row in ob.db.execute(
         "SELECT id FROM events ORDER BY seq")])
     assert ids == ["msg_CA1_2"]
@@ -138,12 +146,12 @@ async def test_a_restart_after_a_takeover_drops_what_was_copied_and_keeps_the_re
 async def test_a_restart_with_a_new_file_takes_its_rows_back_from_redis(
         member: ClusterMember, outbox: OutboxThread, tmp_path: Path) -> None:
     await outbox.call(lambda ob: ob.store([started(), final(1), final(2)], now=T0))
-    await OutboxMirror(member).catch_up(outbox)
+    await copier(member).catch_up(outbox)
 
     fresh = OutboxThread(lambda: Outbox(tmp_path / "new.db"))
     await fresh.open()
     try:
-        mirror = OutboxMirror(member)
+        mirror = copier(member)
         await mirror.reconcile(fresh)
         ids = await fresh.call(lambda ob: [row[0] for row in ob.db.execute(
             "SELECT id FROM events ORDER BY seq")])
@@ -161,10 +169,19 @@ async def test_a_restart_with_its_file_drops_rows_redis_has_beyond_it(
         member: ClusterMember, outbox: OutboxThread) -> None:
     await member.redis.hset(member.keys.outbox("a"), "999", b'{"id": "msg_stale"}')
     await outbox.call(lambda ob: ob.store([final(1)], now=T0))
-    mirror = OutboxMirror(member)
+    mirror = copier(member)
     await mirror.reconcile(outbox)
     await mirror.catch_up(outbox)
     assert [record["id"] for record in (await copied(member)).values()] == ["msg_CA1_1"]
+
+
+async def test_an_event_stored_within_the_grace_waits_and_is_counted(
+        member: ClusterMember, outbox: OutboxThread) -> None:
+    await outbox.call(lambda ob: ob.store([final(1)], now=T0))
+    waiting = await outbox.call(lambda ob: ob.to_mirror(100, grace_s=5.0, now=T0 + 1))
+    assert waiting.events == [] and waiting.young == 1
+    due = await outbox.call(lambda ob: ob.to_mirror(100, grace_s=5.0, now=T0 + 6))
+    assert [seq for seq, _, _ in due.events] == [1] and due.young == 0
 
 
 async def test_a_call_s_copy_waits_for_its_events_to_be_copied(
