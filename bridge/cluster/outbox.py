@@ -148,6 +148,7 @@ class OutboxMirror:
         self.wait_shortfalls = 0  # batches fewer replicas than cluster.wait_replicas took
         self._waiting_short = False
         self._prune = False
+        self._unchecked = False  # reconcile could not reach Redis
         # An event stored this recently is not copied yet: its receiver may take it first.
         self.grace_s = LINGER_S
         self._lock = asyncio.Lock()
@@ -169,6 +170,7 @@ class OutboxMirror:
                 await self._restore(db)
         except REDIS_ERRORS as exc:
             self.member.trouble("outbox reconcile", exc)
+            self._unchecked = True  # a takeover's mark, if any, is voided once Redis is back
         await db.call(lambda ob: ob.mirror_again())
         self._prune = True
 
@@ -194,7 +196,7 @@ class OutboxMirror:
     async def run(self, db: OutboxThread, changed: asyncio.Event) -> None:
         """Copy changes as they come, until cancelled (a batch in flight is copied again).
         After Redis was away, a copy that did not survive (no persistence) is redone."""
-        check_copy = False
+        check_copy = self._unchecked
         while True:
             changed.clear()
             try:

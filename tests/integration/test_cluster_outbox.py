@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -192,3 +194,26 @@ async def test_a_call_s_copy_waits_for_its_events_to_be_copied(
     await outbox.call(lambda ob: ob.mark_mirrored(first))
     second = await outbox.call(lambda ob: ob.to_mirror(2))
     assert len(second.events) == 1 and [call.call_id for _, call in second.calls] == ["CA1"]
+
+
+async def test_a_start_without_redis_voids_a_takeover_mark_once_redis_is_back(
+        member: ClusterMember, outbox: OutboxThread, redis_server: RedisServer) -> None:
+    await outbox.call(lambda ob: ob.store([final(1)], now=T0))
+    await redis_server.stop()
+    mirror = copier(member)
+    await mirror.reconcile(outbox)  # Redis away: the file is the truth
+    await redis_server.start()
+    # A survivor had taken this id over meanwhile; this instance, alive, keeps its file.
+    await member.redis.set(member.keys.taken_over("a"), "b")
+    task = asyncio.create_task(mirror.run(outbox, asyncio.Event()))
+    try:
+        async with asyncio.timeout(10):
+            # Redis offers nothing to wait on for a key to appear: look again shortly.
+            while not await member.redis.exists(member.keys.outbox_copy("a")):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert await member.redis.exists(member.keys.taken_over("a")) == 0
+    assert [record["id"] for record in (await copied(member)).values()] == ["msg_CA1_1"]
