@@ -146,6 +146,7 @@ class OutboxMirror:
         self.backlog = 0  # rows the copy lacks, as of the last pass
         self.mirrored = 0  # events copied (counted once per copy)
         self.wait_shortfalls = 0  # batches fewer replicas than cluster.wait_replicas took
+        self.takeovers = 0  # lost instances whose events this one took over
         self._waiting_short = False
         self._prune = False
         self._unchecked = False  # reconcile could not reach Redis
@@ -351,7 +352,6 @@ class Takeovers:
         self.member = member
         self.mirror = mirror
         self.dispatcher = dispatcher
-        self.done = 0  # instances taken over by this one
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Takeovers:
@@ -406,7 +406,7 @@ class Takeovers:
             with contextlib.suppress(*REDIS_ERRORS):
                 if text(await redis.get(keys.takeover(instance)) or b"") == me:
                     await redis.delete(keys.takeover(instance))
-        self.done += 1
+        self.mirror.takeovers += 1
         log.warning("lost instance taken over: its undelivered events are delivered from here "
                     "and its calls ended", instance=instance, events=added,
                     already_here=skipped, calls=len(calls))

@@ -191,6 +191,9 @@ async def _observability(app: web.Application) -> AsyncIterator[None]:
             yield counter("callbridge_cluster_wait_shortfalls", "Outbox copies that fewer "
                           "replicas than cluster.wait_replicas acknowledged in time", [],
                           {(): mirror.wait_shortfalls})
+            yield counter("callbridge_cluster_takeovers", "Lost instances whose undelivered "
+                          "events and calls this instance took over", [],
+                          {(): mirror.takeovers})
         feeds = app.get(FEEDS)
         if feeds is not None:
             yield gauge("callbridge_live_viewers", "Open live feed streams", [],

@@ -128,6 +128,7 @@ async def test_a_lost_instance_s_finals_are_delivered_once_by_a_survivor(
     taken = await b.wait_for_log("lost instance taken over: its undelivered events are "
                                  "delivered from here and its calls ended", instance="a")
     assert taken["events"] == 3 and taken["calls"] == 1
+    assert await _metric(b, "callbridge_cluster_takeovers_total") == 1
     await receiver.wait_for(receiver.ended("CA-lost"), within_s=30)
     events = receiver.of_call("CA-lost")
     assert _sequences(events) == [("call.started", None), ("transcript.final", 1),
