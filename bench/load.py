@@ -18,7 +18,13 @@ Printed per run: legs; the bridge's CPU seconds per leg-second of audio (from
 ``/proc/<pid>/stat``, over the streaming time); its peak RSS and RSS per leg above its idle
 size; upstream lag p50/p99/max (from the sink: how far each leg's upstream bytes fell
 behind the audio clock after its first chunk); the bridge's event-loop lag; chunks dropped;
-calls completed; and how late the generator itself was.
+calls completed; how late the generator itself was; and the webhook latency of finals
+p50/p99: from the moment the bridge made the final's event (the body's ``timestamp``, just
+after the engine's final arrived) to the receiver having the POST.
+
+``--redis`` runs the bridge in cluster mode against a ``redis-server`` started here (AOF on,
+``everysec``, pinned beside the generator): every event is also copied to Redis, and the
+run reports how far the copy was behind at the end.
 
 With ``--workers N`` the bridge is ``callbridge serve --workers N`` in cluster mode, with a
 ``redis-server`` of its own (no persistence) started here; CPU and memory are then summed
@@ -27,6 +33,7 @@ core then (``--no-pin`` does the same for one process, for a like-for-like compa
 workers, the generator and the sink share the machine.
 
     python bench/load.py --calls 500 --seconds 30
+    python bench/load.py --calls 500 --seconds 30 --redis
     python bench/load.py --calls 150 --bridge forwarder
     python bench/load.py --calls 600 --seconds 20 --workers 2
     python bench/load.py --calls 600 --seconds 20 --no-pin --cluster   # one process, same
@@ -37,6 +44,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import datetime
 import json
 import os
 import shutil
@@ -244,16 +252,17 @@ class Processes:
 
 
 def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """A ``redis-server`` without persistence for the cluster's bridges; returns its URL."""
+    """A ``redis-server`` with AOF (``everysec``), as production would run it."""
     port = free_port()
     binary = shutil.which("redis-server")
     if binary is None:
-        raise RuntimeError("no redis-server on PATH (apt-get install redis-server)")
-    redis = subprocess.Popen(  # noqa: S603 - fixed arguments
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(workdir)],
+        raise RuntimeError("--redis needs redis-server (Debian's redis-server package)")
+    redis = subprocess.Popen(  # noqa: S603 - Debian's redis-server, fixed arguments
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
+         "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
+         "--daemonize", "no", "--logfile", str(workdir / "redis.log")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
@@ -310,6 +319,8 @@ def start_processes(kind: str, calls: int, final_every_s: float, chunk_ms: int,
         os.sched_setaffinity(bridge.pid, cpus[:1])
         os.sched_setaffinity(sink.pid, cpus[1:])
         os.sched_setaffinity(0, cpus[1:])
+        if cluster:
+            os.sched_setaffinity(redis.pid, cpus[1:])
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -326,10 +337,16 @@ def start_processes(kind: str, calls: int, final_every_s: float, chunk_ms: int,
     return Processes(bridge, sink, bridge_port, sink_port, redis)
 
 
-async def receiver() -> tuple[web.AppRunner, str]:
-    """A webhook receiver that takes everything (its cost is not the bridge's)."""
+async def receiver(final_latencies: list[float]) -> tuple[web.AppRunner, str]:
+    """A webhook receiver that takes everything (its cost is not the bridge's), noting how
+    long after its event was made each final arrived."""
     async def take(request: web.Request) -> web.Response:
-        await request.read()
+        body = await request.read()
+        arrived = time.time()
+        event = json.loads(body)
+        if event.get("type") == "transcript.final":
+            made = datetime.datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00"))
+            final_latencies.append(arrived - made.timestamp())
         return web.Response(status=204)
     app = web.Application()
     app.router.add_post("/hook", take)
@@ -359,7 +376,8 @@ async def stream(conns: Sequence[Connection], script: Script, start: float,
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     script = build_script(args.seconds)
     legs = args.calls * 2
-    runner, hook_url = await receiver()
+    final_latencies: list[float] = []
+    runner, hook_url = await receiver(final_latencies)
     with tempfile.TemporaryDirectory(prefix="callbridge-load-") as tmp:
         procs = start_processes(args.bridge, args.calls, args.final_every_s, args.chunk_ms,
                                 hook_url, Path(tmp), args.event_loop, args.workers,
@@ -427,6 +445,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     audio_s = len(script.slots) * SLOT_MS / 1000
     cpu = cpu1 - cpu0
     completed = sum(c.close_code == 1000 for c in conns)
+    finals = sorted(final_latencies)
     return {
         "bridge": args.bridge + (f" ({args.event_loop} loop)" if args.bridge == "callbridge"
                                  else "")
@@ -448,6 +467,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "median": round(statistics.median(loop_lags) * 1000, 1) if loop_lags else None,
             "max": round(max(loop_lags) * 1000, 1) if loop_lags else None},
         "chunks_dropped": int(after.get("callbridge_chunks_dropped_total", 0)),
+        "webhook_latency_of_finals_ms": {
+            "finals": len(finals),
+            "p50": round(finals[len(finals) // 2] * 1000, 1) if finals else None,
+            "p99": round(finals[int(0.99 * len(finals))] * 1000, 1) if finals else None,
+            "max": round(finals[-1] * 1000, 1) if finals else None},
+        "redis_copy": {
+            "events_copied": int(after.get("callbridge_cluster_outbox_mirrored_total", 0)),
+            "backlog_at_end": int(after.get("callbridge_cluster_outbox_backlog", 0)),
+        } if args.cluster or args.workers > 1 else None,
         "calls_completed": f"{completed}/{args.calls}",
         # The generator, the receiver and the sink share the other core: near 1.0 they,
         # not the bridge, set the lag.
@@ -473,8 +501,8 @@ def main() -> None:
                         help="callbridge's server.event_loop")
     parser.add_argument("--workers", type=int, default=1,
                         help="callbridge serve --workers N (cluster mode, a redis-server here)")
-    parser.add_argument("--cluster", action="store_true",
-                        help="cluster mode with one process too (a redis-server here)")
+    parser.add_argument("--cluster", "--redis", action="store_true",
+                        help="cluster mode with one process too (a redis-server here, AOF on)")
     parser.add_argument("--no-pin", action="store_true",
                         help="do not give the bridge a core of its own (as with --workers)")
     parser.add_argument("--json", action="store_true", help="print one JSON line")

@@ -137,13 +137,28 @@ class Keys:
         """Hash: target name -> its URL and secret's variable, for an instance's events."""
         return f"{self.prefix}:outbox-targets:{instance_id}"
 
-    def held(self, instance_id: str) -> str:
-        """Hash: an instance's held finals (masked), by call and leg."""
-        return f"{self.prefix}:held:{instance_id}"
+    def outbox_copy(self, instance_id: str) -> str:
+        """String: present while Redis holds an instance's whole outbox copy; missing after
+        a Redis that lost its data, which makes the instance copy everything again."""
+        return f"{self.prefix}:outbox-copy:{instance_id}"
+
+    def outbox_calls(self, instance_id: str) -> str:
+        """Hash: call id -> an instance's call in progress as its outbox tracks it (legs'
+        text so far, held finals masked), for closing it if the instance is lost."""
+        return f"{self.prefix}:outbox-calls:{instance_id}"
 
     def takeover(self, instance_id: str) -> str:
         """String: the survivor taking over a lost instance's events (a lease)."""
         return f"{self.prefix}:takeover:{instance_id}"
+
+    def taken_over(self, instance_id: str) -> str:
+        """String, expiring: which survivor took over an instance's events; the instance,
+        restarted, drops its local copies of them instead of delivering them twice."""
+        return f"{self.prefix}:taken-over:{instance_id}"
+
+    def instance_calls(self, instance_id: str) -> str:
+        """Any per-instance index of calls under ``calls`` (removed with a lost instance)."""
+        return f"{self.prefix}:calls:{instance_id}"
 
     def feed(self, call_key: str) -> str:
         """Stream: one call's events as its live feed shows them."""

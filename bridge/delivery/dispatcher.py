@@ -15,19 +15,25 @@ events are sent; partials skip the outbox. ``hold`` keeps a leg's held finals (m
 the outbox, undelivered. On start, finals a killed run held become ordinary finals, then
 calls that a previous run left open are closed with ``call.ended`` (``reason:
 bridge_restart``) carrying the finals stored so far.
+
+A ``Replica`` (cluster mode's mirror to Redis) may be given: it reconciles the opened file
+before that recovery, copies the outbox while the bridge runs (woken by ``changed``), and
+gets a last pass after the drain. ``adopt`` takes in another instance's undelivered events
+and calls in progress, which a cluster's survivor delivers and closes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Final, Protocol
 
 import aiohttp
 import structlog
 
 from bridge.config import Settings
-from bridge.delivery.outbox import LiveCall, Outbox
+from bridge.delivery.outbox import LiveCall, Outbox, StoredEvent
 from bridge.delivery.retry import Outcome
 from bridge.delivery.routing import Router
 from bridge.delivery.targets import CALL_TARGET_PREFIX, DeliveryStats, Target
@@ -39,13 +45,30 @@ log = structlog.get_logger("bridge.delivery")
 
 # What a call.ended written at a restart repeats of its call.started (as every event does).
 CALL_FIELDS = ("call_id", "stream_id", "provider", "leg", "speaker", "custom_parameters")
+REPLICA_FLUSH_S: Final = 3.0  # the replica's last pass after the drain
+
+
+class Replica(Protocol):
+    """A copy of the outbox kept elsewhere (cluster mode: ``bridge.cluster.outbox``)."""
+
+    async def reconcile(self, db: OutboxThread) -> None:
+        """Bring the opened file and the copy into agreement, before recovery reads it."""
+
+    async def run(self, db: OutboxThread, changed: asyncio.Event) -> None:
+        """Keep the copy up to date until cancelled; ``changed`` is set on every change."""
+
+    async def flush(self, db: OutboxThread) -> None:
+        """Copy what is left now (after the drain, before the file closes)."""
 
 
 class DurableDispatcher:
     """The outbox-backed ``EventSink``. Use ``async with``."""
 
-    def __init__(self, settings: Settings, session: aiohttp.ClientSession) -> None:
+    def __init__(self, settings: Settings, session: aiohttp.ClientSession, *,
+                 replica: Replica | None = None) -> None:
         self.settings = settings
+        self.replica = replica
+        self.changed = asyncio.Event()  # set whenever the outbox's content changed
         self.hooks = settings.webhooks
         outbox = settings.outbox
         self.db = OutboxThread(lambda: Outbox(outbox.path, max_events=outbox.max_events,
@@ -56,7 +79,8 @@ class DurableDispatcher:
                               on_dropped=self._stop_targets)
         self._writer = OutboxWriter(self.db, self._router, self.stats, outcomes,
                                     outbox_path=str(outbox.path),
-                                    on_calls_ended=self._retire_if_idle)
+                                    on_calls_ended=self._retire_if_idle,
+                                    on_stored=self.changed.set)
         self._workers = DeliveryWorkers(self.hooks, session, self.db, self.stats, outcomes,
                                         on_done=self._retire_one_if_idle,
                                         on_progress=self._progress)
@@ -97,6 +121,8 @@ class DurableDispatcher:
 
     async def __aenter__(self) -> DurableDispatcher:
         await self.db.open()
+        if self.replica is not None:
+            await self.replica.reconcile(self.db)
         recovered = await self.db.call(lambda ob: ob.release_held())
         if recovered:
             log.warning("finals held for redaction when the previous run stopped are "
@@ -140,6 +166,9 @@ class DurableDispatcher:
                                                name="outbox retention"))
         for target in targets.values():
             self._start_target(target)
+        if self.replica is not None:
+            self._tasks.append(asyncio.create_task(self.replica.run(self.db, self.changed),
+                                                   name="outbox replica"))
         await self._close_calls_left_open(left_open)
         return self
 
@@ -164,6 +193,10 @@ class DurableDispatcher:
             log.warning("webhook delivery stopped with events still in the outbox; they are "
                         "delivered at the next start", events=left)
         finally:
+            if self.replica is not None:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(REPLICA_FLUSH_S):
+                        await self.replica.flush(self.db)
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, self._workers.stop_all(),
@@ -176,6 +209,7 @@ class DurableDispatcher:
                      outbox_rejected=self.stats.outbox_rejected)
 
     def _progress(self) -> None:
+        self.changed.set()
         if self._drain_waiter is not None:
             self._drain_waiter.set()
 
@@ -206,13 +240,66 @@ class DurableDispatcher:
             for task in tasks:
                 task.cancel()
 
+    # -- another instance's outbox -------------------------------------------------------------
+
+    async def adopt(self, events: Sequence[StoredEvent], calls: Sequence[LiveCall] = (),
+                    targets: Mapping[str, tuple[str, str]] | None = None, *,
+                    reason: str = "instance_lost") -> tuple[int, int]:
+        """Deliver another outbox's events after ours, each keeping its ``webhook-id``, and
+        close its ``calls`` with ``call.ended`` (``reason``) after releasing their held
+        finals (masked). ``targets`` (name -> url, secret's variable) lets per-call targets
+        be judged as at a restart; configured ones sign with this instance's secret.
+        Returns (events added, events already here)."""
+        known = dict(targets or {})
+        self._adopt_targets(known, events, calls)
+        rows = [(name, url, secret_env) for name, (url, secret_env) in known.items()]
+        ids = [call.call_id for call in calls]
+        adopted = await self.db.call(lambda ob: ob.adopt(events, calls, rows,
+                                                         release_held=True))
+        self._count_pending(adopted.events)
+        if ids:
+            left_open = await self.db.call(lambda ob: ob.live_calls(ids))
+            await self._close_calls(left_open, reason)
+        self.changed.set()
+        return len(adopted.events), adopted.skipped
+
+    def _adopt_targets(self, known: Mapping[str, tuple[str, str]],
+                       events: Sequence[StoredEvent], calls: Sequence[LiveCall]) -> None:
+        names = {name for event in events for name in event.targets}
+        names |= {name for call in calls for name in call.targets}
+        targets = self._router.targets
+        for name in sorted(names):
+            if name in targets:
+                continue
+            url = known.get(name, ("", ""))[0]
+            problem = (self._router.call_url_problem(url) if name.startswith(CALL_TARGET_PREFIX)
+                       and url else "not configured here")
+            if problem is None:
+                self._start_target(self._router.add_call_target(name, url))
+            else:
+                log.warning("events taken over for a target this instance cannot use; they "
+                            "stay in the outbox", target=name, reason=problem)
+
+    def _count_pending(self, added: Iterable[tuple[str, tuple[str, ...]]]) -> None:
+        targets = self._router.targets
+        for call_id, names in added:
+            for name in names:
+                target = targets.get(name)
+                if target is not None:
+                    target.pending[call_id] = target.pending.get(call_id, 0) + 1
+                    target.wake.set()
+
     async def _close_calls_left_open(self, left_open: list[LiveCall]) -> None:
         if not left_open:
             return
         log.warning("closing calls a previous run left open", calls=len(left_open))
+        await self._close_calls(left_open, "bridge_restart")
+
+    async def _close_calls(self, left_open: list[LiveCall], reason: str) -> None:
+        """``call.ended`` for each call, with its legs' text as stored so far."""
         for call in left_open:
             data: dict[str, Any] = {key: call.started.get(key) for key in CALL_FIELDS}
-            data.update({"reason": "bridge_restart", "duration_ms": None,
+            data.update({"reason": reason, "duration_ms": None,
                          "legs": [{"leg": leg["leg"], "speaker": leg["speaker"],
                                    "text": leg["text"], "transcripts": leg["transcripts"]}
                                   for leg in call.legs]})

@@ -26,6 +26,14 @@ ever due (``due_heads``), so a retry holds back the rest of that call and nothin
 
 The file records its schema in ``PRAGMA user_version``: a file of an older schema is brought
 up to date when opened (``Outbox._migrate``), one of a newer schema is refused.
+
+In cluster mode a mirror copies the undelivered events and the calls in progress to Redis
+(``bridge.cluster.outbox``). The file says what the copy lacks: each event and live call has
+a ``version`` that triggers raise on every change the copy must follow (a delivery finished,
+a leg's text grew, held finals replaced) and the ``mirrored`` version last copied (NULL:
+never); one that leaves after it was copied leaves a tombstone, so that its removal reaches
+Redis even across a crash. Without a mirror nothing is ever copied, so no tombstone is
+written and the columns cost nothing.
 """
 
 from __future__ import annotations
@@ -43,7 +51,8 @@ from bridge.errors import ConfigError, OutboxDiskFull
 from bridge.events import EventType
 
 # 2: held finals keep their speaker and text beside the body (``_migrate``).
-SCHEMA_VERSION: Final = 2
+# 3: what the cluster's mirror has copied (``MIRROR_SCHEMA``).
+SCHEMA_VERSION: Final = 3
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -52,7 +61,9 @@ CREATE TABLE IF NOT EXISTS events (
     call_id TEXT NOT NULL,
     leg TEXT,
     body BLOB NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    version INTEGER NOT NULL DEFAULT 0,
+    mirrored INTEGER
 );
 CREATE TABLE IF NOT EXISTS deliveries (
     event_seq INTEGER NOT NULL REFERENCES events(seq) ON DELETE CASCADE,
@@ -78,7 +89,9 @@ CREATE TABLE IF NOT EXISTS live_calls (
     call_id TEXT PRIMARY KEY,
     started TEXT NOT NULL,
     targets TEXT NOT NULL,
-    started_at REAL NOT NULL
+    started_at REAL NOT NULL,
+    version INTEGER NOT NULL DEFAULT 0,
+    mirrored INTEGER
 );
 CREATE TABLE IF NOT EXISTS held_finals (
     call_id TEXT NOT NULL,
@@ -99,6 +112,35 @@ CREATE TABLE IF NOT EXISTS live_legs (
     transcripts INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (call_id, leg)
 );
+"""
+
+# After ``_migrate``: these name the columns schema 3 added.
+MIRROR_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS mirror_tombstones (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL CHECK (kind IN ('event', 'call')),
+    key TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_to_mirror ON events (seq) WHERE mirrored IS NOT version;
+CREATE INDEX IF NOT EXISTS calls_to_mirror ON live_calls (call_id)
+    WHERE mirrored IS NOT version;
+CREATE TRIGGER IF NOT EXISTS mirror_delivery_finished AFTER UPDATE OF state ON deliveries
+    WHEN NEW.state IS NOT OLD.state
+    BEGIN UPDATE events SET version = version + 1 WHERE seq = NEW.event_seq; END;
+CREATE TRIGGER IF NOT EXISTS mirror_event_gone AFTER DELETE ON events
+    WHEN OLD.mirrored IS NOT NULL
+    BEGIN INSERT INTO mirror_tombstones (kind, key) VALUES ('event', OLD.seq); END;
+CREATE TRIGGER IF NOT EXISTS mirror_leg_added AFTER INSERT ON live_legs
+    BEGIN UPDATE live_calls SET version = version + 1 WHERE call_id = NEW.call_id; END;
+CREATE TRIGGER IF NOT EXISTS mirror_leg_grew AFTER UPDATE ON live_legs
+    BEGIN UPDATE live_calls SET version = version + 1 WHERE call_id = NEW.call_id; END;
+CREATE TRIGGER IF NOT EXISTS mirror_held_added AFTER INSERT ON held_finals
+    BEGIN UPDATE live_calls SET version = version + 1 WHERE call_id = NEW.call_id; END;
+CREATE TRIGGER IF NOT EXISTS mirror_held_gone AFTER DELETE ON held_finals
+    BEGIN UPDATE live_calls SET version = version + 1 WHERE call_id = OLD.call_id; END;
+CREATE TRIGGER IF NOT EXISTS mirror_call_gone AFTER DELETE ON live_calls
+    WHEN OLD.mirrored IS NOT NULL
+    BEGIN INSERT INTO mirror_tombstones (kind, key) VALUES ('call', OLD.call_id); END;
 """
 
 
@@ -183,13 +225,53 @@ class DueDelivery:
 
 
 @dataclass(frozen=True, slots=True)
+class HeldFinal:
+    """One held final (masked) of a leg, in its order."""
+
+    leg: str
+    id: str
+    body: bytes
+    targets: tuple[str, ...]
+    speaker: str | None
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class LiveCall:
-    """A call that was in progress when the bridge stopped."""
+    """A call in progress (or one that was when the bridge stopped); ``held`` only as the
+    mirror reads it."""
 
     call_id: str
     started: dict[str, Any]  # the call.started event's data
     targets: tuple[str, ...]
     legs: list[dict[str, Any]]
+    held: tuple[HeldFinal, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ToMirror:
+    """What the copy in Redis lacks, oldest first: events with the targets still pending
+    (None: nothing pending, the copy goes), live calls with their held finals, removals,
+    every known target (name -> url, secret's variable) when there are events, and how
+    many events are too young to be in it yet."""
+
+    events: list[tuple[int, int, StoredEvent | None]]  # (seq, version, event)
+    calls: list[tuple[int, LiveCall]]  # (version, call)
+    removed: list[tuple[int, str, str]]  # tombstones: (id, 'event' or 'call', seq or call id)
+    targets: dict[str, tuple[str, str]]
+    young: int = 0  # events left for a later batch: stored within the grace period
+
+    @property
+    def empty(self) -> bool:
+        return not (self.events or self.calls or self.removed)
+
+
+@dataclass(frozen=True, slots=True)
+class Adopted:
+    """What ``adopt`` added: per new event, its call and targets (for delivery's counts)."""
+
+    events: list[tuple[str, tuple[str, ...]]]
+    skipped: int  # events already here (a takeover redone)
 
 
 class Outbox:
@@ -218,6 +300,7 @@ class Outbox:
                                   f"{SCHEMA_VERSION})")
             self.db.executescript(SCHEMA)
             self._migrate()
+            self.db.executescript(MIRROR_SCHEMA)
             self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except BaseException:
             self.db.close()  # the caller gets no Outbox to close
@@ -235,8 +318,16 @@ class Outbox:
         EXISTS`` leaves an existing table as it was).
 
         Schema 1 held finals had only their body: their speaker and text are copied out of
-        it once, here, so that nothing after this reads a stored body.
+        it once, here, so that nothing after this reads a stored body. Schema 3 adds the
+        mirror's versions to events and live calls (nothing of an older file was copied).
         """
+        for table in ("events", "live_calls"):
+            columns = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+            if "mirrored" not in columns:
+                with self._transaction():
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN "
+                                    "version INTEGER NOT NULL DEFAULT 0")
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN mirrored INTEGER")
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(held_finals)")}
         if "text" in columns:
             return
@@ -312,16 +403,28 @@ class Outbox:
         Returns how many. Only for a start: a running bridge's held finals stay held."""
         now = time.time() if now is None else now
         with self._transaction():
-            rows = self.db.execute(
-                "SELECT call_id, leg, id, body, targets, speaker, text FROM held_finals "
-                "ORDER BY call_id, leg, position").fetchall()
-            for row in rows:
-                self._insert(StoredEvent(
-                    row["id"], EventType.TRANSCRIPT_FINAL, row["call_id"], row["leg"],
-                    bytes(row["body"]), tuple(json.loads(row["targets"])),
-                    adds=LegText(row["speaker"], row["text"])), now)
-            self.db.execute("DELETE FROM held_finals")
-        return len(rows)
+            return len(self._release_held(now))
+
+    def _release_held(self, now: float, call_ids: Sequence[str] | None = None,
+                      ) -> list[tuple[str, tuple[str, ...]]]:
+        where, args = "", tuple[str, ...]()
+        if call_ids is not None:
+            where = f"WHERE call_id IN ({','.join('?' * len(call_ids))}) "
+            args = tuple(call_ids)
+        rows = self.db.execute(
+            "SELECT call_id, leg, id, body, targets, speaker, text FROM held_finals "  # noqa: S608
+            f"{where}ORDER BY call_id, leg, position", args).fetchall()
+        released = []
+        for row in rows:
+            targets = tuple(json.loads(row["targets"]))
+            if self.db.execute("SELECT 1 FROM events WHERE id=?", (row["id"],)).fetchone():
+                continue  # released already (a takeover redone)
+            self._insert(StoredEvent(
+                row["id"], EventType.TRANSCRIPT_FINAL, row["call_id"], row["leg"],
+                bytes(row["body"]), targets, adds=LegText(row["speaker"], row["text"])), now)
+            released.append((row["call_id"], targets))
+        self.db.execute(f"DELETE FROM held_finals {where}", args)  # noqa: S608
+        return released
 
     def _insert(self, item: StoredEvent, now: float) -> None:
         cursor = self.db.execute(
@@ -523,15 +626,28 @@ class Outbox:
             pending.setdefault(row[0], {})[row[1]] = int(row[2])
         return pending
 
-    def live_calls(self) -> list[LiveCall]:
+    def live_calls(self, call_ids: Sequence[str] | None = None) -> list[LiveCall]:
+        """The calls in progress (all, or those of ``call_ids``), with each leg's text."""
         calls = []
         for row in self.db.execute("SELECT call_id, started, targets FROM live_calls"):
-            legs = [dict(leg) for leg in self.db.execute(
-                "SELECT leg, speaker, text, transcripts FROM live_legs WHERE call_id=? "
-                "ORDER BY leg", (row["call_id"],))]
-            calls.append(LiveCall(row["call_id"], json.loads(row["started"]),
-                                  tuple(json.loads(row["targets"])), legs))
+            if call_ids is not None and row["call_id"] not in call_ids:
+                continue
+            calls.append(self._live_call(row))
         return calls
+
+    def _live_call(self, row: sqlite3.Row, *, held: bool = False) -> LiveCall:
+        legs = [dict(leg) for leg in self.db.execute(
+            "SELECT leg, speaker, text, transcripts FROM live_legs WHERE call_id=? "
+            "ORDER BY leg", (row["call_id"],))]
+        finals: tuple[HeldFinal, ...] = ()
+        if held:
+            finals = tuple(HeldFinal(h["leg"], h["id"], bytes(h["body"]),
+                                     tuple(json.loads(h["targets"])), h["speaker"], h["text"])
+                           for h in self.db.execute(
+                               "SELECT leg, id, body, targets, speaker, text FROM held_finals "
+                               "WHERE call_id=? ORDER BY leg, position", (row["call_id"],)))
+        return LiveCall(row["call_id"], json.loads(row["started"]),
+                        tuple(json.loads(row["targets"])), legs, finals)
 
     def targets(self) -> dict[str, tuple[str, str]]:
         return {row["name"]: (row["url"], row["secret_env"])
@@ -556,6 +672,151 @@ class Outbox:
             "d.last_error, e.created_at, d.updated_at FROM deliveries d "
             "JOIN events e ON e.seq = d.event_seq WHERE d.state=? ORDER BY d.event_seq "
             "LIMIT ?", (state, limit))]
+
+    # -- the cluster's mirror ------------------------------------------------------------------
+
+    def to_mirror(self, limit: int, grace_s: float = 0.0,
+                  now: float | None = None) -> ToMirror:
+        """Up to ``limit`` each of the events, live calls and removals the copy lacks;
+        events stored less than ``grace_s`` ago wait (one delivered meanwhile is never
+        copied), counted in ``young``.
+
+        Calls and removals come only with the last batch of events, so that a call's
+        ``call.ended`` is copied before the call's own copy leaves."""
+        cutoff = (time.time() if now is None else now) - grace_s
+        events: list[tuple[int, int, StoredEvent | None]] = []
+        for row in self.db.execute(
+                "SELECT seq, version, id, type, call_id, leg, body, (SELECT json_group_array("
+                "target) FROM (SELECT target FROM deliveries WHERE event_seq=seq "
+                "AND state='pending' ORDER BY target)) AS pending FROM events "
+                "WHERE mirrored IS NOT version AND created_at <= ? ORDER BY seq LIMIT ?",
+                (cutoff, limit)):
+            targets = tuple(json.loads(row["pending"]))
+            event = StoredEvent(row["id"], EventType(row["type"]), row["call_id"], row["leg"],
+                                bytes(row["body"]), targets) if targets else None
+            events.append((row["seq"], row["version"], event))
+        if len(events) == limit:
+            return ToMirror(events, [], [], self.targets())
+        young = int(self.db.execute(
+            "SELECT COUNT(*) FROM events WHERE mirrored IS NOT version AND created_at > ?",
+            (cutoff,)).fetchone()[0]) if grace_s > 0 else 0
+        calls = [(row["version"], self._live_call(row, held=True)) for row in self.db.execute(
+            "SELECT call_id, started, targets, version FROM live_calls "
+            "WHERE mirrored IS NOT version LIMIT ?", (limit,)).fetchall()]
+        removed = [(row[0], row[1], row[2]) for row in self.db.execute(
+            "SELECT id, kind, key FROM mirror_tombstones ORDER BY id LIMIT ?", (limit,))]
+        return ToMirror(events, calls, removed, self.targets() if events else {}, young)
+
+    def mark_mirrored(self, batch: ToMirror, next_limit: int = 0,
+                      grace_s: float = 0.0) -> ToMirror | None:
+        """Record that Redis now has ``batch``. A row changed since it was read stays to be
+        copied again; one deleted since gets a tombstone, as Redis may now hold it. With
+        ``next_limit``, returns the next batch (``to_mirror``), saving the caller a trip."""
+        with self._transaction():
+            seqs = [seq for seq, _, _ in batch.events]
+            present = {row[0] for row in self.db.execute(
+                f"SELECT seq FROM events WHERE seq IN ({','.join('?' * len(seqs))})",  # noqa: S608
+                seqs)} if seqs else set()
+            self.db.executemany("UPDATE events SET mirrored=? WHERE seq=?",
+                                [(version, seq) for seq, version, _ in batch.events
+                                 if seq in present])
+            self.db.executemany("INSERT INTO mirror_tombstones (kind, key) VALUES ('event', ?)",
+                                [(str(seq),) for seq in seqs if seq not in present])
+            for version, call in batch.calls:
+                if not self.db.execute("UPDATE live_calls SET mirrored=? WHERE call_id=?",
+                                       (version, call.call_id)).rowcount:
+                    self.db.execute("INSERT INTO mirror_tombstones (kind, key) "
+                                    "VALUES ('call', ?)", (call.call_id,))
+            self.db.executemany("DELETE FROM mirror_tombstones WHERE id=?",
+                                [(tombstone_id,) for tombstone_id, _, _ in batch.removed])
+        return self.to_mirror(next_limit, grace_s) if next_limit else None
+
+    def mirror_backlog(self) -> int:
+        """Events, live calls and removals the copy in Redis lacks."""
+        return int(self.db.execute(
+            "SELECT (SELECT COUNT(*) FROM events WHERE mirrored IS NOT version) + "
+            "(SELECT COUNT(*) FROM live_calls WHERE mirrored IS NOT version) + "
+            "(SELECT COUNT(*) FROM mirror_tombstones)").fetchone()[0])
+
+    def mirrored_keys(self) -> tuple[set[str], set[str]]:
+        """The seqs (as text) of the events and the ids of the live calls copied at least
+        once: a copy in Redis of anything else is stale."""
+        return ({str(row[0]) for row in self.db.execute(
+                    "SELECT seq FROM events WHERE mirrored IS NOT NULL")},
+                {row[0] for row in self.db.execute(
+                    "SELECT call_id FROM live_calls WHERE mirrored IS NOT NULL")})
+
+    def mirror_again(self) -> None:
+        """Make the whole file to be copied again (Redis's copy is not trusted)."""
+        with self._transaction():
+            self.db.execute("UPDATE events SET mirrored=NULL")
+            self.db.execute("UPDATE live_calls SET mirrored=NULL")
+            self.db.execute("DELETE FROM mirror_tombstones")
+
+    def drop_mirrored(self) -> tuple[int, int]:
+        """Delete the events and live calls that were copied to Redis (another instance took
+        them over); returns how many of each. What was never copied stays."""
+        with self._transaction():
+            calls = [row[0] for row in self.db.execute(
+                "SELECT call_id FROM live_calls WHERE mirrored IS NOT NULL")]
+            self.db.executemany("DELETE FROM held_finals WHERE call_id=?",
+                                [(c,) for c in calls])
+            self.db.executemany("DELETE FROM live_calls WHERE call_id=?", [(c,) for c in calls])
+            events = self.db.execute("DELETE FROM events WHERE mirrored IS NOT NULL").rowcount
+            self.db.execute("DELETE FROM mirror_tombstones")
+        self._count = self._count_events()
+        return int(events), len(calls)
+
+    def is_empty(self) -> bool:
+        """No event and no live call: a new file, or one with nothing left to do."""
+        return self._count == 0 and self.db.execute(
+            "SELECT 1 FROM live_calls LIMIT 1").fetchone() is None
+
+    def adopt(self, events: Sequence[StoredEvent], calls: Sequence[LiveCall],
+              targets: Iterable[tuple[str, str, str]] = (), *, release_held: bool = False,
+              now: float | None = None) -> Adopted:
+        """Add another outbox's events (each keeping its id, so a receiver sees the same
+        ``webhook-id``) after everything here, in the order given, and its live calls with
+        their legs' text and held finals; in one transaction. Events whose id is already
+        here are skipped (a takeover redone). ``outbox.max_events`` does not refuse them:
+        they were already accepted once. ``release_held``: the calls' held finals become
+        ordinary (masked) finals at once, as at a restart."""
+        now = time.time() if now is None else now
+        added: list[tuple[str, tuple[str, ...]]] = []
+        skipped = 0
+        with self._transaction():
+            self.db.executemany(
+                "INSERT INTO targets (name, url, secret_env) VALUES (?, ?, ?) "
+                "ON CONFLICT(name) DO NOTHING", list(targets))
+            for item in events:
+                if self.db.execute("SELECT 1 FROM events WHERE id=?",
+                                   (item.id,)).fetchone() is not None:
+                    skipped += 1
+                    continue
+                self._insert(StoredEvent(item.id, item.type, item.call_id, item.leg,
+                                         item.body, item.targets), now)
+                added.append((item.call_id, item.targets))
+            for call in calls:
+                self.db.execute(
+                    "INSERT INTO live_calls (call_id, started, targets, started_at) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT(call_id) DO NOTHING",
+                    (call.call_id, json.dumps(call.started), json.dumps(list(call.targets)),
+                     now))
+                self.db.executemany(
+                    "INSERT INTO live_legs (call_id, leg, speaker, text, transcripts) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT(call_id, leg) DO NOTHING",
+                    [(call.call_id, leg.get("leg"), leg.get("speaker"), leg.get("text") or "",
+                      int(leg.get("transcripts") or 0)) for leg in call.legs])
+                for position, held in enumerate(call.held):
+                    self.db.execute(
+                        "INSERT INTO held_finals (call_id, leg, position, id, body, targets, "
+                        "speaker, text) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                        "ON CONFLICT(call_id, leg, position) DO NOTHING",
+                        (call.call_id, held.leg, position, held.id, held.body,
+                         json.dumps(list(held.targets)), held.speaker, held.text))
+            if release_held and calls:
+                added += self._release_held(now, [call.call_id for call in calls])
+        return Adopted(added, skipped)
 
     @property
     def event_count(self) -> int:

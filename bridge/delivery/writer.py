@@ -129,15 +129,17 @@ class OutboxWriter:
 
     def __init__(self, db: OutboxThread, router: Router, stats: DeliveryStats,
                  outcomes: Outcomes, *, outbox_path: str,
-                 on_calls_ended: Callable[[set[str]], Awaitable[None]]) -> None:
+                 on_calls_ended: Callable[[set[str]], Awaitable[None]],
+                 on_stored: Callable[[], None] = lambda: None) -> None:
         """``on_calls_ended`` gets the targets of the ``call.ended`` events just stored
-        (some may now be idle)."""
+        (some may now be idle); ``on_stored`` is called after each batch is written."""
         self._db = db
         self._router = router
         self._stats = stats
         self._outcomes = outcomes
         self._outbox_path = outbox_path
         self._on_calls_ended = on_calls_ended
+        self._on_stored = on_stored
         self._queue: asyncio.Queue[_Write] = asyncio.Queue(WRITE_QUEUE)
 
     def submit(self, event: OutboundEvent, future: asyncio.Future[Outcome]) -> None:
@@ -212,6 +214,7 @@ class OutboxWriter:
             log.error("ALARM: the disk under the outbox is full; events are not being stored",
                       path=self._outbox_path, error=str(exc))
             stored = [False] * len(items)
+        self._on_stored()
         for snapshot in held:
             log.debug("held finals stored", call_id=snapshot.call_id, leg=snapshot.leg,
                       finals=len(snapshot.finals))

@@ -26,6 +26,7 @@ from bridge.cluster.engine_slots import ClusterEngineSlots
 from bridge.cluster.events_stream import EventStream
 from bridge.cluster.feeds import FeedWriter, SharedFeeds
 from bridge.cluster.member import ClusterMember
+from bridge.cluster.outbox import OutboxMirror, Takeovers
 from bridge.config import (
     DEFAULT_STT_URL,
     Settings,
@@ -54,6 +55,7 @@ from bridge.web.keys import (
     GATE,
     LIVE_CALLS,
     METRICS,
+    MIRROR,
     NONCES,
     REFUSALS,
     SETTINGS,
@@ -187,9 +189,16 @@ async def _webhooks(app: web.Application) -> AsyncIterator[None]:
     connector = aiohttp.TCPConnector(
         limit_per_host=hooks.max_in_flight + 2,
         resolver=GuardedResolver(allow_private=hooks.allow_private_networks))
+    member = app.get(CLUSTER)
+    # Cluster mode: the outbox is mirrored to Redis, and lost members' events taken over.
+    mirror = OutboxMirror(member) if member is not None else None
     async with (aiohttp.ClientSession(connector=connector) as session,
-                DurableDispatcher(settings, session) as dispatcher):
+                DurableDispatcher(settings, session, replica=mirror) as dispatcher,
+                contextlib.AsyncExitStack() as cluster):
         app[SINK] = dispatcher
+        if member is not None and mirror is not None:
+            app[MIRROR] = mirror
+            await cluster.enter_async_context(Takeovers(member, mirror, dispatcher))
         log.info("webhook delivery ready", outbox=str(settings.outbox.path),
                  targets=sorted(dispatcher.targets))
         yield
@@ -230,6 +239,18 @@ async def _observability(app: web.Application) -> AsyncIterator[None]:
         if member is not None:
             yield gauge("callbridge_cluster_redis_up", "Whether the cluster's Redis answered "
                         "the last call made to it (1) or not (0)", [], {(): int(member.up)})
+        mirror = app.get(MIRROR)
+        if mirror is not None:
+            yield gauge("callbridge_cluster_outbox_backlog", "Outbox rows (events, calls, "
+                        "removals) not yet copied to Redis", [], {(): mirror.backlog})
+            yield counter("callbridge_cluster_outbox_mirrored", "Outbox events copied to "
+                          "Redis", [], {(): mirror.mirrored})
+            yield counter("callbridge_cluster_wait_shortfalls", "Outbox copies that fewer "
+                          "replicas than cluster.wait_replicas acknowledged in time", [],
+                          {(): mirror.wait_shortfalls})
+            yield counter("callbridge_cluster_takeovers", "Lost instances whose undelivered "
+                          "events and calls this instance took over", [],
+                          {(): mirror.takeovers})
         dropped: dict[tuple[str, ...], float] = {}
         stream = app.get(EVENT_STREAM)
         if stream is not None:

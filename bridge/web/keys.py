@@ -13,6 +13,7 @@ from bridge.cluster.calls import ClusterCalls
 from bridge.cluster.events_stream import EventStream
 from bridge.cluster.feeds import SharedFeeds
 from bridge.cluster.member import ClusterMember
+from bridge.cluster.outbox import OutboxMirror
 from bridge.config import Settings
 from bridge.delivery.dispatcher import DurableDispatcher
 from bridge.ingress.auth import NonceCache
@@ -40,3 +41,4 @@ SHARED_FEEDS = web.AppKey("shared_feeds", SharedFeeds)  # cluster mode with an a
 EVENT_STREAM = web.AppKey("event_stream", EventStream)  # cluster mode with cluster.events_stream
 # The engines' max_streams: counted here, or across the cluster in cluster mode.
 ENGINE_SLOTS = web.AppKey[EngineLimits]("engine_slots")
+MIRROR = web.AppKey("mirror", OutboxMirror)  # the outbox's copy in Redis; likewise
