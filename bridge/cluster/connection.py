@@ -156,10 +156,6 @@ class Keys:
         restarted, drops its local copies of them instead of delivering them twice."""
         return f"{self.prefix}:taken-over:{instance_id}"
 
-    def instance_calls(self, instance_id: str) -> str:
-        """Any per-instance index of calls under ``calls`` (removed with a lost instance)."""
-        return f"{self.prefix}:calls:{instance_id}"
-
     def feed(self, call_key: str) -> str:
         """Stream: one call's events as its live feed shows them."""
         return f"{self.prefix}:feed:{call_key}"

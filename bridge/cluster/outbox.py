@@ -398,7 +398,7 @@ class Takeovers:
             async with redis.pipeline(transaction=True) as pipe:
                 pipe.delete(keys.outbox(instance), keys.outbox_targets(instance),
                             keys.outbox_calls(instance), keys.outbox_copy(instance),
-                            keys.instance_calls(instance))
+                            keys.calls(instance))
                 pipe.zrem(keys.instances, instance)
                 pipe.set(keys.taken_over(instance), me, ex=TAKEN_OVER_KEPT_S)
                 await pipe.execute()
