@@ -12,6 +12,11 @@ into two keys:
 * ``Keys.feed_info(call)``: a hash with the feed's ``stream_uid`` (what its tokens sign,
   so any instance can issue and check them), the ``instance`` holding it and ``ended``.
 
+A stream claims these keys (a Lua script, with its batch): free ones, its own, its instance's
+(a live call key is unique on one instance), or those of an ended feed or of an instance that
+is gone. A second live stream announcing a call id another live instance holds is not
+mirrored: it stays local to its instance and never touches the first feed's keys.
+
 Both expire ``live.retain_s`` after the call ends, and ``IDLE_TTL_S`` after their last write
 while the call lives (so the feed of a call whose instance died does not stay for ever).
 Appending never blocks the call (``RedisAppender``): while Redis is away the frames wait in
@@ -73,8 +78,51 @@ class FeedChange:
     frame: Frame | None = None
 
 
+# One feed's changes of a batch, atomically. The feed's keys are claimed first: taken when
+# free (no identity, or an ended feed), when already this stream's, when held by this same
+# instance (a live call key is unique on one instance, so what it held is over: a restart's
+# leftover), or when the holder is gone (its instance key expired). A feed still held by
+# another live instance is refused (-1) and nothing is written. Otherwise the frames are added
+# (an id already in the stream is refused harmlessly) and the number of other refusals is
+# returned.
+# KEYS: feed-info, feed stream. ARGV: stream uid, this instance, instance key prefix, ended
+# (0/1), ttl ms, max entries, then id/type/leg/data of each frame.
+WRITE_FEED: Final = """
+local uid = redis.call('HGET', KEYS[1], 'stream_uid')
+if uid ~= ARGV[1] then
+  if uid then
+    local holder = redis.call('HGET', KEYS[1], 'instance') or ''
+    local ended = redis.call('HGET', KEYS[1], 'ended')
+    if ended ~= '1' and holder ~= ARGV[2] and holder ~= ''
+        and redis.call('EXISTS', ARGV[3] .. holder) == 1 then
+      return -1
+    end
+  end
+  redis.call('DEL', KEYS[2])
+end
+local refused = 0
+for i = 7, #ARGV, 4 do
+  local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], ARGV[i],
+                            'type', ARGV[i + 1], 'leg', ARGV[i + 2], 'data', ARGV[i + 3])
+  if type(added) == 'table' and added.err and not string.find(added.err, 'equal or smaller') then
+    refused = refused + 1
+  end
+end
+redis.call('HSET', KEYS[1], 'stream_uid', ARGV[1], 'instance', ARGV[2], 'ended', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+return refused
+"""
+UNSHARED_LIMIT: Final = 10_000  # feeds remembered as refused, until their end
+
+
 class FeedWriter(RedisAppender[FeedChange]):
-    """Mirrors this instance's feeds into Redis (see the module's docstring)."""
+    """Mirrors this instance's feeds into Redis (see the module's docstring).
+
+    A feed whose call key another live instance's stream holds in Redis is not mirrored: it
+    stays this instance's own (its viewers connect here), counted in ``unshared`` with one
+    log line, and none of its changes touch the other feed's keys.
+    """
 
     name = "live feed frames"
 
@@ -84,6 +132,9 @@ class FeedWriter(RedisAppender[FeedChange]):
         self.max_events = max_events
         self.retain_ms = int(retain_s * 1000)
         self.refused = 0  # commands Redis refused for a reason other than a repeat
+        self.unshared = 0  # feeds refused because another instance's stream holds the key
+        self._unshared: set[tuple[str, str]] = set()
+        self._script = member.redis.register_script(WRITE_FEED)
 
     def opened(self, call_id: str, stream_uid: str) -> None:
         self.offer(FeedChange(call_id, stream_uid, Change.OPENED))
@@ -96,35 +147,47 @@ class FeedWriter(RedisAppender[FeedChange]):
 
     async def write(self, batch: Sequence[FeedChange]) -> None:
         keys = self.member.keys
-        latest: dict[str, FeedChange] = {}
+        feeds: dict[tuple[str, str], list[FeedChange]] = {}
+        for step in batch:
+            feeds.setdefault((step.call_id, step.stream_uid), []).append(step)
+        writing = [(feed, steps) for feed, steps in feeds.items() if feed not in self._unshared]
         # One transaction: a reader never sees frames without the feed's identity, nor the
-        # call's end without its last frame.
+        # call's end without its last frame. The identity is written with every batch, so a
+        # Redis that lost its data (a restart without persistence) has it again with the
+        # feed's next frames.
         async with self.member.redis.pipeline(transaction=True) as pipe:
-            for step in batch:
-                stream = keys.feed(step.call_id)
-                if step.change is Change.OPENED:
-                    pipe.delete(stream)  # an earlier feed under this call key is over
-                elif step.frame is not None:
-                    frame = step.frame
-                    pipe.xadd(stream, {"type": frame.kind.value, "leg": frame.leg or "",
-                                       "data": frame.data},
-                              id=f"0-{frame.id}", maxlen=self.max_events, approximate=True)
-                latest[step.call_id] = step
-            for call_id, step in latest.items():
-                # Written with every batch, so a Redis that lost its data (a restart without
-                # persistence) has the feed's identity again with its next frames.
-                ended = step.change is Change.ENDED or (
+            for (call_id, stream_uid), steps in writing:
+                ended = any(step.change is Change.ENDED or (
                     step.frame is not None and step.frame.kind is EventType.CALL_ENDED)
-                ttl_ms = self.retain_ms if ended else IDLE_TTL_S * 1000
-                info = keys.feed_info(call_id)
-                pipe.hset(info, mapping={"stream_uid": step.stream_uid,
-                                         "instance": self.member.id, "ended": int(ended)})
-                pipe.pexpire(info, ttl_ms)
-                pipe.pexpire(keys.feed(call_id), ttl_ms)
-            results = await pipe.execute(raise_on_error=False)
-        for result in results:
-            if isinstance(result, ResponseError) and "equal or smaller" not in str(result):
-                self.refused += 1  # a repeated frame is refused harmlessly; others counted
+                    for step in steps)
+                args: list[str | bytes | int] = [
+                    stream_uid, self.member.id, keys.instance(""), int(ended),
+                    self.retain_ms if ended else IDLE_TTL_S * 1000, self.max_events]
+                for step in steps:
+                    if step.frame is not None:
+                        frame = step.frame
+                        args += [f"0-{frame.id}", frame.kind.value, frame.leg or "", frame.data]
+                await self._script(keys=[keys.feed_info(call_id), keys.feed(call_id)],
+                                   args=args, client=pipe)
+            results = await pipe.execute(raise_on_error=False) if writing else []
+        for ((call_id, stream_uid), _), result in zip(writing, results, strict=True):
+            if isinstance(result, ResponseError):
+                self.refused += 1
+            elif result == -1:
+                self._refuse(call_id, stream_uid)
+            elif isinstance(result, int):
+                self.refused += result
+        for step in batch:
+            if step.change is Change.ENDED:
+                self._unshared.discard((step.call_id, step.stream_uid))
+
+    def _refuse(self, call_id: str, stream_uid: str) -> None:
+        self.unshared += 1
+        if len(self._unshared) < UNSHARED_LIMIT:
+            self._unshared.add((call_id, stream_uid))
+        log.warning("live feed not shared: another instance's live stream holds its call id "
+                    "in Redis; viewers of this call must connect to this instance",
+                    call_id=call_id)
 
 
 @dataclass(frozen=True, slots=True)
