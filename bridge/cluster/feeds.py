@@ -29,8 +29,10 @@ in the same transaction.
 An instance that does not hold a call reads its feed with a ``FeedReader`` per viewer: the
 backlog after the viewer's resume point, then ``XREAD BLOCK`` on a client of its own, until
 the feed's ``call.ended`` (or its end is recorded, or the stream is replaced by a new one
-under the same call key). The number of readers on one instance is bounded by
-``cluster.feed_readers``; each holds one Redis connection while it waits.
+under the same call key, or an entry id no feed writer gives appears). Entries are trusted
+for nothing: ones that are no frame, or whose data could break the SSE stream, are skipped.
+The number of readers on one instance is bounded by ``cluster.feed_readers``; each holds
+one Redis connection while it waits.
 """
 
 from __future__ import annotations
@@ -205,31 +207,52 @@ class SharedFeed:
         return f"{self.call_id}\n{self.stream_uid}"
 
 
-def frames_of(entries: Any) -> tuple[list[Frame], int]:
-    """The frames of stream entries (``XRANGE``'s reply), and the last entry id's number.
+# A frame's data as another instance wrote it: an event's webhook body, far below this. A
+# larger one, or one with a line break (it would end the SSE ``data`` line and let the rest
+# pose as fields of its own), is not a feed writer's and is skipped.
+MAX_FRAME_BYTES: Final = 1024 * 1024
 
-    Entries that are not a feed's frame (a foreign writer's) are skipped, not trusted.
+
+@dataclass(frozen=True, slots=True)
+class Entries:
+    """What a read of a feed's stream gave (``frames_of``)."""
+
+    frames: list[Frame]
+    last: int  # the last entry id's number read, so the next read starts after it
+    foreign: bool  # an entry id no feed writer gives (not ``0-<n>``): the reading stops
+
+
+def frames_of(entries: Any) -> Entries:
+    """The frames of stream entries (``XRANGE``'s or ``XREAD``'s reply, in id order).
+
+    Entries whose fields are not a feed's frame (a foreign writer's) are skipped, not trusted,
+    but read past. An entry id outside ``0-<n>`` ends the entries taken: a reader cannot read
+    past it with ``0-<n>`` ids, so it stops there.
     """
-    frames = []
+    frames: list[Frame] = []
     last = 0
     for raw_id, fields in entries or ():
         epoch, _, number = text(raw_id).partition("-")
         if epoch != "0":
-            continue  # not an id a feed writer gives
+            return Entries(frames, last, foreign=True)
         try:
             frame_id = read_int(number, field="feed entry id", low=1, high=MAX_EVENT_ID)
         except InvalidNumber:
-            continue
+            return Entries(frames, last, foreign=True)
         last = max(last, frame_id)
         try:
             kind = EventType(text(fields.get(b"type", b"")))
-        except ValueError:
+        except (ValueError, UnicodeDecodeError):
             continue
-        leg = text(fields.get(b"leg", b"")) or None
+        leg = fields.get(b"leg", b"")
         data = fields.get(b"data")
-        if isinstance(data, bytes):
-            frames.append(Frame(frame_id, kind, leg, data))
-    return frames, last
+        if isinstance(data, bytes) and isinstance(leg, bytes) and \
+                len(data) <= MAX_FRAME_BYTES and b"\n" not in data and b"\r" not in data:
+            try:
+                frames.append(Frame(frame_id, kind, leg.decode() or None, data))
+            except UnicodeDecodeError:
+                continue
+    return Entries(frames, last, foreign=False)
 
 
 class FeedReader:
@@ -279,9 +302,8 @@ class FeedReader:
     async def _range(self) -> tuple[list[Frame], bool]:
         entries = await self._feeds.member.redis.xrange(
             self._stream, min=f"0-{self._last + 1}", max="+", count=READ_BATCH) or []
-        frames, last = frames_of(entries)
-        self._last = max(self._last, last)
-        return frames, len(entries) >= READ_BATCH
+        read = self._took(frames_of(entries))
+        return read.frames, len(entries) >= READ_BATCH and not read.foreign
 
     async def _follow(self, within_s: float) -> list[Frame]:
         # The blocking read runs in a task of its own so that closing the reader (shutdown)
@@ -301,10 +323,16 @@ class FeedReader:
         reply = read.result()
         frames: list[Frame] = []
         for _, entries in reply or ():
-            got, last = frames_of(entries)
-            frames.extend(got)
-            self._last = max(self._last, last)
+            frames.extend(self._took(frames_of(entries)).frames)
         return frames
+
+    def _took(self, read: Entries) -> Entries:
+        """Past every entry read (skipped ones too, or the next read would return them
+        again at once); an entry no feed writer gives ends the reader."""
+        self._last = max(self._last, read.last)
+        if read.foreign:
+            self.closed = True
+        return read
 
     async def _wait_for_frames(self, within_s: float) -> Any:
         return await self._feeds.blocking.xread({self._stream: f"0-{self._last}"},

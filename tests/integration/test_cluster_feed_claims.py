@@ -100,3 +100,27 @@ async def test_a_feed_whose_instance_is_gone_is_taken_by_a_new_stream(
         assert second.unshared == 0
     finally:
         await gone.redis.aclose()
+
+
+async def test_an_entry_no_feed_writer_gives_ends_the_reader_instead_of_spinning_it(
+        other: ClusterMember) -> None:
+    redis = other.redis
+    keys = other.keys
+    async with FeedWriter(other, max_events=100, retain_s=60) as writer, \
+            SharedFeeds(other, max_readers=4, max_per_call=4) as shared:
+        writer.opened("CA1", "uid-a")
+        writer.append("CA1", "uid-a", said(1, "first"))
+        assert await writer.drained(20)
+        feed = await shared.find("CA1")
+        assert feed is not None
+        reader = shared.read(feed, 0)
+        assert reader is not None
+        assert [f.id for f in await reader.take(1)] == [1]
+        # A writer to Redis that is no feed writer: entries the reader cannot read past
+        # with 0-<n> ids (skipped without moving on, XREAD would return them at once again).
+        await redis.xadd(keys.feed("CA1"), {"type": "dtmf", "data": "{}"}, id="0-2")
+        await redis.xadd(keys.feed("CA1"), {"junk": "1"}, id="1-0")
+        assert [f.id for f in await reader.take(30)] == [2]
+        assert reader.closed
+        assert await reader.take(30) == []
+        shared.leave(reader)
