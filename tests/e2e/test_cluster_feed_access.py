@@ -85,6 +85,8 @@ async def test_a_second_stream_under_a_live_calls_id_never_shows_in_its_captions
     assert seen_through_viewer[-1].event == "call.ended"
     assert not any(INTRUDER_SAYS in e.data for e in seen_through_viewer)
     assert len(intruder.log_events(NOT_SHARED)) == 1
+    _, metrics = await intruder.http("GET", "/metrics")
+    assert "callbridge_live_feeds_unshared_total 1.0" in metrics
     # ... while the second stream's words did reach its webhooks.
     await receiver.wait_for(lambda events: any(INTRUDER_SAYS.encode() in h.body
                                                for h in events))
