@@ -14,8 +14,9 @@ from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as redis
+from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
@@ -29,12 +30,26 @@ CONNECT_TIMEOUT_S: Final = 2.0
 COMMAND_TIMEOUT_S: Final = 5.0
 
 
+# Connections of one client at most: the commands client's, for what an instance does at
+# once (heartbeat, writers, requests); the blocking client's, one per feed reader waiting
+# plus the few other waits (admin commands' replies). A command finding every connection
+# busy waits up to POOL_WAIT_S for one, then fails as Redis being away does.
+MAX_CONNECTIONS: Final = 64
+BLOCKING_MARGIN: Final = 16
+POOL_WAIT_S: Final = 2.0
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """Sentinel's pool (it finds the primary) with a bound on connections that waits."""
+
+
 def connect(settings: ClusterSettings, *, blocking: bool = False) -> redis.Redis:
-    """A client for the cluster's Redis (not connected until first used).
+    """A client for the cluster's Redis (not connected until first used), with a bounded
+    pool of connections.
 
     ``blocking``: for commands that wait on the server (``XREAD BLOCK``, ``BLPOP``,
     subscriptions), whose replies may take longer than any fixed read timeout; they pass
-    their own timeouts.
+    their own timeouts. Its pool holds ``cluster.feed_readers`` connections and a margin.
     """
     options: dict[str, Any] = {
         "socket_connect_timeout": CONNECT_TIMEOUT_S,
@@ -45,10 +60,13 @@ def connect(settings: ClusterSettings, *, blocking: bool = False) -> redis.Redis
         # down is reported by the caller, not retried here for seconds.
         "retry": Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
         "decode_responses": False,
+        "max_connections": settings.feed_readers + BLOCKING_MARGIN if blocking
+        else MAX_CONNECTIONS,
+        "timeout": POOL_WAIT_S,
     }
     url = settings.redis_url.reveal()
     if not settings.sentinels:
-        return redis.Redis.from_url(url, **options)
+        return redis.Redis.from_pool(BlockingConnectionPool.from_url(url, **options))
     parts = urlsplit(url) if url else None
     if parts is not None:
         if parts.password:
@@ -63,7 +81,9 @@ def connect(settings: ClusterSettings, *, blocking: bool = False) -> redis.Redis
                  (address.rpartition(":") for address in settings.sentinels)]
     sentinel = Sentinel(sentinels, socket_connect_timeout=CONNECT_TIMEOUT_S,  # type: ignore[no-untyped-call]
                         socket_timeout=CONNECT_TIMEOUT_S)
-    client: redis.Redis = sentinel.master_for(settings.sentinel_primary, **options)
+    client: redis.Redis = sentinel.master_for(settings.sentinel_primary,
+                                              connection_pool_class=_BlockingSentinelPool,
+                                              **options)
     return client
 
 

@@ -12,6 +12,11 @@ into two keys:
 * ``Keys.feed_info(call)``: a hash with the feed's ``stream_uid`` (what its tokens sign,
   so any instance can issue and check them), the ``instance`` holding it and ``ended``.
 
+A stream claims these keys (a Lua script, with its batch): free ones, its own, its instance's
+(a live call key is unique on one instance), or those of an ended feed or of an instance that
+is gone. A second live stream announcing a call id another live instance holds is not
+mirrored: it stays local to its instance and never touches the first feed's keys.
+
 Both expire ``live.retain_s`` after the call ends, and ``IDLE_TTL_S`` after their last write
 while the call lives (so the feed of a call whose instance died does not stay for ever).
 Appending never blocks the call (``RedisAppender``): while Redis is away the frames wait in
@@ -24,8 +29,10 @@ in the same transaction.
 An instance that does not hold a call reads its feed with a ``FeedReader`` per viewer: the
 backlog after the viewer's resume point, then ``XREAD BLOCK`` on a client of its own, until
 the feed's ``call.ended`` (or its end is recorded, or the stream is replaced by a new one
-under the same call key). The number of readers on one instance is bounded by
-``cluster.feed_readers``; each holds one Redis connection while it waits.
+under the same call key, or an entry id no feed writer gives appears). Entries are trusted
+for nothing: ones that are no frame, or whose data could break the SSE stream, are skipped.
+The number of readers on one instance is bounded by ``cluster.feed_readers``; each holds
+one Redis connection while it waits.
 """
 
 from __future__ import annotations
@@ -73,8 +80,51 @@ class FeedChange:
     frame: Frame | None = None
 
 
+# One feed's changes of a batch, atomically. The feed's keys are claimed first: taken when
+# free (no identity, or an ended feed), when already this stream's, when held by this same
+# instance (a live call key is unique on one instance, so what it held is over: a restart's
+# leftover), or when the holder is gone (its instance key expired). A feed still held by
+# another live instance is refused (-1) and nothing is written. Otherwise the frames are added
+# (an id already in the stream is refused harmlessly) and the number of other refusals is
+# returned.
+# KEYS: feed-info, feed stream. ARGV: stream uid, this instance, instance key prefix, ended
+# (0/1), ttl ms, max entries, then id/type/leg/data of each frame.
+WRITE_FEED: Final = """
+local uid = redis.call('HGET', KEYS[1], 'stream_uid')
+if uid ~= ARGV[1] then
+  if uid then
+    local holder = redis.call('HGET', KEYS[1], 'instance') or ''
+    local ended = redis.call('HGET', KEYS[1], 'ended')
+    if ended ~= '1' and holder ~= ARGV[2] and holder ~= ''
+        and redis.call('EXISTS', ARGV[3] .. holder) == 1 then
+      return -1
+    end
+  end
+  redis.call('DEL', KEYS[2])
+end
+local refused = 0
+for i = 7, #ARGV, 4 do
+  local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], ARGV[i],
+                            'type', ARGV[i + 1], 'leg', ARGV[i + 2], 'data', ARGV[i + 3])
+  if type(added) == 'table' and added.err and not string.find(added.err, 'equal or smaller') then
+    refused = refused + 1
+  end
+end
+redis.call('HSET', KEYS[1], 'stream_uid', ARGV[1], 'instance', ARGV[2], 'ended', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+return refused
+"""
+UNSHARED_LIMIT: Final = 10_000  # feeds remembered as refused, until their end
+
+
 class FeedWriter(RedisAppender[FeedChange]):
-    """Mirrors this instance's feeds into Redis (see the module's docstring)."""
+    """Mirrors this instance's feeds into Redis (see the module's docstring).
+
+    A feed whose call key another live instance's stream holds in Redis is not mirrored: it
+    stays this instance's own (its viewers connect here), counted in ``unshared`` with one
+    log line, and none of its changes touch the other feed's keys.
+    """
 
     name = "live feed frames"
 
@@ -84,6 +134,9 @@ class FeedWriter(RedisAppender[FeedChange]):
         self.max_events = max_events
         self.retain_ms = int(retain_s * 1000)
         self.refused = 0  # commands Redis refused for a reason other than a repeat
+        self.unshared = 0  # feeds refused because another instance's stream holds the key
+        self._unshared: set[tuple[str, str]] = set()
+        self._script = member.redis.register_script(WRITE_FEED)
 
     def opened(self, call_id: str, stream_uid: str) -> None:
         self.offer(FeedChange(call_id, stream_uid, Change.OPENED))
@@ -96,35 +149,47 @@ class FeedWriter(RedisAppender[FeedChange]):
 
     async def write(self, batch: Sequence[FeedChange]) -> None:
         keys = self.member.keys
-        latest: dict[str, FeedChange] = {}
+        feeds: dict[tuple[str, str], list[FeedChange]] = {}
+        for step in batch:
+            feeds.setdefault((step.call_id, step.stream_uid), []).append(step)
+        writing = [(feed, steps) for feed, steps in feeds.items() if feed not in self._unshared]
         # One transaction: a reader never sees frames without the feed's identity, nor the
-        # call's end without its last frame.
+        # call's end without its last frame. The identity is written with every batch, so a
+        # Redis that lost its data (a restart without persistence) has it again with the
+        # feed's next frames.
         async with self.member.redis.pipeline(transaction=True) as pipe:
-            for step in batch:
-                stream = keys.feed(step.call_id)
-                if step.change is Change.OPENED:
-                    pipe.delete(stream)  # an earlier feed under this call key is over
-                elif step.frame is not None:
-                    frame = step.frame
-                    pipe.xadd(stream, {"type": frame.kind.value, "leg": frame.leg or "",
-                                       "data": frame.data},
-                              id=f"0-{frame.id}", maxlen=self.max_events, approximate=True)
-                latest[step.call_id] = step
-            for call_id, step in latest.items():
-                # Written with every batch, so a Redis that lost its data (a restart without
-                # persistence) has the feed's identity again with its next frames.
-                ended = step.change is Change.ENDED or (
+            for (call_id, stream_uid), steps in writing:
+                ended = any(step.change is Change.ENDED or (
                     step.frame is not None and step.frame.kind is EventType.CALL_ENDED)
-                ttl_ms = self.retain_ms if ended else IDLE_TTL_S * 1000
-                info = keys.feed_info(call_id)
-                pipe.hset(info, mapping={"stream_uid": step.stream_uid,
-                                         "instance": self.member.id, "ended": int(ended)})
-                pipe.pexpire(info, ttl_ms)
-                pipe.pexpire(keys.feed(call_id), ttl_ms)
-            results = await pipe.execute(raise_on_error=False)
-        for result in results:
-            if isinstance(result, ResponseError) and "equal or smaller" not in str(result):
-                self.refused += 1  # a repeated frame is refused harmlessly; others counted
+                    for step in steps)
+                args: list[str | bytes | int] = [
+                    stream_uid, self.member.id, keys.instance(""), int(ended),
+                    self.retain_ms if ended else IDLE_TTL_S * 1000, self.max_events]
+                for step in steps:
+                    if step.frame is not None:
+                        frame = step.frame
+                        args += [f"0-{frame.id}", frame.kind.value, frame.leg or "", frame.data]
+                await self._script(keys=[keys.feed_info(call_id), keys.feed(call_id)],
+                                   args=args, client=pipe)
+            results = await pipe.execute(raise_on_error=False) if writing else []
+        for ((call_id, stream_uid), _), result in zip(writing, results, strict=True):
+            if isinstance(result, ResponseError):
+                self.refused += 1
+            elif result == -1:
+                self._refuse(call_id, stream_uid)
+            elif isinstance(result, int):
+                self.refused += result
+        for step in batch:
+            if step.change is Change.ENDED:
+                self._unshared.discard((step.call_id, step.stream_uid))
+
+    def _refuse(self, call_id: str, stream_uid: str) -> None:
+        self.unshared += 1
+        if len(self._unshared) < UNSHARED_LIMIT:
+            self._unshared.add((call_id, stream_uid))
+        log.warning("live feed not shared: another instance's live stream holds its call id "
+                    "in Redis; viewers of this call must connect to this instance",
+                    call_id=call_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,31 +207,52 @@ class SharedFeed:
         return f"{self.call_id}\n{self.stream_uid}"
 
 
-def frames_of(entries: Any) -> tuple[list[Frame], int]:
-    """The frames of stream entries (``XRANGE``'s reply), and the last entry id's number.
+# A frame's data as another instance wrote it: an event's webhook body, far below this. A
+# larger one, or one with a line break (it would end the SSE ``data`` line and let the rest
+# pose as fields of its own), is not a feed writer's and is skipped.
+MAX_FRAME_BYTES: Final = 1024 * 1024
 
-    Entries that are not a feed's frame (a foreign writer's) are skipped, not trusted.
+
+@dataclass(frozen=True, slots=True)
+class Entries:
+    """What a read of a feed's stream gave (``frames_of``)."""
+
+    frames: list[Frame]
+    last: int  # the last entry id's number read, so the next read starts after it
+    foreign: bool  # an entry id no feed writer gives (not ``0-<n>``): the reading stops
+
+
+def frames_of(entries: Any) -> Entries:
+    """The frames of stream entries (``XRANGE``'s or ``XREAD``'s reply, in id order).
+
+    Entries whose fields are not a feed's frame (a foreign writer's) are skipped, not trusted,
+    but read past. An entry id outside ``0-<n>`` ends the entries taken: a reader cannot read
+    past it with ``0-<n>`` ids, so it stops there.
     """
-    frames = []
+    frames: list[Frame] = []
     last = 0
     for raw_id, fields in entries or ():
         epoch, _, number = text(raw_id).partition("-")
         if epoch != "0":
-            continue  # not an id a feed writer gives
+            return Entries(frames, last, foreign=True)
         try:
             frame_id = read_int(number, field="feed entry id", low=1, high=MAX_EVENT_ID)
         except InvalidNumber:
-            continue
+            return Entries(frames, last, foreign=True)
         last = max(last, frame_id)
         try:
             kind = EventType(text(fields.get(b"type", b"")))
-        except ValueError:
+        except (ValueError, UnicodeDecodeError):
             continue
-        leg = text(fields.get(b"leg", b"")) or None
+        leg = fields.get(b"leg", b"")
         data = fields.get(b"data")
-        if isinstance(data, bytes):
-            frames.append(Frame(frame_id, kind, leg, data))
-    return frames, last
+        if isinstance(data, bytes) and isinstance(leg, bytes) and \
+                len(data) <= MAX_FRAME_BYTES and b"\n" not in data and b"\r" not in data:
+            try:
+                frames.append(Frame(frame_id, kind, leg.decode() or None, data))
+            except UnicodeDecodeError:
+                continue
+    return Entries(frames, last, foreign=False)
 
 
 class FeedReader:
@@ -216,9 +302,8 @@ class FeedReader:
     async def _range(self) -> tuple[list[Frame], bool]:
         entries = await self._feeds.member.redis.xrange(
             self._stream, min=f"0-{self._last + 1}", max="+", count=READ_BATCH) or []
-        frames, last = frames_of(entries)
-        self._last = max(self._last, last)
-        return frames, len(entries) >= READ_BATCH
+        read = self._took(frames_of(entries))
+        return read.frames, len(entries) >= READ_BATCH and not read.foreign
 
     async def _follow(self, within_s: float) -> list[Frame]:
         # The blocking read runs in a task of its own so that closing the reader (shutdown)
@@ -238,10 +323,16 @@ class FeedReader:
         reply = read.result()
         frames: list[Frame] = []
         for _, entries in reply or ():
-            got, last = frames_of(entries)
-            frames.extend(got)
-            self._last = max(self._last, last)
+            frames.extend(self._took(frames_of(entries)).frames)
         return frames
+
+    def _took(self, read: Entries) -> Entries:
+        """Past every entry read (skipped ones too, or the next read would return them
+        again at once); an entry no feed writer gives ends the reader."""
+        self._last = max(self._last, read.last)
+        if read.foreign:
+            self.closed = True
+        return read
 
     async def _wait_for_frames(self, within_s: float) -> Any:
         return await self._feeds.blocking.xread({self._stream: f"0-{self._last}"},

@@ -364,25 +364,42 @@ async def issue_token(request: web.Request) -> web.Response:
         "captions_url": f"/captions/{quoted}#token={token}"})
 
 
-def _feed_access(request: web.Request, feed: LiveFeed | SharedFeed | None) -> None:
-    """The admin token (header or query), or a live token for this feed, or 401.
+def _viewer_token(request: web.Request) -> str | None:
+    """Before anything is looked up: None for the admin token (header or query), else the
+    live token given, if it is well formed and unexpired; anything else is 401.
 
-    A token opens the feed of the stream it was issued for: a later stream that announces
-    the same call id has a feed of its own, which the earlier token does not open.
+    Nothing reaches Redis without one or the other; the token's signature is checked once
+    its feed is known (``_feed_access``).
     """
     admin = _require_admin_api(request)
-    header = request.headers.get("Authorization", "")
-    if header:
+    if request.headers.get("Authorization", ""):
         _authorise(request)
-        return
+        return None
     given = request.query.get("token", "")
-    if given and (hmac.compare_digest(raw_bytes(given), admin.encode()) or (
-            feed is not None
-            and request.app[TOKENS].check(feed.subject, given, now=time.time()))):
-        return
-    raise web.HTTPUnauthorized(
+    if given and hmac.compare_digest(raw_bytes(given), admin.encode()):
+        return None
+    if given and request.app[TOKENS].well_formed(given, now=time.time()):
+        return given
+    raise _token_required()
+
+
+def _token_required() -> web.HTTPUnauthorized:
+    return web.HTTPUnauthorized(
         headers={"WWW-Authenticate": "Bearer"},
         text="a valid token is required (expired? ask POST /calls/{id}/token for another)\n")
+
+
+def _feed_access(request: web.Request, token: str | None,
+                 feed: LiveFeed | SharedFeed | None) -> None:
+    """A live token opens the feed of the stream it was issued for, or 401 (``token`` None:
+    the admin token was given).
+
+    A later stream that announces the same call id has a feed of its own, which the earlier
+    token does not open; and a token for no feed is 401, not 404 (it says nothing of calls).
+    """
+    if token is not None and (
+            feed is None or not request.app[TOKENS].check(feed.subject, token, now=time.time())):
+        raise _token_required()
 
 
 async def live_events(request: web.Request) -> web.StreamResponse:
@@ -390,9 +407,9 @@ async def live_events(request: web.Request) -> web.StreamResponse:
     the admin token or a token issued for that call's feed."""
     call_id = request.match_info["call_id"]
     app = request.app
-    _require_admin_api(request)
+    token = _viewer_token(request)
     feed = await _find_feed(request, call_id)
-    _feed_access(request, feed)
+    _feed_access(request, token, feed)
     if feed is None:
         raise web.HTTPNotFound(text="no live call with that id\n")
     live = app[SETTINGS].live

@@ -258,6 +258,10 @@ async def _observability(app: web.Application) -> AsyncIterator[None]:
         feeds = app.get(FEEDS)
         if feeds is not None and isinstance(feeds.mirror, FeedWriter):
             dropped[("feed",)] = feeds.mirror.dropped
+        if feeds is not None and isinstance(feeds.mirror, FeedWriter):
+            yield counter("callbridge_live_feeds_unshared", "Live feeds not shared through "
+                          "Redis: another instance's live stream held their call id", [],
+                          {(): feeds.mirror.unshared})
         if dropped:
             yield counter("callbridge_cluster_stream_dropped", "Entries for a Redis stream "
                           "(live feeds, the event stream) dropped: the queue was full while "

@@ -30,6 +30,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import re
 import time
 import uuid
 from collections import deque
@@ -53,6 +54,7 @@ MAX_EXPIRY: Final = 10**11  # Unix seconds: far beyond any token's lifetime
 # Retry delay an EventSource uses after a dropped stream (ms); the captions page uses its own.
 SSE_RETRY_MS: Final = 2000
 MAX_EVENT_ID: Final = 2**53 - 1
+SIGNATURE: Final = re.compile(r"[A-Za-z0-9_-]{43}")  # a token's HMAC-SHA256, base64url
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,15 +325,27 @@ class LiveTokens:
 
     def check(self, call_id: str, token: str, *, now: float) -> bool:
         """Whether ``token`` opens ``call_id``'s feed at ``now``."""
-        raw, _, signature = token.partition(".")
-        try:
-            expires = read_int(raw, field="token expiry", low=0, high=MAX_EXPIRY)
-        except InvalidNumber:
-            return False
-        if expires < now:
+        expires = self._expiry(token, now=now)
+        if expires is None:
             return False
         expected = self._signature(call_id, expires)
-        return hmac.compare_digest(signature.encode(), expected.encode())
+        return hmac.compare_digest(token.partition(".")[2].encode(), expected.encode())
+
+    def well_formed(self, token: str, *, now: float) -> bool:
+        """Whether ``token`` could open some feed at ``now``: an unexpired expiry and a
+        signature of the right form. Cheap and without the subject: what a request must
+        show before its feed is looked up; ``check`` decides."""
+        return self._expiry(token, now=now) is not None and \
+            SIGNATURE.fullmatch(token.partition(".")[2]) is not None
+
+    @staticmethod
+    def _expiry(token: str, *, now: float) -> int | None:
+        try:
+            expires = read_int(token.partition(".")[0], field="token expiry", low=0,
+                               high=MAX_EXPIRY)
+        except InvalidNumber:
+            return None
+        return expires if expires >= now else None
 
 
 def resume_point(request: web.Request) -> int:

@@ -150,6 +150,17 @@ def test_a_token_opens_one_call_until_it_expires() -> None:
     "99999999999999999999.AAAA"])
 def test_forged_tokens_are_refused(forged: str) -> None:
     assert not LiveTokens(ADMIN).check("CA1", forged, now=1000.0)
+    assert not LiveTokens(ADMIN).well_formed(forged, now=1000.0)
+
+
+def test_a_token_is_well_formed_until_it_expires_whatever_it_was_issued_for() -> None:
+    tokens = LiveTokens(ADMIN)
+    token, _ = tokens.issue("CA1", now=1000.0, ttl_s=60)
+    assert tokens.well_formed(token, now=1059.0) and not tokens.well_formed(token, now=1061.0)
+    # well formed, not valid: what lets a request look its feed up, before ``check``
+    assert LiveTokens(ADMIN + "x").well_formed(token, now=1001.0)
+    assert not tokens.well_formed(token + "A", now=1001.0)
+    assert not tokens.well_formed(token[:-1] + "=", now=1001.0)
 
 
 def test_a_token_for_a_later_expiry_cannot_be_made_from_an_earlier_one() -> None:

@@ -3,7 +3,9 @@ without a server or Redis."""
 
 from __future__ import annotations
 
-from bridge.cluster.feeds import frames_of
+import pytest
+
+from bridge.cluster.feeds import MAX_FRAME_BYTES, Entries, frames_of
 from bridge.events import EventType
 from bridge.web.feed import Frame, LiveFeed, LiveFeeds, LiveTee, replay
 from tests.unit.test_live_feed import Sink, event
@@ -82,13 +84,29 @@ def test_stream_entries_become_frames_and_foreign_entries_are_skipped() -> None:
         (b"0-2", {b"type": b"transcript.final", b"leg": b"inbound", b"data": b'{"a":1}'}),
         (b"0-3", {b"type": b"no.such.type", b"leg": b"", b"data": b"{}"}),
         (b"0-4", {b"type": b"dtmf", b"leg": b"inbound"}),  # no data
-        (b"1733000000000-0", {b"type": b"dtmf", b"data": b"{}"}),  # not a feed's id
-        (b"7-5", {b"type": b"dtmf", b"data": b"{}"}),
-        (b"0-x", {b"type": b"dtmf", b"data": b"{}"}),
-        (b"0-99999999999999999999", {b"type": b"dtmf", b"data": b"{}"}),
+        (b"0-5", {b"type": b"dtmf", b"leg": b"\xff", b"data": b"{}"}),  # leg not UTF-8
     ]
-    frames, last = frames_of(entries)
-    assert frames == [Frame(1, EventType.CALL_STARTED, None, b"{}"),
-                      Frame(2, FINAL, "inbound", b'{"a":1}')]
-    assert last == 4  # what was read, so the next read starts after it
-    assert frames_of(None) == ([], 0)
+    read = frames_of(entries)
+    assert read.frames == [Frame(1, EventType.CALL_STARTED, None, b"{}"),
+                           Frame(2, FINAL, "inbound", b'{"a":1}')]
+    assert read.last == 5  # what was read, so the next read starts after it
+    assert not read.foreign
+    assert frames_of(None) == Entries([], 0, foreign=False)
+
+
+@pytest.mark.parametrize("foreign_id", [b"1-0", b"1733000000000-0", b"0-9007199254740992"])
+def test_an_entry_id_no_feed_writer_gives_ends_the_entries(foreign_id: bytes) -> None:
+    entries = [(b"0-1", {b"type": b"dtmf", b"leg": b"", b"data": b"{}"}),
+               (foreign_id, {b"junk": b"1"}),
+               (b"2-0", {b"type": b"dtmf", b"leg": b"", b"data": b"{}"})]
+    read = frames_of(entries)
+    assert read == Entries([Frame(1, EventType.DTMF, None, b"{}")], 1, foreign=True)
+
+
+@pytest.mark.parametrize("data", [b'{"a":"x"}\n\nevent: call.ended\ndata: {}', b'{"a":1}\r',
+                                  b"x" * (MAX_FRAME_BYTES + 1)])
+def test_frame_data_that_could_break_the_event_stream_is_skipped(data: bytes) -> None:
+    entries = [(b"0-1", {b"type": b"dtmf", b"leg": b"", b"data": data}),
+               (b"0-2", {b"type": b"dtmf", b"leg": b"", b"data": b"{}"})]
+    assert frames_of(entries) == Entries([Frame(2, EventType.DTMF, None, b"{}")], 2,
+                                         foreign=False)
