@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, Protocol
 
 import aiohttp
@@ -65,9 +65,13 @@ class DurableDispatcher:
     """The outbox-backed ``EventSink``. Use ``async with``."""
 
     def __init__(self, settings: Settings, session: aiohttp.ClientSession, *,
-                 replica: Replica | None = None) -> None:
+                 replica: Replica | None = None,
+                 made: Callable[[OutboundEvent], None] | None = None) -> None:
         self.settings = settings
         self.replica = replica
+        # Told of each event the dispatcher makes itself (the call.ended of a call a previous
+        # run, or a lost instance, left open), as calls' sinks are told of theirs.
+        self._made = made
         self.changed = asyncio.Event()  # set whenever the outbox's content changed
         self.hooks = settings.webhooks
         outbox = settings.outbox
@@ -303,6 +307,9 @@ class DurableDispatcher:
                          "legs": [{"leg": leg["leg"], "speaker": leg["speaker"],
                                    "text": leg["text"], "transcripts": leg["transcripts"]}
                                   for leg in call.legs]})
-            await self._writer.submit_waiting(make_event(
-                EventType.CALL_ENDED, data, call_id=call.call_id, targets=call.targets))
+            event = make_event(EventType.CALL_ENDED, data, call_id=call.call_id,
+                               targets=call.targets)
+            if self._made is not None:
+                self._made(event)
+            await self._writer.submit_waiting(event)
         await self._writer.join()

@@ -192,8 +192,11 @@ async def _webhooks(app: web.Application) -> AsyncIterator[None]:
     member = app.get(CLUSTER)
     # Cluster mode: the outbox is mirrored to Redis, and lost members' events taken over.
     mirror = OutboxMirror(member) if member is not None else None
+    stream = app.get(EVENT_STREAM)
     async with (aiohttp.ClientSession(connector=connector) as session,
-                DurableDispatcher(settings, session, replica=mirror) as dispatcher,
+                DurableDispatcher(settings, session, replica=mirror,
+                                  made=stream.offer if stream is not None else None
+                                  ) as dispatcher,
                 contextlib.AsyncExitStack() as cluster):
         app[SINK] = dispatcher
         if member is not None and mirror is not None:

@@ -108,7 +108,8 @@ async def test_a_lost_instance_s_finals_are_delivered_once_by_a_survivor(
         tmp_path: Path) -> None:
     receiver.fail_statuses = [503] * 100_000  # the receiver is down while the call runs
     a = await bridge_factory(**_cluster_env(redis_server, tmp_path, "a"))
-    b = await bridge_factory(**_cluster_env(redis_server, tmp_path, "b"))
+    b = await bridge_factory(**_cluster_env(redis_server, tmp_path, "b",
+                                            CALLBRIDGE_CLUSTER_EVENTS_STREAM="events"))
     call = _call(a, "CA-lost", CALLER_THEN_LONG)
     await a.wait_for_log("event stored", event_type="transcript.final", call_id="CA-lost",
                          occurrence=2)
@@ -149,6 +150,9 @@ async def test_a_lost_instance_s_finals_are_delivered_once_by_a_survivor(
     assert await redis_server.command("EXISTS", "callbridge:outbox:a",
                                       "callbridge:outbox-calls:a") == "0"
     assert await redis_server.command("GET", "callbridge:taken-over:a") == "b"
+    # Consumers of the event stream hear of the call's end too, from the survivor.
+    entries = await redis_server.command("XRANGE", "events", "-", "+")
+    assert entries.count("\ntype\ncall.ended\n") == 1 and "instance_lost" in entries
 
 
 async def test_an_instance_back_after_a_takeover_does_not_send_its_events_again(
