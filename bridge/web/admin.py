@@ -24,7 +24,7 @@ import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from functools import partial
 from importlib import resources
-from typing import Any
+from typing import Any, Final
 from urllib.parse import quote
 
 from aiohttp import web
@@ -50,6 +50,7 @@ from bridge.web.keys import (
     CLUSTER,
     CLUSTER_CALLS,
     DRAINING,
+    ENGINE_SLOTS,
     FEEDS,
     LIVE_CALLS,
     METRICS,
@@ -58,6 +59,8 @@ from bridge.web.keys import (
     TOKENS,
 )
 
+# Engines a member's row in GET /cluster shows sessions of (its heartbeat is read from Redis).
+MAX_ENGINES_SHOWN: Final = 16
 
 def add_admin_routes(app: web.Application) -> None:
     """Register the routes; the live feed's state exists only with an admin token."""
@@ -267,6 +270,15 @@ async def _call_action(request: web.Request, action: str) -> web.Response:
     return web.json_response({**reply.body, "instance": owners[0]}, status=reply.status)
 
 
+def engine_sessions(app: web.Application) -> dict[str, int]:
+    """Upstream sessions this instance holds, per engine with a ``max_streams`` limit."""
+    slots = app.get(ENGINE_SLOTS)
+    if slots is None:
+        return {}
+    return {engine: count for (engine, scope), count in slots.usage().items()
+            if scope == "instance"}
+
+
 async def cluster_view(request: web.Request) -> web.Response:
     """The instances of the cluster: alive or lost, heartbeat age, calls, load, whether they
     take calls. Without cluster mode, this instance alone, under ``"cluster": false``."""
@@ -276,7 +288,8 @@ async def cluster_view(request: web.Request) -> web.Response:
     member = app.get(CLUSTER)
     here = {"instance": member.id if member is not None else settings.cluster.instance(),
             "alive": True, "heartbeat_age_s": 0.0, "calls": len(app[LIVE_CALLS]),
-            "max_calls": settings.server.max_calls, "draining": app[DRAINING]}
+            "max_calls": settings.server.max_calls, "draining": app[DRAINING],
+            "engine_sessions": engine_sessions(app)}
     if member is None:
         return web.json_response({"cluster": False, "instances": [_member_view(here, 0)]})
     cluster = app.get(CLUSTER_CALLS)
@@ -322,6 +335,12 @@ def _member_view(state: Mapping[str, Any], now_ms: float) -> dict[str, Any]:
         "draining": draining if alive else None,
         "accepting_calls": bool(alive and draining is False and calls is not None
                                 and max_calls is not None and calls < max_calls)}
+    sessions = state.get("engine_sessions")
+    if alive and isinstance(sessions, dict):
+        view["engine_sessions"] = {
+            engine: count for engine, count in list(sessions.items())[:MAX_ENGINES_SHOWN]
+            if isinstance(engine, str) and len(engine) <= 40 and isinstance(count, int)
+            and not isinstance(count, bool) and 0 <= count <= 1_000_000}
     if isinstance(state.get("version"), str):
         view["version"] = state["version"]
     return view

@@ -42,7 +42,7 @@ from bridge.security import GuardedResolver
 from bridge.stt.engines import Engines
 from bridge.stt.local.supervisor import EmbeddedRecognizer
 from bridge.stt.slots import LocalEngineSlots, stream_limits
-from bridge.web.admin import add_admin_routes
+from bridge.web.admin import add_admin_routes, engine_sessions
 from bridge.web.keys import (
     AUTH_FAILURES,
     CALLS_CHANGED,
@@ -111,7 +111,8 @@ async def _cluster(app: web.Application) -> AsyncIterator[None]:
 
     def state() -> dict[str, Any]:
         return {"calls": len(app[LIVE_CALLS]), "max_calls": settings.server.max_calls,
-                "draining": app[DRAINING], "version": __version__}
+                "draining": app[DRAINING], "version": __version__,
+                "engine_sessions": engine_sessions(app)}
 
     async with ClusterMember(settings.cluster, state=state) as member:
         app[CLUSTER] = member

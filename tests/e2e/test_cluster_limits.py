@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -92,6 +94,19 @@ async def test_the_limit_holds_across_instances_and_a_waiting_leg_starts_when_a_
         assert 'callbridge_engine_sessions{engine="deepgram",scope="instance"} 0.0' in metrics
 
 
+async def _rows(bridge: BridgeProcess, ready: Callable[[dict[str, Any]], bool],
+                within_s: float = 10) -> dict[str, Any]:
+    """``GET /cluster``'s rows by instance, once ``ready`` says they show what the test waits
+    for (a member's row follows its heartbeat)."""
+    async with asyncio.timeout(within_s):
+        while True:
+            _, body = await bridge.http("GET", "/cluster", token=ADMIN)
+            rows = {row["instance"]: row for row in json.loads(body)["instances"]}
+            if ready(rows):
+                return rows
+            await asyncio.sleep(0.05)  # another process's heartbeat: no event to wait on
+
+
 async def test_an_instance_killed_frees_its_slots_after_takeover_s(
         bridge_factory: BridgeFactory, redis_server: RedisServer, receiver: WebhookReceiver,
         tmp_path: Path) -> None:
@@ -107,6 +122,9 @@ async def test_an_instance_killed_frees_its_slots_after_takeover_s(
         await waiting_for_a_slot(receiver, "CA-b")
         _, body = await b.http("GET", "/metrics")
         assert 'callbridge_engine_sessions{engine="deepgram",scope="cluster"} 2.0' in body
+        # GET /cluster on B shows which instance holds them, as A's heartbeat last said.
+        assert (await _rows(b, lambda rows: rows["a"].get("engine_sessions") == {
+            "deepgram": 2}))["b"]["engine_sessions"] == {"deepgram": 0}
 
         a.process.kill()  # SIGKILL: its leases stay in Redis until they expire
         await a.process.wait()

@@ -163,11 +163,24 @@ def test_a_member_is_shown_from_its_heartbeat_and_wrong_kinds_are_null() -> None
                             "version": 3}, NOW * 1000)
     assert hostile["calls"] is None and hostile["load"] is None
     assert hostile["draining"] is None and hostile["accepting_calls"] is False
+    assert "engine_sessions" not in hostile
     assert "version" not in hostile
     lost = _member_view({"instance": "c", "alive": False, "heartbeat_ms": NOW * 1000 - 60_000},
                         NOW * 1000)
     assert lost["alive"] is False and lost["heartbeat_age_s"] == 60.0
     assert lost["calls"] is None and lost["accepting_calls"] is False
+
+
+def test_a_member_s_engine_sessions_are_shown_only_as_names_and_counts() -> None:
+    state = {"instance": "a", "alive": True, "heartbeat_ms": NOW * 1000, "calls": 1,
+             "max_calls": 2, "draining": False,
+             "engine_sessions": {"deepgram": 3, "x" * 41: 1, "telnyx": -1, "assemblyai": True,
+                                 **{f"e{i}": i for i in range(40)}}}
+    shown = _member_view(state, NOW * 1000)["engine_sessions"]
+    assert shown["deepgram"] == 3 and len(shown) <= 16
+    assert not {"x" * 41, "telnyx", "assemblyai"} & set(shown)
+    assert "engine_sessions" not in _member_view({**state, "engine_sessions": [1]}, NOW * 1000)
+    assert "engine_sessions" not in _member_view({**state, "alive": False}, NOW * 1000)
 
 
 def test_each_instance_has_its_own_calls_hash() -> None:
