@@ -44,64 +44,49 @@ apt_preview() {
                     n, names, download / 1e6, disk / 1024}'
 }
 
-# The captions page is tested in a real headless browser: Debian's chromium and its driver.
-browser_skip_reason() {
-    if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
-        return
-    fi
+# Why the tests that need these Debian packages cannot run (empty when they can): installs
+# them through apt when their programs are missing. Arguments: what needs them, the
+# programs (comma-separated), then the packages.
+apt_skip_reason() {
+    local what=$1 programs=$2
+    shift 2
+    local program missing=""
+    for program in ${programs//,/ }; do
+        command -v "$program" >/dev/null 2>&1 || missing=1
+    done
+    if [ -z "$missing" ]; then return; fi
+    local joined="$*"
+    local names="${joined// / and }"
     if [ -n "${CALLBRIDGE_TEST_NO_APT:-}" ]; then
-        echo "chromium and chromedriver are not installed (CALLBRIDGE_TEST_NO_APT is set)"
+        echo "$names are not installed (CALLBRIDGE_TEST_NO_APT is set)"
         return
     fi
     local sudo=""
     if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then sudo="sudo"; fi
     if ! command -v apt-get >/dev/null 2>&1 || { [ "$(id -u)" -ne 0 ] && [ -z "$sudo" ]; }; then
-        echo "chromium and chromedriver are not installed, and apt-get as root is not available"
+        echo "$names are not installed, and apt-get as root is not available"
         return
     fi
     $sudo apt-get update -qq >&2 || true
-    say "the browser tests need chromium and chromium-driver; installing through apt:"
-    say "  $(apt_preview chromium chromium-driver)"
-    if ! DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver \
-            >/dev/null; then
-        echo "apt-get could not install chromium and chromium-driver"
-    fi
-}
-
-# Cluster mode is tested against a real Redis: Debian's redis-server and redis-sentinel.
-redis_skip_reason() {
-    if command -v redis-server >/dev/null 2>&1 && command -v redis-sentinel >/dev/null 2>&1; then
-        return
-    fi
-    if [ -n "${CALLBRIDGE_TEST_NO_APT:-}" ]; then
-        echo "redis-server and redis-sentinel are not installed (CALLBRIDGE_TEST_NO_APT is set)"
-        return
-    fi
-    local sudo=""
-    if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then sudo="sudo"; fi
-    if ! command -v apt-get >/dev/null 2>&1 || { [ "$(id -u)" -ne 0 ] && [ -z "$sudo" ]; }; then
-        echo "redis-server and redis-sentinel are not installed, and apt-get as root is not available"
-        return
-    fi
-    $sudo apt-get update -qq >&2 || true
-    say "the cluster tests need redis-server and redis-sentinel; installing through apt:"
-    say "  $(apt_preview redis-server redis-sentinel)"
-    if ! DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server redis-sentinel \
-            >/dev/null; then
-        echo "apt-get could not install redis-server and redis-sentinel"
+    say "the $what tests need $names; installing through apt:"
+    say "  $(apt_preview "$@")"
+    if ! DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null; then
+        echo "apt-get could not install $names"
     fi
 }
 
 lowest=$(lowest_python)
 PYTHON="$lowest" bash scripts/setup.sh dev
 
-skip_reason=$(browser_skip_reason)
+# The captions page is tested in a real headless browser: Debian's chromium and its driver.
+skip_reason=$(apt_skip_reason browser chromium,chromedriver chromium chromium-driver)
 if [ -n "$skip_reason" ]; then
     say "browser tests skipped: $skip_reason"
     export CALLBRIDGE_TEST_SKIP_BROWSER="$skip_reason"
 fi
 
-redis_reason=$(redis_skip_reason)
+# Cluster mode is tested against a real Redis: Debian's redis-server and redis-sentinel.
+redis_reason=$(apt_skip_reason cluster redis-server,redis-sentinel redis-server redis-sentinel)
 if [ -n "$redis_reason" ]; then
     say "Redis tests skipped: $redis_reason"
     export CALLBRIDGE_TEST_SKIP_REDIS="$redis_reason"
