@@ -18,7 +18,7 @@ from typing import Final, Generic, Self, TypeVar
 
 import structlog
 
-from bridge.cluster.connection import REDIS_ERRORS, check_cancelled
+from bridge.cluster.connection import REDIS_ERRORS, check_cancelled, stop
 from bridge.cluster.member import ClusterMember
 
 log = structlog.get_logger("bridge.cluster")
@@ -55,10 +55,7 @@ class RedisAppender(Generic[T]):
     async def __aexit__(self, *exc_info: object) -> None:
         """What is queued gets up to ``FLUSH_S`` to reach Redis; the rest is lost."""
         await self.drained(FLUSH_S)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop(self._task)
         if self._queue:
             log.warning(f"redis {self.name} not written at shutdown", count=len(self._queue))
 

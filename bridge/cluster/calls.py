@@ -37,7 +37,7 @@ import orjson
 import redis.asyncio as redis
 import structlog
 
-from bridge.cluster.connection import REDIS_ERRORS, check_cancelled, connect
+from bridge.cluster.connection import REDIS_ERRORS, check_cancelled, connect, stop
 from bridge.cluster.member import FORGET_AFTER_S, ClusterMember
 from bridge.config import INSTANCE_ID
 from bridge.errors import ClusterMessageInvalid, OwnerUnreachable
@@ -279,11 +279,7 @@ class ClusterCalls:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop(*self._tasks)
         # Leaving on purpose, after the drain: no call is left to list.
         with contextlib.suppress(*REDIS_ERRORS):
             await self.redis.delete(self.own_key)

@@ -97,6 +97,21 @@ def check_cancelled() -> None:
         raise asyncio.CancelledError
 
 
+async def stop(*tasks: asyncio.Task[Any] | None) -> None:
+    """Cancel a part's background tasks and wait until they have ended. A task's own error
+    is raised; a cancellation of the caller is not swallowed (as awaiting a cancelled task
+    under ``suppress(CancelledError)`` would)."""
+    running = [task for task in tasks if task is not None]
+    for task in running:
+        task.cancel()
+    if not running:
+        return
+    await asyncio.wait(running)
+    for task in running:
+        if not task.cancelled():
+            task.result()
+
+
 def text(raw: Any) -> str:
     """A reply's bytes as text (the client returns bytes; its type hints say more)."""
     return raw.decode() if isinstance(raw, bytes) else str(raw)

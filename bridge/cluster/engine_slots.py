@@ -28,7 +28,7 @@ from typing import Any, Final
 
 import structlog
 
-from bridge.cluster.connection import REDIS_ERRORS, check_cancelled
+from bridge.cluster.connection import REDIS_ERRORS, check_cancelled, stop
 from bridge.cluster.member import MAX_CLOCK_AHEAD_S, ClusterMember
 from bridge.stt.slots import LocalEngineSlots, LocalSlot, new_lease
 
@@ -111,10 +111,7 @@ class ClusterEngineSlots:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop(self._task)
         if not self.limits:
             return
         for engine in self.limits:

@@ -28,6 +28,7 @@ from bridge.cluster.connection import (
     Keys,
     check_cancelled,
     connect,
+    stop,
     where,
 )
 from bridge.config import INSTANCE_ID, ClusterSettings
@@ -101,10 +102,7 @@ class ClusterMember:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop(self._task)
         if self.up:
             # Leaving on purpose: the key goes now; what this instance left in Redis is its
             # own to recover at its next start, or a survivor's after takeover_s.

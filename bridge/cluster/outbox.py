@@ -38,7 +38,7 @@ from typing import Any, Final
 import orjson
 import structlog
 
-from bridge.cluster.connection import REDIS_ERRORS, text
+from bridge.cluster.connection import REDIS_ERRORS, stop, text
 from bridge.cluster.member import ClusterMember
 from bridge.delivery.dispatcher import DurableDispatcher
 from bridge.delivery.outbox import HeldFinal, LiveCall, StoredEvent, ToMirror
@@ -359,10 +359,7 @@ class Takeovers:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop(self._task)
 
     async def _watch(self) -> None:
         while True:
