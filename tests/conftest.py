@@ -121,6 +121,24 @@ async def run_call(bridge: BridgeProcess, receiver: WebhookReceiver, spec: CallS
     return receiver.of_call(spec.call_id)
 
 
+def bridge_environment(stt: TelnyxSttEmulator, receiver: WebhookReceiver,
+                       **extra: str) -> dict[str, str]:
+    """A bridge's environment: none of the caller's CALLBRIDGE_ settings, the emulator and the
+    receiver wired in, JSON logs at debug; ``extra`` overrides."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLBRIDGE_")}
+    env.update({
+        "CALLBRIDGE_TELNYX_URL": stt.url,
+        "TELNYX_API_KEY": API_KEY,
+        "CALLBRIDGE_WEBHOOKS_URLS": receiver.url,
+        "CALLBRIDGE_WEBHOOKS_SECRET": SECRET,
+        "CALLBRIDGE_LOGGING_FORMAT": "json",
+        "CALLBRIDGE_LOGGING_LEVEL": "debug",
+        "CALLBRIDGE_WEBHOOKS_ALLOW_PRIVATE_NETWORKS": "true",  # the receiver is on 127.0.0.1
+        **extra,
+    })
+    return env
+
+
 @pytest.fixture
 async def bridge_factory(stt: TelnyxSttEmulator, receiver: WebhookReceiver,
                          tmp_path: Path) -> AsyncIterator[BridgeFactory]:
@@ -128,18 +146,8 @@ async def bridge_factory(stt: TelnyxSttEmulator, receiver: WebhookReceiver,
     started: list[tuple[BridgeProcess, asyncio.Task[None]]] = []
 
     async def start(**extra_env: str) -> BridgeProcess:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CALLBRIDGE_")}
-        env.update({
-            "CALLBRIDGE_TELNYX_URL": stt.url,
-            "TELNYX_API_KEY": API_KEY,
-            "CALLBRIDGE_WEBHOOKS_URLS": receiver.url,
-            "CALLBRIDGE_WEBHOOKS_SECRET": SECRET,
-            "CALLBRIDGE_LOGGING_FORMAT": "json",
-            "CALLBRIDGE_LOGGING_LEVEL": "debug",
-            "CALLBRIDGE_WEBHOOKS_ALLOW_PRIVATE_NETWORKS": "true",  # the receiver is on 127.0.0.1
-            "CALLBRIDGE_OUTBOX_PATH": str(tmp_path / "outbox.db"),
-        })
-        env.update(extra_env)
+        env = bridge_environment(
+            stt, receiver, **{"CALLBRIDGE_OUTBOX_PATH": str(tmp_path / "outbox.db"), **extra_env})
         # Port 0: the bridge binds a free port itself and names it, so no other process can
         # take it between choosing and binding.
         port_option = [] if "CALLBRIDGE_SERVER_PORT" in extra_env else ["--port", "0"]

@@ -14,10 +14,10 @@ import pytest
 
 from bridge.events import AudioEncoding, Track
 from bridge.simulate import CallSpec, build_call, stream_call
-from tests.conftest import API_KEY, BridgeProcess, _read_logs
+from tests.conftest import BridgeProcess, _read_logs, bridge_environment
 from tests.e2e.test_cluster import _cluster_env
 from tests.support.audio import pcm_program, ulaw
-from tests.support.receiver import SECRET, WebhookReceiver
+from tests.support.receiver import WebhookReceiver
 from tests.support.redis_server import RedisServer
 from tests.support.telnyx_stt import TelnyxSttEmulator
 
@@ -34,17 +34,6 @@ class Workers(BridgeProcess):
 WorkersFactory = Callable[..., Awaitable[Workers]]
 
 
-def _environment(stt: TelnyxSttEmulator, receiver: WebhookReceiver,
-                 **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLBRIDGE_")}
-    env.update({"CALLBRIDGE_TELNYX_URL": stt.url, "TELNYX_API_KEY": API_KEY,
-                "CALLBRIDGE_WEBHOOKS_URLS": receiver.url, "CALLBRIDGE_WEBHOOKS_SECRET": SECRET,
-                "CALLBRIDGE_WEBHOOKS_ALLOW_PRIVATE_NETWORKS": "true",
-                "CALLBRIDGE_LOGGING_FORMAT": "json", "CALLBRIDGE_LOGGING_LEVEL": "debug",
-                **extra})
-    return env
-
-
 @pytest.fixture
 async def workers_factory(stt: TelnyxSttEmulator, receiver: WebhookReceiver,
                           redis_server: RedisServer, tmp_path: Path
@@ -54,7 +43,8 @@ async def workers_factory(stt: TelnyxSttEmulator, receiver: WebhookReceiver,
     started: list[tuple[Workers, asyncio.Task[None]]] = []
 
     async def start(**extra: str) -> Workers:
-        env = _environment(stt, receiver, **_cluster_env(redis_server, tmp_path, "w"), **extra)
+        env = bridge_environment(stt, receiver, **_cluster_env(redis_server, tmp_path, "w"),
+                                 **extra)
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bridge", "serve", "--workers", "2", "--port", "0", env=env,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
@@ -202,7 +192,7 @@ async def test_workers_do_not_outlive_a_killed_parent(workers_factory: WorkersFa
 
 async def test_more_than_one_worker_without_redis_is_refused_in_one_line(
         stt: TelnyxSttEmulator, receiver: WebhookReceiver, tmp_path: Path) -> None:
-    env = _environment(stt, receiver, CALLBRIDGE_OUTBOX_PATH=str(tmp_path / "o.db"))
+    env = bridge_environment(stt, receiver, CALLBRIDGE_OUTBOX_PATH=str(tmp_path / "o.db"))
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bridge", "serve", "--workers", "2", "--port", "0", env=env,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
@@ -221,7 +211,7 @@ async def test_more_than_one_worker_without_redis_is_refused_in_one_line(
 async def test_a_worker_that_cannot_start_stops_the_start_with_its_one_line(
         stt: TelnyxSttEmulator, receiver: WebhookReceiver, redis_server: RedisServer,
         tmp_path: Path) -> None:
-    env = _environment(stt, receiver, **_cluster_env(redis_server, tmp_path, "w"),
+    env = bridge_environment(stt, receiver, **_cluster_env(redis_server, tmp_path, "w"),
                        CALLBRIDGE_SERVER_REQUIRE_INGRESS_AUTH="true")
     process = await asyncio.create_subprocess_exec(
         # A non-loopback address with open media endpoints: the first worker refuses.
