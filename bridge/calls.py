@@ -20,7 +20,7 @@ from typing import Any, Final, Protocol
 import structlog
 
 from bridge.admission import LiveCalls
-from bridge.compliance.redact import policy_for
+from bridge.compliance.redact import Redacted, policy_for
 from bridge.config import Settings
 from bridge.delivery.retry import Outcome
 from bridge.delivery.webhooks import EventSink
@@ -42,6 +42,7 @@ from bridge.events import (
     StreamStarted,
     StreamStopped,
     Track,
+    TranscriptResult,
     make_event,
 )
 from bridge.legs.leg import Leg
@@ -80,6 +81,41 @@ class EngineCatalog(Protocol):
         """The engine's session limit in seconds (0: none)."""
 
 
+class CallObserver:
+    """Follows one call for what comes after it: talk analytics, the recording, transcripts.
+
+    The call feeds it from the media reader and its legs' transcript stages, synchronously:
+    each method must be quick and must not raise. Every default does nothing.
+    """
+
+    def audio(self, track: Track, clock_ms: int, data: bytes) -> None:
+        """A chunk of the leg's audio (codec bytes) at ``clock_ms`` on the leg's clock.
+        Paused audio never comes here."""
+
+    def dtmf(self, track: Track, clock_ms: int) -> None:
+        """A key press the stream reported, at the leg's clock position when it came."""
+
+    def final(self, track: Track, result: TranscriptResult, redacted: Redacted,
+              fields: Mapping[str, Any] | None) -> None:
+        """A final left the leg's redactor: published with event data ``fields``, or
+        emptied by a number that began in the final before it (None)."""
+
+    def ended(self, call: Call) -> Mapping[str, Any]:
+        """The call ended and its legs are flushed: fields to add to ``call.ended``."""
+        return {}
+
+
+class AfterCall(Protocol):
+    """What the bridge does with a call besides its events (``bridge.artifacts`` in the
+    bridge): the observers each started call gets, and the work once it ended."""
+
+    def observers(self, call: Call) -> list[CallObserver]:
+        """The observers of a call whose stream just started."""
+
+    async def finish(self, call: Call, observers: list[CallObserver]) -> None:
+        """The call ended and ``call.ended`` is published: keep what is to be kept."""
+
+
 class CallState(enum.Enum):
     CONNECTED = "connected"
     STARTED = "started"
@@ -94,7 +130,7 @@ class Call:
                  route: Callable[[StreamStarted], tuple[str, ...]] = lambda _: (),
                  path: str = "", metrics: Metrics | None = None,
                  registry: LiveCalls[Call] | None = None,
-                 slots: EngineSlots | None = None) -> None:
+                 slots: EngineSlots | None = None, after: AfterCall | None = None) -> None:
         self.settings = settings
         self.policy = policy_for(settings.compliance)
         self._sink = sink
@@ -109,6 +145,8 @@ class Call:
         self._engines = engines
         # The engines' concurrency limits, shared by every call of the process (None: none).
         self._slots = slots
+        self._after = after
+        self.observers: list[CallObserver] = []
         self._tasks = tasks
         self.state = CallState.CONNECTED
         self.started: StreamStarted | None = None
@@ -156,6 +194,13 @@ class Call:
         elif isinstance(event, Dtmf):
             # Key presses may be card numbers: counted, never forwarded or logged as digits.
             self.dtmf_count += 1
+            if self.observers and self.started is not None:
+                pressed = self.legs.get(event.track)
+                clock_ms = (pressed.audio.position_ms if pressed is not None else
+                            max((leg.audio.position_ms for leg in self.legs.values()),
+                                default=0))
+                for observer in self.observers:
+                    observer.dtmf(event.track, clock_ms)
             if self.settings.compliance.dtmf == "masked":
                 self._publish(EventType.DTMF, self.legs.get(event.track),
                               {"leg": event.track.value, "digit": "masked"})
@@ -202,6 +247,8 @@ class Call:
             "tracks": [t.value for t in event.tracks],
             "redaction": self.policy.names(),
         })
+        if self._after is not None:
+            self.observers = self._after.observers(self)
         if event.custom_parameters.get("callbridge_paused", "").lower() in ("true", "1", "yes"):
             self.set_paused(True, None, reason="stream")
 
@@ -249,8 +296,16 @@ class Call:
             self._sink.hold(self.key or started.call_id, track.value,
                             [self._event(EventType.TRANSCRIPT_FINAL, leg, f) for f in finals])
 
+        observers = self.observers
+
+        def released(result: TranscriptResult, redacted: Redacted,
+                     fields: Mapping[str, Any] | None) -> None:
+            for observer in observers:
+                observer.final(track, result, redacted, fields)
+
         transcripts = LegTranscripts(self.policy, hold_s=self.settings.compliance.hold_s,
-                                     publish=publish, hold=hold)
+                                     publish=publish, hold=hold,
+                                     released=released if observers else None)
 
         def on_failover(previous: str, to: str, error: UpstreamError) -> None:
             self.on_failover(leg, previous, to, error)
@@ -266,6 +321,11 @@ class Call:
                   sample_rate=started.sample_rate, engine_name=self.engine_name, hooks=hooks,
                   transcripts=transcripts, metrics=self.metrics, policy=self.policy)
         self.legs[track] = leg
+        if observers:
+            def tap(clock_ms: int, data: bytes) -> None:
+                for observer in observers:
+                    observer.audio(track, clock_ms, data)
+            leg.audio.tap = tap
         if self.paused:
             leg.set_paused(True)
         leg.task = self._tasks.create_task(leg.run(), name=f"leg {track.value}")
@@ -319,12 +379,15 @@ class Call:
         duration_ms = int((time.monotonic() - self._opened_at) * 1000)
         legs = [leg.summary() | {"text": " ".join(leg.transcripts.finals)}
                 for leg in self.legs.values()]
-        self._publish(EventType.CALL_ENDED, None, {
-            "reason": reason, "duration_ms": duration_ms, "legs": legs,
-        })
+        ended: dict[str, Any] = {"reason": reason, "duration_ms": duration_ms, "legs": legs}
+        for observer in self.observers:
+            ended.update(observer.ended(self))
+        self._publish(EventType.CALL_ENDED, None, ended)
         # Ended for everyone at once: the admin API and drain stop seeing it now, not once
         # its webhooks' outcomes are known.
         self.release()
+        if self._after is not None:
+            await self._after.finish(self, self.observers)
         outcomes = await self._delivery_outcomes()
         log.info("call summary", reason=reason, duration_ms=duration_ms,
                  legs={leg.track.value: leg.summary() for leg in self.legs.values()},
@@ -349,6 +412,12 @@ class Call:
         self._in_flight.discard(future)
         if not future.cancelled():
             self._outcomes[future.result().value] += 1
+
+    def publish(self, event_type: EventType, fields: Mapping[str, Any],
+                track: Track | None = None) -> None:
+        """Publish one event of this call (of one of its legs with ``track``) to its targets,
+        like the call's own: the after-call work and the alerts use it."""
+        self._publish(event_type, self.legs.get(track) if track is not None else None, fields)
 
     def _publish(self, event_type: EventType, leg: Leg | None, fields: Mapping[str, Any]) -> None:
         event = self._event(event_type, leg, fields)

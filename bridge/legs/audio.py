@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -91,6 +92,9 @@ class LegAudio:
         self.pauses: list[list[int | None]] = []  # [start_ms, end_ms] on the leg's clock
         self.ended = False
         self.discarding = False  # transcription failed for good, or waits for a slot
+        # Sees every chunk that is not paused, with its place on the leg's clock, whether or
+        # not the engine gets it (the call's observers: talk analytics, the recording).
+        self.tap: Callable[[int, bytes], None] | None = None
         self._buffer: deque[Chunk] = deque()
         self._buffered = 0
         self._max_buffered = max_buffer_ms * self.bytes_per_ms
@@ -145,6 +149,8 @@ class LegAudio:
         if self.paused:
             counters.bytes_paused += len(chunk.data)
             return False
+        if self.tap is not None:
+            self.tap(chunk.clock_ms, chunk.data)
         if self.discarding:
             counters.bytes_discarded += len(chunk.data)
             return False

@@ -33,11 +33,16 @@ class LegTranscripts:
 
     def __init__(self, policy: Policy, *, hold_s: float,
                  publish: Callable[[EventType, Fields], None],
-                 hold: Callable[[list[Fields]], None]) -> None:
+                 hold: Callable[[list[Fields]], None],
+                 released: Callable[[TranscriptResult, Redacted, Fields | None], None]
+                 | None = None) -> None:
         self._redactor: LegRedactor[TranscriptResult] = LegRedactor(policy)
         self._hold_s = hold_s
         self._publish = publish
         self._hold = hold
+        # Told of every final as it leaves the redactor, with what the redactor removed from
+        # it: published (its event data) or emptied by a number (None).
+        self._released = released
         self._timer: asyncio.TimerHandle | None = None
         self._holding_stored = False  # the owner keeps masked held finals of this leg
         self.sequence = 0  # finals published so far
@@ -101,6 +106,8 @@ class LegTranscripts:
         ready: list[tuple[TranscriptResult, Redacted]] = []
         for item in released:
             if not item.text:
+                if self._released is not None:
+                    self._released(item.payload, item.redacted, None)
                 if ready:  # its words were the end of a number redacted in the one before
                     previous, redacted = ready[-1]
                     ready[-1] = (replace(previous, end_ms=item.payload.end_ms), redacted)
@@ -109,7 +116,10 @@ class LegTranscripts:
         for result, redacted in ready:
             self.sequence += 1
             self.finals.append(redacted.text)
-            self._publish(EventType.TRANSCRIPT_FINAL, _fields(result, redacted, self.sequence))
+            fields = _fields(result, redacted, self.sequence)
+            if self._released is not None:
+                self._released(result, redacted, fields)
+            self._publish(EventType.TRANSCRIPT_FINAL, fields)
 
 
 def _fields(result: TranscriptResult, redacted: Redacted, sequence: int) -> Fields:

@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bridge import __version__
 from bridge.admission import ConnectionGate, LiveCalls
+from bridge.artifacts.service import AfterCallService
 from bridge.cluster.engine_slots import ClusterEngineSlots
 from bridge.cluster.events_stream import EventStream
 from bridge.cluster.feeds import FeedWriter, SharedFeeds
@@ -44,6 +45,7 @@ from bridge.stt.local.supervisor import EmbeddedRecognizer
 from bridge.stt.slots import LocalEngineSlots, stream_limits
 from bridge.web.admin import add_admin_routes, engine_sessions
 from bridge.web.keys import (
+    AFTER_CALL,
     AUTH_FAILURES,
     CALLS_CHANGED,
     CLUSTER,
@@ -87,6 +89,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_cluster)
     app.cleanup_ctx.append(_cluster_streams)
     app.cleanup_ctx.append(_engine_slots)
+    app.cleanup_ctx.append(_after_call)
     app.cleanup_ctx.append(_speech_to_text)
     app.cleanup_ctx.append(_webhooks)
     app.cleanup_ctx.append(_observability)
@@ -159,6 +162,11 @@ async def _engine_slots(app: web.Application) -> AsyncIterator[None]:
     async with ClusterEngineSlots(member, limits) as slots:
         app[ENGINE_SLOTS] = slots
         yield
+
+
+async def _after_call(app: web.Application) -> AsyncIterator[None]:
+    app[AFTER_CALL] = AfterCallService()
+    yield
 
 
 async def _speech_to_text(app: web.Application) -> AsyncIterator[None]:

@@ -8,6 +8,7 @@ from collections import Counter
 from aiohttp import web
 
 from bridge.admission import ConnectionGate, LiveCalls
+from bridge.artifacts.service import AfterCallService
 from bridge.calls import Call
 from bridge.cluster.calls import ClusterCalls
 from bridge.cluster.events_stream import EventStream
@@ -41,4 +42,5 @@ SHARED_FEEDS = web.AppKey("shared_feeds", SharedFeeds)  # cluster mode with an a
 EVENT_STREAM = web.AppKey("event_stream", EventStream)  # cluster mode with cluster.events_stream
 # The engines' max_streams: counted here, or across the cluster in cluster mode.
 ENGINE_SLOTS = web.AppKey[EngineLimits]("engine_slots")
+AFTER_CALL = web.AppKey("after_call", AfterCallService)  # the after-call work of every call
 MIRROR = web.AppKey("mirror", OutboxMirror)  # the outbox's copy in Redis; likewise

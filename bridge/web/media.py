@@ -45,6 +45,7 @@ from bridge.ingress.auth import (
 from bridge.security import is_loopback_host, parse_audiohook_keys
 from bridge.web.feed import LiveTee
 from bridge.web.keys import (
+    AFTER_CALL,
     AUTH_FAILURES,
     DRAINING,
     ENGINE_SLOTS,
@@ -135,7 +136,7 @@ async def _serve_stream(request: web.Request, dialect: str | None, endpoint: str
                     route=lambda started: dispatcher.route(request.path,
                                                            started.custom_parameters),
                     path=request.path, metrics=app[METRICS], registry=app[LIVE_CALLS],
-                    slots=app[ENGINE_SLOTS])
+                    slots=app[ENGINE_SLOTS], after=app[AFTER_CALL])
         call.media_socket = ws
         try:
             async with asyncio.timeout(settings.server.start_timeout_s) as deadline:

@@ -1,0 +1,1 @@
+"""What the bridge keeps of a call: analytics, transcript files, the recording, call.completed."""
