@@ -112,8 +112,10 @@ class AfterCall(Protocol):
     def observers(self, call: Call) -> list[CallObserver]:
         """The observers of a call whose stream just started."""
 
-    async def finish(self, call: Call, observers: list[CallObserver]) -> None:
-        """The call ended and ``call.ended`` is published: keep what is to be kept."""
+    async def finish(self, call: Call, observers: list[CallObserver],
+                     ended: Mapping[str, Any]) -> None:
+        """The call ended and ``call.ended`` is published with data ``ended``: keep what
+        is to be kept."""
 
 
 class CallState(enum.Enum):
@@ -387,7 +389,7 @@ class Call:
         # its webhooks' outcomes are known.
         self.release()
         if self._after is not None:
-            await self._after.finish(self, self.observers)
+            await self._after.finish(self, self.observers, ended)
         outcomes = await self._delivery_outcomes()
         log.info("call summary", reason=reason, duration_ms=duration_ms,
                  legs={leg.track.value: leg.summary() for leg in self.legs.values()},

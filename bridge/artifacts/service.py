@@ -8,7 +8,8 @@ follow on this call.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from bridge.calls import Call, CallObserver
 
@@ -25,5 +26,6 @@ class AfterCallService:
         return [observer for factory in self._factories
                 if (observer := factory(call)) is not None]
 
-    async def finish(self, call: Call, observers: list[CallObserver]) -> None:
+    async def finish(self, call: Call, observers: list[CallObserver],
+                     ended: Mapping[str, Any]) -> None:
         """Nothing is kept yet beyond the call's events."""
