@@ -436,6 +436,21 @@ class OutboxSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ArtifactsSettings:
+    """What the bridge keeps and sends once a call is over."""
+
+    # call.completed: one event per call after call.ended, with the whole transcript.
+    completed: bool = True
+    # Past this size (bytes of the transcript's JSON), call.completed carries the lines that
+    # fit and a link to the stored transcript instead of the whole.
+    completed_max_bytes: int = 256 * 1024
+
+    def validate(self, name: SettingName) -> None:
+        _require(1024 <= self.completed_max_bytes <= 16 * 1024 * 1024,
+                 name("completed_max_bytes"), "must be 1024-16777216 (bytes)")
+
+
+@dataclass(frozen=True, slots=True)
 class ComplianceSettings:
     redaction: bool = True
     credit_card: bool = True
@@ -613,6 +628,7 @@ class Settings:
     speakers: SpeakerSettings = field(default_factory=SpeakerSettings)
     live: LiveSettings = field(default_factory=LiveSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    artifacts: ArtifactsSettings = field(default_factory=ArtifactsSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
 
 
@@ -631,6 +647,7 @@ SECTIONS: Final[Mapping[str, type[Any]]] = {
     "speakers": SpeakerSettings,
     "live": LiveSettings,
     "cluster": ClusterSettings,
+    "artifacts": ArtifactsSettings,
     "logging": LoggingSettings,
 }
 

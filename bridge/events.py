@@ -113,6 +113,7 @@ class EventType(enum.StrEnum):
     TRANSCRIPT_PARTIAL = "transcript.partial"
     TRANSCRIPT_FINAL = "transcript.final"
     CALL_ENDED = "call.ended"
+    CALL_COMPLETED = "call.completed"  # after call.ended: the whole transcript
     TRANSCRIPTION_ERROR = "transcription.error"
     TRANSCRIPTION_FAILOVER = "transcription.failover"
     TRANSCRIPTION_PAUSED = "transcription.paused"

@@ -4,11 +4,13 @@ The local SQLite outbox stays each instance's working store (ordering, retries, 
 ``bridge.delivery``). ``OutboxMirror`` copies what it holds undelivered into this instance's
 namespace in Redis, oldest first: each event with the targets still pending
 (``Keys.outbox``, field = its sequence number), the targets' URL and secret's variable name
-(``Keys.outbox_targets``), and each call in progress with its legs' text and held finals,
-masked (``Keys.outbox_calls``). Deliveries that finish and rows that leave the file leave
-the copy too; the file remembers what the copy lacks (``Outbox.to_mirror``), so a crash or
-a Redis outage only delays the copy, which then catches up in order. With
-``cluster.wait_replicas``, each batch waits for that many replicas (``WAIT``).
+(``Keys.outbox_targets``), and each call in progress with its legs' text, its finals'
+transcript lines and its held finals, masked (``Keys.outbox_calls``): a survivor that ends
+the call sends its ``call.completed`` with the transcript the lost instance had stored.
+Deliveries that finish and rows that leave the file leave the copy too; the file remembers
+what the copy lacks (``Outbox.to_mirror``), so a crash or a Redis outage only delays the
+copy, which then catches up in order. With ``cluster.wait_replicas``, each batch waits for
+that many replicas (``WAIT``).
 
 An event is copied once it has been stored for ``LINGER_S`` (within twice that, plus a
 round trip): long enough for a receiver that answers at once to have taken it, so that it
@@ -74,9 +76,10 @@ def decode_event(raw: bytes) -> StoredEvent:
 def encode_call(call: LiveCall) -> bytes:
     return orjson.dumps({"call_id": call.call_id, "started": call.started,
                          "targets": list(call.targets), "legs": call.legs,
+                         "lines": list(call.lines),
                          "held": [{"leg": h.leg, "id": h.id, "body": h.body.decode(),
                                    "targets": list(h.targets), "speaker": h.speaker,
-                                   "text": h.text} for h in call.held]})
+                                   "text": h.text, "line": h.line} for h in call.held]})
 
 
 def decode_call(raw: bytes) -> LiveCall:
@@ -85,10 +88,13 @@ def decode_call(raw: bytes) -> LiveCall:
         raise ValueError("not a call record")
     held = tuple(HeldFinal(_str(h["leg"]), _str(h["id"]), _str(h["body"]).encode(),
                            _names(h["targets"]), h["speaker"] if isinstance(h["speaker"], str)
-                           else None, _str(h["text"])) for h in record["held"])
+                           else None, _str(h["text"]), _dict_or_none(h.get("line")))
+                 for h in record["held"])
     legs = [leg for leg in record["legs"] if isinstance(leg, dict)]
+    # A record an older version wrote has no lines: the call's transcript is then empty.
+    lines = tuple(line for line in record.get("lines", ()) if isinstance(line, dict))
     return LiveCall(_str(record["call_id"]), record["started"], _names(record["targets"]),
-                    legs, held)
+                    legs, held, lines)
 
 
 def encode_target(url: str, secret_env: str) -> bytes:
@@ -108,6 +114,10 @@ def _str(value: object) -> str:
     if not isinstance(value, str):
         raise TypeError("expected text")
     return value
+
+
+def _dict_or_none(value: object) -> dict[str, Any] | None:
+    return value if isinstance(value, dict) else None
 
 
 def _names(value: object) -> tuple[str, ...]:

@@ -14,7 +14,8 @@
 events are sent; partials skip the outbox. ``hold`` keeps a leg's held finals (masked) in
 the outbox, undelivered. On start, finals a killed run held become ordinary finals, then
 calls that a previous run left open are closed with ``call.ended`` (``reason:
-bridge_restart``) carrying the finals stored so far.
+bridge_restart``) carrying the finals stored so far, then (with ``artifacts.completed``)
+``call.completed`` with the transcript rebuilt from the lines the outbox kept of them.
 
 A ``Replica`` (cluster mode's mirror to Redis) may be given: it reconciles the opened file
 before that recovery, copies the outbox while the bridge runs (woken by ``changed``), and
@@ -32,6 +33,7 @@ from typing import Any, Final, Protocol
 import aiohttp
 import structlog
 
+from bridge.artifacts.completed import completed_data
 from bridge.config import Settings
 from bridge.delivery.outbox import LiveCall, Outbox, StoredEvent
 from bridge.delivery.retry import Outcome
@@ -300,16 +302,26 @@ class DurableDispatcher:
         await self._close_calls(left_open, "bridge_restart")
 
     async def _close_calls(self, left_open: list[LiveCall], reason: str) -> None:
-        """``call.ended`` for each call, with its legs' text as stored so far."""
+        """``call.ended`` for each call, with its legs' text as stored so far, then its
+        ``call.completed`` with the transcript rebuilt from its stored lines."""
+        artifacts = self.settings.artifacts
         for call in left_open:
-            data: dict[str, Any] = {key: call.started.get(key) for key in CALL_FIELDS}
-            data.update({"reason": reason, "duration_ms": None,
-                         "legs": [{"leg": leg["leg"], "speaker": leg["speaker"],
-                                   "text": leg["text"], "transcripts": leg["transcripts"]}
-                                  for leg in call.legs]})
-            event = make_event(EventType.CALL_ENDED, data, call_id=call.call_id,
-                               targets=call.targets)
-            if self._made is not None:
-                self._made(event)
-            await self._writer.submit_waiting(event)
+            identity = {key: call.started.get(key) for key in CALL_FIELDS}
+            ended: dict[str, Any] = {
+                "reason": reason, "duration_ms": None,
+                "legs": [{"leg": leg["leg"], "speaker": leg["speaker"], "text": leg["text"],
+                          "transcripts": leg["transcripts"]} for leg in call.legs]}
+            events = [make_event(EventType.CALL_ENDED, identity | ended, call_id=call.call_id,
+                                 targets=call.targets)]
+            if artifacts.completed:
+                # Nothing was stored for a call a dead process left: no file to name.
+                completed = completed_data(call.lines, call_id=call.call_id, ended=ended,
+                                           max_bytes=artifacts.completed_max_bytes,
+                                           rebuilt=True)
+                events.append(make_event(EventType.CALL_COMPLETED, identity | completed,
+                                         call_id=call.call_id, targets=call.targets))
+            for event in events:
+                if self._made is not None:
+                    self._made(event)
+                await self._writer.submit_waiting(event)
         await self._writer.join()

@@ -8,7 +8,11 @@ An event is stored with one delivery per target that wants it, in one transactio
 the outbox when each delivery is ``delivered`` or ``dead`` (at once, or after
 ``retention_days``). Calls in progress are tracked in ``live_calls`` (with each leg's final
 text so far, also in that transaction), so that a bridge that was killed can close them with
-``call.ended`` when it starts again.
+``call.ended`` when it starts again. With the leg's text, each final's transcript line
+(``LegText.line``: leg, speaker, sequence, times, redacted text) is kept in ``live_finals``
+while its call is in progress, so that such a call's ``call.completed`` can tell the whole
+transcript: a call that ends as usual takes its lines with it when its ``call.ended`` is
+stored.
 
 At rest the file holds transcripts, so it and its ``-wal``/``-shm`` files are created 0600
 (whatever the umask) in a directory created 0700 when missing; deleted rows are overwritten
@@ -52,7 +56,8 @@ from bridge.events import EventType
 
 # 2: held finals keep their speaker and text beside the body (``_migrate``).
 # 3: what the cluster's mirror has copied (``MIRROR_SCHEMA``).
-SCHEMA_VERSION: Final = 3
+# 4: the transcript lines of calls in progress (``live_finals``, ``held_finals.line``).
+SCHEMA_VERSION: Final = 4
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -102,6 +107,7 @@ CREATE TABLE IF NOT EXISTS held_finals (
     targets TEXT NOT NULL,
     speaker TEXT,
     text TEXT NOT NULL DEFAULT '',
+    line TEXT,
     PRIMARY KEY (call_id, leg, position)
 );
 CREATE TABLE IF NOT EXISTS live_legs (
@@ -112,6 +118,13 @@ CREATE TABLE IF NOT EXISTS live_legs (
     transcripts INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (call_id, leg)
 );
+CREATE TABLE IF NOT EXISTS live_finals (
+    call_id TEXT NOT NULL REFERENCES live_calls(call_id) ON DELETE CASCADE,
+    leg TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    line TEXT NOT NULL,
+    PRIMARY KEY (call_id, leg, sequence)
+) WITHOUT ROWID;
 """
 
 # After ``_migrate``: these name the columns schema 3 added.
@@ -179,10 +192,12 @@ def _tighten_modes(path: Path) -> None:
 @dataclass(frozen=True, slots=True)
 class LegText:
     """What a final adds to its leg's text so far, which closing the call after a restart
-    reports."""
+    reports, and its transcript line (``bridge.artifacts.completed.transcript_line``) for
+    the call's ``call.completed`` then; ``line`` None: none kept."""
 
     speaker: str | None
     text: str
+    line: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,18 +249,21 @@ class HeldFinal:
     targets: tuple[str, ...]
     speaker: str | None
     text: str
+    line: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class LiveCall:
     """A call in progress (or one that was when the bridge stopped); ``held`` only as the
-    mirror reads it."""
+    mirror reads it. ``lines``: the transcript lines of its stored finals, by leg and
+    sequence."""
 
     call_id: str
     started: dict[str, Any]  # the call.started event's data
     targets: tuple[str, ...]
     legs: list[dict[str, Any]]
     held: tuple[HeldFinal, ...] = ()
+    lines: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,6 +338,8 @@ class Outbox:
         Schema 1 held finals had only their body: their speaker and text are copied out of
         it once, here, so that nothing after this reads a stored body. Schema 3 adds the
         mirror's versions to events and live calls (nothing of an older file was copied).
+        Schema 4 adds held finals' transcript lines (None for those of an older file: a
+        call they belong to tells its transcript without them).
         """
         for table in ("events", "live_calls"):
             columns = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
@@ -329,6 +349,9 @@ class Outbox:
                                     "version INTEGER NOT NULL DEFAULT 0")
                     self.db.execute(f"ALTER TABLE {table} ADD COLUMN mirrored INTEGER")
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(held_finals)")}
+        if "line" not in columns:
+            with self._transaction():
+                self.db.execute("ALTER TABLE held_finals ADD COLUMN line TEXT")
         if "text" in columns:
             return
         with self._transaction():
@@ -390,11 +413,11 @@ class Outbox:
         self.db.execute("DELETE FROM held_finals WHERE call_id=? AND leg=?",
                         (snapshot.call_id, snapshot.leg))
         self.db.executemany(
-            "INSERT INTO held_finals (call_id, leg, position, id, body, targets, speaker, text) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO held_finals (call_id, leg, position, id, body, targets, speaker, text, "
+            "line) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [(snapshot.call_id, snapshot.leg, n, item.id, item.body,
               json.dumps(list(item.targets)), item.adds.speaker if item.adds else None,
-              item.adds.text if item.adds else "")
+              item.adds.text if item.adds else "", _line_json(item.adds))
              for n, item in enumerate(snapshot.finals)])
 
     def release_held(self, now: float | None = None) -> int:
@@ -412,8 +435,8 @@ class Outbox:
             where = f"WHERE call_id IN ({','.join('?' * len(call_ids))}) "
             args = tuple(call_ids)
         rows = self.db.execute(
-            "SELECT call_id, leg, id, body, targets, speaker, text FROM held_finals "  # noqa: S608
-            f"{where}ORDER BY call_id, leg, position", args).fetchall()
+            "SELECT call_id, leg, id, body, targets, speaker, text, line "  # noqa: S608
+            f"FROM held_finals {where}ORDER BY call_id, leg, position", args).fetchall()
         released = []
         for row in rows:
             targets = tuple(json.loads(row["targets"]))
@@ -421,7 +444,8 @@ class Outbox:
                 continue  # released already (a takeover redone)
             self._insert(StoredEvent(
                 row["id"], EventType.TRANSCRIPT_FINAL, row["call_id"], row["leg"],
-                bytes(row["body"]), targets, adds=LegText(row["speaker"], row["text"])), now)
+                bytes(row["body"]), targets,
+                adds=LegText(row["speaker"], row["text"], _line(row["line"]))), now)
             released.append((row["call_id"], targets))
         self.db.execute(f"DELETE FROM held_finals {where}", args)  # noqa: S608
         return released
@@ -458,6 +482,15 @@ class Outbox:
                 "text = CASE WHEN text = '' THEN excluded.text "
                 "ELSE text || ' ' || excluded.text END, transcripts = transcripts + 1",
                 (item.call_id, item.leg, item.adds.speaker, item.adds.text, item.call_id))
+            line = item.adds.line
+            if line is not None and isinstance(line.get("sequence"), int):
+                self.db.execute(
+                    # The leg's row above already raised the call's version for the mirror.
+                    "INSERT INTO live_finals (call_id, leg, sequence, line) "
+                    "SELECT ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM live_calls WHERE call_id=?) "
+                    "ON CONFLICT DO NOTHING",
+                    (item.call_id, item.leg, line["sequence"], _line_json(item.adds),
+                     item.call_id))
         elif item.type is EventType.CALL_ENDED:
             self.db.execute("DELETE FROM live_calls WHERE call_id=?", (item.call_id,))
             self.db.execute("DELETE FROM held_finals WHERE call_id=?", (item.call_id,))
@@ -642,12 +675,17 @@ class Outbox:
         finals: tuple[HeldFinal, ...] = ()
         if held:
             finals = tuple(HeldFinal(h["leg"], h["id"], bytes(h["body"]),
-                                     tuple(json.loads(h["targets"])), h["speaker"], h["text"])
+                                     tuple(json.loads(h["targets"])), h["speaker"], h["text"],
+                                     _line(h["line"]))
                            for h in self.db.execute(
-                               "SELECT leg, id, body, targets, speaker, text FROM held_finals "
-                               "WHERE call_id=? ORDER BY leg, position", (row["call_id"],)))
+                               "SELECT leg, id, body, targets, speaker, text, line "
+                               "FROM held_finals WHERE call_id=? ORDER BY leg, position",
+                               (row["call_id"],)))
+        lines = tuple(line for (raw,) in self.db.execute(
+            "SELECT line FROM live_finals WHERE call_id=? ORDER BY leg, sequence",
+            (row["call_id"],)) if (line := _line(raw)) is not None)
         return LiveCall(row["call_id"], json.loads(row["started"]),
-                        tuple(json.loads(row["targets"])), legs, finals)
+                        tuple(json.loads(row["targets"])), legs, finals, lines)
 
     def targets(self) -> dict[str, tuple[str, str]]:
         return {row["name"]: (row["url"], row["secret_env"])
@@ -807,13 +845,21 @@ class Outbox:
                     "VALUES (?, ?, ?, ?, ?) ON CONFLICT(call_id, leg) DO NOTHING",
                     [(call.call_id, leg.get("leg"), leg.get("speaker"), leg.get("text") or "",
                       int(leg.get("transcripts") or 0)) for leg in call.legs])
+                self.db.executemany(
+                    "INSERT INTO live_finals (call_id, leg, sequence, line) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    [(call.call_id, str(line.get("leg")), line["sequence"],
+                      json.dumps(line, separators=(",", ":"), ensure_ascii=False))
+                     for line in call.lines if isinstance(line.get("sequence"), int)])
                 for position, held in enumerate(call.held):
                     self.db.execute(
                         "INSERT INTO held_finals (call_id, leg, position, id, body, targets, "
-                        "speaker, text) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                        "speaker, text, line) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
                         "ON CONFLICT(call_id, leg, position) DO NOTHING",
                         (call.call_id, held.leg, position, held.id, held.body,
-                         json.dumps(list(held.targets)), held.speaker, held.text))
+                         json.dumps(list(held.targets)), held.speaker, held.text,
+                         None if held.line is None else json.dumps(
+                             held.line, separators=(",", ":"), ensure_ascii=False)))
             if release_held and calls:
                 added += self._release_held(now, [call.call_id for call in calls])
         return Adopted(added, skipped)
@@ -824,6 +870,24 @@ class Outbox:
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self.db)
+
+
+def _line_json(adds: LegText | None) -> str | None:
+    """A final's transcript line as stored: compact JSON."""
+    if adds is None or adds.line is None:
+        return None
+    return json.dumps(dict(adds.line), separators=(",", ":"), ensure_ascii=False)
+
+
+def _line(raw: str | None) -> dict[str, Any] | None:
+    """A stored transcript line (None: none, or not one this code wrote)."""
+    if raw is None:
+        return None
+    try:
+        line = json.loads(raw)
+    except ValueError:
+        return None
+    return line if isinstance(line, dict) else None
 
 
 class _Transaction:

@@ -10,7 +10,7 @@ with an ``ALARM`` log line, on the first refusal and every ``ALARM_EVERY``-th af
 
 The writer hands the outbox what it stores explicitly (``record``): ids, type, leg, body and
 targets, the data a ``call.started`` opens its call with, and the speaker and text a final
-adds to its leg.
+adds to its leg with its transcript line.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Final, TypeVar
 
 import structlog
 
+from bridge.artifacts.completed import transcript_line
 from bridge.delivery.outbox import HeldFinals, LegText, Outbox, StoredEvent
 from bridge.delivery.retry import Outcome
 from bridge.delivery.routing import Router
@@ -68,13 +69,14 @@ class OutboxThread:
 
 def record(event: OutboundEvent, targets: tuple[str, ...]) -> StoredEvent:
     """What the outbox keeps of ``event`` for ``targets``: its body as made, and for
-    tracking the call the data of a ``call.started`` or the speaker and text of a final."""
+    tracking the call the data of a ``call.started`` or the speaker, text and transcript line
+    of a final."""
     data = event.data
     adds = None
     if event.type is EventType.TRANSCRIPT_FINAL:
         speaker, text = data.get("speaker"), data.get("text")
         adds = LegText(speaker if isinstance(speaker, str) else None,
-                       text if isinstance(text, str) else "")
+                       text if isinstance(text, str) else "", transcript_line(data))
     return StoredEvent(event.id, event.type, event.call_id, event.leg, event.body, targets,
                        opens_call=data if event.type is EventType.CALL_STARTED else None,
                        adds=adds)

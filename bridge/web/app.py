@@ -165,7 +165,7 @@ async def _engine_slots(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _after_call(app: web.Application) -> AsyncIterator[None]:
-    app[AFTER_CALL] = AfterCallService()
+    app[AFTER_CALL] = AfterCallService(artifacts=app[SETTINGS].artifacts)
     yield
 
 

@@ -1,0 +1,132 @@
+"""call.completed end to end: after every call, and after a bridge killed mid-call."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from bridge.events import AudioEncoding, Track
+from bridge.simulate import CallSpec, build_call, stream_call
+from tests.conftest import BridgeFactory, BridgeProcess, run_call
+from tests.support.audio import pcm_program, ulaw
+from tests.support.outbox_file import query
+from tests.support.receiver import Received, WebhookReceiver
+from tests.support.speech import AGENT, CALLER
+from tests.support.telnyx_stt import TelnyxSttEmulator
+
+pytestmark = pytest.mark.e2e
+
+LINE = ("leg", "speaker", "sequence", "start_ms", "end_ms", "text")
+
+
+def completed(call_id: str) -> Any:
+    return lambda events: any(e.type == "call.completed" and e.data["call_id"] == call_id
+                              for e in events)
+
+
+def lines_of(finals: list[Received]) -> list[dict[str, Any]]:
+    """The finals as call.completed's transcript lines, in the conversation's order."""
+    lines = [{key: f.data[key] for key in LINE} for f in finals]
+    return sorted(lines, key=lambda line: (line["start_ms"], line["leg"], line["sequence"]))
+
+
+async def test_a_call_ends_with_call_completed_carrying_every_final_in_order(
+        bridge: BridgeProcess, receiver: WebhookReceiver) -> None:
+    spec = CallSpec("twilio", AudioEncoding.PCMU,
+                    {Track.INBOUND: ulaw(CALLER), Track.OUTBOUND: ulaw(AGENT)},
+                    call_id="CA-done", custom_parameters={"queue": "billing"})
+    await run_call(bridge, receiver, spec)
+    await receiver.wait_for(completed("CA-done"))
+
+    events = receiver.of_call("CA-done")
+    assert [e.type for e in events[-2:]] == ["call.ended", "call.completed"]
+    assert [e.type for e in events].count("call.completed") == 1
+    finals = [e for e in events if e.type == "transcript.final"]
+    assert len(finals) == 3  # two of the caller's, one of the agent's
+    done = events[-1].data
+    assert done["transcript"] == lines_of(finals)
+    assert {line["speaker"] for line in done["transcript"]} == {"caller", "agent"}
+    assert {k: done[k] for k in ("call_id", "provider", "leg", "custom_parameters", "reason",
+                                 "transcript_lines", "transcript_truncated", "transcript_url",
+                                 "analytics", "artifacts", "rebuilt")} == {
+        "call_id": "CA-done", "provider": "twilio", "leg": None,
+        "custom_parameters": {"queue": "billing"}, "reason": "stopped",
+        "transcript_lines": 3, "transcript_truncated": False, "transcript_url": None,
+        "analytics": {}, "artifacts": [], "rebuilt": False}
+    assert done["duration_ms"] == events[-2].data["duration_ms"]
+    assert receiver.bad_signatures == 0
+
+
+async def test_call_completed_is_not_sent_when_switched_off(
+        bridge_factory: BridgeFactory, receiver: WebhookReceiver, tmp_path: Path) -> None:
+    config = tmp_path / "off.toml"
+    config.write_text("[artifacts]\ncompleted = false\n")
+    bridge = await bridge_factory(CALLBRIDGE_CONFIG=str(config))
+    spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(CALLER)},
+                    call_id="CA-off")
+    await run_call(bridge, receiver, spec)
+    # The summary is written once every event the call published has settled.
+    summary = await bridge.wait_for_log("call summary", call_id="CA-off")
+    assert summary["webhooks"] == {"delivered": 4}  # started, two finals, ended
+    assert [e.type for e in receiver.of_call("CA-off")] == [
+        "call.started", "transcript.final", "transcript.final", "call.ended"]
+
+
+# One final said and delivered, then one held back for redaction (it may be the start of a
+# card number) when the bridge is killed, the call still streaming.
+SPEECH = pcm_program(("silence", 200), ("tone", 600, 400), ("silence", 800),
+                     ("tone", 1200, 400), ("silence", 10_000))
+SCRIPT = ["hello I would like to pay my bill", "okay my card number is four one one one"]
+
+
+async def test_a_killed_call_gets_call_completed_with_its_finals_rebuilt_after_restart(
+        bridge_factory: BridgeFactory, stt: TelnyxSttEmulator, receiver: WebhookReceiver,
+        tmp_path: Path) -> None:
+    stt.script = list(SCRIPT)
+    config = tmp_path / "hold.toml"
+    config.write_text("[compliance]\nhold_s = 10.0\n")  # the kill lands inside the hold
+    first = await bridge_factory(CALLBRIDGE_CONFIG=str(config))
+    spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(SPEECH)},
+                    call_id="CA-cut")
+    call = asyncio.create_task(stream_call(first.url("/streams/twilio"), build_call(spec),
+                                           speed=1))
+    # The receiver is up: the first final is delivered (and leaves the outbox's events).
+    await receiver.wait_for(lambda events: any(
+        e.type == "transcript.final" for e in receiver.of_call("CA-cut")))
+    await first.wait_for_log("held finals stored", call_id="CA-cut", leg="inbound", finals=1)
+    os.kill(first.process.pid, signal.SIGKILL)
+    await first.process.wait()
+    with contextlib.suppress(aiohttp.ClientError, ConnectionError):
+        await call
+    [(pending,)] = query(tmp_path / "outbox.db", "SELECT COUNT(*) FROM events")
+    assert pending == 0  # everything stored before the kill was delivered
+
+    second = await bridge_factory(CALLBRIDGE_CONFIG=str(config))
+    await receiver.wait_for(completed("CA-cut"), within_s=30)
+    await second.wait_for_log("closing calls a previous run left open", calls=1)
+    events = receiver.of_call("CA-cut")
+    assert [(e.type, e.data.get("sequence")) for e in events] == [
+        ("call.started", None), ("transcript.final", 1), ("transcript.final", 2),
+        ("call.ended", None), ("call.completed", None)]
+    assert events[3].data["reason"] == "bridge_restart"
+    done = events[4].data
+    assert done["transcript"] == lines_of(events[1:3])
+    assert [line["text"] for line in done["transcript"]] == [
+        "hello I would like to pay my bill", "okay my card number is # # # #"]
+    assert {k: done[k] for k in ("reason", "duration_ms", "transcript_lines",
+                                 "transcript_truncated", "rebuilt", "analytics")} == {
+        "reason": "bridge_restart", "duration_ms": None, "transcript_lines": 2,
+        "transcript_truncated": False, "rebuilt": True, "analytics": {}}
+    assert receiver.bad_signatures == 0
+    assert len({e.webhook_id for e in events}) == len(events)
+    for event in events:
+        assert "four" not in event.body.decode()
+    # The call is closed: its transcript lines left the outbox with it.
+    assert query(tmp_path / "outbox.db", "SELECT COUNT(*) FROM live_finals") == [(0,)]
