@@ -294,6 +294,10 @@ class LiveTee:
 
     def publish(self, event: OutboundEvent) -> asyncio.Future[Outcome]:
         outcome = self._sink.publish(event)
+        if event.type is EventType.CALL_COMPLETED:
+            # Viewers saw every final as it came; the whole transcript again (up to
+            # artifacts.completed_max_bytes) would push the call out of the bounded backlog.
+            return outcome
         if self.feed is None:
             self.feed = self._feeds.attach(event.call_id)
         self.feed.publish(event)

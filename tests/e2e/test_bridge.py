@@ -252,7 +252,7 @@ async def test_logs_carry_call_context_and_never_text_audio_or_secrets(
     assert summary["reason"] == "stopped"
     assert summary["legs"]["inbound"]["transcripts"] == 2
     assert summary["legs"]["outbound"]["frames"] == len(AGENT) // 2 // 160
-    assert summary["webhooks"] == {"delivered": 5}  # started, 3 finals, ended
+    assert summary["webhooks"] == {"delivered": 6}  # started, 3 finals, ended, completed
     everything = "\n".join(bridge.raw_stderr)
     assert "hertz" not in everything
     assert API_KEY not in everything and "whsec_" not in everything

@@ -131,7 +131,8 @@ async def test_sigterm_to_the_parent_drains_the_calls_of_both_workers(
         events = receiver.of_call(call_id)
         assert [e.data["text"] for e in events if e.type == "transcript.final"] == [
             "tone 400 hertz", "tone 700 hertz"]
-        assert events[-1].type == "call.ended" and events[-1].data["reason"] == "shutdown"
+        assert [e.type for e in events[-2:]] == ["call.ended", "call.completed"]
+        assert events[-2].data["reason"] == "shutdown"
     assert sorted(line["worker"] for line in parent.log_events("stopped")) == [1, 2]
     assert len(parent.log_events("stopping workers: each drains its calls")) == 1
     assert parent.log_events("workers stopped")[0]["exit_codes"] == {"1": 0, "2": 0}

@@ -74,7 +74,8 @@ async def test_operators_see_dead_events_and_replay_them(
     spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(CALLER[:32000])},
                     call_id="CA-dead")
     await stream_call(bridge.url("/streams/twilio"), build_call(spec), speed=0)
-    await receiver.wait_for(receiver.ended("CA-dead"))
+    # call.ended and call.completed delivered; the rest dead.
+    await receiver.wait_for(lambda events: len(receiver.of_call("CA-dead")) == 2)
     env = {**os.environ, "CALLBRIDGE_OUTBOX_PATH": str(tmp_path / "outbox.db")}
 
     code, status = await outbox_command(env, "status")
@@ -90,9 +91,9 @@ async def test_operators_see_dead_events_and_replay_them(
 
     code, replayed = await outbox_command(env, "replay", "--dead")
     assert code == 0 and replayed.startswith("3 deliveries queued again")
-    await receiver.wait_for(lambda events: len(receiver.of_call("CA-dead")) == 4)
+    await receiver.wait_for(lambda events: len(receiver.of_call("CA-dead")) == 5)
     assert [e.type for e in receiver.of_call("CA-dead")] == [
-        "call.ended", "call.started", "transcript.final", "transcript.final"]
+        "call.ended", "call.completed", "call.started", "transcript.final", "transcript.final"]
 
     code, purged = await outbox_command(env, "purge", "--older-than", "0")
     assert code == 0 and purged.startswith("0 events")  # delivered events were deleted at once
@@ -110,14 +111,15 @@ async def test_the_call_summary_counts_what_each_webhook_came_to(
                     call_id="CA-counted")
     await stream_call(bridge.url("/streams/twilio"), build_call(spec), speed=8)
     summary = await bridge.wait_for_log("call summary", call_id="CA-counted")
-    assert summary["webhooks"] == {"rejected": 3, "delivered": 2}  # the last final, ended
+    # The last final, call.ended and call.completed.
+    assert summary["webhooks"] == {"rejected": 3, "delivered": 3}
 
     receiver.fail_statuses = [503] * 10_000  # down: everything is retried past the summary
     spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(CALLER)},
                     call_id="CA-pending")
     await stream_call(bridge.url("/streams/twilio"), build_call(spec), speed=8)
     summary = await bridge.wait_for_log("call summary", call_id="CA-pending", within_s=30)
-    assert summary["webhooks"] == {"pending": 5}
+    assert summary["webhooks"] == {"pending": 6}
 
 
 HELD_SPEECH = pcm_program(("silence", 200), ("tone", 1200, 400), ("silence", 8000))
@@ -155,9 +157,10 @@ async def test_a_final_held_for_redaction_survives_a_kill_masked_and_never_on_di
     assert b"four" not in on_disk and b"one one" not in on_disk
 
     second = await bridge_factory(CALLBRIDGE_CONFIG=str(config))
-    await receiver.wait_for(receiver.ended("CA-held"), within_s=30)
+    await receiver.wait_for(lambda _: [e.type for e in receiver.of_call("CA-held")][-1:] == [
+        "call.completed"], within_s=30)
     await second.wait_for_log("closing calls a previous run left open", calls=1)
-    events = receiver.of_call("CA-held")
+    events = receiver.of_call("CA-held")[:-1]  # call.completed: tests/e2e/test_completed.py
     assert [(e.type, e.data.get("sequence")) for e in events] == [
         ("call.started", None), ("transcript.final", 1), ("call.ended", None)]
     final = events[1].data
