@@ -10,14 +10,18 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
+import redis.asyncio as redis
 
 from bridge.events import AudioEncoding, Track
 from bridge.simulate import CallSpec, build_call, stream_call
 from tests.conftest import BridgeFactory, BridgeProcess, run_call
+from tests.e2e.test_cluster import _cluster_env
 from tests.support.audio import pcm_program, ulaw
 from tests.support.outbox_file import query
 from tests.support.receiver import Received, WebhookReceiver
+from tests.support.redis_server import RedisServer
 from tests.support.speech import AGENT, CALLER
 from tests.support.telnyx_stt import TelnyxSttEmulator
 
@@ -130,3 +134,67 @@ async def test_a_killed_call_gets_call_completed_with_its_finals_rebuilt_after_r
         assert "four" not in event.body.decode()
     # The call is closed: its transcript lines left the outbox with it.
     assert query(tmp_path / "outbox.db", "SELECT COUNT(*) FROM live_finals") == [(0,)]
+
+
+def delete_outbox(directory: Path, name: str) -> None:
+    for path in directory.glob(f"{name}*"):
+        path.unlink()
+
+
+async def copied(bridge: BridgeProcess, server: RedisServer, instance: str, call_id: str,
+                 lines: int, held: int) -> None:
+    """Until the instance's copy of the call in Redis holds ``lines`` transcript lines and
+    ``held`` held finals; looked at again after each of the bridge's log lines (its mirror
+    logs each pass)."""
+    client = redis.Redis.from_url(server.url)
+    try:
+        async with asyncio.timeout(20):
+            while True:
+                raw = await client.hget(f"callbridge:outbox-calls:{instance}", call_id)
+                record = orjson.loads(raw) if raw is not None else {}
+                if (len(record.get("lines", [])), len(record.get("held", []))) == (lines,
+                                                                                   held):
+                    return
+                async with bridge.changed:
+                    await bridge.changed.wait()
+    finally:
+        await client.aclose()
+
+
+async def test_a_survivor_sends_call_completed_for_a_lost_instances_call(
+        bridge_factory: BridgeFactory, stt: TelnyxSttEmulator, receiver: WebhookReceiver,
+        redis_server: RedisServer, tmp_path: Path) -> None:
+    stt.script = list(SCRIPT)
+    config = tmp_path / "hold.toml"
+    config.write_text("[compliance]\nhold_s = 10.0\n")
+    a = await bridge_factory(CALLBRIDGE_CONFIG=str(config),
+                             **_cluster_env(redis_server, tmp_path, "a"))
+    b = await bridge_factory(**_cluster_env(redis_server, tmp_path, "b"))
+    spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(SPEECH)},
+                    call_id="CA-lost")
+    call = asyncio.create_task(stream_call(a.url("/streams/twilio"), build_call(spec),
+                                           speed=1))
+    await receiver.wait_for(lambda events: any(
+        e.type == "transcript.final" for e in receiver.of_call("CA-lost")))
+    await a.wait_for_log("held finals stored", call_id="CA-lost", leg="inbound", finals=1)
+    await copied(a, redis_server, "a", "CA-lost", lines=1, held=1)
+    os.kill(a.process.pid, signal.SIGKILL)  # the machine is gone, and its disk with it
+    await a.process.wait()
+    with contextlib.suppress(aiohttp.ClientError, ConnectionError):
+        await call
+    delete_outbox(tmp_path, "a.db")
+
+    await receiver.wait_for(completed("CA-lost"), within_s=30)
+    await b.wait_for_log("lost instance taken over: its undelivered events are delivered "
+                         "from here and its calls ended", instance="a")
+    events = receiver.of_call("CA-lost")
+    assert [(e.type, e.data.get("sequence")) for e in events] == [
+        ("call.started", None), ("transcript.final", 1), ("transcript.final", 2),
+        ("call.ended", None), ("call.completed", None)]
+    assert events[3].data["reason"] == "instance_lost"
+    done = events[4].data
+    assert [line["text"] for line in done["transcript"]] == [
+        "hello I would like to pay my bill", "okay my card number is # # # #"]
+    assert done["transcript"] == lines_of(events[1:3])
+    assert done["rebuilt"] is True and done["reason"] == "instance_lost"
+    assert receiver.bad_signatures == 0
