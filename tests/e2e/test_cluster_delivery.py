@@ -8,7 +8,7 @@ import contextlib
 import json
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
@@ -99,6 +99,11 @@ def _delete_outbox(directory: Path, name: str) -> None:
         path.unlink()
 
 
+def _completed(call_id: str) -> Callable[[list[Received]], bool]:
+    return lambda events: any(e.type == "call.completed" and e.data["call_id"] == call_id
+                              for e in events)
+
+
 def _sequences(events: list[Received]) -> list[tuple[str, object]]:
     return [(e.type, e.data.get("sequence")) for e in events]
 
@@ -144,7 +149,7 @@ async def test_a_lost_instance_s_finals_are_delivered_once_by_a_survivor(
     await b.wait_for_log("event stored", event_type="call.ended", call_id="CA-lost")
     b.process.terminate()
     stopped = await b.wait_for_log("webhook delivery stopped")
-    assert stopped["delivered"] == 4
+    assert stopped["delivered"] == 5  # A's three, then call.ended and call.completed
     await b.process.wait()
     assert query(tmp_path / "b.db", "SELECT COUNT(*) FROM events") == [(0,)]
     assert await redis_server.command("EXISTS", "callbridge:outbox:a",
@@ -173,7 +178,7 @@ async def test_an_instance_back_after_a_takeover_does_not_send_its_events_again(
     receiver.fail_statuses.clear()
     await b.wait_for_log("lost instance taken over: its undelivered events are delivered "
                          "from here and its calls ended", instance="a")
-    await receiver.wait_for(receiver.ended("CA-back"), within_s=30)
+    await receiver.wait_for(_completed("CA-back"), within_s=30)
 
     # A comes back with the same id and its file: what B took over is not sent again.
     again = await bridge_factory(**env)
@@ -187,7 +192,7 @@ async def test_an_instance_back_after_a_takeover_does_not_send_its_events_again(
     assert not again.log_events("closing calls a previous run left open")
     assert _sequences(receiver.of_call("CA-back")) == [
         ("call.started", None), ("transcript.final", 1), ("transcript.final", 2),
-        ("call.ended", None)]
+        ("call.ended", None), ("call.completed", None)]
 
 
 async def test_redis_restarted_mid_call_loses_nothing_and_keeps_order(
@@ -210,16 +215,16 @@ async def test_redis_restarted_mid_call_loses_nothing_and_keeps_order(
     await a.wait_for_log("redis reachable again: cluster state restored")
     result = await call
     assert result.close_code == 1000
-    await a.wait_for_log("event stored", event_type="call.ended", call_id="CA-restart")
+    await a.wait_for_log("event stored", event_type="call.completed", call_id="CA-restart")
     await _mirrored(a, since=len(a.logs))
     assert await _copied_ids(redis_aof, "a") == _stored_ids(a, "CA-restart")
 
     receiver.fail_statuses.clear()
-    await receiver.wait_for(receiver.ended("CA-restart"), within_s=30)
+    await receiver.wait_for(_completed("CA-restart"), within_s=30)
     events = receiver.of_call("CA-restart")
     assert _sequences(events) == [("call.started", None), *(("transcript.final", n)
                                                            for n in range(1, 5)),
-                                  ("call.ended", None)]
+                                  ("call.ended", None), ("call.completed", None)]
     assert [e.webhook_id for e in events] == _stored_ids(a, "CA-restart")
     # Delivered events leave the copy too.
     await _mirrored(a, since=len(a.logs))
@@ -253,7 +258,8 @@ async def test_a_sentinel_failover_mid_call_loses_nothing_and_mirroring_goes_on(
                              call_id="CA-failover", occurrence=3)
         result = await call
         assert result.close_code == 1000
-        await a.wait_for_log("event stored", event_type="call.ended", call_id="CA-failover")
+        await a.wait_for_log("event stored", event_type="call.completed",
+                             call_id="CA-failover")
         # The replica is promoted; the bridge finds it through the Sentinel and catches up.
         await a.wait_for_log("redis reachable again: cluster state restored", within_s=30)
         assert "role:master" in await replica.command("INFO", "replication")
@@ -261,11 +267,11 @@ async def test_a_sentinel_failover_mid_call_loses_nothing_and_mirroring_goes_on(
         assert await _copied_ids(replica, "a") == _stored_ids(a, "CA-failover")
 
         receiver.fail_statuses.clear()
-        await receiver.wait_for(receiver.ended("CA-failover"), within_s=30)
+        await receiver.wait_for(_completed("CA-failover"), within_s=30)
         events = receiver.of_call("CA-failover")
         assert _sequences(events) == [("call.started", None), *(("transcript.final", n)
                                                                for n in range(1, 5)),
-                                      ("call.ended", None)]
+                                      ("call.ended", None), ("call.completed", None)]
         assert [e.webhook_id for e in events] == _stored_ids(a, "CA-failover")
         await _mirrored(a, since=len(a.logs))
         assert await replica.command("HLEN", "callbridge:outbox:a") == "0"
