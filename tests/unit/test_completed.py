@@ -6,10 +6,13 @@ import json
 from typing import Any
 
 import orjson
+import pytest
 
 from bridge.artifacts.completed import completed_data, transcript_url
 from bridge.cluster.outbox import decode_call, encode_call
+from bridge.config import load_settings
 from bridge.delivery.outbox import HeldFinal, LiveCall
+from bridge.errors import ConfigError
 
 
 def final(leg: str, sequence: int, start_ms: int, text: str, **more: Any) -> dict[str, Any]:
@@ -113,3 +116,13 @@ def test_a_call_in_redis_keeps_its_lines_and_one_an_older_version_wrote_reads_wi
     del older["held"][0]["line"]
     read = decode_call(orjson.dumps(older))
     assert read.lines == () and read.held[0].line is None
+
+
+def test_call_completed_is_on_by_default_and_its_limit_is_checked_by_name() -> None:
+    settings = load_settings(environ={}).artifacts
+    assert (settings.completed, settings.completed_max_bytes) == (True, 262144)
+    off = load_settings(environ={"CALLBRIDGE_ARTIFACTS_COMPLETED": "false"}).artifacts
+    assert off.completed is False
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ={"CALLBRIDGE_ARTIFACTS_COMPLETED_MAX_BYTES": "100"})
+    assert caught.value.setting == "CALLBRIDGE_ARTIFACTS_COMPLETED_MAX_BYTES"
