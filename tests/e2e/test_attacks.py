@@ -242,13 +242,17 @@ async def test_hostile_numbers_and_headers_end_cleanly_while_a_call_goes_on(
     writer.close()
     assert status_line.startswith(b"HTTP/1.1 403")
     assert (await call).close_code == 1000
-    await receiver.wait_for(receiver.ended("CA-busy"))
-    assert [e.type for e in receiver.of_call("CA-busy")][-1] == "call.ended"
+    await receiver.wait_for(lambda events: any(
+        e.type == "call.completed" and e.data["call_id"] == "CA-busy" for e in events))
+    assert [e.type for e in receiver.of_call("CA-busy")][-2:] == ["call.ended",
+                                                                 "call.completed"]
     for quiet in ("CA-rate", "CA-deep"):  # refused at their start: no call at all
         assert receiver.of_call(quiet) == []
-    await receiver.wait_for(receiver.ended("CA-clock"))  # started, then ended by its clock
+    await receiver.wait_for(lambda events: any(  # started, then ended by its clock
+        e.type == "call.completed" and e.data["call_id"] == "CA-clock" for e in events))
     assert [(e.type, e.data.get("reason")) for e in receiver.of_call("CA-clock")] == [
-        ("call.started", None), ("call.ended", "protocol_error")]
+        ("call.started", None), ("call.ended", "protocol_error"),
+        ("call.completed", "protocol_error")]
     assert not [line for line in bridge.logs if line.get("level") == "error"]
     assert "Traceback" not in "\n".join(bridge.raw_stderr)
     failures = await scrape(bridge, "callbridge_auth_failures_total")
