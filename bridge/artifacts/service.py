@@ -4,28 +4,152 @@ The web layer builds one ``AfterCallService`` for the process and hands it to ev
 (``bridge.calls.AfterCall``). Each observer factory looks at the call that just started (its
 settings, route, custom parameters) and returns an observer, or None when it has nothing to
 follow on this call.
+
+With an artifact store (``artifacts.enabled``), ``keep`` writes the call's transcript files
+(``bridge.artifacts.formats``) and every ``Artifact`` its observers give (``ArtifactSource``)
+to the store, once the call ended and ``call.ended`` was published. A failure there is one
+log line; the call's events never depend on it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
+import structlog
+
+from bridge.artifacts.formats import TRANSCRIPT_FILES, transcript_files
+from bridge.artifacts.record import TranscriptRecord
+from bridge.artifacts.store import ArtifactStore, Upload, is_artifact_name
 from bridge.calls import Call, CallObserver
+from bridge.errors import ArtifactStoreError
+
+log = structlog.get_logger("bridge.artifacts")
 
 ObserverFactory = Callable[[Call], CallObserver | None]
 
 
-class AfterCallService:
-    """The process's after-call work (``bridge.calls.AfterCall``)."""
+@dataclass(frozen=True, slots=True)
+class Artifact:
+    """A file an observer made of a call (a recording), to be stored under ``name`` (a plain
+    lower-case file name such as ``recording.wav``). ``keep`` reads it from ``path`` and
+    removes that file once it is stored or given up: it is handed over."""
 
-    def __init__(self, factories: Sequence[ObserverFactory] = ()) -> None:
+    name: str
+    content_type: str
+    path: Path
+
+
+@runtime_checkable
+class ArtifactSource(Protocol):
+    """An observer that makes files of its call."""
+
+    async def artifacts(self) -> list[Artifact]:
+        """The call ended: the files to store (none is fine)."""
+
+
+class FeedStream(CallObserver):
+    """Whose live-feed viewer tokens open the call's transcript files once stored: the id of
+    the feed's stream, taken when the call starts (a later stream under the same call id has
+    another)."""
+
+    def __init__(self, stream: str) -> None:
+        self.stream = stream
+
+
+class AfterCallService:
+    """The process's after-call work (``bridge.calls.AfterCall``).
+
+    ``store`` is where artifacts go (None: artifacts are off); ``feed_stream`` tells, for a
+    call that just started, the id of its live feed's stream ("" without a feed);
+    ``timeout_s`` bounds the storing of one call's files.
+    """
+
+    def __init__(self, factories: Sequence[ObserverFactory] = (), *,
+                 store: ArtifactStore | None = None,
+                 feed_stream: Callable[[Call], str] = lambda _: "",
+                 timeout_s: float = 120.0) -> None:
         self._factories = tuple(factories)
+        self.store = store
+        self._feed_stream = feed_stream
+        self._timeout_s = timeout_s
 
     def observers(self, call: Call) -> list[CallObserver]:
-        return [observer for factory in self._factories
-                if (observer := factory(call)) is not None]
+        observers = [observer for factory in self._factories
+                     if (observer := factory(call)) is not None]
+        if self.store is not None:
+            observers.append(FeedStream(self._feed_stream(call)))
+        return observers
 
     async def finish(self, call: Call, observers: list[CallObserver],
                      ended: Mapping[str, Any]) -> None:
-        """Nothing is kept yet beyond the call's events."""
+        """Keep the call's artifacts (see ``keep``)."""
+        await self.keep(call, observers, ended)
+
+    async def keep(self, call: Call, observers: Sequence[CallObserver],
+                   ended: Mapping[str, Any] | None = None) -> list[str]:
+        """Store the call's transcript files and its observers' artifacts: the names stored,
+        [] when artifacts are off or storing failed (logged in one line, without raising).
+
+        ``ended`` is ``call.ended``'s data, for the JSON file's metadata. Bounded by the
+        timeout given; cancelling it leaves no listed artifact of the call (its manifest is
+        written last), perhaps some of its files, which retention removes.
+        """
+        handed_over = [a for observer in observers if isinstance(observer, ArtifactSource)
+                       for a in await _artifacts_of(observer, call)]
+        try:
+            if self.store is None or call.key is None:
+                return []
+            uploads = self._transcripts(call, observers, ended or {})
+            uploads += [Upload(a.name, a.content_type, a.path) for a in handed_over
+                        if is_artifact_name(a.name) and a.name not in TRANSCRIPT_FILES]
+            stream = next((o.stream for o in observers if isinstance(o, FeedStream)), "")
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    await self.store.save(call.key, stream, uploads)
+            except (ArtifactStoreError, TimeoutError, OSError) as exc:
+                log.warning("call artifacts not stored", call_id=call.key,
+                            store=self.store.description,
+                            error=str(exc) or f"no answer within {self._timeout_s:g} s")
+                return []
+            names = [u.name for u in uploads]
+            log.info("call artifacts stored", call_id=call.key, store=self.store.description,
+                     artifacts=names)
+            return names
+        finally:
+            for artifact in handed_over:
+                with contextlib.suppress(OSError):
+                    await asyncio.to_thread(artifact.path.unlink, missing_ok=True)
+
+    @staticmethod
+    def _transcripts(call: Call, observers: Sequence[CallObserver],
+                     ended: Mapping[str, Any]) -> list[Upload]:
+        record = next((o for o in observers if isinstance(o, TranscriptRecord)), None)
+        if record is None:
+            return []
+        started = call.started
+        metadata = {
+            "call_id": call.key,
+            "stream_id": started.stream_id if started else None,
+            "provider": started.provider if started else None,
+            "custom_parameters": dict(started.custom_parameters) if started else {},
+            "reason": ended.get("reason"),
+            "duration_ms": ended.get("duration_ms"),
+            "finals_not_kept": record.dropped,
+        }
+        files = transcript_files(record.conversation(), metadata)
+        return [Upload(name, TRANSCRIPT_FILES[name], data) for name, data in files.items()]
+
+
+async def _artifacts_of(source: ArtifactSource, call: Call) -> list[Artifact]:
+    """An observer's artifacts; one that fails gives none, in one log line."""
+    try:
+        return list(await source.artifacts())
+    except Exception as exc:  # noqa: BLE001 - another part's failure must not lose the rest
+        log.warning("an observer's artifacts failed", call_id=call.key,
+                    observer=type(source).__name__, error=type(exc).__name__)
+        return []
