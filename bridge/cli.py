@@ -200,6 +200,10 @@ def run_serve(args: argparse.Namespace) -> int:
 
     try:
         secure_location(settings.outbox.path)  # its directory too, before anything is logged
+        if settings.artifacts.enabled and settings.artifacts.store == "local":
+            from bridge.artifacts.store import prepare_local_store
+
+            prepare_local_store(settings)
         listener = bind_listener(settings.server.host, settings.server.port,
                                  _given_as(args.port, "port"), _given_as(args.host, "host"))
     except ConfigError as exc:

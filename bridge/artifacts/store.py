@@ -406,10 +406,16 @@ async def open_artifact_store(settings: Settings) -> AsyncIterator[ArtifactStore
                                  timeout_s=artifacts.store_timeout_s) as s3:
             yield s3
         return
-    local = LocalStore(artifacts.local_dir(settings.outbox.path))
+    yield await asyncio.to_thread(prepare_local_store, settings)
+
+
+def prepare_local_store(settings: Settings) -> LocalStore:
+    """The local store ``[artifacts]`` names, its folder made and checked: one that cannot
+    be used is a ``ConfigError`` naming ``artifacts.dir`` (``serve`` checks it at start)."""
+    local = LocalStore(settings.artifacts.local_dir(settings.outbox.path))
     try:
-        await asyncio.to_thread(local.prepare)
+        local.prepare()
     except OSError as exc:
         raise ConfigError(given_as("artifacts", "dir"),
                           f"{local.root} cannot be used for artifacts: {exc.strerror}") from exc
-    yield local
+    return local

@@ -18,8 +18,8 @@ from bridge.artifacts.formats import (
     transcript_files,
     transcript_json,
     vtt_time,
-    webvtt as to_webvtt,
 )
+from bridge.artifacts.formats import webvtt as to_webvtt
 
 CALL = {"call_id": "CA-1", "stream_id": "MZ-1", "provider": "twilio",
         "custom_parameters": {"queue": "billing"}, "reason": "stopped", "duration_ms": 9000}
@@ -43,7 +43,7 @@ CONVERSATION = [
 
 def test_webvtt_parses_with_a_real_parser_with_voices_times_and_escaped_text() -> None:
     text = to_webvtt(CONVERSATION).decode()
-    captions = list(webvtt.from_buffer(io.StringIO(text)))
+    captions = webvtt.from_buffer(io.StringIO(text)).captions
     assert [c.voice for c in captions] == ["Caller", "Agent", "Caller"]
     assert [(c.start, c.end) for c in captions] == [
         ("00:00:00.200", "00:00:01.500"), ("00:00:01.700", "00:00:02.600"),
@@ -58,7 +58,7 @@ def test_srt_blocks_are_numbered_with_comma_times_and_speakers() -> None:
     blocks = srt(CONVERSATION).decode().split("\n\n")
     assert len(blocks) == 3
     for number, block in enumerate(blocks, start=1):
-        index, times, line = block.strip("\n").split("\n")
+        index, times, _ = block.strip("\n").split("\n")
         assert index == str(number)
         assert re.fullmatch(r"\d\d:\d\d:\d\d,\d{3} --> \d\d:\d\d:\d\d,\d{3}", times)
     assert blocks[1].split("\n")[2] == "Agent: thanks, noted --> done"
@@ -91,7 +91,7 @@ def test_every_file_is_made_and_typed() -> None:
 
 
 def test_an_empty_call_still_gives_valid_files() -> None:
-    assert list(webvtt.from_buffer(io.StringIO(to_webvtt([]).decode()))) == []
+    assert webvtt.from_buffer(io.StringIO(to_webvtt([]).decode())).captions == []
     assert srt([]) == b"" and plain_text([]) == b""
     assert json.loads(transcript_json([], CALL))["utterances"] == []
 
@@ -100,6 +100,6 @@ def test_times_clamp_and_a_cue_never_ends_before_it_starts() -> None:
     assert vtt_time(-5) == "00:00:00.000" and srt_time(61_001) == "00:01:01,001"
     assert vtt_time(100 * 3_600_000) == "100:00:00.000"
     backwards = [utterance("inbound", "", 1, 900, 400, "x")]
-    [caption] = webvtt.from_buffer(io.StringIO(to_webvtt(backwards).decode()))
+    [caption] = webvtt.from_buffer(io.StringIO(to_webvtt(backwards).decode())).captions
     assert (caption.start, caption.end, caption.voice) == ("00:00:00.900", "00:00:00.900",
                                                            "Inbound")

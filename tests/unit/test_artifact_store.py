@@ -66,6 +66,10 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
+def listing(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
 async def test_files_are_written_0600_in_0700_folders_with_a_manifest(tmp_path: Path) -> None:
     store = LocalStore(tmp_path / "artifacts")
     store.prepare()
@@ -108,7 +112,7 @@ async def test_unsafe_or_repeated_names_are_refused_before_anything_is_written(
                     [Upload(MANIFEST, "application/json", b"{}")]):
         with pytest.raises(ArtifactStoreError):
             await store.save("CA-1", "", uploads)
-    assert list(tmp_path.iterdir()) == []
+    assert listing(tmp_path) == []
 
 
 async def test_a_write_that_fails_leaves_no_partial_file_and_says_so(tmp_path: Path) -> None:
@@ -130,5 +134,5 @@ async def test_the_sweep_deletes_calls_whose_folder_is_older_than_the_limit(
     os.utime(tmp_path / "old", (week_ago, week_ago))
     (tmp_path / "unrelated.txt").write_text("kept: not a call folder")
     assert await store.sweep(time.time() - 86400) == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "unrelated.txt"]
+    assert listing(tmp_path) == ["new", "unrelated.txt"]
     assert await store.manifest("old") is None and await store.manifest("new") is not None
