@@ -22,7 +22,8 @@ from bridge.artifacts.store import (
     call_folder,
     is_artifact_name,
 )
-from bridge.errors import ArtifactStoreError
+from bridge.config import load_settings
+from bridge.errors import ArtifactStoreError, ConfigError
 
 
 @given(st.text(min_size=1, max_size=400))
@@ -136,3 +137,29 @@ async def test_the_sweep_deletes_calls_whose_folder_is_older_than_the_limit(
     assert await store.sweep(time.time() - 86400) == 1
     assert listing(tmp_path) == ["new", "unrelated.txt"]
     assert await store.manifest("old") is None and await store.manifest("new") is not None
+
+
+@pytest.mark.parametrize(("environ", "setting"), [
+    ({"CALLBRIDGE_ARTIFACTS_STORE": "ftp"}, "CALLBRIDGE_ARTIFACTS_STORE"),
+    ({"CALLBRIDGE_ARTIFACTS_STORE": "s3"}, "artifacts.s3_bucket"),
+    ({"CALLBRIDGE_ARTIFACTS_STORE": "s3", "CALLBRIDGE_ARTIFACTS_S3_BUCKET": "Bad_Bucket"},
+     "CALLBRIDGE_ARTIFACTS_S3_BUCKET"),
+    ({"CALLBRIDGE_ARTIFACTS_S3_PREFIX": "../up"}, "CALLBRIDGE_ARTIFACTS_S3_PREFIX"),
+    ({"CALLBRIDGE_ARTIFACTS_S3_ENDPOINT_URL": "s3.example"},
+     "CALLBRIDGE_ARTIFACTS_S3_ENDPOINT_URL"),
+    ({"CALLBRIDGE_ARTIFACTS_RETENTION_DAYS": "-1"}, "CALLBRIDGE_ARTIFACTS_RETENTION_DAYS"),
+    ({"CALLBRIDGE_ARTIFACTS_RETENTION_CHECK_S": "1"}, "CALLBRIDGE_ARTIFACTS_RETENTION_CHECK_S"),
+])
+def test_a_wrong_artifacts_setting_is_refused_by_its_name(environ: dict[str, str],
+                                                          setting: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ={"TELNYX_API_KEY": "k", **environ})
+    assert caught.value.setting == setting
+
+
+def test_the_local_folder_defaults_to_beside_the_outbox() -> None:
+    settings = load_settings(environ={"TELNYX_API_KEY": "k",
+                                      "CALLBRIDGE_OUTBOX_PATH": "/var/lib/cb/outbox.db"})
+    assert not settings.artifacts.enabled
+    assert settings.artifacts.local_dir(settings.outbox.path) == Path(
+        "/var/lib/cb/callbridge-artifacts")
