@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -104,9 +105,13 @@ class AfterCallService:
         try:
             if self.store is None or call.key is None:
                 return []
-            uploads = self._transcripts(call, observers, ended or {})
-            uploads += [Upload(a.name, a.content_type, a.path) for a in handed_over
-                        if is_artifact_name(a.name) and a.name not in TRANSCRIPT_FILES]
+            uploads = await self._transcripts(call, observers, ended or {})
+            for artifact in handed_over:
+                if is_artifact_name(artifact.name) and artifact.name not in TRANSCRIPT_FILES:
+                    uploads.append(Upload(artifact.name, artifact.content_type, artifact.path))
+                else:
+                    log.error("an artifact with a name the store refuses was dropped",
+                              call_id=call.key, artifact=artifact.name[:80])
             stream = next((o.stream for o in observers if isinstance(o, FeedStream)), "")
             try:
                 async with asyncio.timeout(self._timeout_s):
@@ -126,8 +131,10 @@ class AfterCallService:
                     await asyncio.to_thread(artifact.path.unlink, missing_ok=True)
 
     @staticmethod
-    def _transcripts(call: Call, observers: Sequence[CallObserver],
-                     ended: Mapping[str, Any]) -> list[Upload]:
+    async def _transcripts(call: Call, observers: Sequence[CallObserver],
+                           ended: Mapping[str, Any]) -> list[Upload]:
+        """The transcript files, rendered in a thread: a long call's thousands of finals
+        would otherwise hold the event loop (every other call's audio) while they render."""
         record = next((o for o in observers if isinstance(o, TranscriptRecord)), None)
         if record is None:
             return []
@@ -137,11 +144,14 @@ class AfterCallService:
             "stream_id": started.stream_id if started else None,
             "provider": started.provider if started else None,
             "custom_parameters": dict(started.custom_parameters) if started else {},
+            "started_at": datetime.fromtimestamp(call.opened_at, UTC).isoformat(
+                timespec="milliseconds"),
             "reason": ended.get("reason"),
             "duration_ms": ended.get("duration_ms"),
             "finals_not_kept": record.dropped,
         }
-        files = transcript_files(record.conversation(), metadata)
+        files = await asyncio.to_thread(
+            lambda: transcript_files(record.conversation(), metadata))
         return [Upload(name, TRANSCRIPT_FILES[name], data) for name, data in files.items()]
 
 

@@ -43,6 +43,7 @@ from bridge.errors import ArtifactStoreError, ConfigError
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
+    from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
 
 log = structlog.get_logger("bridge.artifacts")
 
@@ -53,6 +54,9 @@ ARTIFACT_NAME: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}\.[a-z0-9]{1,8}$")
 MAX_MANIFEST_BYTES: Final = 64 * 1024
 MAX_FILES: Final = 32  # artifacts per call
 CHUNK_BYTES: Final = 256 * 1024  # reads and downloads go in pieces of this size
+# S3 multipart uploads: parts of 8 MiB (S3 wants at least 5 MiB but the last, and at most
+# 10,000 parts: 78 GiB, far beyond any call's recording).
+PART_BYTES: Final = 8 * 1024 * 1024
 # Encoded call ids longer than this are named by their hash: file names have 255 bytes.
 MAX_FOLDER_NAME: Final = 180
 _KEPT_AS_IS: Final = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
@@ -283,12 +287,14 @@ class S3Store:
         sizes = []
         with _s3_errors("writing to"):
             for upload in uploads:
-                body = upload.body if isinstance(upload.body, bytes) else \
-                    await asyncio.to_thread(upload.body.read_bytes)
-                await self._client.put_object(
-                    Bucket=self._bucket, Key=self._key(call_key, upload.name), Body=body,
-                    ContentType=upload.content_type)
-                sizes.append(len(body))
+                key = self._key(call_key, upload.name)
+                if isinstance(upload.body, bytes):
+                    await self._client.put_object(Bucket=self._bucket, Key=key,
+                                                  Body=upload.body,
+                                                  ContentType=upload.content_type)
+                    sizes.append(len(upload.body))
+                else:
+                    sizes.append(await self._put_file(key, upload.body, upload.content_type))
             manifest = manifest_for(call_key, stream, uploads, sizes)
             await self._client.put_object(
                 Bucket=self._bucket, Key=self._key(call_key, MANIFEST), Body=manifest.encode(),
@@ -298,6 +304,39 @@ class S3Store:
             stale = [key for key, _ in await self._objects(folder)
                      if key.rpartition("/")[2] not in kept]
             await self._delete(stale)
+
+    async def _put_file(self, key: str, path: Path, content_type: str) -> int:
+        """Upload a file in parts of ``PART_BYTES``, each read in a thread: memory stays
+        bounded whatever the file's size (a recording), and the event loop never reads
+        disk. A file of one part goes in one request. Returns the size sent."""
+        with await asyncio.to_thread(path.open, "rb") as source:
+            part = await asyncio.to_thread(source.read, PART_BYTES)
+            if len(part) < PART_BYTES:
+                await self._client.put_object(Bucket=self._bucket, Key=key, Body=part,
+                                              ContentType=content_type)
+                return len(part)
+            upload = await self._client.create_multipart_upload(
+                Bucket=self._bucket, Key=key, ContentType=content_type)
+            upload_id = upload["UploadId"]
+            try:
+                parts: list[CompletedPartTypeDef] = []
+                size = 0
+                while part:
+                    sent = await self._client.upload_part(
+                        Bucket=self._bucket, Key=key, UploadId=upload_id,
+                        PartNumber=len(parts) + 1, Body=part)
+                    parts.append({"ETag": sent["ETag"], "PartNumber": len(parts) + 1})
+                    size += len(part)
+                    part = await asyncio.to_thread(source.read, PART_BYTES)
+                await self._client.complete_multipart_upload(
+                    Bucket=self._bucket, Key=key, UploadId=upload_id,
+                    MultipartUpload={"Parts": parts})
+            except BaseException:
+                with contextlib.suppress(Exception):  # the upload's parts are billed: drop them
+                    await self._client.abort_multipart_upload(
+                        Bucket=self._bucket, Key=key, UploadId=upload_id)
+                raise
+            return size
 
     async def manifest(self, call_key: str) -> CallArtifacts | None:
         with _s3_errors("reading from"):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.artifacts.store import MANIFEST, S3Store, Upload, open_s3_store
+from bridge.artifacts.store import MANIFEST, PART_BYTES, S3Store, Upload, open_s3_store
 from bridge.errors import ArtifactStoreError
 from tests.support.s3 import CREDENTIALS, S3Emulator
 
@@ -31,11 +31,12 @@ async def store(s3: S3Emulator, monkeypatch: pytest.MonkeyPatch) -> AsyncIterato
 async def test_files_and_manifest_are_stored_under_the_encoded_call_id(
         s3: S3Emulator, store: S3Store, tmp_path: Path) -> None:
     recording = tmp_path / "r.wav"
-    recording.write_bytes(b"RIFF" + os.urandom(600_000))
+    recording.write_bytes(b"RIFF" + os.urandom(2 * PART_BYTES + 1000))  # three parts
     await store.save("../CA 1", "stream-9", [
         Upload("transcript.vtt", "text/vtt; charset=utf-8", b"WEBVTT\n"),
         Upload("recording.wav", "audio/wav", recording)])
     objects = await s3.objects()
+    assert objects["calls/%2E%2E%2FCA%201/recording.wav"]["Size"] == recording.stat().st_size
     assert sorted(objects) == ["calls/%2E%2E%2FCA%201/_manifest.json",
                                "calls/%2E%2E%2FCA%201/recording.wav",
                                "calls/%2E%2E%2FCA%201/transcript.vtt"]
