@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -78,6 +79,8 @@ class AfterCallService:
         self.store = store
         self._feed_stream = feed_stream
         self._timeout_s = timeout_s
+        # Calls whose artifacts were stored, or not (the store failed or timed out).
+        self.outcomes: Counter[str] = Counter()
 
     def observers(self, call: Call) -> list[CallObserver]:
         observers = [observer for factory in self._factories
@@ -120,8 +123,10 @@ class AfterCallService:
                 log.warning("call artifacts not stored", call_id=call.key,
                             store=self.store.description,
                             error=str(exc) or f"no answer within {self._timeout_s:g} s")
+                self.outcomes["failed"] += 1
                 return []
             names = [u.name for u in uploads]
+            self.outcomes["stored"] += 1
             log.info("call artifacts stored", call_id=call.key, store=self.store.description,
                      artifacts=names)
             return names

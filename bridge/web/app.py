@@ -176,8 +176,7 @@ async def _after_call(app: web.Application) -> AsyncIterator[None]:
         app[AFTER_CALL] = AfterCallService()
         yield
         return
-    async with contextlib.AsyncExitStack() as stack:
-        store = await stack.enter_async_context(open_artifact_store(settings))
+    async with open_artifact_store(settings) as store:
         feeds = app.get(FEEDS)
 
         def feed_stream(call: Call) -> str:
@@ -188,8 +187,17 @@ async def _after_call(app: web.Application) -> AsyncIterator[None]:
             return TranscriptRecord({track: getattr(settings.speakers, track.value)
                                      for track in Track})
 
-        app[AFTER_CALL] = AfterCallService([transcript], store=store, feed_stream=feed_stream,
-                                           timeout_s=artifacts.store_timeout_s)
+        service = AfterCallService([transcript], store=store, feed_stream=feed_stream,
+                                   timeout_s=artifacts.store_timeout_s)
+        app[AFTER_CALL] = service
+
+        def scraped() -> Iterator[Any]:
+            yield counter("callbridge_call_artifacts", "Ended calls whose artifacts were "
+                          "stored, or not (the store failed or did not answer in time)",
+                          ["outcome"], {(outcome,): service.outcomes[outcome]
+                                        for outcome in ("stored", "failed")})
+
+        app[METRICS].watch(scraped)
         log.info("call artifacts on", store=store.description,
                  retention_days=artifacts.retention_days or None)
         sweeps = None

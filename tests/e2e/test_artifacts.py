@@ -274,6 +274,10 @@ async def test_a_store_that_fails_costs_one_log_line_and_no_event(
     assert failed["level"] == "warning" and failed["error"]
     await bridge.wait_for_log("call summary")  # the call's own summary still follows
     assert await s3.objects() == {}
+    status, metrics, _ = await get(bridge, "/metrics")
+    assert status == 200
+    assert b'callbridge_call_artifacts_total{outcome="failed"} 1.0' in metrics
+    assert b'callbridge_call_artifacts_total{outcome="stored"} 0.0' in metrics
 
 
 async def test_a_directory_that_cannot_be_used_stops_start_up_naming_the_setting(
