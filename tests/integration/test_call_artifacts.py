@@ -7,13 +7,15 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
+from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 
+import pytest
 import structlog
 
 from bridge.artifacts.record import TranscriptRecord
 from bridge.artifacts.service import AfterCallService, Artifact
-from bridge.artifacts.store import LocalStore
+from bridge.artifacts.store import CallArtifacts, LocalStore, StoredFile, Upload
 from bridge.calls import Call, CallObserver
 from bridge.config import Settings
 from bridge.events import AudioEncoding, AudioFrame, StreamStarted, StreamStopped, Track
@@ -139,3 +141,66 @@ async def test_without_a_store_there_is_no_observer_and_nothing_is_kept(
     assert call.observers == []
     assert await service.keep(call, call.observers) == []
     assert [e.type for e in sink.events][-1] == "call.ended"
+
+
+class StalledStore:
+    """An artifact store that never answers a save: a store gone quiet."""
+
+    description = "stalled"
+
+    def __init__(self) -> None:
+        self.saving = asyncio.Event()
+
+    async def save(self, call_key: str, stream: str, uploads: Sequence[Upload]) -> None:
+        self.saving.set()
+        await asyncio.Event().wait()
+
+    async def manifest(self, call_key: str) -> CallArtifacts | None:
+        return None
+
+    async def open(self, call_key: str, file: StoredFile) -> AsyncGenerator[bytes, None]:
+        yield b""
+
+    async def sweep(self, before: float) -> int:
+        return 0
+
+
+async def test_a_store_that_does_not_answer_is_given_up_after_the_timeout(
+        tmp_path: Path) -> None:
+    recorders: list[AudioFile] = []
+
+    def recorder(call: Call) -> CallObserver:
+        recorders.append(AudioFile(tmp_path))
+        return recorders[-1]
+
+    service = AfterCallService([transcript_record, recorder], store=StalledStore(),
+                               timeout_s=0.05)
+    sink = RecordingSink()
+    with structlog.testing.capture_logs() as logs:
+        await whole_call(service, sink)
+    [warning] = [line for line in logs if line["event"] == "call artifacts not stored"]
+    assert warning["error"] == "no answer within 0.05 s"
+    assert service.outcomes == {"failed": 1}
+    assert not recorders[0].handed[0].exists()
+    assert sink.events[-1].type == "call.ended"
+
+
+async def test_cancelling_the_call_while_it_stores_removes_the_handed_files(
+        tmp_path: Path) -> None:
+    recorders: list[AudioFile] = []
+
+    def recorder(call: Call) -> CallObserver:
+        recorders.append(AudioFile(tmp_path))
+        return recorders[-1]
+
+    store = StalledStore()
+    service = AfterCallService([transcript_record, recorder], store=store)
+    sink = RecordingSink()
+    running = asyncio.create_task(whole_call(service, sink))
+    await store.saving.wait()
+    assert sink.events[-1].type == "call.ended"  # published before anything is stored
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert not recorders[0].handed[0].exists()
+    assert service.outcomes == {}
