@@ -51,6 +51,10 @@ MANIFEST: Final = "_manifest.json"
 # Artifact names: a lower-case stem and extension ("transcript.vtt", "recording.wav"). Never
 # a path step, never the manifest (which starts with "_").
 ARTIFACT_NAME: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}\.[a-z0-9]{1,8}$")
+# A media type as a download's Content-Type carries it: read back from a shared store, it
+# is checked before it reaches a header.
+CONTENT_TYPE: Final = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,63}"
+                                 r"(; ?[a-z0-9_-]{1,20}=[a-z0-9_.-]{1,40})?$", re.IGNORECASE)
 MAX_MANIFEST_BYTES: Final = 64 * 1024
 MAX_FILES: Final = 32  # artifacts per call
 CHUNK_BYTES: Final = 256 * 1024  # reads and downloads go in pieces of this size
@@ -75,6 +79,10 @@ def call_folder(call_key: str) -> str:
 
 def is_artifact_name(name: str) -> bool:
     return ARTIFACT_NAME.fullmatch(name) is not None
+
+
+def is_content_type(value: str) -> bool:
+    return CONTENT_TYPE.fullmatch(value) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +136,7 @@ class CallArtifacts:
         fields_ok = all(isinstance(v, str) for v in
                         (manifest.call_id, manifest.stream, manifest.stored_at))
         files_ok = all(isinstance(f.name, str) and is_artifact_name(f.name)
-                       and isinstance(f.content_type, str) and len(f.content_type) <= 100
+                       and isinstance(f.content_type, str) and is_content_type(f.content_type)
                        and type(f.size) is int and f.size >= 0 for f in files)
         return manifest if fields_ok and files_ok else None
 
@@ -164,6 +172,8 @@ def _check_uploads(uploads: Sequence[Upload]) -> None:
     if bad or len(set(names)) != len(names) or len(names) > MAX_FILES:
         raise ArtifactStoreError("artifact names must be unique, at most "
                                  f"{MAX_FILES}, and plain lower-case file names")
+    if not all(is_content_type(u.content_type) for u in uploads):
+        raise ArtifactStoreError("an artifact's media type is not one (type/subtype)")
 
 
 class LocalStore:

@@ -57,6 +57,9 @@ def test_artifact_names_are_plain_lower_case_file_names(name: str) -> None:
     json.dumps({"call_id": "x", "stream": "", "stored_at": "t",
                 "files": [{"name": "a.txt", "content_type": "x", "size": -1}]}).encode(),
     json.dumps({"call_id": 5, "stream": "", "stored_at": "t", "files": []}).encode(),
+    json.dumps({"call_id": "x", "stream": "", "stored_at": "t", "files": [
+        {"name": "a.txt", "content_type": "text/plain\r\nSet-Cookie: a=b", "size": 1}]}).encode(),
+    json.dumps({"call_id": "x", "stream": "", "stored_at": "t", "files": "a.txt"}).encode(),
     b"{" + b" " * 70_000 + b"}",
 ])
 def test_a_manifest_that_is_not_one_reads_as_none(data: bytes) -> None:
@@ -110,7 +113,8 @@ async def test_unsafe_or_repeated_names_are_refused_before_anything_is_written(
     store = LocalStore(tmp_path)
     for uploads in ([Upload("../x.txt", "text/plain", b"")],
                     [Upload("a.txt", "text/plain", b""), Upload("a.txt", "text/plain", b"")],
-                    [Upload(MANIFEST, "application/json", b"{}")]):
+                    [Upload(MANIFEST, "application/json", b"{}")],
+                    [Upload("a.txt", "text/plain\nX-Evil: 1", b"")]):
         with pytest.raises(ArtifactStoreError):
             await store.save("CA-1", "", uploads)
     assert listing(tmp_path) == []
