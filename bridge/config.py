@@ -611,7 +611,7 @@ class ArtifactsSettings:
         _require(self.store in ARTIFACT_STORES, name("store"),
                  f"must be one of {', '.join(ARTIFACT_STORES)}")
         if self.store == "s3":
-            _require(bool(S3_BUCKET.match(self.s3_bucket)), name("s3_bucket"),
+            _require(bool(S3_BUCKET.fullmatch(self.s3_bucket)), name("s3_bucket"),
                      "must be a bucket name (3-63 lower-case letters, digits, '.' or '-') "
                      "when artifacts.store is s3")
         _require(len(self.s3_prefix) <= 200 and not self.s3_prefix.startswith("/")
@@ -620,7 +620,7 @@ class ArtifactsSettings:
         _require(not self.s3_endpoint_url
                  or self.s3_endpoint_url.startswith(("http://", "https://")),
                  name("s3_endpoint_url"), "must be an http:// or https:// URL, or empty")
-        _require(self.s3_region == "" or bool(re.match(r"^[a-z0-9-]{1,40}$", self.s3_region)),
+        _require(self.s3_region == "" or bool(re.fullmatch(r"[a-z0-9-]{1,40}", self.s3_region)),
                  name("s3_region"), "must be a region name such as eu-west-1, or empty")
         _require(0 <= self.retention_days <= 36500, name("retention_days"),
                  "must be 0-36500 (days; 0 keeps them)")
