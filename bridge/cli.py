@@ -200,6 +200,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     try:
         secure_location(settings.outbox.path)  # its directory too, before anything is logged
+        _check_artifacts_folder(settings)
         listener = bind_listener(settings.server.host, settings.server.port,
                                  _given_as(args.port, "port"), _given_as(args.host, "host"))
     except ConfigError as exc:
@@ -211,6 +212,15 @@ def run_serve(args: argparse.Namespace) -> int:
         listener.close()
 
 
+def _check_artifacts_folder(settings: Settings) -> None:
+    """With artifacts kept on this machine, their folder made and writable, or a
+    ``ConfigError`` naming ``artifacts.dir`` before anything starts."""
+    if settings.artifacts.enabled and settings.artifacts.store == "local":
+        from bridge.artifacts.store import prepare_local_store
+
+        prepare_local_store(settings)
+
+
 def _run_workers(args: argparse.Namespace, settings: Settings, count: int) -> int:
     """``serve --workers N``: the parent of N serving processes (bridge/web/workers.py)."""
     from bridge.delivery.outbox import secure_location
@@ -220,6 +230,7 @@ def _run_workers(args: argparse.Namespace, settings: Settings, count: int) -> in
         workers = plan_workers(settings, count, _given_as(args.workers, "workers"))
         for worker in workers:
             secure_location(worker.outbox_path)
+        _check_artifacts_folder(settings)
         sockets = bind_worker_sockets(settings.server.host, settings.server.port, count,
                                       _given_as(args.port, "port"), _given_as(args.host, "host"))
     except ConfigError as exc:

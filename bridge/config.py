@@ -436,21 +436,6 @@ class OutboxSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class ArtifactsSettings:
-    """What the bridge keeps and sends once a call is over."""
-
-    # call.completed: one event per call after call.ended, with the whole transcript.
-    completed: bool = True
-    # Past this size (bytes of the transcript's JSON), call.completed carries the lines that
-    # fit and a link to the stored transcript instead of the whole.
-    completed_max_bytes: int = 256 * 1024
-
-    def validate(self, name: SettingName) -> None:
-        _require(1024 <= self.completed_max_bytes <= 16 * 1024 * 1024,
-                 name("completed_max_bytes"), "must be 1024-16777216 (bytes)")
-
-
-@dataclass(frozen=True, slots=True)
 class ComplianceSettings:
     redaction: bool = True
     credit_card: bool = True
@@ -600,6 +585,61 @@ class ClusterSettings:
             return self.instance_id
         host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:40].strip(".-_")
         return f"{host or 'host'}-{os.getpid()}"
+
+
+S3_BUCKET: Final = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")  # S3's bucket naming rules
+ARTIFACT_STORES: Final = ("local", "s3")
+
+
+@dataclass(frozen=True, slots=True)
+class ArtifactsSettings:
+    """What is kept of each call after it ends (``bridge.artifacts``): its files, off by
+    default; ``call.completed``, on by default."""
+
+    enabled: bool = False
+    # Where the files go, and for how long.
+    store: str = "local"  # "local" (dir) or "s3" (an S3-compatible object store)
+    dir: str = ""  # empty: "callbridge-artifacts" beside the outbox file
+    s3_bucket: str = ""
+    s3_prefix: str = ""  # prepended to every key ("calls/" keeps them under calls/)
+    s3_endpoint_url: str = ""  # empty: AWS; else an S3-compatible store's URL
+    s3_region: str = ""  # empty: the environment's (AWS_DEFAULT_REGION), else us-east-1
+    retention_days: float = 0.0  # 0: kept until deleted by hand
+    retention_check_s: float = 3600.0  # how often the retention sweep runs
+    store_timeout_s: float = 120.0  # writing one call's files; beyond it they are given up
+    # call.completed: one event per call after call.ended, with the whole transcript.
+    completed: bool = True
+    # Past this size (bytes of the transcript's JSON), call.completed carries the lines that
+    # fit and a link to the stored transcript instead of the whole.
+    completed_max_bytes: int = 256 * 1024
+
+    def validate(self, name: SettingName) -> None:
+        _require(self.store in ARTIFACT_STORES, name("store"),
+                 f"must be one of {', '.join(ARTIFACT_STORES)}")
+        if self.store == "s3":
+            _require(bool(S3_BUCKET.fullmatch(self.s3_bucket)), name("s3_bucket"),
+                     "must be a bucket name (3-63 lower-case letters, digits, '.' or '-') "
+                     "when artifacts.store is s3")
+        _require(len(self.s3_prefix) <= 200 and not self.s3_prefix.startswith("/")
+                 and ".." not in self.s3_prefix.split("/"), name("s3_prefix"),
+                 "must be at most 200 characters, not start with '/' nor hold '..'")
+        _require(not self.s3_endpoint_url
+                 or self.s3_endpoint_url.startswith(("http://", "https://")),
+                 name("s3_endpoint_url"), "must be an http:// or https:// URL, or empty")
+        _require(self.s3_region == "" or bool(re.fullmatch(r"[a-z0-9-]{1,40}", self.s3_region)),
+                 name("s3_region"), "must be a region name such as eu-west-1, or empty")
+        _require(0 <= self.retention_days <= 36500, name("retention_days"),
+                 "must be 0-36500 (days; 0 keeps them)")
+        _require(60 <= self.retention_check_s <= 86400, name("retention_check_s"),
+                 "must be 60-86400 (seconds)")
+        _require(1 <= self.store_timeout_s <= 3600, name("store_timeout_s"),
+                 "must be 1-3600 (seconds)")
+        _require(1024 <= self.completed_max_bytes <= 16 * 1024 * 1024,
+                 name("completed_max_bytes"), "must be 1024-16777216 (bytes)")
+
+    def local_dir(self, outbox_path: str) -> Path:
+        """The local store's folder: ``dir``, or beside the outbox file."""
+        return Path(self.dir) if self.dir else Path(outbox_path).parent / "callbridge-artifacts"
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,8 @@
     ├── ClusterError            an admin action for a call another instance holds went wrong
     │   ├── ClusterMessageInvalid   a message on a cluster channel is not a valid command or reply
     │   └── OwnerUnreachable        the instance holding the call did not answer in time (504)
-    └── OutboxDiskFull          the disk under the outbox is full: events are not being stored
+    ├── OutboxDiskFull          the disk under the outbox is full: events are not being stored
+    └── ArtifactStoreError      a call's artifacts could not be written to or read from the store
 
 Anything else raised inside the bridge is our own bug: the media connection is closed with
 1011 and the traceback logged.
@@ -218,3 +219,15 @@ class OwnerUnreachable(ClusterError):
 
     def __str__(self) -> str:
         return f"instance {self.instance} {self.reason}"
+
+
+class ArtifactStoreError(CallbridgeError):
+    """The artifact store (a local folder or an object store) failed a write or a read: the
+    call's events are unaffected; its files are missing from the store."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason

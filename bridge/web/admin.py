@@ -2,7 +2,9 @@
 
 Routes: ``GET /calls`` (JSON; the calls page for a browser), ``GET /calls/{id}``,
 ``POST /calls/{id}/end``, ``/pause``, ``/resume``, ``/token``; ``GET /calls/{id}/events``
-(Server-Sent Events); ``GET /captions/{id}`` (the captions page); ``GET /cluster``.
+(Server-Sent Events); ``GET /captions/{id}`` (the captions page); ``GET /cluster``;
+``GET /calls/{id}/artifacts`` and ``GET /calls/{id}/artifacts/{name}`` (an ended call's
+files, with ``artifacts.enabled``).
 
 In cluster mode the call views and actions answer for every live call of the cluster: a call
 another instance holds is listed from Redis, and its view and actions are sent to that
@@ -11,8 +13,10 @@ instance (``bridge.cluster.calls``), whose answer is given as if it were local, 
 
 The admin token is sent as ``Authorization: Bearer``. The event stream also takes a token in
 ``?token=`` (browsers' ``EventSource`` cannot send headers): a short-lived one from
-``POST /calls/{id}/token``, or the admin token itself. The pages are static: they carry no
-data and read their token from the URL's fragment, which browsers never send to a server.
+``POST /calls/{id}/token``, or the admin token itself. The same tokens open a call's
+transcript files once it ended (never its other artifacts, such as the recording). The
+pages are static: they carry no data and read their token from the URL's fragment, which
+browsers never send to a server.
 """
 
 from __future__ import annotations
@@ -27,13 +31,21 @@ from importlib import resources
 from typing import Any, Final
 from urllib.parse import quote
 
+import structlog
 from aiohttp import web
 
+from bridge.artifacts.formats import TRANSCRIPT_FILES
+from bridge.artifacts.store import ArtifactStore, CallArtifacts, is_artifact_name
 from bridge.calls import Call
 from bridge.cluster.calls import ClusterCalls, Command, Reply
 from bridge.cluster.connection import REDIS_ERRORS
 from bridge.cluster.feeds import SharedFeed
-from bridge.errors import ClusterMessageInvalid, InvalidNumber, OwnerUnreachable
+from bridge.errors import (
+    ArtifactStoreError,
+    ClusterMessageInvalid,
+    InvalidNumber,
+    OwnerUnreachable,
+)
 from bridge.events import Track
 from bridge.ingress.auth import raw_bytes
 from bridge.metrics import counter
@@ -47,6 +59,7 @@ from bridge.web.feed import (
     stream_events,
 )
 from bridge.web.keys import (
+    AFTER_CALL,
     CLUSTER,
     CLUSTER_CALLS,
     DRAINING,
@@ -58,6 +71,8 @@ from bridge.web.keys import (
     SHARED_FEEDS,
     TOKENS,
 )
+
+log = structlog.get_logger("bridge.admin")
 
 # Engines a member's row in GET /cluster shows sessions of (its heartbeat is read from Redis).
 MAX_ENGINES_SHOWN: Final = 16
@@ -82,6 +97,8 @@ def add_admin_routes(app: web.Application) -> None:
     app.router.add_post("/calls/{call_id}/token", issue_token)
     app.router.add_get("/calls/{call_id}/events", live_events)
     app.router.add_get("/captions/{call_id}", captions_page)
+    app.router.add_get("/calls/{call_id}/artifacts", list_artifacts)
+    app.router.add_get("/calls/{call_id}/artifacts/{name}", download_artifact)
 
 
 async def _end_feeds(app: web.Application) -> None:
@@ -444,6 +461,82 @@ async def live_events(request: web.Request) -> web.StreamResponse:
                                   keepalive_s=live.keepalive_s, token_ttl_s=live.token_ttl_s)
     finally:
         shared.leave(reader)
+
+
+NO_ARTIFACTS = "no stored artifacts for that call id"
+
+
+async def _artifacts_access(request: web.Request) -> tuple[ArtifactStore, CallArtifacts, bool]:
+    """The store, the call's manifest, and whether only its transcript files may be read
+    (a viewer token); 401 for a token that does not open that call, 404 for no artifacts.
+
+    A viewer token opens the files of the stream its feed belonged to; one for no stored
+    call is 401, not 404, as for the feed (it says nothing of which calls exist).
+    """
+    token = _viewer_token(request)
+    store = request.app[AFTER_CALL].store
+    if store is None:
+        raise web.HTTPNotFound(text="call artifacts are off (artifacts.enabled)\n")
+    call_id = request.match_info["call_id"]
+    try:
+        manifest = await store.manifest(call_id)
+    except ArtifactStoreError as exc:
+        log.warning("artifact store unreadable", error=str(exc))
+        raise web.HTTPServiceUnavailable(text="the artifact store cannot be read now\n"
+                                         ) from None
+    if token is not None and (manifest is None or not manifest.stream or not request.app[
+            TOKENS].check(f"{call_id}\n{manifest.stream}", token, now=time.time())):
+        raise _token_required()
+    if manifest is None or manifest.call_id != call_id:
+        raise web.HTTPNotFound(text=f"{NO_ARTIFACTS}\n")
+    return store, manifest, token is not None
+
+
+async def list_artifacts(request: web.Request) -> web.Response:
+    """An ended call's stored artifacts: name, media type, size and download path of each
+    (for a viewer token, the transcript files alone)."""
+    _, manifest, viewer = await _artifacts_access(request)
+    quoted = quote(manifest.call_id, safe="")
+    return web.json_response({
+        "call_id": manifest.call_id, "stored_at": manifest.stored_at,
+        "artifacts": [{"name": f.name, "content_type": f.content_type, "size": f.size,
+                       "path": f"/calls/{quoted}/artifacts/{f.name}"}
+                      for f in manifest.files if not viewer or f.name in TRANSCRIPT_FILES]},
+        headers={"Cache-Control": "no-store"})
+
+
+async def download_artifact(request: web.Request) -> web.StreamResponse:
+    """One stored artifact of an ended call, as an attachment; a viewer token reads the
+    transcript files only (403 for the others). Names outside the call's list are 404."""
+    name = request.match_info["name"]
+    store, manifest, viewer = await _artifacts_access(request)
+    stored = manifest.find(name) if is_artifact_name(name) else None
+    if stored is None:
+        raise web.HTTPNotFound(text="no artifact of that name for this call\n")
+    if viewer and name not in TRANSCRIPT_FILES:
+        raise web.HTTPForbidden(text="a viewer token opens the transcript files only\n")
+    chunks = store.open(manifest.call_id, stored)
+    try:
+        first = await anext(chunks, b"")
+    except ArtifactStoreError as exc:
+        await chunks.aclose()
+        log.warning("artifact unreadable", error=str(exc))
+        raise web.HTTPServiceUnavailable(text="the artifact cannot be read now\n") from None
+    response = web.StreamResponse(headers={
+        "Content-Type": stored.content_type, "Content-Length": str(stored.size),
+        "Content-Disposition": f'attachment; filename="{name}"',
+        "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"})
+    try:
+        await response.prepare(request)
+        await response.write(first)
+        async for chunk in chunks:
+            await response.write(chunk)
+        await response.write_eof()
+    except ArtifactStoreError as exc:
+        log.warning("artifact read failed midway", error=str(exc))  # the client sees it cut
+    finally:
+        await chunks.aclose()
+    return response
 
 
 async def captions_page(request: web.Request) -> web.Response:

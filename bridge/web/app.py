@@ -22,7 +22,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bridge import __version__
 from bridge.admission import ConnectionGate, LiveCalls
+from bridge.artifacts.record import TranscriptRecord
 from bridge.artifacts.service import AfterCallService
+from bridge.artifacts.store import open_artifact_store, retention_sweeps
+from bridge.calls import Call, CallObserver
 from bridge.cluster.engine_slots import ClusterEngineSlots
 from bridge.cluster.events_stream import EventStream
 from bridge.cluster.feeds import FeedWriter, SharedFeeds
@@ -37,6 +40,7 @@ from bridge.config import (
     uses_telnyx_protocol,
 )
 from bridge.delivery.dispatcher import DurableDispatcher
+from bridge.events import Track
 from bridge.ingress.auth import NonceCache
 from bridge.metrics import Metrics, counter, gauge
 from bridge.security import GuardedResolver
@@ -165,8 +169,49 @@ async def _engine_slots(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _after_call(app: web.Application) -> AsyncIterator[None]:
-    app[AFTER_CALL] = AfterCallService(artifacts=app[SETTINGS].artifacts)
-    yield
+    """The after-call work; with ``artifacts.enabled``, its store and the retention sweeps."""
+    settings = app[SETTINGS]
+    artifacts = settings.artifacts
+    if not artifacts.enabled:
+        app[AFTER_CALL] = AfterCallService(artifacts=artifacts)
+        yield
+        return
+    async with open_artifact_store(settings) as store:
+        feeds = app.get(FEEDS)
+
+        def feed_stream(call: Call) -> str:
+            feed = feeds.get(call.key) if feeds is not None and call.key else None
+            return feed.stream_uid if feed is not None else ""
+
+        def transcript(call: Call) -> CallObserver:
+            return TranscriptRecord({track: getattr(settings.speakers, track.value)
+                                     for track in Track})
+
+        service = AfterCallService([transcript], store=store, feed_stream=feed_stream,
+                                   timeout_s=artifacts.store_timeout_s, artifacts=artifacts)
+        app[AFTER_CALL] = service
+
+        def scraped() -> Iterator[Any]:
+            yield counter("callbridge_call_artifacts", "Ended calls whose artifacts were "
+                          "stored, or not (the store failed or did not answer in time)",
+                          ["outcome"], {(outcome,): service.outcomes[outcome]
+                                        for outcome in ("stored", "failed")})
+
+        app[METRICS].watch(scraped)
+        log.info("call artifacts on", store=store.description,
+                 retention_days=artifacts.retention_days or None)
+        sweeps = None
+        if artifacts.retention_days:
+            sweeps = asyncio.create_task(retention_sweeps(
+                store, retention_days=artifacts.retention_days,
+                every_s=artifacts.retention_check_s), name="artifacts retention")
+        try:
+            yield
+        finally:
+            if sweeps is not None:
+                sweeps.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeps
 
 
 async def _speech_to_text(app: web.Application) -> AsyncIterator[None]:

@@ -18,6 +18,7 @@ from bridge.events import AudioEncoding, Track
 from bridge.simulate import CallSpec, build_call, stream_call
 from tests.conftest import BridgeFactory, BridgeProcess, run_call
 from tests.e2e.test_cluster import _cluster_env
+from tests.support.admin import TOKEN
 from tests.support.audio import pcm_program, ulaw
 from tests.support.outbox_file import query
 from tests.support.receiver import Received, WebhookReceiver
@@ -66,6 +67,37 @@ async def test_a_call_ends_with_call_completed_carrying_every_final_in_order(
         "analytics": {}, "artifacts": [], "rebuilt": False}
     assert done["duration_ms"] == events[-2].data["duration_ms"]
     assert receiver.bad_signatures == 0
+
+
+LONG_SAYINGS = [" ".join(["alpha bravo charlie delta echo foxtrot"] * 14) + " one",
+                " ".join(["golf hotel india juliett kilo lima"] * 14) + " two"]
+
+
+async def test_a_long_transcript_is_cut_to_the_limit_and_linked_to_its_stored_file(
+        bridge_factory: BridgeFactory, stt: TelnyxSttEmulator, receiver: WebhookReceiver,
+        tmp_path: Path) -> None:
+    stt.script = list(LONG_SAYINGS)
+    bridge = await bridge_factory(CALLBRIDGE_ARTIFACTS_ENABLED="true",
+                                  CALLBRIDGE_ARTIFACTS_DIR=str(tmp_path / "kept"),
+                                  CALLBRIDGE_ARTIFACTS_COMPLETED_MAX_BYTES="1024",
+                                  CALLBRIDGE_SERVER_ADMIN_TOKEN=TOKEN)
+    spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(CALLER)},
+                    call_id="CA-long")
+    await run_call(bridge, receiver, spec)
+    await receiver.wait_for(completed("CA-long"))
+    events = receiver.of_call("CA-long")
+    finals = [e for e in events if e.type == "transcript.final"]
+    assert [f.data["text"] for f in finals] == LONG_SAYINGS  # about 600 bytes each
+    done = events[-1].data
+    assert done["transcript"] == lines_of(finals)[:1]  # what fits in 1024 bytes
+    assert done["transcript_truncated"] is True and done["transcript_lines"] == 2
+    assert sorted(done["artifacts"]) == ["transcript.json", "transcript.srt",
+                                         "transcript.txt", "transcript.vtt"]
+    assert done["transcript_url"] == "/calls/CA-long/artifacts/transcript.json"
+    # The link gives the whole transcript.
+    status, body = await bridge.http("GET", done["transcript_url"], TOKEN)
+    assert status == 200
+    assert LONG_SAYINGS[1] in body and LONG_SAYINGS[0] in body
 
 
 async def test_call_completed_is_not_sent_when_switched_off(
