@@ -179,12 +179,19 @@ class AudioSettings:
 
 @dataclass(frozen=True, slots=True)
 class EngineRouteSettings:
-    """An engine (and language) for calls on ``path`` whose parameters all match."""
+    """An engine (and language) for calls on ``path`` whose parameters all match; it may
+    also say whether such calls are recorded (None: as ``artifacts.recording`` says)."""
 
     engine: str = ""
     language: str = ""
     path: str = ""
     parameters: tuple[tuple[str, str], ...] = ()
+    recording: bool | None = None
+
+    def matches(self, parameters: Mapping[str, str], path: str) -> bool:
+        """Whether a call on ``path`` with these custom parameters takes this route."""
+        return (not self.path or self.path == path) and all(
+            parameters.get(k) == v for k, v in self.parameters)
 
 
 @dataclass(frozen=True, slots=True)
@@ -453,6 +460,30 @@ class ComplianceSettings:
             custom_pattern(entry, name("custom_patterns"))
 
 
+RECORDING_FORMATS: Final = ("wav", "flac", "opus")
+
+
+@dataclass(frozen=True, slots=True)
+class ArtifactsSettings:
+    """What is kept of a call after it ends (``bridge.artifacts``)."""
+
+    recording: bool = False  # a PCI-safe stereo recording of every call (routes may differ)
+    recording_per_call: bool = False  # calls may choose: callbridge_recording=true|false
+    recording_format: str = "wav"
+    spool_dir: str = ""  # empty: callbridge-spool beside outbox.path
+    max_recording_s: float = 14400.0
+
+    def validate(self, name: SettingName) -> None:
+        _require(self.recording_format in RECORDING_FORMATS, name("recording_format"),
+                 f"must be one of {RECORDING_FORMATS}")
+        _require(60 <= self.max_recording_s <= 86400, name("max_recording_s"),
+                 "must be 60-86400 (seconds)")
+
+    def spool_path(self, outbox_path: str) -> Path:
+        """Where legs' audio waits for the call's end: the setting, else beside the outbox."""
+        return Path(self.spool_dir or Path(outbox_path).resolve().parent / "callbridge-spool")
+
+
 @dataclass(frozen=True, slots=True)
 class IngressAuthSettings:
     twilio_auth_token: Secret = field(default_factory=lambda: Secret(""))
@@ -609,6 +640,7 @@ class Settings:
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     compliance: ComplianceSettings = field(default_factory=ComplianceSettings)
+    artifacts: ArtifactsSettings = field(default_factory=ArtifactsSettings)
     ingress_auth: IngressAuthSettings = field(default_factory=IngressAuthSettings)
     speakers: SpeakerSettings = field(default_factory=SpeakerSettings)
     live: LiveSettings = field(default_factory=LiveSettings)
@@ -627,6 +659,7 @@ SECTIONS: Final[Mapping[str, type[Any]]] = {
     "webhooks": WebhookSettings,
     "outbox": OutboxSettings,
     "compliance": ComplianceSettings,
+    "artifacts": ArtifactsSettings,
     "ingress_auth": IngressAuthSettings,
     "speakers": SpeakerSettings,
     "live": LiveSettings,
@@ -885,7 +918,7 @@ def _engine_routes(value: Any) -> tuple[EngineRouteSettings, ...]:
         name = f"stt.routes[{n}]"
         if not isinstance(item, dict):
             raise ConfigError(name, "must be a table")
-        unknown = set(item) - {"engine", "language", "path", "parameters"}
+        unknown = set(item) - {"engine", "language", "path", "parameters", "recording"}
         if unknown:
             raise ConfigError(f"{name}.{sorted(unknown)[0]}", "unknown setting")
         parameters = item.get("parameters", {})
@@ -895,8 +928,11 @@ def _engine_routes(value: Any) -> tuple[EngineRouteSettings, ...]:
             raise ConfigError(name, "engine, language and path are strings; parameters a "
                               "table of strings")
         engine, language, route_path = values
+        recording = item.get("recording")
+        if recording is not None and not isinstance(recording, bool):
+            raise ConfigError(f"{name}.recording", "must be true or false")
         routes.append(EngineRouteSettings(engine, language, route_path,
-                                          tuple(sorted(parameters.items()))))
+                                          tuple(sorted(parameters.items())), recording))
     return tuple(routes)
 
 

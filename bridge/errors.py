@@ -18,7 +18,8 @@
     ├── ClusterError            an admin action for a call another instance holds went wrong
     │   ├── ClusterMessageInvalid   a message on a cluster channel is not a valid command or reply
     │   └── OwnerUnreachable        the instance holding the call did not answer in time (504)
-    └── OutboxDiskFull          the disk under the outbox is full: events are not being stored
+    ├── OutboxDiskFull          the disk under the outbox is full: events are not being stored
+    └── RecordingWithheld       a call's recording cannot be made safe within its bounds
 
 Anything else raised inside the bridge is our own bug: the media connection is closed with
 1011 and the traceback logged.
@@ -218,3 +219,15 @@ class OwnerUnreachable(ClusterError):
 
     def __str__(self) -> str:
         return f"instance {self.instance} {self.reason}"
+
+
+class RecordingWithheld(CallbridgeError):
+    """A call's recording cannot be made safe within its bounds (too many spans to silence):
+    it is not written. ``reason`` says why, without any of the call's content."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason
