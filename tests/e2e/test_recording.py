@@ -16,6 +16,7 @@ from bridge.compliance.dtmf import DtmfDetector
 from bridge.events import AudioEncoding, Track
 from bridge.simulate import CallSpec, build_call, stream_call
 from tests.conftest import BridgeFactory
+from tests.support.assemblyai import AssemblyAIEmulator
 from tests.support.dtmf import dtmf_tone
 from tests.support.receiver import WebhookReceiver
 from tests.support.telnyx_stt import TelnyxSttEmulator
@@ -218,3 +219,33 @@ async def test_flac_recordings_hold_the_same_audio(
     stereo = np.concatenate([f.reshape(-1, 2) for f in frames])
     assert np.array_equal(stereo[:, 1], decoded(ulaw_of(agent)))  # lossless, on the right
     assert not stereo[:, 0].any()  # no caller leg: silence on the left
+
+
+async def test_with_word_times_only_the_words_of_the_number_are_silenced(
+        bridge_factory: BridgeFactory, receiver: WebhookReceiver, tmp_path: Path) -> None:
+    # AssemblyAI gives word times (the emulator spreads a turn's words evenly over it), and
+    # takes audio no faster than real time: this call lasts its 4.5 s.
+    text = "my card is 4111 1111 1111 1111 thanks"
+    async with AssemblyAIEmulator(script=[text]) as assemblyai:
+        bridge = await bridge_factory(**recording_env(
+            tmp_path, CALLBRIDGE_STT_ENGINE="assemblyai", ASSEMBLYAI_API_KEY="test-assemblyai-key",
+            CALLBRIDGE_ASSEMBLYAI_URL=assemblyai.url))
+        rng = np.random.default_rng(23)
+        caller = rng.normal(0, 60, samples(4500)).astype(np.int16)
+        spoken = (500, 3700)
+        caller[samples(spoken[0]):samples(spoken[1])] = voice(rng, spoken[1] - spoken[0], 600)
+        spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw_of(caller)},
+                        call_id="CA-words")
+        await stream_call(bridge.url("/streams/twilio"), build_call(spec), speed=0)
+        rendered = await bridge.wait_for_log("recording rendered", within_s=30)
+        events = await receiver.wait_for(receiver.ended("CA-words"))
+    [final] = [e.data for e in events if e.type == "transcript.final"]
+    assert final["text"] == "My card is [credit_card] thanks."
+    assert (final["start_ms"], final["end_ms"]) == spoken
+    # Eight words of 400 ms each: the four groups of digits are words 4-7 (1700-3300 ms).
+    silenced = (1700 - MARGIN_MS, 3300 + MARGIN_MS)
+    left = read_stereo(Path(rendered["path"]))[:, 0]
+    expected = decoded(ulaw_of(caller))
+    must = spans_mask([silenced])[:len(left)]
+    assert not left[must].any()
+    assert np.array_equal(left[~must], expected[~must])  # "my card is" and the rest, exact
