@@ -17,9 +17,10 @@ receiver to accept, fills at least one block. A block holds a digit when:
 * the two tones hold ``MIN_TONE_SHARE`` of the block's energy: speech and noise spread
   theirs over many frequencies.
 
-The Goertzel recurrence runs over all blocks at once (numpy arrays of blocks x frequencies),
-so the cost per second of audio is a few hundred microseconds, not the milliseconds a
-Python loop per sample takes. No I/O, no clock: samples in, digit spans out.
+Blocks too quiet to hold a tone that loud are skipped; the Goertzel recurrence runs over all
+the others at once (numpy arrays of frequencies x blocks), so a second of audio costs about a
+hundred microseconds, not the ten milliseconds a Python loop per sample takes
+(bench/README.md). No I/O, no clock: samples in, digit spans out.
 """
 
 from __future__ import annotations
@@ -72,10 +73,17 @@ class DtmfDetector:
         if len(samples) < self.block:
             return []
         windows = np.lib.stride_tricks.sliding_window_view(samples, self.block)[::self.hop]
-        # Row n of ``frames`` is sample n of every block: the recurrence walks the rows.
-        frames = np.ascontiguousarray(windows.T, dtype=np.float64)  # (block, blocks)
-        powers = self._goertzel(frames)  # (blocks, 8)
-        energy = np.einsum("ij,ij->j", frames, frames)
+        digits: list[str | None] = [None] * len(windows)
+        energy = np.einsum("ij,ij->i", windows, windows, dtype=np.float64)
+        # A single-frequency power is at most N times the block's energy (Cauchy-Schwarz):
+        # a block quieter than this holds no tone loud enough, and is not measured.
+        loud = np.flatnonzero(energy >= self._min_power / self.block)
+        if not len(loud):
+            return digits
+        # Row n of ``frames`` is sample n of every loud block: the recurrence walks the rows.
+        frames = np.ascontiguousarray(windows[loud].T, dtype=np.float64)  # (block, loud)
+        powers = self._goertzel(frames)  # (loud, 8)
+        energy = energy[loud]
         rows, columns = powers[:, :4], powers[:, 4:]
         row, column = rows.argmax(axis=1), columns.argmax(axis=1)
         picked = np.arange(len(powers))
@@ -90,8 +98,9 @@ class DtmfDetector:
                 & others_quiet
                 # A tone's Goertzel power times 2 / N is its energy in the block.
                 & ((row_power + column_power) * 2 / self.block >= MIN_TONE_SHARE * energy))
-        return [KEYS[r][c] if ok else None
-                for r, c, ok in zip(row.tolist(), column.tolist(), held.tolist(), strict=True)]
+        for n in np.flatnonzero(held).tolist():
+            digits[int(loud[n])] = KEYS[int(row[n])][int(column[n])]
+        return digits
 
     def find(self, samples: Samples) -> list[ToneSpan]:
         """Every key press in ``samples``: runs of blocks holding the same digit, merged."""
