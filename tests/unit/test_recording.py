@@ -235,3 +235,23 @@ def test_artifacts_settings_are_checked() -> None:
     from bridge.errors import ConfigError
     with pytest.raises(ConfigError, match="recording_format"):
         ArtifactsSettings(recording_format="mp3").validate(lambda key: key)
+
+
+def test_opus_holds_both_channels_for_the_whole_call(tmp_path: Path) -> None:
+    av = pytest.importorskip("av", reason="Opus needs the codecs extra")
+    n = np.arange(8000 * 2)
+    tone = (8000 * np.sin(2 * np.pi * 440 * n / 8000)).astype(np.int16)
+    legs = {Track.INBOUND: spool(tmp_path, "in")}
+    legs[Track.INBOUND].write(0, ulaw_of(tone))
+    legs[Track.INBOUND].close()
+    output = tmp_path / "r.opus"
+    render(RenderPlan(AudioEncoding.PCMU, 8000, legs, {Track.INBOUND: []}, [], set(), output,
+                      "opus"))
+    with av.open(str(output)) as container:
+        # Opus decodes to planar floats at 48 kHz: (channels, samples) in [-1, 1].
+        frames = [f.to_ndarray() for f in container.decode(audio=0)]
+        rate = container.streams.audio[0].sample_rate
+    stereo = np.concatenate(frames, axis=1).astype(np.float64)
+    assert stereo.shape[0] == 2 and abs(stereo.shape[1] / rate - 2.0) < 0.1
+    left, right = np.sqrt((stereo ** 2).mean(axis=1))
+    assert left > 0.1 and right < 0.005  # the caller on the left (RMS 0.17), none on the right
