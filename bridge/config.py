@@ -463,6 +463,15 @@ class ComplianceSettings:
 RECORDING_FORMATS: Final = ("wav", "flac", "opus")
 
 
+def _codecs_installed() -> bool:
+    """Whether PyAV (the codecs extra) imports."""
+    try:
+        import av  # noqa: F401 - only whether it imports
+    except ImportError:
+        return False
+    return True
+
+
 @dataclass(frozen=True, slots=True)
 class ArtifactsSettings:
     """What is kept of a call after it ends (``bridge.artifacts``)."""
@@ -476,6 +485,8 @@ class ArtifactsSettings:
     def validate(self, name: SettingName) -> None:
         _require(self.recording_format in RECORDING_FORMATS, name("recording_format"),
                  f"must be one of {RECORDING_FORMATS}")
+        _require(self.recording_format == "wav" or _codecs_installed(), name("recording_format"),
+                 "flac and opus need the codecs extra: pip install 'callbridge[codecs]'")
         _require(60 <= self.max_recording_s <= 86400, name("max_recording_s"),
                  "must be 60-86400 (seconds)")
 

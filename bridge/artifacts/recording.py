@@ -53,7 +53,7 @@ from bridge.calls import Call, CallObserver
 from bridge.codecs.g711 import audioop
 from bridge.compliance.dtmf import DtmfDetector
 from bridge.compliance.redact import CREDIT_CARD, EXPIRY, SECURITY_CODE, SSN, Redacted
-from bridge.config import RECORDING_FORMATS, ArtifactsSettings, Settings
+from bridge.config import ArtifactsSettings, Settings
 from bridge.errors import RecordingWithheld
 from bridge.events import AudioEncoding, Track, TranscriptResult
 
@@ -138,15 +138,6 @@ def recording_possible(settings: Settings) -> bool:
     """Whether any call may be recorded with these settings."""
     return (settings.artifacts.recording or settings.artifacts.recording_per_call
             or any(route.recording for route in settings.stt.routes))
-
-
-def check_format(recording_format: str) -> None:
-    """Raise ImportError when the format's encoder is not installed (FLAC and Opus need
-    PyAV, the ``codecs`` extra)."""
-    if recording_format not in RECORDING_FORMATS:
-        raise ValueError(f"unknown recording format {recording_format!r}")
-    if recording_format != "wav":
-        import av  # noqa: F401 - only whether it imports
 
 
 # -- the spool: one file per leg --------------------------------------------------------------
@@ -251,6 +242,8 @@ class RenderPlan:
     muted: set[Track] = field(default_factory=set)  # whole channel silent
     output: Path = Path()
     recording_format: str = "wav"
+    # The longest file: legs' clocks come from the network and may lie far apart.
+    max_samples: int = 14400 * 8000
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,7 +296,8 @@ def render(plan: RenderPlan) -> Rendered | None:
     if not starts or not ends:
         return None
     rate = plan.sample_rate
-    origin, total = min(starts), max(ends) - min(starts)
+    origin = min(starts)
+    total = min(max(ends) - origin, plan.max_samples)
     window = WINDOW_S * rate
     detector = DtmfDetector(rate)
     readers = {track: open(spool.path, "rb") for track, spool in plan.legs.items()}  # noqa: SIM115
@@ -463,7 +457,7 @@ class CallRecording(CallObserver):
                             legs=sorted(t.value for t in self._muted))
             output = self._spool_dir / f"{self._name}.recording.{self._format}"
             plan = RenderPlan(self._encoding, self._sample_rate, self._legs, self._silenced,
-                              self._both, self._muted, output, self._format)
+                              self._both, self._muted, output, self._format, self._max_samples)
             try:
                 rendered = await asyncio.to_thread(render, plan)
             except RecordingWithheld as withheld:

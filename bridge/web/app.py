@@ -23,7 +23,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from bridge import __version__
 from bridge.admission import ConnectionGate, LiveCalls
 from bridge.artifacts.recording import (
-    check_format,
     recording_factory,
     recording_possible,
     remove_stale_spools,
@@ -43,7 +42,6 @@ from bridge.config import (
     uses_telnyx_protocol,
 )
 from bridge.delivery.dispatcher import DurableDispatcher
-from bridge.errors import ConfigError
 from bridge.ingress.auth import NonceCache
 from bridge.metrics import Metrics, counter, gauge
 from bridge.security import GuardedResolver
@@ -175,12 +173,6 @@ async def _after_call(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     factories: list[ObserverFactory] = []
     if recording_possible(settings):
-        # Refused here, before any call, rather than when the first recording renders.
-        try:
-            check_format(settings.artifacts.recording_format)
-        except ImportError:
-            raise ConfigError("artifacts.recording_format", "flac and opus need the codecs "
-                              "extra: pip install 'callbridge[codecs]'") from None
         spool_dir = settings.artifacts.spool_path(settings.outbox.path)
         spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         removed = remove_stale_spools(spool_dir)

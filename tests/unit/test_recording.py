@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sys
 import wave
 from collections import Counter
 from pathlib import Path
@@ -25,6 +26,7 @@ from bridge.artifacts.recording import (
 from bridge.codecs import g711
 from bridge.compliance.redact import CREDIT_CARD, Redacted
 from bridge.config import ArtifactsSettings, EngineRouteSettings, Settings, SttSettings, override
+from bridge.errors import ConfigError
 from bridge.events import AudioEncoding, Track, TranscriptResult
 from tests.support.dtmf import dtmf_tone
 
@@ -230,11 +232,45 @@ def test_a_muted_leg_is_silent_and_no_audio_is_no_file(tmp_path: Path) -> None:
                              tmp_path / "none.wav")) is None
 
 
-def test_artifacts_settings_are_checked() -> None:
+def test_artifacts_settings_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     ArtifactsSettings().validate(lambda key: key)
-    from bridge.errors import ConfigError
     with pytest.raises(ConfigError, match="recording_format"):
         ArtifactsSettings(recording_format="mp3").validate(lambda key: key)
+    with pytest.raises(ConfigError, match="max_recording_s"):
+        ArtifactsSettings(max_recording_s=10).validate(lambda key: key)
+    # FLAC and Opus without PyAV (here: an import that fails) are refused at start.
+    monkeypatch.setitem(sys.modules, "av", None)
+    ArtifactsSettings(recording_format="wav").validate(lambda key: key)
+    with pytest.raises(ConfigError, match="codecs extra"):
+        ArtifactsSettings(recording_format="flac").validate(lambda key: key)
+
+
+def test_legs_far_apart_on_the_clock_make_no_longer_file_than_the_bound(
+        tmp_path: Path) -> None:
+    legs = {Track.INBOUND: spool(tmp_path, "in"), Track.OUTBOUND: spool(tmp_path, "out")}
+    legs[Track.INBOUND].write(0, b"\x10" * 800)
+    legs[Track.OUTBOUND].write(10**9, b"\x20" * 800)  # eleven days later, says the stream
+    for leg in legs.values():
+        leg.close()
+    output = tmp_path / "r.wav"
+    render(RenderPlan(AudioEncoding.PCMU, 8000, legs, {t: [] for t in legs}, [], set(),
+                      output, max_samples=16000))
+    _, stereo = read_wav(output)
+    assert len(stereo) == 16000 and stereo[:800, 0].all() and not stereo[:, 1].any()
+
+
+def test_a_16_khz_linear_leg_is_rendered_at_its_rate(tmp_path: Path) -> None:
+    n = np.arange(16000)
+    voice = (3000 * np.sin(2 * np.pi * 300 * n / 16000)).astype("<i2")
+    leg = LegSpool(tmp_path / "l16.spool", sample_rate=16000, width=2, max_bytes=10**6,
+                   max_samples=10**6)
+    leg.write(0, voice.tobytes())
+    leg.close()
+    output = tmp_path / "r.wav"
+    render(RenderPlan(AudioEncoding.L16, 16000, {Track.INBOUND: leg}, {Track.INBOUND: []}, [],
+                      set(), output))
+    rate, stereo = read_wav(output)
+    assert rate == 16000 and np.array_equal(stereo[:, 0], voice)
 
 
 def test_opus_holds_both_channels_for_the_whole_call(tmp_path: Path) -> None:
