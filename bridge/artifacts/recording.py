@@ -82,15 +82,18 @@ Samples = npt.NDArray[np.int16]
 # -- what to silence: pure ---------------------------------------------------------------------
 
 def locate_words(text: str, words: Sequence[str]) -> list[Span] | None:
-    """Each word's character range in ``text``, in order; None when one is not found."""
-    folded, cursor, ranges = text.casefold(), 0, []
+    """Each word's character range in ``text``, in order, whatever its case; None when one
+    is not found. Ranges are in ``text`` itself (lowering the text first could change its
+    length, and the redactor's cuts are in the text as the engine gave it)."""
+    cursor, ranges = 0, []
     for word in words:
-        wanted = word.strip().casefold()
-        at = folded.find(wanted, cursor) if wanted else -1
-        if at < 0:
+        wanted = word.strip()
+        found = re.compile(re.escape(wanted), re.IGNORECASE).search(text, cursor) \
+            if wanted else None
+        if found is None:
             return None
-        ranges.append((at, at + len(wanted)))
-        cursor = at + len(wanted)
+        ranges.append(found.span())
+        cursor = found.end()
     return ranges
 
 
@@ -118,8 +121,8 @@ def file_id(call_key: str) -> str:
 
 
 def recording_wanted(settings: Settings, parameters: Mapping[str, str], path: str) -> bool:
-    """Whether a call is recorded: the first matching ``stt.routes`` entry that says, else
-    ``artifacts.recording``; then the call's ``callbridge_recording`` when
+    """Whether a call is recorded: ``artifacts.recording``, unless the first ``stt.routes``
+    entry the call matches says otherwise; then the call's ``callbridge_recording`` when
     ``artifacts.recording_per_call`` lets calls choose."""
     wanted = settings.artifacts.recording
     for route in settings.stt.routes:

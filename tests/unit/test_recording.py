@@ -84,6 +84,10 @@ def test_words_are_found_in_order_whatever_their_case() -> None:
     assert locate_words("Tone 400 hertz.", ["tone", "400", "hertz."]) == [(0, 4), (5, 8),
                                                                           (9, 15)]
     assert locate_words("a b", ["b", "a"]) is None
+    # "İ" lowers to two characters: ranges stay in the text as given.
+    assert locate_words("İ 4111 x", ["İ", "4111"]) == [(0, 1), (2, 6)]
+    assert locate_words("Straße 4111", ["STRASSE", "4111"]) is None  # no folding guess
+    assert locate_words("Straße 4111", ["straße", "4111"]) == [(0, 6), (7, 11)]
 
 
 def settings(**artifacts: object) -> Settings:
