@@ -33,6 +33,7 @@ many spans, a write that failed) is withheld, never written with audio it should
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import fcntl
 import os
@@ -319,9 +320,10 @@ def render(plan: RenderPlan) -> Rendered | None:
                           for s in detector.find(pcm)]
                 if len(tones) > MAX_SPANS:
                     raise RecordingWithheld("too many key-press tones")
+        tones = _merged(tones)
         both = [(samples_of(a), samples_of(b)) for a, b in plan.both] + tones
-        silenced = {track: [(samples_of(a), samples_of(b)) for a, b in spans] + both
-                    for track, spans in plan.silenced.items()}
+        silenced = {track: _merged([(samples_of(a), samples_of(b)) for a, b in spans] + both)
+                    for track in plan.legs for spans in [plan.silenced.get(track, [])]}
         silenced_samples = {track.value: 0 for track in plan.legs}
         # Pass 2: both channels, silenced, interleaved, written.
         part = plan.output.with_name(plan.output.name + PARTIAL_SUFFIX)
@@ -334,7 +336,12 @@ def render(plan: RenderPlan) -> Rendered | None:
                         pcm = _read_window(plan.legs[track], readers[track], plan.encoding,
                                            origin + at, length)
                         mask = np.full(length, track in plan.muted)
-                        for first, last in silenced.get(track, both):
+                        spans = silenced[track]
+                        # Disjoint and in order: start at the first that ends in the window.
+                        n = bisect.bisect_right(spans, (at,)) - 1
+                        for first, last in spans[max(n, 0):]:
+                            if first >= at + length:
+                                break
                             first, last = max(first - at, 0), min(last - at, length)
                             if first < last:
                                 mask[first:last] = True
@@ -349,6 +356,19 @@ def render(plan: RenderPlan) -> Rendered | None:
             reader.close()
     return Rendered(plan.output, total * 1000 // rate,
                     {t: n * 1000 // rate for t, n in silenced_samples.items()}, len(tones))
+
+
+def _merged(spans: list[Span]) -> list[Span]:
+    """The same stretches as disjoint spans in order."""
+    merged: list[Span] = []
+    for start, end in sorted(spans):
+        if start >= end:
+            continue
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
 
 
 @contextlib.contextmanager

@@ -24,6 +24,7 @@ from bridge.artifacts.recording import (
     render,
 )
 from bridge.codecs import g711
+from bridge.compliance.dtmf import DtmfDetector
 from bridge.compliance.redact import CREDIT_CARD, Redacted
 from bridge.config import ArtifactsSettings, EngineRouteSettings, Settings, SttSettings, override
 from bridge.errors import ConfigError
@@ -295,3 +296,31 @@ def test_opus_holds_both_channels_for_the_whole_call(tmp_path: Path) -> None:
     assert stereo.shape[0] == 2 and abs(stereo.shape[1] / rate - 2.0) < 0.1
     left, right = np.sqrt((stereo ** 2).mean(axis=1))
     assert left > 0.1 and right < 0.005  # the caller on the left (RMS 0.17), none on the right
+
+
+def test_spans_and_tones_across_the_render_windows_are_silenced_exactly(
+        tmp_path: Path) -> None:
+    # Rendered 30 s at a time: what straddles 30 s and 60 s must come out the same.
+    rng = np.random.default_rng(11)
+    audio = rng.normal(0, 2000, 8000 * 65).clip(-30000, 30000).astype(np.int16)
+    audio[8000 * 30 - 400:8000 * 30 + 400] = dtmf_tone("9", 100)  # 29.95-30.05 s
+    leg = spool(tmp_path, "in", max_bytes=10**7, max_samples=10**7)
+    leg.write(0, ulaw_of(audio))
+    leg.close()
+    output = tmp_path / "r.wav"
+    spans = [(29_000, 29_500), (29_400, 29_600), (59_900, 60_100)]  # two overlap
+    rendered = render(RenderPlan(AudioEncoding.PCMU, 8000, {Track.INBOUND: leg},
+                                 {Track.INBOUND: spans}, [], set(), output))
+    assert rendered is not None and rendered.tones == 1
+    _, stereo = read_wav(output)
+    left, expected = stereo[:, 0], decoded(ulaw_of(audio))
+    silenced = np.zeros(len(left), dtype=bool)
+    for start, end in [(29_000, 29_600), (59_900, 60_100)]:
+        silenced[start * 8:end * 8] = True
+    assert not left[silenced].any()
+    tone_reach = np.zeros(len(left), dtype=bool)
+    tone_reach[8000 * 30 - 400 - 205 - 800:8000 * 30 + 400 + 205 + 800] = True
+    assert not left[8000 * 30 - 400:8000 * 30 + 400].any()
+    kept = ~silenced & ~tone_reach
+    assert np.array_equal(left[kept], expected[kept])
+    assert DtmfDetector(8000).find(left.copy()) == []
