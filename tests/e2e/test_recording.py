@@ -249,3 +249,22 @@ async def test_with_word_times_only_the_words_of_the_number_are_silenced(
     must = spans_mask([silenced])[:len(left)]
     assert not left[must].any()
     assert np.array_equal(left[~must], expected[~must])  # "my card is" and the rest, exact
+
+
+async def test_a_leg_the_engine_never_heard_is_silent_in_the_recording(
+        bridge_factory: BridgeFactory, stt: TelnyxSttEmulator, receiver: WebhookReceiver,
+        tmp_path: Path) -> None:
+    # The engine refuses the key: nothing checked the caller's words for card numbers.
+    bridge = await bridge_factory(**recording_env(tmp_path, TELNYX_API_KEY="wrong-key"))
+    caller = caller_audio()
+    spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw_of(caller)},
+                    call_id="CA-unheard")
+    await stream_call(bridge.url("/streams/twilio"), build_call(spec), speed=0)
+    rendered = await bridge.wait_for_log("recording rendered", within_s=30)
+    events = await receiver.wait_for(receiver.ended("CA-unheard"))
+    assert any(e.type == "transcription.error" for e in events)
+    warning = bridge.log_events("recording: legs not all transcribed are silent")
+    assert [line["legs"] for line in warning] == [["inbound"]]
+    stereo = read_stereo(Path(rendered["path"]))
+    assert len(stereo) == samples(CALL_MS) and not stereo.any()
+    assert rendered["silenced_ms"] == {"inbound": CALL_MS}
