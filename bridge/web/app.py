@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bridge import __version__
 from bridge.admission import ConnectionGate, LiveCalls
+from bridge.analytics.talk import talk_observer
 from bridge.artifacts.service import AfterCallService
 from bridge.cluster.engine_slots import ClusterEngineSlots
 from bridge.cluster.events_stream import EventStream
@@ -165,7 +166,7 @@ async def _engine_slots(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _after_call(app: web.Application) -> AsyncIterator[None]:
-    app[AFTER_CALL] = AfterCallService()
+    app[AFTER_CALL] = AfterCallService([talk_observer])
     yield
 
 
