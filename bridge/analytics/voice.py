@@ -32,8 +32,9 @@ from bridge.codecs.pcm import bytes_per_ms
 from bridge.events import AudioEncoding
 
 # 30 ms is the longest frame the detector takes: a third fewer calls than 20 ms for the same
-# audio, and finer than the ±150 ms the figures are good to anyway.
+# audio (bench/vad.py), and finer than the ±150 ms the figures are good to anyway.
 FRAME_MS: Final = 30
+FRAME_LENGTHS: Final = (10, 20, 30)  # what the detector takes
 VAD_RATES: Final = (8000, 16000, 32000, 48000)
 RESAMPLED_RATE: Final = 16000
 AGGRESSIVENESS: Final = range(4)  # the detector's modes: 0 keeps most audio as speech, 3 least
@@ -44,15 +45,18 @@ class LegVoice:
 
     def __init__(self, encoding: AudioEncoding, sample_rate: int, *, aggressiveness: int = 2,
                  hangover_ms: int = 300, min_speech_ms: int = 150,
-                 max_spans: int = MAX_SPANS) -> None:
+                 max_spans: int = MAX_SPANS, frame_ms: int = FRAME_MS) -> None:
         if aggressiveness not in AGGRESSIVENESS:
             raise ValueError("aggressiveness must be 0, 1, 2 or 3")
+        if frame_ms not in FRAME_LENGTHS:
+            raise ValueError("frame_ms must be 10, 20 or 30")
         self._encoding = encoding
         self._in_rate = sample_rate
         self._rate = sample_rate if sample_rate in VAD_RATES else RESAMPLED_RATE
         self._resample_state: tuple[int, tuple[tuple[int, int], ...]] | None = None
         self._bytes_per_ms = bytes_per_ms(encoding, sample_rate)
-        self._frame_bytes = self._rate * FRAME_MS // 1000 * 2
+        self._frame_ms = frame_ms
+        self._frame_bytes = self._rate * frame_ms // 1000 * 2
         self._vad = webrtcvad.Vad(aggressiveness)
         self._hangover_ms = hangover_ms
         self._min_speech_ms = min_speech_ms
@@ -124,7 +128,7 @@ class LegVoice:
 
     def _decide(self, voiced: bool) -> None:
         at = self._frame_at
-        self._frame_at = end = at + FRAME_MS
+        self._frame_at = end = at + self._frame_ms
         self.frames += 1
         if voiced:
             self.voiced_frames += 1
@@ -132,7 +136,7 @@ class LegVoice:
                 self._run_start = at
                 self._run_voiced_ms = 0
             self._run_end = end
-            self._run_voiced_ms += FRAME_MS
+            self._run_voiced_ms += self._frame_ms
         elif self._run_start is not None and end - self._run_end >= self._hangover_ms:
             self._close_run()
 
