@@ -7,6 +7,7 @@ speech, and finals a redaction emptied."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from bridge.analytics.talk import talk_observer
@@ -27,31 +28,34 @@ def frames(track: Track, audio: bytes) -> list[tuple[int, Track, bytes]]:
     return [(n // 8, track, audio[n:n + FRAME]) for n in range(0, len(audio), FRAME)]
 
 
+Action = Callable[[Call], object]
+
+
 async def play(call: Call, timeline: list[tuple[int, Track, bytes]],
-               at: dict[int, Any] | None = None) -> None:
+               at: dict[int, Action]) -> None:
     """Both legs' frames in stream-time order; ``at[ms]`` is done before the frames of ms."""
     for n, (ms, track, payload) in enumerate(sorted(timeline, key=lambda f: (f[0], f[1]))):
-        if at and ms in at:
-            at.pop(ms)()
+        if ms in at:
+            at.pop(ms)(call)
         call.handle(AudioFrame(track, payload, ms, None))
         if n % 10 == 9:
             await asyncio.sleep(0)  # let the legs' senders run, as the media reader would
 
 
 async def whole_call(script: EngineScript, timeline: list[tuple[int, Track, bytes]],
-                     at: dict[int, Any] | None = None) -> dict[str, Any]:
+                     at: dict[int, Action] | None = None) -> dict[str, Any]:
     sink = RecordingSink()
     async with asyncio.TaskGroup() as tasks:
         call = Call(settings=Settings(), sink=sink, engines=FakeEngines({"telnyx": script}),
                     tasks=tasks, after=AfterCallService([talk_observer]))
         call.handle(STARTED)
-        await play(call, timeline, {ms: (lambda act=act: act(call))
-                                    for ms, act in (at or {}).items()})
+        await play(call, timeline, dict(at or {}))
         call.handle(StreamStopped())
         await call.end("stopped")
     ended = sink.of_type("call.ended")
     assert len(ended) == 1
-    analytics: dict[str, Any] = dict(ended[0].data)["analytics"]
+    data: dict[str, Any] = dict(ended[0].data)
+    analytics: dict[str, Any] = data["analytics"]
     return analytics
 
 
