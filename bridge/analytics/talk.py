@@ -38,7 +38,7 @@ from bridge.analytics.intervals import (
     total_ms,
     union,
 )
-from bridge.analytics.voice import FRAME_MS, LegVoice
+from bridge.analytics.voice import FRAME_MS, LegVoice, takes_rate
 from bridge.calls import Call, CallObserver
 from bridge.compliance.redact import Redacted
 from bridge.config import AnalyticsSettings
@@ -157,8 +157,9 @@ class TalkAnalytics(CallObserver):
 
 
 def talk_observer(call: Call) -> TalkAnalytics | None:
-    """The talk analytics of a call that just started, unless ``analytics.talk`` is off."""
+    """The talk analytics of a call that just started, unless ``analytics.talk`` is off (or
+    its rate is one the detector cannot take, which the media dialects never accept)."""
     settings = call.settings.analytics
-    if not settings.talk:
+    if not settings.talk or not takes_rate(call.sample_rate):
         return None
     return TalkAnalytics(settings, call.encoding, call.sample_rate)

@@ -40,6 +40,11 @@ RESAMPLED_RATE: Final = 16000
 AGGRESSIVENESS: Final = range(4)  # the detector's modes: 0 keeps most audio as speech, 3 least
 
 
+def takes_rate(sample_rate: int) -> bool:
+    """Whether a leg at ``sample_rate`` can be judged (directly, or resampled to 16 kHz)."""
+    return 8000 <= sample_rate <= 48000 and sample_rate % 1000 == 0
+
+
 class LegVoice:
     """Speech spans of one leg from its audio; see the module docstring."""
 
@@ -50,6 +55,8 @@ class LegVoice:
             raise ValueError("aggressiveness must be 0, 1, 2 or 3")
         if frame_ms not in FRAME_LENGTHS:
             raise ValueError("frame_ms must be 10, 20 or 30")
+        if not takes_rate(sample_rate):
+            raise ValueError(f"{sample_rate} Hz: the detector needs 8-48 kHz in whole kHz")
         self._encoding = encoding
         self._in_rate = sample_rate
         self._rate = sample_rate if sample_rate in VAD_RATES else RESAMPLED_RATE

@@ -11,7 +11,7 @@ from importlib import resources
 import pytest
 
 from bridge.analytics.intervals import Span, intersect, total_ms
-from bridge.analytics.voice import LegVoice
+from bridge.analytics.voice import LegVoice, takes_rate
 from bridge.codecs.g711 import audioop
 from bridge.events import AudioEncoding
 from tests.support.audio import alaw, pcm_program, ulaw
@@ -143,3 +143,12 @@ def test_the_shipped_conversation_is_found_turn_by_turn() -> None:
         for turn in turns:
             # The reference turns end with the synthesiser's trailing silence.
             assert total_ms(intersect(found, [turn])) >= 0.85 * total_ms([turn]), (found, turn)
+
+
+@pytest.mark.parametrize(("rate", "taken"), [(8000, True), (24000, True), (48000, True),
+                                             (0, False), (11025, False), (96000, False)])
+def test_a_rate_the_detector_cannot_take_is_refused_up_front(rate: int, taken: bool) -> None:
+    assert takes_rate(rate) is taken
+    if not taken:
+        with pytest.raises(ValueError, match="8-48 kHz"):
+            LegVoice(AudioEncoding.L16, rate)
