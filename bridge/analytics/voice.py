@@ -76,7 +76,6 @@ class LegVoice:
         self._run_end = 0  # where its last voiced frame ends
         self._run_voiced_ms = 0
         self.frames = 0  # frames judged
-        self.voiced_frames = 0
 
     def audio(self, clock_ms: int, data: bytes) -> None:
         """A chunk of the leg's codec bytes at ``clock_ms`` on the leg's clock."""
@@ -118,11 +117,6 @@ class LegVoice:
             return union(spoken, [(self._run_start, self._run_end)])
         return spoken
 
-    @property
-    def position_ms(self) -> int | None:
-        """Where the audio heard so far ends on the leg's clock (None: none yet)."""
-        return self.heard.end_ms
-
     def _decode(self, data: bytes) -> bytes:
         if self._encoding is AudioEncoding.L16:
             pcm = data[: len(data) - len(data) % 2]
@@ -138,7 +132,6 @@ class LegVoice:
         self._frame_at = end = at + self._frame_ms
         self.frames += 1
         if voiced:
-            self.voiced_frames += 1
             if self._run_start is None:
                 self._run_start = at
                 self._run_voiced_ms = 0
