@@ -118,9 +118,9 @@ class TalkAnalytics(CallObserver):
 
     def final(self, track: Track, result: TranscriptResult, redacted: Redacted,
               fields: Mapping[str, Any] | None) -> None:
-        # Counted from the engine's result, so that words a redaction removed still count
-        # as spoken; the text itself is not kept.
-        self._words[track] += len(result.words) or len(result.text.split())
+        # Counted in the engine's text, so that words a redaction removed still count as
+        # spoken; the text itself is not kept.
+        self._words[track] += len(result.text.split())
 
     def ended(self, call: Call) -> Mapping[str, Any]:
         for voice in self._voices.values():
