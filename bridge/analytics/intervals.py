@@ -43,7 +43,7 @@ class SpanList:
         flat = self._flat
         if flat:
             last_end = flat[-1]
-            if start_ms <= last_end + self.join_ms:
+            if start_ms <= last_end or start_ms - last_end < self.join_ms:
                 if end_ms > last_end:
                     flat[-1] = end_ms
                 return
@@ -59,7 +59,7 @@ class SpanList:
             self.join_ms = max(self.join_ms * 2, FIRST_COARSE_GAP_MS)
             joined = array("q")
             for start, end in self:
-                if joined and start <= joined[-1] + self.join_ms:
+                if joined and (start <= joined[-1] or start - joined[-1] < self.join_ms):
                     joined[-1] = max(joined[-1], end)
                 else:
                     joined.append(start)

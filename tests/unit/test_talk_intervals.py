@@ -148,3 +148,28 @@ def test_pace_needs_a_second_of_talk(talk_ms: int, pace: float | None) -> None:
                           heard=[(0, 2000)], paused=[], interruption_after_ms=300)
     legs = result["legs"]
     assert legs["inbound"]["words_per_minute"] == pace
+
+
+@given(st.lists(st.tuples(st.integers(0, 50), st.integers(1, 40)), max_size=200),
+       st.integers(2, 16))
+def test_a_span_list_covers_all_it_was_given_sorted_and_within_its_bound(
+        steps: list[tuple[int, int]], max_spans: int) -> None:
+    """Spans added in time order (each a gap after the last start, then a length): the list
+    stays canonical and bounded, covers every millisecond given, and covers nothing else
+    while it is exact (``join_ms`` 0); coarsened, it covers only gaps shorter than
+    ``join_ms``."""
+    spans = SpanList(max_spans=max_spans)
+    given_spans: list[Span] = []
+    start = 0
+    for gap, length in steps:
+        start += gap
+        spans.add(start, start + length)
+        given_spans.append((start, start + length))
+    kept = spans.spans()
+    assert is_canonical(kept) and len(kept) <= max_spans
+    exact = union(*[[span] for span in given_spans])
+    assert as_ms(exact) <= as_ms(kept)
+    if spans.join_ms == 0:
+        assert kept == exact
+    else:
+        assert all(end - start < spans.join_ms for start, end in subtract(kept, exact))
