@@ -517,6 +517,27 @@ class LiveSettings:
         _require(0 <= self.retain_s <= 3600, name("retain_s"), "must be 0-3600 (seconds)")
 
 
+@dataclass(frozen=True, slots=True)
+class AnalyticsSettings:
+    """Talk analytics from each leg's audio (``bridge.analytics``)."""
+
+    talk: bool = True
+    vad_aggressiveness: int = 2  # the WebRTC VAD's mode: 0 least strict, 3 most
+    hangover_ms: int = 300  # unvoiced audio within a run of speech before it ends
+    min_speech_ms: int = 150  # voiced audio a run needs to count as speech
+    interruption_after_ms: int = 300  # how long the other party must have been speaking
+
+    def validate(self, name: SettingName) -> None:
+        _require(0 <= self.vad_aggressiveness <= 3, name("vad_aggressiveness"),
+                 "must be 0, 1, 2 or 3")
+        _require(30 <= self.hangover_ms <= 3000, name("hangover_ms"),
+                 "must be 30-3000 (milliseconds)")
+        _require(30 <= self.min_speech_ms <= 3000, name("min_speech_ms"),
+                 "must be 30-3000 (milliseconds)")
+        _require(0 <= self.interruption_after_ms <= 60_000, name("interruption_after_ms"),
+                 "must be 0-60000 (milliseconds)")
+
+
 INSTANCE_ID: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
@@ -697,6 +718,7 @@ class Settings:
     ingress_auth: IngressAuthSettings = field(default_factory=IngressAuthSettings)
     speakers: SpeakerSettings = field(default_factory=SpeakerSettings)
     live: LiveSettings = field(default_factory=LiveSettings)
+    analytics: AnalyticsSettings = field(default_factory=AnalyticsSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     artifacts: ArtifactsSettings = field(default_factory=ArtifactsSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
@@ -716,6 +738,7 @@ SECTIONS: Final[Mapping[str, type[Any]]] = {
     "ingress_auth": IngressAuthSettings,
     "speakers": SpeakerSettings,
     "live": LiveSettings,
+    "analytics": AnalyticsSettings,
     "cluster": ClusterSettings,
     "artifacts": ArtifactsSettings,
     "logging": LoggingSettings,

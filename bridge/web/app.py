@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bridge import __version__
 from bridge.admission import ConnectionGate, LiveCalls
+from bridge.analytics.talk import talk_observer
 from bridge.artifacts.record import TranscriptRecord
 from bridge.artifacts.recording import (
     recording_factory,
@@ -178,7 +179,7 @@ async def _after_call(app: web.Application) -> AsyncIterator[None]:
     with ``artifacts.enabled`` the transcript, the store and the retention sweeps."""
     settings = app[SETTINGS]
     artifacts = settings.artifacts
-    factories: list[ObserverFactory] = []
+    factories: list[ObserverFactory] = [talk_observer]
     if recording_possible(settings):
         spool_dir = artifacts.spool_path(settings.outbox.path)
         spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
