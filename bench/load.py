@@ -275,7 +275,8 @@ def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 def start_processes(kind: str, calls: int, final_every_s: float, chunk_ms: int,
                     receiver_url: str, workdir: Path, event_loop: str, workers: int = 1,
-                    cluster: bool = False, pin: bool = True) -> Processes:
+                    cluster: bool = False, pin: bool = True,
+                    talk_analytics: bool = True) -> Processes:
     sink_port, bridge_port = free_port(), free_port()
     redis = None
     sink = subprocess.Popen(  # noqa: S603 - our own interpreter and module, fixed arguments
@@ -302,6 +303,7 @@ def start_processes(kind: str, calls: int, final_every_s: float, chunk_ms: int,
             "CALLBRIDGE_SERVER_MAX_PENDING_STREAMS": str(calls + 10),
         })
         env["CALLBRIDGE_SERVER_EVENT_LOOP"] = event_loop
+        env["CALLBRIDGE_ANALYTICS_TALK"] = "true" if talk_analytics else "false"
         command = [sys.executable, "-m", "bridge", "serve", "--workers", str(workers)]
         if cluster or workers > 1:
             redis, env["CALLBRIDGE_REDIS_URL"] = start_redis(workdir)
@@ -381,7 +383,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="callbridge-load-") as tmp:
         procs = start_processes(args.bridge, args.calls, args.final_every_s, args.chunk_ms,
                                 hook_url, Path(tmp), args.event_loop, args.workers,
-                                args.cluster, not args.no_pin)
+                                args.cluster, not args.no_pin,
+                                talk_analytics=not args.no_talk_analytics)
         pid = procs.bridge.pid
         base = f"http://127.0.0.1:{procs.bridge_port}"
         metrics_url = f"{base}/metrics"
@@ -505,6 +508,8 @@ def main() -> None:
                         help="cluster mode with one process too (a redis-server here, AOF on)")
     parser.add_argument("--no-pin", action="store_true",
                         help="do not give the bridge a core of its own (as with --workers)")
+    parser.add_argument("--no-talk-analytics", action="store_true",
+                        help="callbridge's analytics.talk = false (on by default)")
     parser.add_argument("--json", action="store_true", help="print one JSON line")
     args = parser.parse_args()
     result = asyncio.run(run(args))

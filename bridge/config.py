@@ -179,12 +179,19 @@ class AudioSettings:
 
 @dataclass(frozen=True, slots=True)
 class EngineRouteSettings:
-    """An engine (and language) for calls on ``path`` whose parameters all match."""
+    """An engine (and language) for calls on ``path`` whose parameters all match; it may
+    also say whether such calls are recorded (None: as ``artifacts.recording`` says)."""
 
     engine: str = ""
     language: str = ""
     path: str = ""
     parameters: tuple[tuple[str, str], ...] = ()
+    recording: bool | None = None
+
+    def matches(self, parameters: Mapping[str, str], path: str) -> bool:
+        """Whether a call on ``path`` with these custom parameters takes this route."""
+        return (not self.path or self.path == path) and all(
+            parameters.get(k) == v for k, v in self.parameters)
 
 
 @dataclass(frozen=True, slots=True)
@@ -510,6 +517,27 @@ class LiveSettings:
         _require(0 <= self.retain_s <= 3600, name("retain_s"), "must be 0-3600 (seconds)")
 
 
+@dataclass(frozen=True, slots=True)
+class AnalyticsSettings:
+    """Talk analytics from each leg's audio (``bridge.analytics``)."""
+
+    talk: bool = True
+    vad_aggressiveness: int = 2  # the WebRTC VAD's mode: 0 least strict, 3 most
+    hangover_ms: int = 300  # unvoiced audio within a run of speech before it ends
+    min_speech_ms: int = 150  # voiced audio a run needs to count as speech
+    interruption_after_ms: int = 300  # how long the other party must have been speaking
+
+    def validate(self, name: SettingName) -> None:
+        _require(0 <= self.vad_aggressiveness <= 3, name("vad_aggressiveness"),
+                 "must be 0, 1, 2 or 3")
+        _require(30 <= self.hangover_ms <= 3000, name("hangover_ms"),
+                 "must be 30-3000 (milliseconds)")
+        _require(30 <= self.min_speech_ms <= 3000, name("min_speech_ms"),
+                 "must be 30-3000 (milliseconds)")
+        _require(0 <= self.interruption_after_ms <= 60_000, name("interruption_after_ms"),
+                 "must be 0-60000 (milliseconds)")
+
+
 INSTANCE_ID: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
@@ -588,6 +616,18 @@ class ClusterSettings:
 
 
 S3_BUCKET: Final = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")  # S3's bucket naming rules
+RECORDING_FORMATS: Final = ("wav", "flac", "opus")
+
+
+def _codecs_installed() -> bool:
+    """Whether PyAV (the codecs extra) imports."""
+    try:
+        import av  # noqa: F401 - only whether it imports
+    except ImportError:
+        return False
+    return True
+
+
 ARTIFACT_STORES: Final = ("local", "s3")
 
 
@@ -607,6 +647,12 @@ class ArtifactsSettings:
     retention_days: float = 0.0  # 0: kept until deleted by hand
     retention_check_s: float = 3600.0  # how often the retention sweep runs
     store_timeout_s: float = 120.0  # writing one call's files; beyond it they are given up
+    # The PCI-safe recording (stored with the other files: it needs enabled).
+    recording: bool = False  # a stereo recording of every call (routes may differ)
+    recording_per_call: bool = False  # calls may choose: callbridge_recording=true|false
+    recording_format: str = "wav"
+    spool_dir: str = ""  # empty: callbridge-spool beside outbox.path
+    max_recording_s: float = 14400.0
     # call.completed: one event per call after call.ended, with the whole transcript.
     completed: bool = True
     # Past this size (bytes of the transcript's JSON), call.completed carries the lines that
@@ -634,8 +680,21 @@ class ArtifactsSettings:
                  "must be 60-86400 (seconds)")
         _require(1 <= self.store_timeout_s <= 3600, name("store_timeout_s"),
                  "must be 1-3600 (seconds)")
+        for key in ("recording", "recording_per_call"):
+            _require(self.enabled or not getattr(self, key), name(key),
+                     "needs artifacts.enabled = true: recordings are kept in the artifact store")
+        _require(self.recording_format in RECORDING_FORMATS, name("recording_format"),
+                 f"must be one of {RECORDING_FORMATS}")
+        _require(self.recording_format == "wav" or _codecs_installed(), name("recording_format"),
+                 "flac and opus need the codecs extra: pip install 'callbridge[codecs]'")
+        _require(60 <= self.max_recording_s <= 86400, name("max_recording_s"),
+                 "must be 60-86400 (seconds)")
         _require(1024 <= self.completed_max_bytes <= 16 * 1024 * 1024,
                  name("completed_max_bytes"), "must be 1024-16777216 (bytes)")
+
+    def spool_path(self, outbox_path: str) -> Path:
+        """Where legs' audio waits for the call's end: the setting, else beside the outbox."""
+        return Path(self.spool_dir or Path(outbox_path).resolve().parent / "callbridge-spool")
 
     def local_dir(self, outbox_path: str) -> Path:
         """The local store's folder: ``dir``, or beside the outbox file."""
@@ -667,6 +726,7 @@ class Settings:
     ingress_auth: IngressAuthSettings = field(default_factory=IngressAuthSettings)
     speakers: SpeakerSettings = field(default_factory=SpeakerSettings)
     live: LiveSettings = field(default_factory=LiveSettings)
+    analytics: AnalyticsSettings = field(default_factory=AnalyticsSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     artifacts: ArtifactsSettings = field(default_factory=ArtifactsSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
@@ -686,6 +746,7 @@ SECTIONS: Final[Mapping[str, type[Any]]] = {
     "ingress_auth": IngressAuthSettings,
     "speakers": SpeakerSettings,
     "live": LiveSettings,
+    "analytics": AnalyticsSettings,
     "cluster": ClusterSettings,
     "artifacts": ArtifactsSettings,
     "logging": LoggingSettings,
@@ -942,7 +1003,7 @@ def _engine_routes(value: Any) -> tuple[EngineRouteSettings, ...]:
         name = f"stt.routes[{n}]"
         if not isinstance(item, dict):
             raise ConfigError(name, "must be a table")
-        unknown = set(item) - {"engine", "language", "path", "parameters"}
+        unknown = set(item) - {"engine", "language", "path", "parameters", "recording"}
         if unknown:
             raise ConfigError(f"{name}.{sorted(unknown)[0]}", "unknown setting")
         parameters = item.get("parameters", {})
@@ -952,8 +1013,11 @@ def _engine_routes(value: Any) -> tuple[EngineRouteSettings, ...]:
             raise ConfigError(name, "engine, language and path are strings; parameters a "
                               "table of strings")
         engine, language, route_path = values
+        recording = item.get("recording")
+        if recording is not None and not isinstance(recording, bool):
+            raise ConfigError(f"{name}.recording", "must be true or false")
         routes.append(EngineRouteSettings(engine, language, route_path,
-                                          tuple(sorted(parameters.items()))))
+                                          tuple(sorted(parameters.items())), recording))
     return tuple(routes)
 
 
@@ -1055,6 +1119,9 @@ def _validate_across(s: Settings, name: Callable[[str, str], str]) -> None:
     if s.webhooks.urls:
         _require(bool(s.webhooks.secret), name("webhooks", "secret"),
                  "webhook URLs are set, so a secret must be set to sign them")
+    _require(s.artifacts.enabled or not any(route.recording for route in s.stt.routes),
+             name("stt", "routes"), "a route records its calls, which needs "
+             "artifacts.enabled = true: recordings are kept in the artifact store")
 
 
 class SttTarget(enum.Enum):

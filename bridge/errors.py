@@ -19,7 +19,8 @@
     │   ├── ClusterMessageInvalid   a message on a cluster channel is not a valid command or reply
     │   └── OwnerUnreachable        the instance holding the call did not answer in time (504)
     ├── OutboxDiskFull          the disk under the outbox is full: events are not being stored
-    └── ArtifactStoreError      a call's artifacts could not be written to or read from the store
+    ├── ArtifactStoreError      a call's artifacts could not be written to or read from the store
+    └── RecordingWithheld       a call's recording cannot be made safe within its bounds
 
 Anything else raised inside the bridge is our own bug: the media connection is closed with
 1011 and the traceback logged.
@@ -224,6 +225,18 @@ class OwnerUnreachable(ClusterError):
 class ArtifactStoreError(CallbridgeError):
     """The artifact store (a local folder or an object store) failed a write or a read: the
     call's events are unaffected; its files are missing from the store."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+class RecordingWithheld(CallbridgeError):
+    """A call's recording cannot be made safe within its bounds (too many spans to silence):
+    it is not written. ``reason`` says why, without any of the call's content."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)

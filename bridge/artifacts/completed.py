@@ -47,8 +47,14 @@ def transcript_url(call_id: str) -> str:
 
 
 def analytics_of(ended: Mapping[str, Any]) -> dict[str, Any]:
-    """What ``call.ended`` carried beyond the call's own fields: the analytics."""
-    return {key: value for key, value in ended.items() if key not in ENDED_OWN_FIELDS}
+    """What ``call.ended`` carried beyond the call's own fields: the analytics. Its
+    ``analytics`` object (talk analytics) is unwrapped, so that each figure is named once."""
+    extra = {key: value for key, value in ended.items() if key not in ENDED_OWN_FIELDS}
+    nested = extra.get("analytics")
+    if isinstance(nested, Mapping):
+        del extra["analytics"]
+        return {**nested, **extra}
+    return extra
 
 
 def completed_data(finals: Iterable[Mapping[str, Any]], *, call_id: str,

@@ -160,15 +160,15 @@ class AfterCallService:
                             error=str(exc) or f"no answer within {self._timeout_s:g} s")
                 self.outcomes["failed"] += 1
                 return []
-            names = [u.name for u in uploads]
-            self.outcomes["stored"] += 1
-            log.info("call artifacts stored", call_id=call.key, store=self.store.description,
-                     artifacts=names)
-            return names
         finally:
             for artifact in handed_over:
                 with contextlib.suppress(OSError):
                     await asyncio.to_thread(artifact.path.unlink, missing_ok=True)
+        names = [u.name for u in uploads]
+        self.outcomes["stored"] += 1
+        log.info("call artifacts stored", call_id=call.key, store=self.store.description,
+                 artifacts=names)
+        return names
 
     @staticmethod
     async def _transcripts(call: Call, observers: Sequence[CallObserver],

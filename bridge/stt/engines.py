@@ -68,8 +68,7 @@ class Engines:
         chosen = self.primary
         options: dict[str, str] = {}
         for route in self.settings.stt.routes:
-            if (not route.path or route.path == path) and all(
-                    parameters.get(k) == v for k, v in route.parameters):
+            if route.matches(parameters, path):
                 chosen = route.engine or chosen
                 if route.language:
                     options["language"] = route.language

@@ -34,6 +34,7 @@ from urllib.parse import quote
 import structlog
 from aiohttp import web
 
+from bridge.analytics.talk import TalkAnalytics
 from bridge.artifacts.formats import TRANSCRIPT_FILES
 from bridge.artifacts.store import ArtifactStore, CallArtifacts, is_artifact_name
 from bridge.calls import Call
@@ -166,7 +167,7 @@ def _authorise(request: web.Request) -> None:
 
 def _call_view(call: Call, *, detail: bool) -> dict[str, Any]:
     started = call.started
-    return {
+    view: dict[str, Any] = {
         "call_id": call.call_id, "provider": started.provider if started else None,
         "stream_id": started.stream_id if started else None, "state": call.state.value,
         "engine": getattr(call, "engine_name", None),
@@ -175,6 +176,12 @@ def _call_view(call: Call, *, detail: bool) -> dict[str, Any]:
                                if detail or k in ("speaker", "audio_ms", "transcripts",
                                                   "upstream", "engine")}
                  for track, leg in call.legs.items()}}
+    if detail:
+        # Computed now from the spans heard so far: the figures of a live call.
+        for observer in call.observers:
+            if isinstance(observer, TalkAnalytics):
+                view["analytics"] = observer.figures(call)
+    return view
 
 
 async def list_calls(request: web.Request) -> web.Response:

@@ -22,8 +22,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bridge import __version__
 from bridge.admission import ConnectionGate, LiveCalls
+from bridge.analytics.talk import talk_observer
 from bridge.artifacts.record import TranscriptRecord
-from bridge.artifacts.service import AfterCallService
+from bridge.artifacts.recording import (
+    recording_factory,
+    recording_possible,
+    remove_stale_spools,
+)
+from bridge.artifacts.service import AfterCallService, ObserverFactory
 from bridge.artifacts.store import open_artifact_store, retention_sweeps
 from bridge.calls import Call, CallObserver
 from bridge.cluster.engine_slots import ClusterEngineSlots
@@ -169,11 +175,20 @@ async def _engine_slots(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _after_call(app: web.Application) -> AsyncIterator[None]:
-    """The after-call work; with ``artifacts.enabled``, its store and the retention sweeps."""
+    """The after-call work: the recording's observer (when recordings are possible), and
+    with ``artifacts.enabled`` the transcript, the store and the retention sweeps."""
     settings = app[SETTINGS]
     artifacts = settings.artifacts
+    factories: list[ObserverFactory] = [talk_observer]
+    if recording_possible(settings):
+        spool_dir = artifacts.spool_path(settings.outbox.path)
+        spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        removed = remove_stale_spools(spool_dir)
+        if removed:
+            log.warning("removed spool files a crash left behind", files=removed)
+        factories.append(recording_factory(settings, spool_dir))
     if not artifacts.enabled:
-        app[AFTER_CALL] = AfterCallService(artifacts=artifacts)
+        app[AFTER_CALL] = AfterCallService(factories, artifacts=artifacts)
         yield
         return
     async with open_artifact_store(settings) as store:
@@ -187,8 +202,9 @@ async def _after_call(app: web.Application) -> AsyncIterator[None]:
             return TranscriptRecord({track: getattr(settings.speakers, track.value)
                                      for track in Track})
 
-        service = AfterCallService([transcript], store=store, feed_stream=feed_stream,
-                                   timeout_s=artifacts.store_timeout_s, artifacts=artifacts)
+        service = AfterCallService([transcript, *factories], store=store,
+                                   feed_stream=feed_stream, timeout_s=artifacts.store_timeout_s,
+                                   artifacts=artifacts)
         app[AFTER_CALL] = service
 
         def scraped() -> Iterator[Any]:

@@ -60,12 +60,15 @@ async def test_a_call_ends_with_call_completed_carrying_every_final_in_order(
     assert {line["speaker"] for line in done["transcript"]} == {"caller", "agent"}
     assert {k: done[k] for k in ("call_id", "provider", "leg", "custom_parameters", "reason",
                                  "transcript_lines", "transcript_truncated", "transcript_url",
-                                 "analytics", "artifacts", "rebuilt")} == {
+                                 "artifacts", "rebuilt")} == {
         "call_id": "CA-done", "provider": "twilio", "leg": None,
         "custom_parameters": {"queue": "billing"}, "reason": "stopped",
         "transcript_lines": 3, "transcript_truncated": False, "transcript_url": None,
-        "analytics": {}, "artifacts": [], "rebuilt": False}
-    assert done["duration_ms"] == events[-2].data["duration_ms"]
+        "artifacts": [], "rebuilt": False}
+    ended = events[-2].data
+    assert done["duration_ms"] == ended["duration_ms"]
+    # The talk analytics call.ended carried, as it carried them.
+    assert done["analytics"] == ended["analytics"] and "legs" in done["analytics"]
     assert receiver.bad_signatures == 0
 
 

@@ -41,11 +41,12 @@ class AssemblySession:
 
 
 class AssemblyAIEmulator(Faults):
-    def __init__(self, *, api_key: str = "test-assemblyai-key", rate_slack_s: float = 1.0
-                 ) -> None:
+    def __init__(self, *, api_key: str = "test-assemblyai-key", rate_slack_s: float = 1.0,
+                 script: list[str] | None = None) -> None:
         super().__init__()
         self.api_key = api_key
         self.rate_slack_s = rate_slack_s
+        self.script = script  # each turn's text in turn, instead of "tone <Hz> hertz"
         self.sessions: list[AssemblySession] = []
         self._server: Server | None = None
 
@@ -89,7 +90,7 @@ class AssemblyAIEmulator(Faults):
         rate = int(session.param("sample_rate") or 16000)
         encoding = session.param("encoding") or "pcm_s16le"
         width = 1 if encoding == "pcm_mulaw" else 2
-        recognizer = Recognizer("mulaw" if width == 1 else "linear16", rate, 300, None)
+        recognizer = Recognizer("mulaw" if width == 1 else "linear16", rate, 300, self.script)
         formatted = session.param("format_turns") == "true"
         turn = 0
         fault = self.for_new_session()

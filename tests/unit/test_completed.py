@@ -26,7 +26,7 @@ FINALS = [final("inbound", 1, 0, "hello"), final("inbound", 2, 2000, "my card is
           final("outbound", 1, 1000, "how can I help", words=[{"text": "how"}]),
           final("outbound", 2, 2000, "go on")]
 ENDED = {"reason": "stopped", "duration_ms": 5000, "legs": [{"leg": "inbound"}],
-         "talk": {"caller_ms": 1800}, "sentiment": {"caller": 0.1}}
+         "analytics": {"talk": {"caller_ms": 1800}}, "sentiment": {"caller": 0.1}}
 
 
 def encoded_size(lines: list[dict[str, Any]]) -> int:
