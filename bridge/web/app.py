@@ -22,7 +22,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bridge import __version__
 from bridge.admission import ConnectionGate, LiveCalls
-from bridge.artifacts.service import AfterCallService
+from bridge.analytics.alerts import compile_rules
+from bridge.analytics.sentiment import shared_scorer
+from bridge.analytics.sentiment_summary import sentiment_summary
+from bridge.artifacts.service import AfterCallService, ObserverFactory
 from bridge.cluster.engine_slots import ClusterEngineSlots
 from bridge.cluster.events_stream import EventStream
 from bridge.cluster.feeds import FeedWriter, SharedFeeds
@@ -165,7 +168,16 @@ async def _engine_slots(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _after_call(app: web.Application) -> AsyncIterator[None]:
-    app[AFTER_CALL] = AfterCallService()
+    settings = app[SETTINGS]
+    factories: list[ObserverFactory] = []
+    if settings.analytics.sentiment:
+        shared_scorer()  # the lexicon loads now, not in the first call's media reader
+        factories.append(sentiment_summary)
+        log.info("sentiment on finals", model="vader")
+    if settings.alerts:  # compiled now (each call shares them), and named once
+        compile_rules(settings.alerts)
+        log.info("phrase alerts", rules=[rule.name for rule in settings.alerts])
+    app[AFTER_CALL] = AfterCallService(factories)
     yield
 
 
