@@ -49,38 +49,58 @@ def phrase_expression(phrase: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class AlertRule:
-    """One compiled rule: its phrases as one expression, then each of its patterns."""
+    """One compiled rule: its phrases as one expression, and each of its patterns."""
 
     name: str
     speaker: str  # a track or a speaker name; "" for every leg
     partials: bool
-    expressions: tuple[re.Pattern[str], ...]
+    # The phrases in lower case, matched on the lower-cased text: a case-insensitive
+    # expression costs about twice as much (bench/alerts.py). The same, case-insensitive,
+    # for a text whose lower case is not as long as itself (a few letters, such as the
+    # dotted capital I, become two), where places in the one are not places in the other.
+    phrases: re.Pattern[str] | None
+    phrases_any_case: re.Pattern[str] | None
+    patterns: tuple[re.Pattern[str], ...]
 
     def applies_to(self, track: str, speaker: str) -> bool:
         return self.speaker in ("", track, speaker)
 
-    def search(self, text: str) -> re.Match[str] | None:
-        """The first place ``text`` matches the rule, or None."""
-        first: re.Match[str] | None = None
-        for expression in self.expressions:
-            found = expression.search(text)
-            if found is not None and (first is None or found.start() < first.start()):
-                first = found
+    def search(self, text: str) -> tuple[int, int] | None:
+        """Where ``text`` first matches the rule (start and end), or None."""
+        return self.search_in(text, same_length_lower(text))
+
+    def search_in(self, text: str, lower: str | None) -> tuple[int, int] | None:
+        """``search`` with ``same_length_lower(text)`` given, to share it among rules."""
+        first: tuple[int, int] | None = None
+        phrases = (self.phrases.search(lower) if lower is not None and self.phrases
+                   else self.phrases_any_case.search(text) if self.phrases_any_case
+                   else None)
+        for found in (phrases, *(pattern.search(text) for pattern in self.patterns)):
+            if found is not None and (first is None or found.start() < first[0]):
+                first = found.span()
         return first
+
+
+def same_length_lower(text: str) -> str | None:
+    """``text`` in lower case, or None when that changes its length (see ``AlertRule``)."""
+    lower = text.lower()
+    return lower if len(lower) == len(text) else None
 
 
 def compile_rule(settings: AlertRuleSettings, setting: str = "alerts") -> AlertRule:
     """Compile one rule; a bad pattern raises ``ConfigError`` naming ``setting``'s entry."""
-    expressions = []
+    phrases = phrases_any_case = None
     if settings.phrases:
         # Longest first: where two phrases start at the same word, the longer is reported.
-        alternatives = sorted({phrase_expression(p) for p in settings.phrases},
+        alternatives = sorted({phrase_expression(p.lower()) for p in settings.phrases},
                               key=lambda e: (-len(e), e))
-        expressions.append(re.compile(rf"(?<!\w)(?:{'|'.join(alternatives)})(?!\w)",
-                                      re.IGNORECASE))
-    expressions += [alert_pattern(p, f"{setting}.patterns[{i}]")
-                    for i, p in enumerate(settings.patterns)]
-    return AlertRule(settings.name, settings.speaker, settings.partials, tuple(expressions))
+        expression = rf"(?<!\w)(?:{'|'.join(alternatives)})(?!\w)"
+        phrases = re.compile(expression)
+        phrases_any_case = re.compile(expression, re.IGNORECASE)
+    patterns = tuple(alert_pattern(p, f"{setting}.patterns[{i}]")
+                     for i, p in enumerate(settings.patterns))
+    return AlertRule(settings.name, settings.speaker, settings.partials, phrases,
+                     phrases_any_case, patterns)
 
 
 @functools.lru_cache(maxsize=8)
@@ -110,15 +130,16 @@ class LegAlerts:
             return []
         sequence: int = fields["sequence"]
         text: str = fields["text"][:MAX_TEXT_CHARS]
+        lower = same_length_lower(text)
         fired = self._fired.pop(sequence, set()) if is_final else self._fired.get(sequence)
         alerts = []
         for rule in self._rules:
             if (not is_final and not rule.partials) or (fired and rule.name in fired):
                 continue
-            match = rule.search(text)
-            if match is None:
+            span = rule.search_in(text, lower)
+            if span is None:
                 continue
-            alerts.append({"rule": rule.name, "matched": match.group(0), "text": text,
+            alerts.append({"rule": rule.name, "matched": text[span[0]:span[1]], "text": text,
                            "sequence": sequence, "start_ms": fields["start_ms"],
                            "end_ms": fields["end_ms"], "from_partial": not is_final})
             if not is_final:

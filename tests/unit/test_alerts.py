@@ -27,7 +27,7 @@ LOCAL = {"CALLBRIDGE_TELNYX_URL": "ws://127.0.0.1:9/v2/speech-to-text/transcript
 def matched(text: str, *phrases: str, patterns: tuple[str, ...] = ()) -> str | None:
     rule = compile_rule(AlertRuleSettings("r", tuple(phrases), patterns))
     found = rule.search(text)
-    return found.group(0) if found else None
+    return text[found[0]:found[1]] if found else None
 
 
 @pytest.mark.parametrize("text", [
@@ -68,10 +68,18 @@ def test_redaction_placeholders_hold_no_phrase_but_a_pattern_can_name_them() -> 
 
 
 def test_patterns_match_case_insensitively_on_word_boundaries_and_the_first_match_wins() -> None:
-    rule = compile_rule(AlertRuleSettings("r", ("refund",), (r"charge\w*\s+back",)))
-    found = rule.search("They CHARGED BACK my payment, I want a refund")
-    assert found is not None and found.group(0) == "CHARGED BACK"
-    assert compile_rule(AlertRuleSettings("r", (), ("back",))).search("backwards") is None
+    assert matched("They CHARGED BACK my payment, I want a refund", "refund",
+                   patterns=(r"charge\w*\s+back",)) == "CHARGED BACK"
+    assert matched("I want a REFUND, they charged back", "refund",
+                   patterns=(r"charge\w*\s+back",)) == "REFUND"
+    assert matched("backwards", patterns=("back",)) is None
+
+
+def test_a_text_whose_lower_case_is_longer_still_matches_in_the_right_place() -> None:
+    text = "\u0130stanbul office: I want to CANCEL my Account now"  # dotted capital I
+    assert len(text.lower()) != len(text)
+    assert matched(text, "cancel my account") == "CANCEL my Account"
+    assert matched(text, "MY ACCOUNT") == "my Account"
 
 
 def final(sequence: int, text: str, start_ms: int = 0, end_ms: int = 1000) -> dict[str, Any]:
