@@ -238,3 +238,16 @@ def test_a_wrong_rule_stops_start_up_naming_its_entry(tmp_path: Path, text: str,
     with pytest.raises(ConfigError) as caught:
         load_settings(settings_file(tmp_path, text), environ=LOCAL)
     assert caught.value.setting == setting
+
+
+def test_the_example_rule_in_the_shipped_settings_file_loads_as_documented(
+        tmp_path: Path) -> None:
+    shipped = (Path(__file__).parents[2] / "config" / "callbridge.toml").read_text()
+    example = shipped[shipped.index("# [[alerts]]"):]
+    rule_text = "\n".join(line.removeprefix("# ") for line in example.splitlines()
+                          if not line.startswith("# #"))
+    settings = load_settings(settings_file(tmp_path, rule_text), environ=LOCAL)
+    assert settings.alerts == (AlertRuleSettings(
+        "cancel", ("cancel my account", "close my account"), ("refund(s|ed)?",)),)
+    [rule] = compile_rules(settings.alerts)
+    assert rule.search("I was never REFUNDED") is not None
