@@ -318,11 +318,11 @@ class Call:
             for observer in observers:
                 observer.final(track, result, redacted, fields)
 
+        scorer = self._sentiment
         transcripts = LegTranscripts(self.policy, hold_s=self.settings.compliance.hold_s,
                                      publish=publish, hold=hold,
                                      released=released if observers else None,
-                                     annotate=(self._sentiment.fields if self._sentiment is not None
-                                               else None))
+                                     annotate=scorer.fields if scorer is not None else None)
 
         def on_failover(previous: str, to: str, error: UpstreamError) -> None:
             self.on_failover(leg, previous, to, error)
