@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge.analytics.alerts import MAX_OPEN_UTTERANCES, LegAlerts, compile_rule, compile_rules
 from bridge.compliance.redact import policy_for
@@ -80,6 +82,36 @@ def test_a_text_whose_lower_case_is_longer_still_matches_in_the_right_place() ->
     assert len(text.lower()) != len(text)
     assert matched(text, "cancel my account") == "CANCEL my Account"
     assert matched(text, "MY ACCOUNT") == "my Account"
+
+
+PHRASE_WORDS = ["cancel", "my", "account"]
+# What engines put between words: spaces, punctuation, dashes, ellipses, new lines.
+SEPARATORS = st.text(st.sampled_from(" ,.;:!?-\u2013\u2026\n\t\"()/"), min_size=1, max_size=4)
+
+
+def engine_wrote(separators: list[str], capitals: list[bool]) -> str:
+    """The phrase's words as an engine might write them: any case, anything between."""
+    words = [w.upper() if up else w for w, up in zip(PHRASE_WORDS, capitals, strict=True)]
+    return words[0] + separators[0] + words[1] + separators[1] + words[2]
+
+
+WRITTEN = st.builds(engine_wrote, st.lists(SEPARATORS, min_size=2, max_size=2),
+                    st.lists(st.booleans(), min_size=3, max_size=3))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=60), WRITTEN, st.text(max_size=60))
+def test_the_phrase_is_found_however_written_and_a_match_is_only_ever_its_words(
+        before: str, written: str, after: str) -> None:
+    text = before + written + after
+    span = compile_rule(AlertRuleSettings("r", ("cancel my account",))).search(text)
+    stands_alone = not re.search(r"\w\Z", before) and not re.match(r"\w", after)
+    if stands_alone:
+        assert span is not None
+    if span is not None:  # maybe another place in the surrounding text; never a part word
+        found = text[span[0]:span[1]]
+        assert [w.lower() for w in re.findall(r"\w+", found)] == PHRASE_WORDS
+        assert not re.match(r"\w", text[span[1]:]) and not re.search(r"\w\Z", text[:span[0]])
 
 
 def final(sequence: int, text: str, start_ms: int = 0, end_ms: int = 1000) -> dict[str, Any]:
