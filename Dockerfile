@@ -12,7 +12,10 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY bridge ./bridge
 COPY config ./config
-RUN pip install --no-cache-dir . && rm -rf /root/.cache
+# Extras to install, e.g. --build-arg CALLBRIDGE_EXTRAS=s3,sentiment,codecs (s3: call
+# artifacts in an object store, the usual place for a container's files).
+ARG CALLBRIDGE_EXTRAS=s3
+RUN pip install --no-cache-dir ".[${CALLBRIDGE_EXTRAS}]" && rm -rf /root/.cache
 
 VOLUME /data
 USER callbridge

@@ -20,6 +20,8 @@ from typing import Any, Final, Protocol
 import structlog
 
 from bridge.admission import LiveCalls
+from bridge.analytics.alerts import LegAlerts, compile_rules
+from bridge.analytics.sentiment import SentimentScorer, shared_scorer
 from bridge.compliance.redact import Redacted, policy_for
 from bridge.config import Settings
 from bridge.delivery.retry import Outcome
@@ -167,6 +169,12 @@ class Call:
         self._in_flight: set[asyncio.Future[Outcome]] = set()
         self._outcomes: Counter[str] = Counter()
         self._partials_published = 0
+        # Phrase alerts ([[alerts]]) and sentiment (analytics.sentiment), shared by every
+        # call of the process: compiled and loaded once.
+        self._alert_rules = compile_rules(settings.alerts)
+        self._sentiment: SentimentScorer | None = (
+            shared_scorer() if settings.analytics.sentiment else None)
+        self.alerts_published = 0
 
     @property
     def encoding(self) -> AudioEncoding:
@@ -288,11 +296,16 @@ class Call:
         started = self._require_started()
         self.metrics.legs_active.labels(started.provider).inc()
         leg: Leg
+        alerts: LegAlerts
 
         def publish(kind: EventType, fields: Mapping[str, Any]) -> None:
-            self.metrics.transcripts.labels(
-                "final" if kind is EventType.TRANSCRIPT_FINAL else "partial").inc()
+            is_final = kind is EventType.TRANSCRIPT_FINAL
+            self.metrics.transcripts.labels("final" if is_final else "partial").inc()
             self._publish(kind, leg, fields)
+            if alerts:  # right behind the transcript that triggered them, in rule order
+                for alert in alerts.check(fields, is_final=is_final):
+                    self.alerts_published += 1
+                    self._publish(EventType.CALL_ALERT, leg, alert)
 
         def hold(finals: list[dict[str, Any]]) -> None:
             self._sink.hold(self.key or started.call_id, track.value,
@@ -305,9 +318,11 @@ class Call:
             for observer in observers:
                 observer.final(track, result, redacted, fields)
 
+        scorer = self._sentiment
         transcripts = LegTranscripts(self.policy, hold_s=self.settings.compliance.hold_s,
                                      publish=publish, hold=hold,
-                                     released=released if observers else None)
+                                     released=released if observers else None,
+                                     annotate=scorer.fields if scorer is not None else None)
 
         def on_failover(previous: str, to: str, error: UpstreamError) -> None:
             self.on_failover(leg, previous, to, error)
@@ -322,6 +337,7 @@ class Call:
         leg = Leg(track, settings=self.settings, encoding=started.encoding,
                   sample_rate=started.sample_rate, engine_name=self.engine_name, hooks=hooks,
                   transcripts=transcripts, metrics=self.metrics, policy=self.policy)
+        alerts = LegAlerts(self._alert_rules, track=track.value, speaker=leg.speaker)
         self.legs[track] = leg
         if observers:
             def tap(clock_ms: int, data: bytes) -> None:
@@ -393,7 +409,8 @@ class Call:
         outcomes = await self._delivery_outcomes()
         log.info("call summary", reason=reason, duration_ms=duration_ms,
                  legs={leg.track.value: leg.summary() for leg in self.legs.values()},
-                 dtmf=self.dtmf_count, provider_errors=self.provider_errors,
+                 dtmf=self.dtmf_count, alerts=self.alerts_published,
+                 provider_errors=self.provider_errors,
                  partials_published=self._partials_published, webhooks=outcomes)
 
     def release(self) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import importlib.util
 import os
 import re
 import socket
@@ -526,8 +527,13 @@ class AnalyticsSettings:
     hangover_ms: int = 300  # unvoiced audio within a run of speech before it ends
     min_speech_ms: int = 150  # voiced audio a run needs to count as speech
     interruption_after_ms: int = 300  # how long the other party must have been speaking
+    sentiment: bool = False  # VADER's score of each final (the sentiment extra)
 
     def validate(self, name: SettingName) -> None:
+        # The lexicon model is an optional extra: refuse to start rather than fail per call.
+        _require(not self.sentiment or importlib.util.find_spec("vaderSentiment") is not None,
+                 name("sentiment"), "needs the sentiment extra, which is not installed: "
+                 "pip install 'callbridge[sentiment]'")
         _require(0 <= self.vad_aggressiveness <= 3, name("vad_aggressiveness"),
                  "must be 0, 1, 2 or 3")
         _require(30 <= self.hangover_ms <= 3000, name("hangover_ms"),
@@ -701,6 +707,27 @@ class ArtifactsSettings:
         return Path(self.dir) if self.dir else Path(outbox_path).parent / "callbridge-artifacts"
 
 
+# Phrase alerts ([[alerts]]): bounds that keep matching cheap for every final of every leg.
+MAX_ALERT_RULES: Final = 100
+MAX_ALERT_ENTRIES: Final = 200  # phrases and patterns of one rule
+MAX_ALERT_ENTRY_CHARS: Final = 200  # one phrase or pattern
+ALERT_RULE_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+ALERT_RULE_KEYS: Final = ("name", "phrases", "patterns", "speaker", "partials")
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRuleSettings:
+    """One ``[[alerts]]`` rule: a ``call.alert`` when a transcript says one of its phrases or
+    matches one of its patterns; ``speaker`` ("" for any) limits it to one leg (its track or
+    its speaker name); ``partials`` lets partials trigger it."""
+
+    name: str
+    phrases: tuple[str, ...] = ()
+    patterns: tuple[str, ...] = ()
+    speaker: str = ""
+    partials: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class LoggingSettings:
     level: str = "info"
@@ -730,6 +757,7 @@ class Settings:
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     artifacts: ArtifactsSettings = field(default_factory=ArtifactsSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    alerts: tuple[AlertRuleSettings, ...] = ()  # [[alerts]], in the file only
 
 
 SECTIONS: Final[Mapping[str, type[Any]]] = {
@@ -751,6 +779,8 @@ SECTIONS: Final[Mapping[str, type[Any]]] = {
     "artifacts": ArtifactsSettings,
     "logging": LoggingSettings,
 }
+# Top-level arrays of tables that are not sections: set in the file only.
+FILE_ONLY_ARRAYS: Final = ("alerts",)
 
 
 # Arrays of tables: set in the file only.
@@ -863,8 +893,10 @@ def load_settings(path: str | os.PathLike[str] | None = None,
     path = path or env.get("CALLBRIDGE_CONFIG") or None
     raw: dict[str, dict[str, Any]] = {}
     origin: dict[tuple[str, str], str] = {}
+    alerts: Any = None
     if path is not None:
         raw = _read_file(Path(path), given_as_option)
+        alerts = raw.pop("alerts", None)
         for section, values in raw.items():
             for key in values:
                 origin[(section, key)] = f"{section}.{key}"
@@ -876,6 +908,8 @@ def load_settings(path: str | os.PathLike[str] | None = None,
         _move_old_stt_keys(raw, origin, warn)
     _read_environment(env, raw, origin, warn)
     settings = _build(raw, origin, env)
+    if alerts is not None:
+        settings = replace(settings, alerts=_alert_rules(alerts))
     _validate(settings, origin)
     return settings
 
@@ -933,8 +967,11 @@ def _read_file(path: Path, given_as: str) -> dict[str, dict[str, Any]]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(given_as, f"{path} is not valid TOML: {exc}") from None
     for section, values in data.items():
+        if section in FILE_ONLY_ARRAYS:
+            continue  # checked where it is read
         if section not in SECTIONS:
-            raise ConfigError(section, f"unknown section; expected one of {', '.join(SECTIONS)}")
+            raise ConfigError(section, "unknown section; expected one of "
+                              f"{', '.join((*SECTIONS, *FILE_ONLY_ARRAYS))}")
         if not isinstance(values, dict):
             raise ConfigError(section, "must be a table")
     return data
@@ -1042,6 +1079,66 @@ def _routes(value: Any) -> tuple[RouteSettings, ...]:
     return tuple(routes)
 
 
+def _alert_rules(value: Any) -> tuple[AlertRuleSettings, ...]:
+    """The ``[[alerts]]`` rules, checked entry by entry (each regular expression compiled)."""
+    if not isinstance(value, list):
+        raise ConfigError("alerts", "must be an array of tables ([[alerts]])")
+    _require(len(value) <= MAX_ALERT_RULES, "alerts", f"at most {MAX_ALERT_RULES} rules")
+    rules: list[AlertRuleSettings] = []
+    for n, item in enumerate(value):
+        name = f"alerts[{n}]"
+        if not isinstance(item, dict):
+            raise ConfigError(name, "must be a table")
+        unknown = set(item) - set(ALERT_RULE_KEYS)
+        if unknown:
+            raise ConfigError(f"{name}.{sorted(unknown)[0]}", "unknown setting")
+        rule_name = item.get("name")
+        if not isinstance(rule_name, str) or not ALERT_RULE_NAME.match(rule_name):
+            raise ConfigError(f"{name}.name", "needs a name of 1-64 letters, digits and _.:- "
+                              "(it is the event's rule)")
+        _require(rule_name not in {r.name for r in rules}, f"{name}.name",
+                 f"{rule_name!r} names an earlier rule too")
+        entries: dict[str, tuple[str, ...]] = {}
+        for key in ("phrases", "patterns"):
+            listed = item.get(key, [])
+            if not isinstance(listed, list) or not all(isinstance(e, str) for e in listed):
+                raise ConfigError(f"{name}.{key}", "must be a list of strings")
+            for i, entry in enumerate(listed):
+                _require(0 < len(entry) <= MAX_ALERT_ENTRY_CHARS, f"{name}.{key}[{i}]",
+                         f"must be 1-{MAX_ALERT_ENTRY_CHARS} characters")
+                if key == "phrases":
+                    _require(bool(re.search(r"\w", entry)), f"{name}.{key}[{i}]",
+                             "must hold a word")
+                else:
+                    alert_pattern(entry, f"{name}.{key}[{i}]")
+            entries[key] = tuple(listed)
+        count = len(entries["phrases"]) + len(entries["patterns"])
+        _require(0 < count <= MAX_ALERT_ENTRIES, name,
+                 f"needs 1-{MAX_ALERT_ENTRIES} phrases and patterns in all")
+        speaker = item.get("speaker", "")
+        partials = item.get("partials", False)
+        _require(isinstance(speaker, str), f"{name}.speaker", "must be a string")
+        _require(isinstance(partials, bool), f"{name}.partials", "must be true or false")
+        rules.append(AlertRuleSettings(rule_name, entries["phrases"], entries["patterns"],
+                                       speaker, partials))
+    return tuple(rules)
+
+
+def alert_pattern(pattern: str, setting: str) -> re.Pattern[str]:
+    """An ``[[alerts]]`` pattern as it is matched: case-insensitive, and only where a word
+    starts and ends (a match may not begin or end inside a word)."""
+    try:
+        # Compiled alone first: a pattern that only compiles inside the group (an unbalanced
+        # ")|(") would escape the word boundaries.
+        re.compile(pattern)
+        compiled = re.compile(rf"(?<!\w)(?:{pattern})(?!\w)", re.IGNORECASE)
+    except re.error as exc:
+        raise ConfigError(setting, f"not a valid regular expression: {exc}") from None
+    _require(compiled.fullmatch("") is None, setting,
+             "matches an empty text, so it would match every transcript")
+    return compiled
+
+
 def _coerce(name: str, value: Any, default: Any) -> Any:
     """Convert a file or environment value to the type of the setting's default."""
     if isinstance(default, Secret):
@@ -1122,6 +1219,11 @@ def _validate_across(s: Settings, name: Callable[[str, str], str]) -> None:
     _require(s.artifacts.enabled or not any(route.recording for route in s.stt.routes),
              name("stt", "routes"), "a route records its calls, which needs "
              "artifacts.enabled = true: recordings are kept in the artifact store")
+    speakers = {"inbound", "outbound", "mixed",
+                s.speakers.inbound, s.speakers.outbound, s.speakers.mixed}
+    for n, rule in enumerate(s.alerts):
+        _require(rule.speaker in speakers or not rule.speaker, f"alerts[{n}].speaker",
+                 f"must be a track or a speaker name: one of {', '.join(sorted(speakers))}")
 
 
 class SttTarget(enum.Enum):

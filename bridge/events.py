@@ -119,6 +119,7 @@ class EventType(enum.StrEnum):
     TRANSCRIPTION_PAUSED = "transcription.paused"
     TRANSCRIPTION_RESUMED = "transcription.resumed"
     DTMF = "dtmf"
+    CALL_ALERT = "call.alert"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,1 +1,2 @@
-"""What the bridge measures of a call while it lasts: talk analytics from the legs' audio."""
+"""What the bridge works out of a call while it lasts: talk analytics from the legs' audio,
+phrase alerts, sentiment."""

@@ -8,6 +8,8 @@
   the next one (``compliance.hold_s`` at most); finals leave in order with sequence numbers
   1, 2, 3 ... without holes (one emptied by a number that began before it lends its end time
   to that one instead);
+* a final's event data may get more fields from its redacted text (``annotate``:
+  sentiment);
 * while finals are held, the owner is handed them with every number masked (``hold``), so a
   crash in that window loses nothing and writes no digit; an empty list says none is held.
 
@@ -35,7 +37,8 @@ class LegTranscripts:
                  publish: Callable[[EventType, Fields], None],
                  hold: Callable[[list[Fields]], None],
                  released: Callable[[TranscriptResult, Redacted, Fields | None], None]
-                 | None = None) -> None:
+                 | None = None,
+                 annotate: Callable[[str], Fields] | None = None) -> None:
         self._redactor: LegRedactor[TranscriptResult] = LegRedactor(policy)
         self._hold_s = hold_s
         self._publish = publish
@@ -43,6 +46,8 @@ class LegTranscripts:
         # Told of every final as it leaves the redactor, with what the redactor removed from
         # it: published (its event data) or emptied by a number (None).
         self._released = released
+        # Fields added to each final's event data, from its redacted text (sentiment).
+        self._annotate = annotate
         self._timer: asyncio.TimerHandle | None = None
         self._holding_stored = False  # the owner keeps masked held finals of this leg
         self.sequence = 0  # finals published so far
@@ -117,6 +122,8 @@ class LegTranscripts:
             self.sequence += 1
             self.finals.append(redacted.text)
             fields = _fields(result, redacted, self.sequence)
+            if self._annotate is not None:
+                fields.update(self._annotate(redacted.text))
             if self._released is not None:
                 self._released(result, redacted, fields)
             self._publish(EventType.TRANSCRIPT_FINAL, fields)

@@ -22,6 +22,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bridge import __version__
 from bridge.admission import ConnectionGate, LiveCalls
+from bridge.analytics.alerts import compile_rules
+from bridge.analytics.sentiment import shared_scorer
+from bridge.analytics.sentiment_summary import sentiment_summary
 from bridge.analytics.talk import talk_observer
 from bridge.artifacts.record import TranscriptRecord
 from bridge.artifacts.recording import (
@@ -187,6 +190,13 @@ async def _after_call(app: web.Application) -> AsyncIterator[None]:
         if removed:
             log.warning("removed spool files a crash left behind", files=removed)
         factories.append(recording_factory(settings, spool_dir))
+    if settings.analytics.sentiment:
+        shared_scorer()  # the lexicon loads now, not in the first call's media reader
+        factories.append(sentiment_summary)
+        log.info("sentiment on finals", model="vader")
+    if settings.alerts:  # compiled now (each call shares them), and named once
+        compile_rules(settings.alerts)
+        log.info("phrase alerts", rules=[rule.name for rule in settings.alerts])
     if not artifacts.enabled:
         app[AFTER_CALL] = AfterCallService(factories, artifacts=artifacts)
         yield
