@@ -120,6 +120,12 @@ class AfterCall(Protocol):
         is to be kept."""
 
 
+def _overriding(observers: list[CallObserver], method: str) -> list[CallObserver]:
+    """The observers whose class does something in ``method`` (not the no-op default)."""
+    default = getattr(CallObserver, method)
+    return [o for o in observers if getattr(type(o), method) is not default]
+
+
 class CallState(enum.Enum):
     CONNECTED = "connected"
     STARTED = "started"
@@ -311,17 +317,20 @@ class Call:
             self._sink.hold(self.key or started.call_id, track.value,
                             [self._event(EventType.TRANSCRIPT_FINAL, leg, f) for f in finals])
 
-        observers = self.observers
+        # Only the observers that want them get finals and audio: most calls' chunks then
+        # cost one call, or none.
+        hearing = _overriding(self.observers, "final")
+        listening = _overriding(self.observers, "audio")
 
         def released(result: TranscriptResult, redacted: Redacted,
                      fields: Mapping[str, Any] | None) -> None:
-            for observer in observers:
+            for observer in hearing:
                 observer.final(track, result, redacted, fields)
 
         scorer = self._sentiment
         transcripts = LegTranscripts(self.policy, hold_s=self.settings.compliance.hold_s,
                                      publish=publish, hold=hold,
-                                     released=released if observers else None,
+                                     released=released if hearing else None,
                                      annotate=scorer.fields if scorer is not None else None)
 
         def on_failover(previous: str, to: str, error: UpstreamError) -> None:
@@ -339,9 +348,15 @@ class Call:
                   transcripts=transcripts, metrics=self.metrics, policy=self.policy)
         alerts = LegAlerts(self._alert_rules, track=track.value, speaker=leg.speaker)
         self.legs[track] = leg
-        if observers:
+        if len(listening) == 1:
+            only = listening[0]
+
+            def tap_one(clock_ms: int, data: bytes) -> None:
+                only.audio(track, clock_ms, data)
+            leg.audio.tap = tap_one
+        elif listening:
             def tap(clock_ms: int, data: bytes) -> None:
-                for observer in observers:
+                for observer in listening:
                     observer.audio(track, clock_ms, data)
             leg.audio.tap = tap
         if self.paused:
