@@ -171,10 +171,11 @@ async def test_a_restart_delivers_what_was_stored_and_closes_open_calls(
             dispatcher.publish(event(n))
     # The receiver comes back at another address: point the same target there.
     async with DurableDispatcher(settings(tmp_path, (receiver.url,)), http):
-        await receiver.wait_for(lambda events: any(e.type == "call.ended" for e in events))
+        await receiver.wait_for(lambda events: any(e.type == "call.completed" for e in events))
     assert [e.type for e in receiver.events] == [
-        "call.started", "transcript.final", "transcript.final", "call.ended"]
-    ended = receiver.events[-1].data
+        "call.started", "transcript.final", "transcript.final", "call.ended", "call.completed"]
+    ended, completed = receiver.events[-2].data, receiver.events[-1].data
+    assert completed["rebuilt"] is True and completed["reason"] == "bridge_restart"
     assert ended["reason"] == "bridge_restart"
     assert ended["legs"] == [{"leg": "inbound", "speaker": "caller", "text": "t1 t2",
                               "transcripts": 2}]
