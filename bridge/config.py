@@ -1216,9 +1216,10 @@ def _validate_across(s: Settings, name: Callable[[str, str], str]) -> None:
     if s.webhooks.urls:
         _require(bool(s.webhooks.secret), name("webhooks", "secret"),
                  "webhook URLs are set, so a secret must be set to sign them")
-    _require(s.artifacts.enabled or not any(route.recording for route in s.stt.routes),
-             name("stt", "routes"), "a route records its calls, which needs "
-             "artifacts.enabled = true: recordings are kept in the artifact store")
+    for n, route in enumerate(s.stt.routes):
+        # Named by its place in the file, as the other route errors are: a file may hold many.
+        _require(s.artifacts.enabled or not route.recording, f"stt.routes[{n}].recording",
+                 "needs artifacts.enabled = true: recordings are kept in the artifact store")
     speakers = {"inbound", "outbound", "mixed",
                 s.speakers.inbound, s.speakers.outbound, s.speakers.mixed}
     for n, rule in enumerate(s.alerts):

@@ -85,6 +85,9 @@ def test_a_wrong_value_names_its_setting(environ: dict[str, str], setting: str) 
     ("[stt]\ntranscription_engine = 'deepgram'\n", "stt.transcription_engine"),
     ("[telnyx]\ntranscription_engine = 'deepgram'\n", "telnyx.transcription_engine"),
     ("[audio]\nchunk_ms = 2000\n", "audio.chunk_ms"),
+    # A recording route without the artifact store: the route that asks for it is named.
+    ("[[stt.routes]]\npath = '/streams/twilio'\n[[stt.routes]]\npath = '/streams/telnyx'\n"
+     "recording = true\n", "stt.routes[1].recording"),
     ("not toml [", "--config"),
 ])
 def test_a_wrong_file_value_names_its_setting(tmp_path: Path, text: str, setting: str) -> None:
