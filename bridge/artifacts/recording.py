@@ -23,7 +23,8 @@ either side) on both channels, silences the spans above, and writes a stereo fil
 the call's clock: inbound (the caller) on the left, outbound (the agent) on the right, a
 mixed leg on both, holes as silence. WAV is 16-bit PCM at the call's rate; FLAC and Opus go
 through PyAV (the ``codecs`` extra). The spool files are removed once rendered; a crash
-leaves them, and ``remove_stale_spools`` deletes those no live process holds at start.
+leaves them (and perhaps a rendered recording not yet stored), and ``remove_stale_spools``
+deletes those no live process holds at start.
 
 Everything is bounded: ``artifacts.max_recording_s`` of audio per leg (the rest is not
 spooled), and the spans and clock runs kept. A recording that could not be made safe (too
@@ -75,6 +76,8 @@ SPOOL_BUFFER: Final = 64 * 1024  # one write() per this much audio: 8 s of a G.7
 CONTENT_TYPES: Final = {"wav": "audio/wav", "flac": "audio/flac", "opus": "audio/ogg"}
 RECORDING_PARAMETER: Final = "callbridge_recording"
 FILE_SAFE: Final = re.compile(r"[^A-Za-z0-9_.-]")
+# A rendered recording's name in the spool directory: "<file id>.recording.<format>".
+RENDERED: Final = re.compile(r"\.recording\.(?:" + "|".join(CONTENT_TYPES) + r")\Z")
 
 Span = tuple[int, int]  # [start, end) in ms on the call's clock
 Samples = npt.NDArray[np.int16]
@@ -211,11 +214,17 @@ class LegSpool:
 
 
 def remove_stale_spools(spool_dir: Path) -> int:
-    """Delete spool and half-written files that no live process holds (left by a crash);
-    returns how many. Files of this process's own live recordings are locked and stay."""
+    """Delete spool files, half-written recordings and rendered ones not yet stored, that no
+    live process holds (left by a crash); returns how many. Files of this process's own
+    live recordings are locked and stay.
+
+    A rendered recording goes too: its call's store never got it, and nothing else (not
+    retention, which sweeps the store) would ever delete that copy of the call's audio."""
     removed = 0
     for path in spool_dir.iterdir():
-        if path.suffix not in (SPOOL_SUFFIX, PARTIAL_SUFFIX) or not path.is_file():
+        stale = (path.suffix in (SPOOL_SUFFIX, PARTIAL_SUFFIX)
+                 or RENDERED.search(path.name) is not None)
+        if not stale or not path.is_file():
             continue
         try:
             descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)

@@ -149,12 +149,23 @@ def test_stale_spools_go_and_live_ones_stay(tmp_path: Path) -> None:
     stale.write_bytes(b"\x00" * 10)
     half = tmp_path / "crashed.recording.wav.part"
     half.write_bytes(b"RIFF")
-    kept = tmp_path / "done.recording.wav"
-    kept.write_bytes(b"RIFF")
+    other = tmp_path / "notes.txt"
+    other.write_bytes(b"kept")
     assert remove_stale_spools(tmp_path) == 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["done.recording.wav", "live.spool"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["live.spool", "notes.txt"]
     live.close()
     assert remove_stale_spools(tmp_path) == 1
+
+
+@pytest.mark.parametrize("extension", ["wav", "flac", "opus"])
+def test_a_rendered_recording_a_crash_left_unstored_goes_at_start(
+        tmp_path: Path, extension: str) -> None:
+    # Rendered but not yet in the store when the process died: nothing else would ever
+    # delete it (retention sweeps the store, not the spool directory).
+    rendered = tmp_path / f"CA1-0123456789ab.recording.{extension}"
+    rendered.write_bytes(b"RIFF")
+    assert remove_stale_spools(tmp_path) == 1
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_locked_spool_is_held_by_its_process(tmp_path: Path) -> None:
