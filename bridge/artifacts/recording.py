@@ -382,7 +382,20 @@ def _merged(spans: list[Span]) -> list[Span]:
 
 @contextlib.contextmanager
 def _writer(recording_format: str, path: Path, rate: int) -> Iterator[Any]:
-    """A function taking (n, 2) int16 blocks, writing them to ``path`` (0600)."""
+    """A function taking (n, 2) int16 blocks, writing them to ``path`` (0600); a failure
+    (a full disk, a file past what its format can hold) removes the file: no half of a
+    recording is left behind."""
+    try:
+        with _encoder(recording_format, path, rate) as write:
+            yield write
+    except BaseException:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def _encoder(recording_format: str, path: Path, rate: int) -> Iterator[Any]:
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     if recording_format == "wav":
         with os.fdopen(descriptor, "wb") as file, wave.open(file, "wb") as wav:

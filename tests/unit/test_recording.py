@@ -231,6 +231,19 @@ def test_render_aligns_legs_silences_spans_and_tones_and_keeps_the_rest(
     assert 0 < silenced_left <= 800 + (tone.stop - tone.start) + 800
 
 
+def test_a_render_that_fails_leaves_no_half_written_file(tmp_path: Path) -> None:
+    legs = {Track.INBOUND: spool(tmp_path, "in")}
+    legs[Track.INBOUND].write(0, b"\x10" * 8000)
+    legs[Track.INBOUND].close()
+    output = tmp_path / "r.wav"
+    # A full disk: every write of the half-written file fails.
+    (tmp_path / "r.wav.part").symlink_to("/dev/full")
+    with pytest.raises(OSError, match="No space"):
+        render(RenderPlan(AudioEncoding.PCMU, 8000, legs, {Track.INBOUND: []}, [], set(),
+                          output))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.spool"]
+
+
 def test_a_muted_leg_is_silent_and_no_audio_is_no_file(tmp_path: Path) -> None:
     legs = {Track.INBOUND: spool(tmp_path, "in"), Track.OUTBOUND: spool(tmp_path, "out")}
     legs[Track.INBOUND].write(0, b"\x10" * 800)
