@@ -13,6 +13,9 @@ It also collects what must not be heard:
   it came to ``DTMF_EVENT_AFTER_MS`` after, on both channels (the tone leaks into both);
 * the legs' paused spans (paused audio never reaches observers; whatever a chunk straddling a
   pause's edge carried is silenced too);
+* the audio of a leg after its last final when the engine never confirmed it transcribed
+  it (it failed, or did not close its session within ``stt.close_grace_s`` after the end of
+  audio: finals may still have been on their way);
 * a leg whose audio did not all reach the engine (dropped for a slow upstream, or discarded
   after transcription failed): nothing checked it for spoken numbers, so its whole channel is
   silent.
@@ -482,6 +485,11 @@ class CallRecording(CallObserver):
             position = leg.audio.position_ms
             for start, end in leg.audio.pauses:
                 self._add(track, (start or 0, end if end is not None else position))
+            unconfirmed = leg.audio.unconfirmed_from_ms
+            if unconfirmed is not None:
+                # The engine never confirmed it transcribed this: a number spoken in it
+                # would be in no final, so nothing would silence it.
+                self._add(track, (unconfirmed - REDACTION_MARGIN_MS, position))
             counters = leg.audio.counters
             if counters.chunks_dropped or counters.bytes_discarded:
                 # Audio the engine never heard was never checked for spoken numbers.

@@ -98,3 +98,12 @@ def test_the_map_stays_bounded_when_every_chunk_breaks_continuity() -> None:
         clock.sent(n * 100.0, n * 200.0, 100.0)  # every chunk after a dropped one
     assert len(clock) == MAX_SEGMENTS
     assert clock.to_clock(100.0 * (MAX_SEGMENTS * 2 - 1) + 50) == 200 * (MAX_SEGMENTS * 2 - 1) + 50
+
+
+def test_unconfirmed_audio_starts_at_the_earliest_point_reported() -> None:
+    audio = leg()
+    assert audio.unconfirmed_from_ms is None  # every chunk sent was transcribed
+    audio.unconfirmed(3000)
+    audio.unconfirmed(5000)  # a later session's doubt does not shrink the first
+    audio.unconfirmed(1200)
+    assert audio.unconfirmed_from_ms == 1200
