@@ -79,6 +79,9 @@ SPOOL_BUFFER: Final = 64 * 1024  # one write() per this much audio: 8 s of a G.7
 CONTENT_TYPES: Final = {"wav": "audio/wav", "flac": "audio/flac", "opus": "audio/ogg"}
 RECORDING_PARAMETER: Final = "callbridge_recording"
 FILE_SAFE: Final = re.compile(r"[^A-Za-z0-9_.-]")
+# Stereo 16-bit frames a WAV file can hold: its RIFF size (36 bytes of header and the data)
+# is an unsigned 32-bit number.
+WAV_MAX_FRAMES: Final = (2**32 - 1 - 36) // 4
 # A rendered recording's name in the spool directory: "<file id>.recording.<format>".
 RENDERED: Final = re.compile(r"\.recording\.(?:" + "|".join(CONTENT_TYPES) + r")\Z")
 
@@ -142,6 +145,16 @@ def recording_wanted(settings: Settings, parameters: Mapping[str, str], path: st
         if choice in ("true", "false"):
             wanted = choice == "true"
     return wanted
+
+
+def longest_recording(recording_format: str, sample_rate: int, max_recording_s: float) -> int:
+    """The samples a leg's recording may hold: ``max_recording_s`` of them, and for WAV no
+    more than its 32-bit sizes can count (4 GiB: 12.4 h of a 24 kHz call in 16-bit stereo;
+    past it, writing the header fails and the whole recording would be lost)."""
+    samples = int(max_recording_s * sample_rate)
+    if recording_format == "wav":
+        samples = min(samples, WAV_MAX_FRAMES)
+    return samples
 
 
 def recording_possible(settings: Settings) -> bool:
@@ -449,7 +462,8 @@ class CallRecording(CallObserver):
         self._sample_rate = sample_rate
         self._format = settings.recording_format
         self._width = 2 if encoding is AudioEncoding.L16 else 1
-        self._max_samples = int(settings.max_recording_s * sample_rate)
+        self._max_samples = longest_recording(settings.recording_format, sample_rate,
+                                              settings.max_recording_s)
         self._legs: dict[Track, LegSpool] = {}
         self._silenced: dict[Track, list[Span]] = {}
         self._both: list[Span] = []

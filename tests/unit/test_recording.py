@@ -18,6 +18,7 @@ from bridge.artifacts.recording import (
     LegSpool,
     RenderPlan,
     locate_words,
+    longest_recording,
     recording_wanted,
     redaction_spans,
     remove_stale_spools,
@@ -348,3 +349,13 @@ def test_spans_and_tones_across_the_render_windows_are_silenced_exactly(
     kept = ~silenced & ~tone_reach
     assert np.array_equal(left[kept], expected[kept])
     assert DtmfDetector(8000).find(left.copy()) == []
+
+
+def test_a_wav_recording_never_outgrows_what_its_header_can_count() -> None:
+    # A day of a 24 kHz leg (max_recording_s allows it) is 8.3 GB of stereo WAV: the 32-bit
+    # RIFF size would overflow when the header is written, and the recording be lost.
+    frames = longest_recording("wav", 24000, 86400)
+    assert 36 + frames * 4 <= 2**32 - 1
+    assert frames > 24000 * 12 * 3600  # still over 12 hours
+    assert longest_recording("flac", 24000, 86400) == 24000 * 86400  # no such limit
+    assert longest_recording("wav", 8000, 14400) == 8000 * 14400  # the default: untouched
