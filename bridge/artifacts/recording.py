@@ -40,6 +40,7 @@ import asyncio
 import bisect
 import contextlib
 import fcntl
+import itertools
 import os
 import re
 import uuid
@@ -298,7 +299,14 @@ def _read_window(spool: LegSpool, reader: IO[bytes], encoding: AudioEncoding, st
     """The leg's decoded samples over [start, start + length) of the clock; holes are 0."""
     out = np.zeros(length, dtype=np.int16)
     width = spool.width
-    for run_start, offset, size in spool.runs:
+    runs = spool.runs
+    # Runs are in clock order and disjoint: begin at the last one starting by ``start``. A
+    # peer that jumps the clock at every frame makes up to MAX_RUNS of them, and a pass over
+    # all of them per window would cost a long call minutes of CPU.
+    n = max(bisect.bisect_right(runs, start, key=lambda run: run[0]) - 1, 0)
+    for run_start, offset, size in itertools.islice(runs, n, None):
+        if run_start >= start + length:
+            break
         run_end = run_start + size // width
         first, last = max(run_start, start), min(run_end, start + length)
         if first >= last:

@@ -359,3 +359,24 @@ def test_a_wav_recording_never_outgrows_what_its_header_can_count() -> None:
     assert frames > 24000 * 12 * 3600  # still over 12 hours
     assert longest_recording("flac", 24000, 86400) == 24000 * 86400  # no such limit
     assert longest_recording("wav", 8000, 14400) == 8000 * 14400  # the default: untouched
+
+
+def test_a_leg_whose_clock_jumps_at_every_chunk_is_placed_exactly_across_windows(
+        tmp_path: Path) -> None:
+    # 20 ms of audio every 700 ms for 70 s, and two chunks straddling the 30 s and 60 s
+    # window edges: a run per chunk, each read where its clock says.
+    leg = spool(tmp_path, "in", max_bytes=10**7, max_samples=10**7)
+    expected = np.zeros(8000 * 70, dtype=np.int16)
+    rng = np.random.default_rng(5)
+    for at_ms in sorted({*range(0, 70_000, 700), 29_990, 59_995}):
+        chunk = decoded(ulaw_of(rng.normal(0, 3000, 160).clip(-30000, 30000)))
+        leg.write(at_ms, ulaw_of(chunk))
+        expected[at_ms * 8:at_ms * 8 + 160] = chunk
+    leg.close()
+    assert len(leg.runs) == 102
+    output = tmp_path / "r.wav"
+    render(RenderPlan(AudioEncoding.PCMU, 8000, {Track.INBOUND: leg},
+                      {Track.INBOUND: []}, [], set(), output))
+    _, stereo = read_wav(output)
+    assert len(stereo) == 69_300 * 8 + 160
+    assert np.array_equal(stereo[:, 0], expected[:len(stereo)])
