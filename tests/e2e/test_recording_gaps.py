@@ -62,3 +62,21 @@ async def test_a_card_read_after_the_engine_stopped_answering_is_silence(
     # end of its last final (engines' times are approximate).
     spoken = slice(samples(SPEECH_1[0]), samples(SPEECH_1[1] - MARGIN_MS))
     assert np.array_equal(left[spoken], decoded(ulaw_of(caller))[spoken])
+
+
+async def test_a_crashs_spool_files_go_at_start_even_with_recording_now_off(
+        bridge_factory: BridgeFactory, tmp_path: Path) -> None:
+    # A crash left a leg's raw audio, card numbers and all, before anything was silenced;
+    # an operator who then turns recording off must not keep it on disk for ever.
+    spool = tmp_path / "spool"
+    spool.mkdir(mode=0o700)
+    stale = spool / "CA-crashed-0123456789ab.inbound.spool"
+    stale.write_bytes(b"\xff" * 800)
+    rendered = spool / "CA-crashed-0123456789ab.recording.wav"
+    rendered.write_bytes(b"RIFF")
+    unrelated = spool / "notes.txt"
+    unrelated.write_bytes(b"kept")
+    bridge = await bridge_factory(CALLBRIDGE_ARTIFACTS_SPOOL_DIR=str(spool))
+    removed = await bridge.wait_for_log("removed spool files a crash left behind")
+    assert removed["files"] == 2
+    assert sorted(p.name for p in spool.iterdir()) == ["notes.txt"]
