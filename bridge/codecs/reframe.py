@@ -130,6 +130,11 @@ class Reframer:
         while self._held:
             self._release_earliest()
             self._release_in_order()
+        return self.cut_short()
+
+    def cut_short(self) -> list[Chunk]:
+        """The chunks complete now and the bytes short of one as a shorter chunk, so that
+        a change of who may hear the leg (a pause, its end) falls between two chunks."""
         chunks = list(self._cut())
         if self._pending:
             chunks.append(Chunk(self._pending_clock_ms(), bytes(self._pending)))

@@ -126,6 +126,10 @@ class LegAudio:
         """Withhold (or send again) the leg's audio from the engine; False when unchanged."""
         if paused == self.paused:
             return False
+        # The gate acts at this very byte: what waits short of a chunk goes through it as it
+        # was when heard (before a pause: to the engine; during one: withheld, counted).
+        for chunk in self.reframer.cut_short():
+            self._enqueue(chunk)
         self.paused = paused
         now = self.reframer.position_ms
         if paused:

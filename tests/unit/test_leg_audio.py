@@ -107,3 +107,23 @@ def test_unconfirmed_audio_starts_at_the_earliest_point_reported() -> None:
     audio.unconfirmed(5000)  # a later session's doubt does not shrink the first
     audio.unconfirmed(1200)
     assert audio.unconfirmed_from_ms == 1200
+
+
+def test_no_byte_heard_while_paused_reaches_the_engine_or_the_recording() -> None:
+    # Paused at 120 ms and resumed at 290 ms: chunks are 100 ms, so the frames of 200-280 ms
+    # wait in the reframer, unsent, when the pause ends; they were heard while paused.
+    audio = leg()
+    tapped: list[bytes] = []
+    audio.tap = lambda clock_ms, data: tapped.append(data)
+    feed(audio, 0, 6, byte=1)  # 0-120 ms
+    audio.set_paused(True)
+    feed(audio, 120, 8, byte=2)  # 120-280 ms: a card read out, say
+    audio.set_paused(False)
+    feed(audio, 280, 16, byte=3)
+    audio.end()
+    sent = b""
+    while (chunk := audio.next_chunk()) is not None:
+        audio.sent(chunk)
+        sent += chunk.data
+    assert 2 not in sent and all(2 not in data for data in tapped)
+    assert sent.count(3) == 16 * FRAME
