@@ -13,6 +13,9 @@ It also collects what must not be heard:
   it came to ``DTMF_EVENT_AFTER_MS`` after, on both channels (the tone leaks into both);
 * the legs' paused spans (paused audio never reaches observers; whatever a chunk straddling a
   pause's edge carried is silenced too);
+* the audio of a leg after its last final when the engine never confirmed it transcribed
+  it (it failed, or did not close its session within ``stt.close_grace_s`` after the end of
+  audio: finals may still have been on their way);
 * a leg whose audio did not all reach the engine (dropped for a slow upstream, or discarded
   after transcription failed): nothing checked it for spoken numbers, so its whole channel is
   silent.
@@ -23,7 +26,8 @@ either side) on both channels, silences the spans above, and writes a stereo fil
 the call's clock: inbound (the caller) on the left, outbound (the agent) on the right, a
 mixed leg on both, holes as silence. WAV is 16-bit PCM at the call's rate; FLAC and Opus go
 through PyAV (the ``codecs`` extra). The spool files are removed once rendered; a crash
-leaves them, and ``remove_stale_spools`` deletes those no live process holds at start.
+leaves them (and perhaps a rendered recording not yet stored), and ``remove_stale_spools``
+deletes those no live process holds at start.
 
 Everything is bounded: ``artifacts.max_recording_s`` of audio per leg (the rest is not
 spooled), and the spans and clock runs kept. A recording that could not be made safe (too
@@ -36,6 +40,7 @@ import asyncio
 import bisect
 import contextlib
 import fcntl
+import itertools
 import os
 import re
 import uuid
@@ -75,6 +80,11 @@ SPOOL_BUFFER: Final = 64 * 1024  # one write() per this much audio: 8 s of a G.7
 CONTENT_TYPES: Final = {"wav": "audio/wav", "flac": "audio/flac", "opus": "audio/ogg"}
 RECORDING_PARAMETER: Final = "callbridge_recording"
 FILE_SAFE: Final = re.compile(r"[^A-Za-z0-9_.-]")
+# Stereo 16-bit frames a WAV file can hold: its RIFF size (36 bytes of header and the data)
+# is an unsigned 32-bit number.
+WAV_MAX_FRAMES: Final = (2**32 - 1 - 36) // 4
+# A rendered recording's name in the spool directory: "<file id>.recording.<format>".
+RENDERED: Final = re.compile(r"\.recording\.(?:" + "|".join(CONTENT_TYPES) + r")\Z")
 
 Span = tuple[int, int]  # [start, end) in ms on the call's clock
 Samples = npt.NDArray[np.int16]
@@ -136,6 +146,16 @@ def recording_wanted(settings: Settings, parameters: Mapping[str, str], path: st
         if choice in ("true", "false"):
             wanted = choice == "true"
     return wanted
+
+
+def longest_recording(recording_format: str, sample_rate: int, max_recording_s: float) -> int:
+    """The samples a leg's recording may hold: ``max_recording_s`` of them, and for WAV no
+    more than its 32-bit sizes can count (4 GiB: 12.4 h of a 24 kHz call in 16-bit stereo;
+    past it, writing the header fails and the whole recording would be lost)."""
+    samples = int(max_recording_s * sample_rate)
+    if recording_format == "wav":
+        samples = min(samples, WAV_MAX_FRAMES)
+    return samples
 
 
 def recording_possible(settings: Settings) -> bool:
@@ -211,11 +231,17 @@ class LegSpool:
 
 
 def remove_stale_spools(spool_dir: Path) -> int:
-    """Delete spool and half-written files that no live process holds (left by a crash);
-    returns how many. Files of this process's own live recordings are locked and stay."""
+    """Delete spool files, half-written recordings and rendered ones not yet stored, that no
+    live process holds (left by a crash); returns how many. Files of this process's own
+    live recordings are locked and stay.
+
+    A rendered recording goes too: its call's store never got it, and nothing else (not
+    retention, which sweeps the store) would ever delete that copy of the call's audio."""
     removed = 0
     for path in spool_dir.iterdir():
-        if path.suffix not in (SPOOL_SUFFIX, PARTIAL_SUFFIX) or not path.is_file():
+        stale = (path.suffix in (SPOOL_SUFFIX, PARTIAL_SUFFIX)
+                 or RENDERED.search(path.name) is not None)
+        if not stale or not path.is_file():
             continue
         try:
             descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -273,7 +299,14 @@ def _read_window(spool: LegSpool, reader: IO[bytes], encoding: AudioEncoding, st
     """The leg's decoded samples over [start, start + length) of the clock; holes are 0."""
     out = np.zeros(length, dtype=np.int16)
     width = spool.width
-    for run_start, offset, size in spool.runs:
+    runs = spool.runs
+    # Runs are in clock order and disjoint: begin at the last one starting by ``start``. A
+    # peer that jumps the clock at every frame makes up to MAX_RUNS of them, and a pass over
+    # all of them per window would cost a long call minutes of CPU.
+    n = max(bisect.bisect_right(runs, start, key=lambda run: run[0]) - 1, 0)
+    for run_start, offset, size in itertools.islice(runs, n, None):
+        if run_start >= start + length:
+            break
         run_end = run_start + size // width
         first, last = max(run_start, start), min(run_end, start + length)
         if first >= last:
@@ -373,7 +406,20 @@ def _merged(spans: list[Span]) -> list[Span]:
 
 @contextlib.contextmanager
 def _writer(recording_format: str, path: Path, rate: int) -> Iterator[Any]:
-    """A function taking (n, 2) int16 blocks, writing them to ``path`` (0600)."""
+    """A function taking (n, 2) int16 blocks, writing them to ``path`` (0600); a failure
+    (a full disk, a file past what its format can hold) removes the file: no half of a
+    recording is left behind."""
+    try:
+        with _encoder(recording_format, path, rate) as write:
+            yield write
+    except BaseException:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def _encoder(recording_format: str, path: Path, rate: int) -> Iterator[Any]:
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     if recording_format == "wav":
         with os.fdopen(descriptor, "wb") as file, wave.open(file, "wb") as wav:
@@ -424,7 +470,8 @@ class CallRecording(CallObserver):
         self._sample_rate = sample_rate
         self._format = settings.recording_format
         self._width = 2 if encoding is AudioEncoding.L16 else 1
-        self._max_samples = int(settings.max_recording_s * sample_rate)
+        self._max_samples = longest_recording(settings.recording_format, sample_rate,
+                                              settings.max_recording_s)
         self._legs: dict[Track, LegSpool] = {}
         self._silenced: dict[Track, list[Span]] = {}
         self._both: list[Span] = []
@@ -460,6 +507,11 @@ class CallRecording(CallObserver):
             position = leg.audio.position_ms
             for start, end in leg.audio.pauses:
                 self._add(track, (start or 0, end if end is not None else position))
+            unconfirmed = leg.audio.unconfirmed_from_ms
+            if unconfirmed is not None:
+                # The engine never confirmed it transcribed this: a number spoken in it
+                # would be in no final, so nothing would silence it.
+                self._add(track, (unconfirmed - REDACTION_MARGIN_MS, position))
             counters = leg.audio.counters
             if counters.chunks_dropped or counters.bytes_discarded:
                 # Audio the engine never heard was never checked for spoken numbers.

@@ -14,6 +14,7 @@ Telnyx does not guarantee their order, and any provider loses a frame now and th
 * A frame older than the stream's position (a duplicate, or later than the window allowed)
   is dropped and counted.
 * Timestamps jitter by a few ms; a difference within ``JITTER_MS`` is no gap and no overlap.
+* 16-bit linear PCM frames are cut to whole samples (a trailing odd byte is dropped).
 
 With no gaps the bytes out are exactly the bytes in, in order. Frames without timestamps are
 passed through in arrival order. Each chunk carries where its first byte sits on the leg's
@@ -69,6 +70,7 @@ class Reframer:
             raise ValueError(f"chunk_ms must be {MIN_CHUNK_MS}-{MAX_CHUNK_MS}, got {chunk_ms}")
         self.encoding = encoding
         self.bytes_per_ms = bytes_per_ms(encoding, sample_rate)
+        self._width = 2 if encoding is AudioEncoding.L16 else 1  # bytes a sample
         self._silence = bytes([silence_byte(encoding)])
         self.chunk_bytes = chunk_ms * self.bytes_per_ms
         self.reorder_window = reorder_window
@@ -95,6 +97,10 @@ class Reframer:
         stats = self.stats
         stats.frames += 1
         stats.bytes_in += len(payload)
+        # Whole samples only: one stray byte would shift every later 16-bit sample by half,
+        # turning the leg into noise for the engine (so nothing in it is redacted) while the
+        # bytes still hold the audio for anyone who shifts them back.
+        payload = payload[:len(payload) - len(payload) % self._width]
         if not payload:
             return NO_CHUNKS
         if timestamp_ms is None:
@@ -124,6 +130,11 @@ class Reframer:
         while self._held:
             self._release_earliest()
             self._release_in_order()
+        return self.cut_short()
+
+    def cut_short(self) -> list[Chunk]:
+        """The chunks complete now and the bytes short of one as a shorter chunk, so that
+        a change of who may hear the leg (a pause, its end) falls between two chunks."""
         chunks = list(self._cut())
         if self._pending:
             chunks.append(Chunk(self._pending_clock_ms(), bytes(self._pending)))

@@ -41,6 +41,12 @@ MAX_NORMAL_TWIST_DB: Final = 8.0
 MAX_REVERSE_TWIST_DB: Final = 8.0
 MIN_PEAK_RATIO_DB: Final = 6.0
 MIN_TONE_SHARE: Final = 0.6
+# Where each tone is measured, relative to its nominal frequency: a sender may be 1.5 % off
+# (a receiver must accept that, ITU-T Q.24) and keyboards and cheap phones go further, while
+# one Goertzel bin of a 25.6 ms block is 39 Hz wide, 2.4 % of 1633 Hz: at the nominal
+# frequency alone, a tone 1.5 % off loses most of its measured power and is missed. Probes
+# 1.5 % apart keep every tone within 3.5 % of nominal near one; the strongest probe counts.
+FREQUENCY_PROBES: Final = (-0.03, -0.015, 0.0, 0.015, 0.03)
 
 Samples = npt.NDArray[np.int16]
 
@@ -63,7 +69,8 @@ class DtmfDetector:
         self.sample_rate = sample_rate
         self.block = max(round(BLOCK_AT_8K * sample_rate / 8000), 16)
         self.hop = self.block // 2
-        frequencies = np.array(ROWS + COLUMNS)
+        frequencies = np.array([f * (1 + probe) for f in ROWS + COLUMNS
+                                for probe in FREQUENCY_PROBES])
         self._coefficients = 2.0 * np.cos(2.0 * math.pi * frequencies / sample_rate)
         # A sine of amplitude A over N samples gives a Goertzel power of (A * N / 2) ** 2.
         self._min_power = (MIN_TONE_AMPLITUDE * self.block / 2) ** 2
@@ -117,7 +124,8 @@ class DtmfDetector:
         return spans
 
     def _goertzel(self, frames: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-        """Each block's power at the eight frequencies: (blocks, 8)."""
+        """Each block's power at the eight frequencies (the strongest of each one's probes):
+        (blocks, 8)."""
         coefficients = self._coefficients[:, None]
         s1 = np.zeros((len(self._coefficients), frames.shape[1]))
         s2, s0 = np.zeros_like(s1), np.empty_like(s1)
@@ -127,4 +135,6 @@ class DtmfDetector:
             s0 += row
             s2, s1, s0 = s1, s0, s2
         power: npt.NDArray[np.float64] = s1 * s1 + s2 * s2 - coefficients * s1 * s2
-        return power.T
+        strongest: npt.NDArray[np.float64] = power.reshape(
+            len(ROWS + COLUMNS), len(FREQUENCY_PROBES), -1).max(axis=1)
+        return strongest.T

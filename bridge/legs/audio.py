@@ -92,6 +92,9 @@ class LegAudio:
         self.pauses: list[list[int | None]] = []  # [start_ms, end_ms] on the leg's clock
         self.ended = False
         self.discarding = False  # transcription failed for good, or waits for a slot
+        # From here on the leg's clock, audio reached an engine that never confirmed it
+        # transcribed it (None: every chunk sent was): see ``unconfirmed``.
+        self.unconfirmed_from_ms: int | None = None
         # Sees every chunk that is not paused, with its place on the leg's clock, whether or
         # not the engine gets it (the call's observers: talk analytics, the recording).
         self.tap: Callable[[int, bytes], None] | None = None
@@ -123,6 +126,10 @@ class LegAudio:
         """Withhold (or send again) the leg's audio from the engine; False when unchanged."""
         if paused == self.paused:
             return False
+        # The gate acts at this very byte: what waits short of a chunk goes through it as it
+        # was when heard (before a pause: to the engine; during one: withheld, counted).
+        for chunk in self.reframer.cut_short():
+            self._enqueue(chunk)
         self.paused = paused
         now = self.reframer.position_ms
         if paused:
@@ -138,6 +145,13 @@ class LegAudio:
         self.counters.bytes_discarded += self._buffered
         self._buffer.clear()
         self._buffered = 0
+
+    def unconfirmed(self, from_ms: int) -> None:
+        """The engine may not have transcribed the audio it got from ``from_ms`` on the
+        leg's clock (it failed, or did not close its session after the end of audio, so
+        finals may still have been on their way): nothing checked it for spoken numbers."""
+        if self.unconfirmed_from_ms is None or from_ms < self.unconfirmed_from_ms:
+            self.unconfirmed_from_ms = from_ms
 
     def keep(self) -> None:
         """Audio from now on goes to the engine again (a leg that waited for an engine's

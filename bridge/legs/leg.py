@@ -84,7 +84,10 @@ class Leg:
 
     def set_paused(self, paused: bool) -> bool:
         """Pause or resume sending this leg's audio; False when nothing changed."""
-        return self.audio.set_paused(paused)
+        changed = self.audio.set_paused(paused)
+        if self.audio.waiting:
+            self.upstream.wake()  # the audio heard before a pause, cut short, goes now
+        return changed
 
     def summary(self) -> dict[str, Any]:
         audio, upstream = self.audio, self.upstream

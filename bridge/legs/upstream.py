@@ -354,7 +354,14 @@ class Upstream:
             self._slot.release()
             self._slot = None
 
+    def _unconfirmed(self) -> None:
+        """The audio after the last final went to an engine that never confirmed it
+        transcribed it: the leg's audio says from where (a recording silences it)."""
+        last = self._last_final_end_ms
+        self.audio.unconfirmed(last if last is not None else self.audio.to_clock(0))
+
     def _fail(self, error: UpstreamError) -> None:
+        self._unconfirmed()
         self._count("failed")
         self._step(Step.FAILED)
         self.error = error
@@ -397,7 +404,9 @@ class Upstream:
                 self._step(Step.AUDIO_ENDED)
             await self.engine.finish()
             # Some engines close after their last final, others never do: bound the wait.
-            await asyncio.wait({receiver}, timeout=self._timers.close_grace_s)
+            done, _ = await asyncio.wait({receiver}, timeout=self._timers.close_grace_s)
+            if not done and not self._roll:
+                self._unconfirmed()  # its last finals may have been on their way
             await self.engine.close()
         return self._roll
 

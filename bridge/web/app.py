@@ -183,12 +183,15 @@ async def _after_call(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     artifacts = settings.artifacts
     factories: list[ObserverFactory] = [talk_observer]
+    spool_dir = artifacts.spool_path(settings.outbox.path)
     if recording_possible(settings):
-        spool_dir = artifacts.spool_path(settings.outbox.path)
         spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Even with recording off now: a crash's spool files are raw audio, numbers unsilenced.
+    if spool_dir.is_dir():
         removed = remove_stale_spools(spool_dir)
         if removed:
             log.warning("removed spool files a crash left behind", files=removed)
+    if recording_possible(settings):
         factories.append(recording_factory(settings, spool_dir))
     if settings.analytics.sentiment:
         shared_scorer()  # the lexicon loads now, not in the first call's media reader

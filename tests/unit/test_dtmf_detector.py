@@ -43,6 +43,22 @@ def test_twist_and_quiet_tones_within_the_limits_are_found(row_db: float,
     assert [s.digit for s in DtmfDetector(8000).find(audio)] == ["5"]
 
 
+@pytest.mark.parametrize("deviation", [-0.035, -0.015, 0.015, 0.035])
+@pytest.mark.parametrize("rate", [8000, 16000])
+def test_keys_off_their_nominal_frequencies_are_found(rate: int, deviation: float) -> None:
+    # A receiver must accept tones 1.5 % off (ITU-T Q.24) and many accept more: a key an IVR
+    # reads from such a phone must not survive in a recording.
+    missed = []
+    for digit in (key for row in KEYS for key in row):
+        tone = dtmf_tone(digit, 60, rate=rate, deviation=deviation)
+        audio = np.concatenate([silence(200, rate), tone, silence(200, rate)])
+        if rate == 8000:
+            audio = through_ulaw(audio)
+        if [s.digit for s in DtmfDetector(rate).find(audio)] != [digit]:
+            missed.append(digit)
+    assert missed == []
+
+
 def test_a_tone_at_16_khz_is_found_too() -> None:
     audio = np.concatenate([silence(100, 16000), dtmf_tone("#", 60, rate=16000),
                             silence(100, 16000)])

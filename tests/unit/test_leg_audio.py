@@ -98,3 +98,32 @@ def test_the_map_stays_bounded_when_every_chunk_breaks_continuity() -> None:
         clock.sent(n * 100.0, n * 200.0, 100.0)  # every chunk after a dropped one
     assert len(clock) == MAX_SEGMENTS
     assert clock.to_clock(100.0 * (MAX_SEGMENTS * 2 - 1) + 50) == 200 * (MAX_SEGMENTS * 2 - 1) + 50
+
+
+def test_unconfirmed_audio_starts_at_the_earliest_point_reported() -> None:
+    audio = leg()
+    assert audio.unconfirmed_from_ms is None  # every chunk sent was transcribed
+    audio.unconfirmed(3000)
+    audio.unconfirmed(5000)  # a later session's doubt does not shrink the first
+    audio.unconfirmed(1200)
+    assert audio.unconfirmed_from_ms == 1200
+
+
+def test_no_byte_heard_while_paused_reaches_the_engine_or_the_recording() -> None:
+    # Paused at 120 ms and resumed at 290 ms: chunks are 100 ms, so the frames of 200-280 ms
+    # wait in the reframer, unsent, when the pause ends; they were heard while paused.
+    audio = leg()
+    tapped: list[bytes] = []
+    audio.tap = lambda clock_ms, data: tapped.append(data)
+    feed(audio, 0, 6, byte=1)  # 0-120 ms
+    audio.set_paused(True)
+    feed(audio, 120, 8, byte=2)  # 120-280 ms: a card read out, say
+    audio.set_paused(False)
+    feed(audio, 280, 16, byte=3)
+    audio.end()
+    sent = b""
+    while (chunk := audio.next_chunk()) is not None:
+        audio.sent(chunk)
+        sent += chunk.data
+    assert 2 not in sent and all(2 not in data for data in tapped)
+    assert sent.count(3) == 16 * FRAME

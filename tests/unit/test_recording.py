@@ -18,6 +18,7 @@ from bridge.artifacts.recording import (
     LegSpool,
     RenderPlan,
     locate_words,
+    longest_recording,
     recording_wanted,
     redaction_spans,
     remove_stale_spools,
@@ -149,12 +150,23 @@ def test_stale_spools_go_and_live_ones_stay(tmp_path: Path) -> None:
     stale.write_bytes(b"\x00" * 10)
     half = tmp_path / "crashed.recording.wav.part"
     half.write_bytes(b"RIFF")
-    kept = tmp_path / "done.recording.wav"
-    kept.write_bytes(b"RIFF")
+    other = tmp_path / "notes.txt"
+    other.write_bytes(b"kept")
     assert remove_stale_spools(tmp_path) == 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["done.recording.wav", "live.spool"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["live.spool", "notes.txt"]
     live.close()
     assert remove_stale_spools(tmp_path) == 1
+
+
+@pytest.mark.parametrize("extension", ["wav", "flac", "opus"])
+def test_a_rendered_recording_a_crash_left_unstored_goes_at_start(
+        tmp_path: Path, extension: str) -> None:
+    # Rendered but not yet in the store when the process died: nothing else would ever
+    # delete it (retention sweeps the store, not the spool directory).
+    rendered = tmp_path / f"CA1-0123456789ab.recording.{extension}"
+    rendered.write_bytes(b"RIFF")
+    assert remove_stale_spools(tmp_path) == 1
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_locked_spool_is_held_by_its_process(tmp_path: Path) -> None:
@@ -218,6 +230,19 @@ def test_render_aligns_legs_silences_spans_and_tones_and_keeps_the_rest(
     assert np.array_equal(right[keep], expected_right[keep])
     silenced_left = int((left != expected_left).sum())
     assert 0 < silenced_left <= 800 + (tone.stop - tone.start) + 800
+
+
+def test_a_render_that_fails_leaves_no_half_written_file(tmp_path: Path) -> None:
+    legs = {Track.INBOUND: spool(tmp_path, "in")}
+    legs[Track.INBOUND].write(0, b"\x10" * 8000)
+    legs[Track.INBOUND].close()
+    output = tmp_path / "r.wav"
+    # A full disk: every write of the half-written file fails.
+    (tmp_path / "r.wav.part").symlink_to("/dev/full")
+    with pytest.raises(OSError, match="No space"):
+        render(RenderPlan(AudioEncoding.PCMU, 8000, legs, {Track.INBOUND: []}, [], set(),
+                          output))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.spool"]
 
 
 def test_a_muted_leg_is_silent_and_no_audio_is_no_file(tmp_path: Path) -> None:
@@ -324,3 +349,34 @@ def test_spans_and_tones_across_the_render_windows_are_silenced_exactly(
     kept = ~silenced & ~tone_reach
     assert np.array_equal(left[kept], expected[kept])
     assert DtmfDetector(8000).find(left.copy()) == []
+
+
+def test_a_wav_recording_never_outgrows_what_its_header_can_count() -> None:
+    # A day of a 24 kHz leg (max_recording_s allows it) is 8.3 GB of stereo WAV: the 32-bit
+    # RIFF size would overflow when the header is written, and the recording be lost.
+    frames = longest_recording("wav", 24000, 86400)
+    assert 36 + frames * 4 <= 2**32 - 1
+    assert frames > 24000 * 12 * 3600  # still over 12 hours
+    assert longest_recording("flac", 24000, 86400) == 24000 * 86400  # no such limit
+    assert longest_recording("wav", 8000, 14400) == 8000 * 14400  # the default: untouched
+
+
+def test_a_leg_whose_clock_jumps_at_every_chunk_is_placed_exactly_across_windows(
+        tmp_path: Path) -> None:
+    # 20 ms of audio every 700 ms for 70 s, and two chunks straddling the 30 s and 60 s
+    # window edges: a run per chunk, each read where its clock says.
+    leg = spool(tmp_path, "in", max_bytes=10**7, max_samples=10**7)
+    expected = np.zeros(8000 * 70, dtype=np.int16)
+    rng = np.random.default_rng(5)
+    for at_ms in sorted({*range(0, 70_000, 700), 29_990, 59_995}):
+        chunk = decoded(ulaw_of(rng.normal(0, 3000, 160).clip(-30000, 30000)))
+        leg.write(at_ms, ulaw_of(chunk))
+        expected[at_ms * 8:at_ms * 8 + 160] = chunk
+    leg.close()
+    assert len(leg.runs) == 102
+    output = tmp_path / "r.wav"
+    render(RenderPlan(AudioEncoding.PCMU, 8000, {Track.INBOUND: leg},
+                      {Track.INBOUND: []}, [], set(), output))
+    _, stereo = read_wav(output)
+    assert len(stereo) == 69_300 * 8 + 160
+    assert np.array_equal(stereo[:, 0], expected[:len(stereo)])

@@ -161,3 +161,19 @@ def test_silence_filled_stays_within_the_audio_received() -> None:
     assert reframer.stats.gap_fill_ms <= received_ms + 1000
     assert len(b"".join(out)) <= (received_ms * 2 + 1000) * 8
     assert reframer.position_ms >= 199 * 5000  # the clock still counts every hole
+
+
+@pytest.mark.parametrize("timestamps", [True, False])
+def test_linear_pcm_stays_on_whole_samples_whatever_the_frames_length(
+        timestamps: bool) -> None:
+    # A stray byte would shift every later 16-bit sample by half: the engine would hear
+    # noise (and transcribe, so redact, nothing) while the recording kept the audio for
+    # anyone who shifts it back.
+    reframer = Reframer(AudioEncoding.L16, sample_rate=8000, chunk_ms=20)
+    speech = bytes(range(1, 161)) * 2  # 20 ms at 8 kHz, 16-bit
+    out = run(reframer, [(b"\x7f", 0 if timestamps else None),
+                         (speech, 0 if timestamps else None),
+                         (speech + b"\x7f", 20 if timestamps else None),
+                         (speech, 40 if timestamps else None)])
+    assert b"".join(out) == speech * 3
+    assert all(len(chunk) % 2 == 0 for chunk in out)

@@ -39,6 +39,15 @@ def test_the_lexicon_model_scores_what_a_caller_says(text: str, label: str) -> N
     assert sentiment["score"] == round(sentiment["score"], 3)
 
 
+def test_a_long_final_is_scored_on_its_first_thousand_characters() -> None:
+    # What follows may be hostile: a long run of "but" clauses costs VADER the square of its
+    # length, on the event loop every call shares.
+    calm = ("I am calling about my bill " * 40)[:1000]
+    assert shared_scorer().score(calm)["label"] == "neutral"
+    assert shared_scorer().score(calm + " terrible awful but not bad " * 300) == \
+        shared_scorer().score(calm)
+
+
 def test_one_scorer_serves_the_whole_process() -> None:
     assert shared_scorer() is shared_scorer()
 
