@@ -22,8 +22,10 @@ MAX_FINALS: Final = 60_000
 class TranscriptRecord(CallObserver):
     """The published finals of one call; see the module docstring."""
 
-    def __init__(self, speakers: Mapping[Track, str], *, max_finals: int = MAX_FINALS) -> None:
+    def __init__(self, speakers: Mapping[Track, str], *, max_finals: int = MAX_FINALS,
+                 keep_words: bool = True) -> None:
         self._speakers = dict(speakers)
+        self._keep_words = keep_words
         self._max_finals = max_finals
         self.finals: list[dict[str, Any]] = []  # event data, plus "leg" and "speaker"
         self.dropped = 0  # finals past max_finals, not kept
@@ -35,8 +37,10 @@ class TranscriptRecord(CallObserver):
         if len(self.finals) >= self._max_finals:
             self.dropped += 1
             return
-        self.finals.append({"leg": track.value, "speaker": self._speakers.get(track, track.value),
-                            **fields})
+        line = {"leg": track.value, "speaker": self._speakers.get(track, track.value), **fields}
+        if not self._keep_words:
+            line.pop("words", None)
+        self.finals.append(line)
 
     def conversation(self) -> list[dict[str, Any]]:
         """Every kept final of both legs, ordered by start time on the call's clock (then by

@@ -72,9 +72,12 @@ class FeedStream(CallObserver):
 
 
 def transcript_record(call: Call) -> TranscriptRecord:
-    """A call's transcript record, with its legs' speakers as configured."""
+    """A call's transcript record for ``call.completed`` alone, with its legs' speakers as
+    configured: without the finals' word times, which only the transcript files carry (they
+    are most of a final's weight)."""
     speakers = call.settings.speakers
-    return TranscriptRecord({track: getattr(speakers, track.value) for track in Track})
+    return TranscriptRecord({track: getattr(speakers, track.value) for track in Track},
+                            keep_words=False)
 
 
 class AfterCallService:
@@ -114,20 +117,23 @@ class AfterCallService:
         """Keep the call's artifacts (see ``keep``), then publish its ``call.completed``
         naming them. Cancelled while the files are stored, it publishes nothing."""
         names = await self.keep(call, observers, ended)
-        self.publish_completed(call, observers, ended, names)
+        await self.publish_completed(call, observers, ended, names)
 
-    def publish_completed(self, call: Call, observers: Sequence[CallObserver],
-                          ended: Mapping[str, Any], artifacts: Sequence[str] = ()) -> None:
+    async def publish_completed(self, call: Call, observers: Sequence[CallObserver],
+                                ended: Mapping[str, Any], artifacts: Sequence[str] = ()) -> None:
         """Publish ``call.completed`` from the call's transcript record, naming
         ``artifacts`` (the files stored for the call); nothing when it is off or the call
-        has no record."""
+        has no record. Built in a thread: a long call's transcript takes a while to sort
+        and measure, and the event loop carries every other call's audio."""
         record = next((o for o in observers if isinstance(o, TranscriptRecord)), None)
         settings = self._completed
-        if settings is None or record is None or call.call_id is None:
+        call_id = call.call_id
+        if settings is None or record is None or call_id is None:
             return
-        call.publish(EventType.CALL_COMPLETED, completed_data(
-            record.finals, call_id=call.call_id, ended=ended, artifacts=artifacts,
-            max_bytes=settings.completed_max_bytes, dropped=record.dropped))
+        data = await asyncio.to_thread(
+            completed_data, record.finals, call_id=call_id, ended=ended, artifacts=artifacts,
+            max_bytes=settings.completed_max_bytes, dropped=record.dropped)
+        call.publish(EventType.CALL_COMPLETED, data)
 
     async def keep(self, call: Call, observers: Sequence[CallObserver],
                    ended: Mapping[str, Any] | None = None) -> list[str]:

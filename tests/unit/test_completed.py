@@ -9,10 +9,13 @@ import orjson
 import pytest
 
 from bridge.artifacts.completed import completed_data, transcript_url
+from bridge.artifacts.record import TranscriptRecord
 from bridge.cluster.outbox import decode_call, encode_call
+from bridge.compliance.redact import Redacted
 from bridge.config import load_settings
 from bridge.delivery.outbox import HeldFinal, LiveCall
 from bridge.errors import ConfigError
+from bridge.events import Track, TranscriptResult
 
 
 def final(leg: str, sequence: int, start_ms: int, text: str, **more: Any) -> dict[str, Any]:
@@ -126,3 +129,19 @@ def test_call_completed_is_on_by_default_and_its_limit_is_checked_by_name() -> N
     with pytest.raises(ConfigError) as caught:
         load_settings(environ={"CALLBRIDGE_ARTIFACTS_COMPLETED_MAX_BYTES": "100"})
     assert caught.value.setting == "CALLBRIDGE_ARTIFACTS_COMPLETED_MAX_BYTES"
+
+
+def test_a_record_for_call_completed_alone_keeps_each_final_without_its_word_times() -> None:
+    # Word times are most of a final's weight, and only the transcript files show them.
+    fields = {"sequence": 1, "text": "hello there", "is_final": True, "confidence": 0.9,
+              "start_ms": 0, "end_ms": 900, "redactions": [],
+              "words": [{"text": "hello", "start_ms": 0, "end_ms": 400, "confidence": 0.9},
+                        {"text": "there", "start_ms": 500, "end_ms": 900, "confidence": 0.9}]}
+    result = TranscriptResult("hello there", True, 0.9, 0, 900)
+    lean = TranscriptRecord({Track.INBOUND: "caller"}, keep_words=False)
+    whole = TranscriptRecord({Track.INBOUND: "caller"})
+    for record in (lean, whole):
+        record.final(Track.INBOUND, result, Redacted("hello there"), fields)
+    assert lean.finals == [{"leg": "inbound", "speaker": "caller",
+                            **{k: v for k, v in fields.items() if k != "words"}}]
+    assert whole.finals[0]["words"] == fields["words"]
