@@ -35,6 +35,7 @@ from bridge.artifacts.recording import (
 from bridge.artifacts.service import AfterCallService, ObserverFactory
 from bridge.artifacts.store import open_artifact_store, retention_sweeps
 from bridge.calls import Call, CallObserver
+from bridge.cluster.connection import stop
 from bridge.cluster.engine_slots import ClusterEngineSlots
 from bridge.cluster.events_stream import EventStream
 from bridge.cluster.feeds import FeedWriter, SharedFeeds
@@ -237,10 +238,7 @@ async def _after_call(app: web.Application) -> AsyncIterator[None]:
         try:
             yield
         finally:
-            if sweeps is not None:
-                sweeps.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sweeps
+            await stop(sweeps)
 
 
 async def _speech_to_text(app: web.Application) -> AsyncIterator[None]:
@@ -365,9 +363,7 @@ async def _observability(app: web.Application) -> AsyncIterator[None]:
     registry.watch(scraped)
     lag = asyncio.create_task(registry.measure_loop_lag(), name="loop lag")
     yield
-    lag.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await lag
+    await stop(lag)
 
 
 async def metrics(request: web.Request) -> web.Response:
