@@ -109,7 +109,7 @@ else
     if [ ! -f .venv313/.installed ] || [ pyproject.toml -nt .venv313/.installed ]; then
         .venv313/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
         .venv313/bin/python -m pip install --quiet --disable-pip-version-check \
-            -e ".[test,local,local-lite,codecs,s3,sentiment]"
+            -e ".[dev]"  # the extras .venv has: one list, in pyproject.toml
         touch .venv313/.installed
     fi
     say "tests on $(.venv313/bin/python --version) (.venv313)"
