@@ -6,10 +6,17 @@ It checks the raw-key ``Authorization`` (a wrong one gets ``Error`` 1008 and a c
 ``Error``), answers turns from the audio like the other emulators ("tone 400 hertz":
 partial turns, then an unformatted and, with ``format_turns``, a formatted end-of-turn with
 word times in ms), and on ``Terminate`` flushes, sends ``Termination`` and closes with 1000.
+
+With ``sink=True`` (load tests; ``python -m tests.support.assemblyai --sink``) it checks the
+key, sends ``Begin``, recognises nothing and keeps no audio: each session is timed by
+``tests/support/sink.py`` and ends a turn per ``sink_final_every_s`` of audio, as the
+service does with ``format_turns=true`` when asked (the unformatted end of turn, then the
+formatted one), with word times in ms. It does not police message sizes or pacing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass, field
@@ -19,8 +26,10 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
 
 from tests.support.faults import Failure, Faults
+from tests.support.sink import FINAL_WORDS, STATS_PATH, SinkClock, SinkStats
 from tests.support.telnyx_stt import Recognizer
 
 PATH = "/v3/ws"
@@ -42,8 +51,12 @@ class AssemblySession:
 
 class AssemblyAIEmulator(Faults):
     def __init__(self, *, api_key: str = "test-assemblyai-key", rate_slack_s: float = 1.0,
-                 script: list[str] | None = None) -> None:
+                 script: list[str] | None = None, sink: bool = False,
+                 sink_final_every_s: float = 0.0) -> None:
         super().__init__()
+        self.sink = sink
+        self.sink_final_every_s = sink_final_every_s
+        self.sink_stats = SinkStats()
         self.api_key = api_key
         self.rate_slack_s = rate_slack_s
         self.script = script  # each turn's text in turn, instead of "tone <Hz> hertz"
@@ -74,7 +87,8 @@ class AssemblyAIEmulator(Faults):
         assert ws.request is not None
         split = urlsplit(ws.request.path)
         session = AssemblySession(parse_qs(split.query), ws.request.headers)
-        self.sessions.append(session)
+        if not self.sink:
+            self.sessions.append(session)
         try:
             if ws.request.headers.get("Authorization") != self.api_key:
                 await self._error(ws, session, 1008,
@@ -82,7 +96,10 @@ class AssemblyAIEmulator(Faults):
                 return
             await ws.send(json.dumps({"type": "Begin", "id": "emulated",
                                       "expires_at": int(time.time()) + 10800}))
-            await self._stream(ws, session)
+            if self.sink:
+                await self._absorb(ws, session)
+            else:
+                await self._stream(ws, session)
         except ConnectionClosed:
             pass
 
@@ -145,6 +162,38 @@ class AssemblyAIEmulator(Faults):
                 else:
                     await ws.send(json.dumps(self._turn(turn, text, False, False, None)))
 
+    async def _absorb(self, ws: ServerConnection, session: AssemblySession) -> None:
+        """Sink mode: time the audio, end a turn per ``sink_final_every_s`` of it."""
+        width = 1 if session.param("encoding") == "pcm_mulaw" else 2
+        bytes_per_s = int(session.param("sample_rate") or 16000) * width
+        clock = SinkClock(self.sink_stats, bytes_per_s, self.sink_final_every_s)
+        formatted = session.param("format_turns") == "true"
+        text = " ".join(FINAL_WORDS)
+        turn = 0
+        try:
+            async for message in ws:
+                if isinstance(message, str):
+                    if json.loads(message).get("type") == "Terminate":
+                        await ws.send(json.dumps({
+                            "type": "Termination",
+                            "audio_duration_seconds": round(clock.received / bytes_per_s),
+                            "session_duration_seconds": 1}))
+                        await ws.close(1000)
+                        return
+                    continue
+                span = clock.take(len(message))
+                if span is None:
+                    continue
+                times = (int(span[0] * 1000), int(span[1] * 1000))
+                await self._end_of_turn(ws, turn, text, times, formatted)
+                turn += 1
+        finally:
+            clock.end()
+
+    def _check_sink(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Sink mode's handshake: ``/stats`` answered, the rest go on to the session."""
+        return self.sink_stats.respond(connection, request)
+
     async def _end_of_turn(self, ws: ServerConnection, turn: int, text: str,
                            times: tuple[int, int], formatted: bool) -> None:
         await ws.send(json.dumps(self._turn(turn, text, True, False, times)))
@@ -167,3 +216,26 @@ class AssemblyAIEmulator(Faults):
                 "utterance": "", "words": words}
 
 
+
+
+async def _serve_forever(port: int, api_key: str, final_every_s: float) -> None:
+    emulator = AssemblyAIEmulator(api_key=api_key, sink=True, sink_final_every_s=final_every_s)
+    emulator._server = await serve(emulator._handle, "127.0.0.1", port,
+                                   process_request=emulator._check_sink, max_size=2**20,
+                                   compression=None, backlog=4096)
+    print(f"AssemblyAI emulator on {emulator.url} in sink mode (GET {STATS_PATH})", flush=True)
+    await emulator._server.wait_closed()
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Run the AssemblyAI emulator's sink mode.")
+    parser.add_argument("--sink", action="store_true", required=True,
+                        help="take audio without recognising it; measure its lateness")
+    parser.add_argument("--port", type=int, default=9102)
+    parser.add_argument("--api-key", default="test-assemblyai-key")
+    parser.add_argument("--final-every-s", type=float, default=0.0,
+                        help="end a turn per this many seconds of audio")
+    options = parser.parse_args()
+    asyncio.run(_serve_forever(options.port, options.api_key, options.final_every_s))

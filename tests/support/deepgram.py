@@ -11,6 +11,12 @@ It counts concurrent sessions (``active``, and the most at once, ``max_active``)
 accepted upgrade to the end of the session; with ``max_concurrent`` set it refuses an upgrade
 beyond it with HTTP 429, as Deepgram enforces a project's concurrency limit
 (``refused_for_capacity`` counts those).
+
+With ``sink=True`` (load tests; ``python -m tests.support.deepgram --sink``) it recognises
+nothing and keeps no audio: each session is timed by ``tests/support/sink.py`` and gets a
+final per ``sink_final_every_s`` of audio, one ``Results`` message settling the utterance
+(``is_final`` and ``speech_final``) with word times in seconds, as Deepgram sends them.
+There is no idle close in sink mode.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from tests.support.faults import Failure, Fault, Faults
+from tests.support.sink import FINAL_WORDS, STATS_PATH, SinkClock, SinkStats, spread_words
 from tests.support.telnyx_stt import Recognizer
 
 PATH = "/v1/listen"
@@ -50,8 +57,12 @@ class DeepgramSession:
 
 class DeepgramEmulator(Faults):
     def __init__(self, *, api_key: str = "test-deepgram-key", idle_s: float = 10.0,
-                 reject_status: int | None = None, max_concurrent: int | None = None) -> None:
+                 reject_status: int | None = None, max_concurrent: int | None = None,
+                 sink: bool = False, sink_final_every_s: float = 0.0) -> None:
         super().__init__()
+        self.sink = sink
+        self.sink_final_every_s = sink_final_every_s
+        self.sink_stats = SinkStats()
         self.api_key = api_key
         self.idle_s = idle_s
         self.reject_status = reject_status
@@ -78,6 +89,8 @@ class DeepgramEmulator(Faults):
         await self._server.wait_closed()
 
     def _check(self, connection: ServerConnection, request: Request) -> Response | None:
+        if self.sink and request.path == STATS_PATH:
+            return self.sink_stats.respond(connection, request)
         split = urlsplit(request.path)
         if split.path != PATH:
             return connection.respond(HTTPStatus.NOT_FOUND, "Not Found\n")
@@ -104,6 +117,12 @@ class DeepgramEmulator(Faults):
         assert ws.request is not None
         split = urlsplit(ws.request.path)
         session = DeepgramSession(parse_qs(split.query), ws.request.headers)
+        if self.sink:
+            try:
+                await self._absorb(ws, session)
+            finally:
+                self.active -= 1
+            return
         self.sessions.append(session)
         fmt = FORMATS.get(session.param("encoding") or "", "linear16")
         rate = int(session.param("sample_rate") or 16000)
@@ -164,6 +183,36 @@ class DeepgramEmulator(Faults):
         except ConnectionClosed:
             pass
 
+    async def _absorb(self, ws: ServerConnection, session: DeepgramSession) -> None:
+        """Sink mode: time the audio, send a final per ``sink_final_every_s`` of it."""
+        width = 2 if session.param("encoding") == "linear16" else 1
+        clock = SinkClock(self.sink_stats, int(session.param("sample_rate") or 16000) * width,
+                          self.sink_final_every_s)
+        try:
+            async for message in ws:
+                if isinstance(message, str):
+                    if json.loads(message).get("type") == "CloseStream":
+                        await ws.send(json.dumps({"type": "Metadata",
+                                                  "request_id": "emulated"}))
+                        await ws.close(1000)
+                        return
+                    continue  # KeepAlive, Finalize: nothing is pending in a sink
+                span = clock.take(len(message))
+                if span is not None:
+                    await ws.send(json.dumps(self._sink_final(*span)))
+        except ConnectionClosed:
+            pass
+        finally:
+            clock.end()
+
+    def _sink_final(self, start: float, end: float) -> dict[str, Any]:
+        """A settled utterance over the span, with each word's times, in seconds."""
+        final = self._results(" ".join(FINAL_WORDS), True, True, start, end - start)
+        final["channel"]["alternatives"][0]["words"] = [
+            {"word": word, "start": round(a, 3), "end": round(b, 3), "confidence": 0.97,
+             "punctuated_word": word} for word, a, b in spread_words(start, end)]
+        return final
+
     async def _final(self, ws: ServerConnection, text: str, times: tuple[int, int],
                      finalize: bool = False) -> None:
         words = text.split()
@@ -183,3 +232,26 @@ class DeepgramEmulator(Faults):
                 "start": start, "is_final": is_final, "speech_final": speech_final,
                 "channel": {"alternatives": [{"transcript": text, "confidence": 0.97,
                                               "words": []}]}}
+
+
+async def _serve_forever(port: int, api_key: str, final_every_s: float) -> None:
+    emulator = DeepgramEmulator(api_key=api_key, sink=True, sink_final_every_s=final_every_s)
+    emulator._server = await serve(emulator._handle, "127.0.0.1", port,
+                                   process_request=emulator._check, max_size=2**20,
+                                   compression=None, backlog=4096)
+    print(f"Deepgram emulator on {emulator.url} in sink mode (GET {STATS_PATH})", flush=True)
+    await emulator._server.wait_closed()
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Run the Deepgram emulator's sink mode.")
+    parser.add_argument("--sink", action="store_true", required=True,
+                        help="take audio without recognising it; measure its lateness")
+    parser.add_argument("--port", type=int, default=9101)
+    parser.add_argument("--api-key", default="test-deepgram-key")
+    parser.add_argument("--final-every-s", type=float, default=0.0,
+                        help="send a final per this many seconds of audio")
+    options = parser.parse_args()
+    asyncio.run(_serve_forever(options.port, options.api_key, options.final_every_s))

@@ -22,9 +22,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import time
 import warnings
-from array import array
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -36,6 +34,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from tests.support.faults import Failure, Faults
+from tests.support.sink import FINAL_WORDS, STATS_PATH, SinkClock, SinkStats
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -157,25 +156,6 @@ class Recognizer:
         return chunk
 
 
-@dataclass
-class SinkStats:
-    """What sink mode measured, over every session."""
-
-    sessions: int = 0
-    closed: int = 0
-    bytes: int = 0
-    lags_ms: array[float] = field(default_factory=lambda: array("f"))
-
-    def report(self) -> dict[str, Any]:
-        lags = sorted(self.lags_ms)
-
-        def at(q: float) -> float | None:
-            return round(lags[min(len(lags) - 1, int(q * len(lags)))], 1) if lags else None
-        return {"sessions": self.sessions, "closed": self.closed, "bytes": self.bytes,
-                "messages": len(lags),
-                "lag_ms": {"p50": at(0.5), "p99": at(0.99), "max": at(1.0)}}
-
-
 class TelnyxSttEmulator(Faults):
     """Run with ``async with TelnyxSttEmulator() as emulator:``; connect to ``emulator.url``.
 
@@ -218,8 +198,8 @@ class TelnyxSttEmulator(Faults):
         await self._server.wait_closed()
 
     def _check_handshake(self, connection: ServerConnection, request: Request) -> Response | None:
-        if request.path == "/stats" and self.sink:
-            return connection.respond(HTTPStatus.OK, json.dumps(self.sink_stats.report()))
+        if self.sink and request.path == STATS_PATH:
+            return self.sink_stats.respond(connection, request)
         if urlsplit(request.path).path != PATH:
             return connection.respond(HTTPStatus.NOT_FOUND, "Not Found\n")
         if request.headers.get("Authorization") != f"Bearer {self.api_key}":
@@ -344,37 +324,25 @@ class TelnyxSttEmulator(Faults):
                                                    "speech_final": False, "confidence": 0.0})
 
     async def _absorb(self, ws: ServerConnection, session: EmulatorSession) -> None:
-        """Sink mode: take audio as fast as it comes and time it against its own clock.
-
-        A message's offset is its arrival time minus the audio time it completes; its lag is
-        how much later that is than the first message's offset (never below zero): how far
-        the client fell behind real time after its first chunk, whatever the fixed delay of
-        the path and of opening the session. Only byte counts are kept, never the audio.
-        """
+        """Sink mode: take audio as fast as it comes and time it (``tests/support/sink.py``);
+        a final per ``sink_final_every_s`` of audio, in the Deepgram-engine shape, which has
+        no word times."""
         width = 2 if session.param("input_format") == "linear16" else 1
-        bytes_per_s = int(session.param("sample_rate") or 8000) * width
-        stats = self.sink_stats
-        stats.sessions += 1
-        offsets = array("d")
-        received = 0
-        next_final = self.sink_final_every_s * bytes_per_s
-        async for message in ws:
-            if isinstance(message, str):
-                if _control_type(message) == "CloseStream":
-                    await ws.close(1000)
-                    break
-                continue
-            received += len(message)
-            offsets.append(time.monotonic() - received / bytes_per_s)
-            if next_final and received >= next_final:
-                next_final += self.sink_final_every_s * bytes_per_s
-                await ws.send('{"transcript":"sink final","is_final":true,"speech_final":true,'
-                              '"confidence":0.9}')
-        if offsets:
-            first = offsets[0]
-            stats.lags_ms.extend(max(0.0, offset - first) * 1000 for offset in offsets[1:])
-        stats.bytes += received
-        stats.closed += 1
+        clock = SinkClock(self.sink_stats, int(session.param("sample_rate") or 8000) * width,
+                          self.sink_final_every_s)
+        final = json.dumps({"transcript": " ".join(FINAL_WORDS), "is_final": True,
+                            "speech_final": True, "confidence": 0.9})
+        try:
+            async for message in ws:
+                if isinstance(message, str):
+                    if _control_type(message) == "CloseStream":
+                        await ws.close(1000)
+                        break
+                    continue
+                if clock.take(len(message)) is not None:
+                    await ws.send(final)
+        finally:
+            clock.end()
 
     async def _final(self, ws: ServerConnection, session: EmulatorSession, text: str,
                      deepgram_like: bool, times: tuple[int, int]) -> None:
