@@ -490,6 +490,10 @@ async def view(session: aiohttp.ClientSession, base: str, call_id: str,
 
 # -- where the time goes ---------------------------------------------------------------------
 
+# Frames every sample of a thread passes through: in the inclusive tables they would only say
+# 100 %. Their self time stays counted (a leaf in Runner.run is the event loop's own C code).
+ENTRY_FILES = frozenset({"<frozen runpy>", "bridge/__main__.py", "bridge/cli.py",
+                         "asyncio/runners.py", "threading.py"})
 FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
 
@@ -507,12 +511,14 @@ def short_file(path: str) -> str:
 
 def summarise_profile(raw: str, top: int) -> str:
     """py-spy's raw (collapsed) stacks as tables of self and inclusive shares of the samples,
-    per function (with its file) and per file; inclusive counts a sample once per key."""
+    per function (with its file), per file and per package; inclusive counts a sample once
+    per key and leaves out the entry frames every sample has."""
     total = 0
     self_fn: dict[str, int] = {}
     incl_fn: dict[str, int] = {}
     self_file: dict[str, int] = {}
     incl_file: dict[str, int] = {}
+    self_package: dict[str, int] = {}
     for line in raw.splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
@@ -528,11 +534,15 @@ def summarise_profile(raw: str, top: int) -> str:
             keys.append((f"{match['function']} ({file})", file))
         if not keys:
             continue
-        self_fn[keys[-1][0]] = self_fn.get(keys[-1][0], 0) + count
-        self_file[keys[-1][1]] = self_file.get(keys[-1][1], 0) + count
-        for key in {k for k, _ in keys}:
+        leaf_fn, leaf_file = keys[-1]
+        self_fn[leaf_fn] = self_fn.get(leaf_fn, 0) + count
+        self_file[leaf_file] = self_file.get(leaf_file, 0) + count
+        package = leaf_file.split("/", 1)[0] if "/" in leaf_file else leaf_file
+        self_package[package] = self_package.get(package, 0) + count
+        inner = [(fn, file) for fn, file in keys if file not in ENTRY_FILES]
+        for key in {fn for fn, _ in inner}:
             incl_fn[key] = incl_fn.get(key, 0) + count
-        for key in {f for _, f in keys}:
+        for key in {file for _, file in inner}:
             incl_file[key] = incl_file.get(key, 0) + count
     if not total:
         return "py-spy recorded no samples"
@@ -540,11 +550,13 @@ def summarise_profile(raw: str, top: int) -> str:
     def table(title: str, shares: dict[str, int]) -> list[str]:
         ranked = sorted(shares.items(), key=lambda item: -item[1])[:top]
         return [title, *(f"  {100 * n / total:5.1f} %  {key}" for key, n in ranked)]
-    return "\n".join([f"py-spy: {total} samples of the bridge's busy threads",
-                      *table("self, per function:", self_fn),
-                      *table("inclusive, per function:", incl_fn),
-                      *table("self, per file:", self_file),
-                      *table("inclusive, per file:", incl_file)])
+    return "\n".join([
+        f"py-spy: {total} samples of the bridge's busy threads (a Python frame's self time "
+        "includes the C it calls: uvloop's loop under Runner.run, a thread pool's C calls "
+        "under _worker)",
+        *table("self, per function:", self_fn), *table("inclusive, per function:", incl_fn),
+        *table("self, per file:", self_file), *table("inclusive, per file:", incl_file),
+        *table("self, per package:", self_package)])
 
 
 def py_spy() -> str:
