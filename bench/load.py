@@ -18,7 +18,8 @@ cycle; one task per group.
 Printed per run: legs; the bridge's CPU seconds per leg-second of audio (from
 ``/proc/<pid>/stat``, over the streaming time); its peak RSS and RSS per leg above its idle
 size; upstream lag p50/p99/max (from the sink: how far each leg's upstream bytes fell
-behind the audio clock after its first chunk); the bridge's event-loop lag; chunks dropped;
+behind the audio clock after its first chunk); the share of the streamed audio that reached
+the sink; the finals the sink sent; the bridge's event-loop lag; chunks dropped;
 calls completed; how late the generator itself was; and the webhook latency of finals
 p50/p99: from the moment the bridge made the final's event (the body's ``timestamp``, just
 after the engine's final arrived) to the receiver having the POST. Then the latency the
@@ -712,6 +713,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "rss_kib_per_leg": round((rss_peak - idle_rss) / 1024 / legs, 1),
         "upstream_lag_ms": sink["lag_ms"],
         "upstream_sessions": sink["sessions"],
+        # Of the audio streamed, the share the sink received (µ-law, 8,000 bytes a second; a
+        # little above 1 where an engine pads its last message).
+        "audio_reached_engine": round(sink["bytes"] / (legs * audio_s * 8000), 4),
         "engine_finals_sent": sink.get("finals"),
         "event_loop_lag_ms": {
             "median": round(statistics.median(loop_lags) * 1000, 1) if loop_lags else None,
