@@ -211,6 +211,13 @@ class DeepgramEmulator(Faults):
         final["channel"]["alternatives"][0]["words"] = [
             {"word": word, "start": round(a, 3), "end": round(b, 3), "confidence": 0.97,
              "punctuated_word": word} for word, a, b in spread_words(start, end)]
+        # What every live result carries besides, so the bridge parses as many bytes as it
+        # would from the service.
+        final["metadata"] = {"request_id": "emulated",
+                             "model_info": {"name": "general-nova-3", "version": "emulated",
+                                            "arch": "nova-3"},
+                             "model_uuid": "00000000-0000-0000-0000-000000000000"}
+        final["from_finalize"] = False
         return final
 
     async def _final(self, ws: ServerConnection, text: str, times: tuple[int, int],
