@@ -1,6 +1,6 @@
 """The domain vocabulary: what a media stream says, and what the bridge tells webhooks.
 
-Every ingress dialect produces the same frozen events (``IngressEvent``), with audio already
+Every ingress dialect produces the same immutable events (``IngressEvent``), with audio already
 decoded from base64 into bytes and track names already normalised to ``inbound``/``outbound``.
 Nothing downstream of ``bridge.ingress`` knows which provider sent an event.
 
@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 
 class AudioEncoding(enum.StrEnum):
@@ -48,12 +49,14 @@ class StreamStarted:
     custom_parameters: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class AudioFrame:
+class AudioFrame(NamedTuple):
     """One media message: raw codec bytes of one track.
 
     ``timestamp_ms`` is the provider's presentation time from stream start, when it sends one;
     ``chunk`` is its per-message counter. Both are used to reorder and to detect lost frames.
+    Immutable like the other events, but a named tuple rather than a frozen dataclass: one is
+    made for every media message (fifty a second per leg), and a tuple is built in one step
+    where a frozen dataclass sets each field through ``object.__setattr__``.
     """
 
     track: Track

@@ -55,6 +55,23 @@ def read_int(value: object, *, field: str, low: int, high: int) -> int:
     return number
 
 
+def read_count(value: object, *, field: str, high: int) -> int:
+    """``read_int(value, field=field, low=0, high=high)``, quicker for the forms a counter
+    takes in every media message: a short string of ASCII digits, or a JSON integer.
+
+    Those are judged here exactly as ``read_int`` judges them; anything else (and anything
+    out of range) goes to ``read_int``, which accepts or refuses it as always.
+    """
+    if type(value) is str:
+        if len(value) <= MAX_DIGITS and value.isdigit() and value.isascii():
+            number = int(value)
+            if number <= high:
+                return number
+    elif type(value) is int and 0 <= value <= high:  # exactly int: a bool is not a count
+        return value
+    return read_int(value, field=field, low=0, high=high)
+
+
 def read_float(value: object, *, field: str, low: float, high: float) -> float:
     """A finite number in ``[low, high]`` from a JSON number or a decimal string of ASCII digits
     (at most nine decimals; no exponent, no ``inf`` or ``nan``). Raises ``InvalidNumber``."""

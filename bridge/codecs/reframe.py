@@ -96,12 +96,15 @@ class Reframer:
         """Take one frame; return the chunks that became complete."""
         stats = self.stats
         stats.frames += 1
-        stats.bytes_in += len(payload)
+        size = len(payload)
+        stats.bytes_in += size
         # Whole samples only: one stray byte would shift every later 16-bit sample by half,
         # turning the leg into noise for the engine (so nothing in it is redacted) while the
         # bytes still hold the audio for anyone who shifts them back.
-        payload = payload[:len(payload) - len(payload) % self._width]
-        if not payload:
+        if size % self._width:
+            size -= size % self._width
+            payload = payload[:size]
+        if not size:
             return NO_CHUNKS
         if timestamp_ms is None:
             self._append(payload)
@@ -109,12 +112,13 @@ class Reframer:
         if self.origin_ms is None:
             self.origin_ms = timestamp_ms
             self._next_sample = timestamp_ms * self.bytes_per_ms
-        next_ms = self._next_ms
+        next_ms = self._next_sample // self.bytes_per_ms
         if timestamp_ms < next_ms - JITTER_MS:
             stats.late_dropped += 1
             return NO_CHUNKS
-        if timestamp_ms <= next_ms + JITTER_MS:  # in order: the usual case
-            self._append(payload)
+        if timestamp_ms <= next_ms + JITTER_MS:  # in order: the usual case, ``_append`` inline
+            self._pending += payload
+            self._next_sample += size
             if self._held:
                 self._release_in_order()
         else:
@@ -123,6 +127,8 @@ class Reframer:
             if len(self._held) > self.reorder_window:
                 self._release_earliest()
                 self._release_in_order()
+        if len(self._pending) < self.chunk_bytes and not self._ready:
+            return NO_CHUNKS  # most frames: no chunk complete, no call to cut one
         return self._cut()
 
     def flush(self) -> list[Chunk]:

@@ -28,7 +28,7 @@ from bridge.events import (
     StreamStopped,
     Track,
 )
-from bridge.numbers import read_int
+from bridge.numbers import read_count, read_int
 
 
 class StreamState(enum.Enum):
@@ -156,7 +156,7 @@ def get_counter(message: Mapping[str, Any], key: str, *, high: int = MAX_COUNTER
     value = message.get(key)
     if value is None:
         return None
-    return read_int(value, field=key, low=0, high=high)
+    return read_count(value, field=key, high=high)
 
 
 def get_sample_rate(media_format: Mapping[str, Any], key: str) -> int:
@@ -286,6 +286,9 @@ class SansIoStream:
 
     def __init__(self) -> None:
         self.state = StreamState.AWAITING_START
+        # Whether a media message is legal now and leaves the state as it is: read from
+        # ``TRANSITIONS`` at each move, so that each media message costs no table lookup.
+        self._media_stays = False
         self._events: list[IngressEvent] = []
         self._replies: list[str] = []
 
@@ -300,6 +303,7 @@ class SansIoStream:
         if next_state is None:
             raise ProtocolViolation(f"{event_name!r} event is not allowed while {self.state.value}")
         self.state = next_state
+        self._media_stays = TRANSITIONS.get((next_state, Step.MEDIA)) is next_state
 
     def events(self) -> list[IngressEvent]:
         """Hand over the events decoded since the last call."""
@@ -335,15 +339,15 @@ class JsonMediaDialect(SansIoStream):
     def _dispatch(self, message: dict[str, Any]) -> None:
         event = message.get("event")
         if event == "media":  # first: by far the most frequent message
-            self._advance(Step.MEDIA, event)
+            if not self._media_stays:
+                self._advance(Step.MEDIA, event)
             media = get_object(message, "media")
             track = get_track(media.get("track"))
-            self._events.append(AudioFrame(
-                track=track,
-                payload=self._track_audio(track, decode_payload(media.get("payload"))),
-                timestamp_ms=get_counter(media, "timestamp"),
-                chunk=get_counter(media, "chunk"),
-            ))
+            payload = decode_payload(media.get("payload"))
+            if self._converts_audio:
+                payload = self._track_audio(track, payload)
+            self._events.append(AudioFrame(track, payload, get_counter(media, "timestamp"),
+                                           get_counter(media, "chunk")))
         elif event == "start":
             self._advance(Step.START, event)
             self._accept_start(message)
@@ -377,6 +381,14 @@ class JsonMediaDialect(SansIoStream):
     has_error_event = False
     ignored_events: frozenset[str] = frozenset()
     encoding: AudioEncoding = AudioEncoding.PCMU
+    # False while neither ``_audio`` nor ``_track_audio`` is overridden: payloads are kept as
+    # decoded, without two calls per media message that would return them unchanged.
+    _converts_audio = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._converts_audio = (cls._audio is not JsonMediaDialect._audio
+                               or cls._track_audio is not JsonMediaDialect._track_audio)
 
     def _audio(self, payload: bytes) -> bytes:
         """Bring a payload to the bridge's form (dialects with big-endian L16 swap it)."""

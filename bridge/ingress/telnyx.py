@@ -48,6 +48,11 @@ class TelnyxDialect(JsonMediaDialect):
             media_format["sample_rate"] = probe.rate
         return super()._parse_start(message)
 
+    def _accept_start(self, message: dict[str, Any]) -> None:
+        super()._accept_start(message)
+        # G.711 is kept as it came: no call per media message to return it unchanged.
+        self._converts_audio = self._decoders is not None or self.encoding is AudioEncoding.L16
+
     def _track_audio(self, track: Track, payload: bytes) -> bytes:
         if self._decoders is not None:
             decoder = self._decoders.get(track)

@@ -109,8 +109,11 @@ class LegAudio:
 
     def push(self, payload: bytes, timestamp_ms: int | None) -> bool:
         """Take one frame; True when a chunk became ready for the engine."""
+        chunks = self.reframer.push(payload, timestamp_ms)
+        if not chunks:
+            return False  # most frames: no chunk completed
         ready = False
-        for chunk in self.reframer.push(payload, timestamp_ms):
+        for chunk in chunks:
             ready = self._enqueue(chunk) or ready
         return ready
 

@@ -19,7 +19,7 @@ from bridge.events import ProviderErrorReported, StreamStarted
 from bridge.ingress import make_dialect
 from bridge.ingress.audiohook import AudioHookDialect
 from bridge.ingress.auth import check_audiohook
-from bridge.numbers import read_float, read_int
+from bridge.numbers import read_count, read_float, read_int
 
 SESSION = "30b0e395-84d3-4570-ac13-9a62d8f514c0"
 
@@ -183,6 +183,30 @@ def test_read_int_refuses_what_is_not_a_bounded_integer(value: object) -> None:
 @pytest.mark.parametrize(("value", "expected"), [(" 42 ", 42), (7, 7), (7.0, 7), ("-3", -3)])
 def test_read_int_accepts_integers_as_peers_send_them(value: object, expected: int) -> None:
     assert read_int(value, field="f", low=-10, high=100) == expected
+
+
+# Every form a counter may take, hostile ones included: ``read_count`` must answer each exactly
+# as ``read_int`` does, since the media path reads its counters with it.
+COUNTER_FORMS: list[object] = [
+    "0", "7", "0007", "12345678901234567890", "123456789012345678901", "1" * 5000, " 42 ",
+    "+5", "-1", "-0", "", " ", "\u00b2", "\u0661", "\uff11", "1e3", "0x10", "1.5", "1_000",
+    "9007199254740991", "9007199254740992", 0, 7, -1, 2**53 - 1, 2**53, 10**400, True, False,
+    7.0, 7.5, -2.0, float("inf"), float("nan"), None, [1], {"n": 1}, b"12"]
+
+
+@pytest.mark.parametrize("high", [10, 2**53 - 1])
+@pytest.mark.parametrize("value", COUNTER_FORMS)
+def test_read_count_answers_every_form_as_read_int_does(value: object, high: int) -> None:
+    try:
+        expected: int | InvalidNumber = read_int(value, field="f", low=0, high=high)
+    except InvalidNumber as refused:
+        expected = refused
+    if isinstance(expected, InvalidNumber):
+        with pytest.raises(InvalidNumber) as caught:
+            read_count(value, field="f", high=high)
+        assert str(caught.value) == str(expected)
+    else:
+        assert read_count(value, field="f", high=high) == expected
 
 
 @pytest.mark.parametrize("value", ["inf", "nan", "1e3", "1" * 30, float("nan"), "\u00b2", "1.",

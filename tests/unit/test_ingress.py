@@ -176,6 +176,17 @@ def test_media_before_start_is_a_protocol_violation() -> None:
         dialect.receive_text(twilio_media())
 
 
+def test_media_after_stop_is_a_protocol_violation() -> None:
+    # Media flows only while streaming: after frames were taken, a stop still closes the way.
+    dialect = started_twilio()
+    dialect.receive_text(twilio_media())
+    dialect.receive_text('{"event":"stop","sequenceNumber":"7","streamSid":"MZ1",'
+                         '"stop":{"accountSid":"AC1","callSid":"CA1"}}')
+    with pytest.raises(ProtocolViolation, match="not allowed while stopped"):
+        dialect.receive_text(twilio_media())
+    assert [type(event) for event in dialect.events()] == [AudioFrame, StreamStopped]
+
+
 def test_binary_frame_on_a_json_dialect_is_unsupported_data() -> None:
     with pytest.raises(UnsupportedData) as caught:
         started_twilio().receive_bytes(b"\xff" * 160)
