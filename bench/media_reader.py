@@ -11,6 +11,7 @@ bridge with many calls. The server's CPU (``time.process_time``) is taken from t
 media message to the last; the modes alternate, best of ``--repeat``:
 
     taskset -c 1 python bench/media_reader.py --connections 200 --rounds 250 --repeat 3
+    taskset -c 1 python bench/media_reader.py --loop uvloop
 """
 
 from __future__ import annotations
@@ -164,7 +165,8 @@ async def main(options: argparse.Namespace) -> None:
         for mode in MODES:
             results[mode].append(await measure(mode, options))
     print(f"{options.connections} connections x {options.rounds} messages, a round every "
-          f"{options.interval_ms} ms; server CPU per media message, best of {options.repeat}")
+          f"{options.interval_ms} ms, {options.loop}; server CPU per media message, "
+          f"best of {options.repeat}")
     best = {mode: min(values) for mode, values in results.items()}
     for mode in MODES:
         runs = ", ".join(f"{v * 1e6:.1f}" for v in results[mode])
@@ -178,6 +180,8 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=250)
     parser.add_argument("--interval-ms", type=float, default=20.0)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
+                        help="the server's event loop (the bridge runs uvloop when installed)")
     parser.add_argument("--client", help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.client:
@@ -187,5 +191,9 @@ if __name__ == "__main__":
             os.sched_setaffinity(0, others)
         asyncio.run(client(options.client, options.connections, options.rounds,
                            options.interval_ms / 1000))
+    elif options.loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main(options))
     else:
         asyncio.run(main(options))
