@@ -276,6 +276,11 @@ def _serve_on(settings: Settings, listener: socket.socket, config: str | None,
     log.info("callbridge starting", version=__version__, engine=settings.stt.engine,
              webhook_urls=len(settings.webhooks.urls), **({"config": config} if config else {}))
     log.debug("settings", **describe(settings))
+    from bridge.web.media_socket import direct_reading_available
+
+    if not direct_reading_available():
+        log.warning("aiohttp lacks the frame reader API the media endpoint hands messages "
+                    "from; media messages are read through aiohttp's queue instead")
     from bridge.compliance.redact import policy_for
 
     policy = policy_for(settings.compliance)

@@ -125,6 +125,7 @@ class ServerSettings:
     event_loop: str = "auto"
     admin_token: Secret = field(default_factory=lambda: Secret(""))
     start_timeout_s: float = 5.0
+    idle_check_s: float = 15.0
     max_pending_streams: int = 256
     max_pending_per_address: int = 32
     header_timeout_s: float = 10.0
@@ -144,6 +145,8 @@ class ServerSettings:
         _require(self.max_calls >= 1, name("max_calls"), "must be at least 1")
         _require(0.5 <= self.start_timeout_s <= 120, name("start_timeout_s"),
                  "must be 0.5-120 (seconds)")
+        _require(0.1 <= self.idle_check_s <= 600, name("idle_check_s"),
+                 "must be 0.1-600 (seconds)")
         _require(1 <= self.max_pending_streams <= 100_000, name("max_pending_streams"),
                  "must be 1-100000")
         _require(0 <= self.max_pending_per_address <= 100_000, name("max_pending_per_address"),

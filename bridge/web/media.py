@@ -10,11 +10,14 @@ to anyone on a non-loopback address.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Final
+from typing import Any, Final, cast
 
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -34,7 +37,13 @@ from bridge.errors import (
     PolicyRefusal,
 )
 from bridge.events import StreamStarted
-from bridge.ingress import BINARY_DIALECTS, DIALECTS, SUBPROTOCOLS, make_dialect
+from bridge.ingress import (
+    BINARY_DIALECTS,
+    DIALECTS,
+    SUBPROTOCOLS,
+    MediaDialect,
+    make_dialect,
+)
 from bridge.ingress.auth import (
     check_audiohook,
     check_basic,
@@ -59,6 +68,12 @@ from bridge.web.keys import (
     REFUSALS,
     SETTINGS,
     SINK,
+)
+from bridge.web.media_socket import (
+    WAKE,
+    MediaSocket,
+    MessageHandler,
+    direct_reading_available,
 )
 
 log = structlog.get_logger("bridge.media")
@@ -116,21 +131,30 @@ async def _serve_stream(request: web.Request, dialect: str | None, endpoint: str
                         started: Callable[[], None]) -> web.StreamResponse:
     app = request.app
     settings = app[SETTINGS]
+    idle_s = settings.server.idle_check_s
     # mod_audio_fork and jambonz offer a subprotocol that must be echoed; AudioHook clients
     # abort if one is selected, so only these two are ever chosen.
-    ws = web.WebSocketResponse(max_msg_size=settings.server.max_message_bytes,
-                               autoping=True, heartbeat=30.0, protocols=SUBPROTOCOLS)
+    ws: web.WebSocketResponse
+    if direct_reading_available():
+        ws = MediaSocket(max_msg_size=settings.server.max_message_bytes, autoping=True,
+                         protocols=SUBPROTOCOLS)
+    else:
+        # aiohttp's heartbeat pings after twice the interval of silence and waits half that.
+        ws = web.WebSocketResponse(max_msg_size=settings.server.max_message_bytes,
+                                   autoping=True, heartbeat=2 * idle_s, protocols=SUBPROTOCOLS)
     await ws.prepare(request)
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(endpoint=request.path)
     parser = make_dialect(dialect, request.query, connection_id=uuid.uuid4().hex)
-    verified = dialect is not None  # /streams: checked once the dialect is known
     reason = "disconnected"
     dispatcher = app[SINK]
     feeds = app.get(FEEDS)
     stream = app.get(EVENT_STREAM)
     delivery: EventSink = dispatcher if stream is None else EventStreamTee(dispatcher, stream)
     sink = delivery if feeds is None else LiveTee(delivery, feeds)
+    # Messages are handled in this context, inside the transport's callbacks as well as in
+    # this task; what they bind (call_id, stream_id) is copied back when reading ends.
+    context = contextvars.copy_context()
     async with asyncio.TaskGroup() as tasks:
         call = Call(settings=settings, sink=sink, engines=app[ENGINES], tasks=tasks,
                     route=lambda started: dispatcher.route(request.path,
@@ -138,31 +162,34 @@ async def _serve_stream(request: web.Request, dialect: str | None, endpoint: str
                     path=request.path, metrics=app[METRICS], registry=app[LIVE_CALLS],
                     slots=app[ENGINE_SLOTS], after=app[AFTER_CALL])
         call.media_socket = ws
+        idle_watch: asyncio.Task[None] | None = None
         try:
             async with asyncio.timeout(settings.server.start_timeout_s) as deadline:
-                async for message in ws:
-                    if message.type is WSMsgType.TEXT:
-                        parser.receive_text(message.data)
-                    elif message.type is WSMsgType.BINARY:
-                        parser.receive_bytes(message.data)
-                    elif message.type is WSMsgType.ERROR:
-                        _raise_socket_error(ws.exception())
-                    if not verified and parser.name != "unknown":
-                        if parser.name not in settings.server.dialects:
-                            raise PolicyRefusal(f"the {parser.name} dialect is not served "
-                                                "(server.dialects)")
-                        _check_detected(request, parser.name, settings)
-                        verified = True
-                    for event in parser.events():
-                        if isinstance(event, StreamStarted):
-                            event = _check_stream_token(event, dialect, settings)
-                            call.handle(event)  # claims the call id and a slot, or raises
-                            deadline.reschedule(None)
-                            started()
-                        else:
-                            call.handle(event)
-                    for reply in parser.to_send():
-                        await ws.send_str(reply)
+                reader = _StreamReader(request, dialect, parser, call, deadline, started)
+                # (mypy cannot type a partial of Context.run: its ParamSpec is bound by the callee.)
+                handle: MessageHandler = functools.partial(cast(Any, context.run), reader.receive)
+                if isinstance(ws, MediaSocket):
+                    ws.hand_to(handle)
+                    idle_watch = tasks.create_task(ws.watch_idle(idle_s), name="idle check")
+                try:
+                    async for message in ws:
+                        kind = message.type
+                        if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
+                            handle(kind, message.data)  # it queued behind a control message
+                        elif kind is WSMsgType.ERROR:
+                            failure = ws.failure if isinstance(ws, MediaSocket) else None
+                            if failure is not None and message.data is failure:
+                                raise failure
+                            _raise_socket_error(ws.exception())
+                        elif kind is WAKE and isinstance(ws, MediaSocket):
+                            ws.woken()
+                        while reader.replies:
+                            await ws.send_str(reader.replies.popleft())
+                finally:
+                    if isinstance(ws, MediaSocket):
+                        ws.stop_handing()
+                    for variable, value in context.items():
+                        variable.set(value)
             reason = call.end_reason or ("stopped" if parser.stopped else "disconnected")
         except TimeoutError:
             reason = "refused"
@@ -195,6 +222,8 @@ async def _serve_stream(request: web.Request, dialect: str | None, endpoint: str
             await ws.close(code=CLOSE_INTERNAL_ERROR, message=b"internal error")
             raise
         finally:
+            if idle_watch is not None:
+                idle_watch.cancel()
             try:
                 await call.end(reason)
             finally:
@@ -202,6 +231,59 @@ async def _serve_stream(request: web.Request, dialect: str | None, endpoint: str
                 if isinstance(sink, LiveTee):
                     sink.close()
     return ws
+
+
+class _StreamReader:
+    """One connection's messages: fed to its parser, checked, and handed to its call.
+
+    ``receive`` is synchronous and may run inside the transport's callback; it raises
+    ``PeerError`` for what the peer got wrong, and keeps the parser's replies in
+    ``replies`` for the reading task to write, in order.
+    """
+
+    def __init__(self, request: web.Request, dialect: str | None, parser: MediaDialect,
+                 call: Call, deadline: asyncio.Timeout, started: Callable[[], None]) -> None:
+        self._request = request
+        self._settings: Settings = request.app[SETTINGS]
+        self._dialect = dialect
+        self._parser = parser
+        self._call = call
+        self._deadline = deadline
+        self._started = started
+        self._verified = dialect is not None  # /streams: checked once the dialect is known
+        self.replies: deque[str] = deque()
+
+    def receive(self, kind: WSMsgType, data: str | bytes) -> bool:
+        """Handle one data message; True when it left replies to write."""
+        parser = self._parser
+        if kind is WSMsgType.TEXT:
+            parser.receive_text(data)  # type: ignore[arg-type]  # TEXT carries str
+        else:
+            parser.receive_bytes(data)  # type: ignore[arg-type]  # BINARY carries bytes
+        if not self._verified and parser.name != "unknown":
+            settings = self._settings
+            if parser.name not in settings.server.dialects:
+                raise PolicyRefusal(f"the {parser.name} dialect is not served "
+                                    "(server.dialects)")
+            _check_detected(self._request, parser.name, settings)
+            self._verified = True
+        call = self._call
+        for event in parser.events():
+            if isinstance(event, StreamStarted):
+                if self._deadline.expired():
+                    # The start timeout fired and is ending this connection: too late.
+                    raise TimeoutError
+                event = _check_stream_token(event, self._dialect, self._settings)
+                call.handle(event)  # claims the call id and a slot, or raises
+                self._deadline.reschedule(None)
+                self._started()
+            else:
+                call.handle(event)
+        replies = parser.to_send()
+        if not replies:
+            return False
+        self.replies.extend(replies)
+        return True
 
 
 ENDPOINTS: Final = (*DIALECTS, *BINARY_DIALECTS, "audiohook")
