@@ -66,6 +66,10 @@ class FakeSession:
         while len(self.received) - self._said_until >= utterance:
             self._say(self._said_until, self._said_until + utterance)
 
+    async def send_audio_many(self, chunks: Sequence[bytes]) -> None:
+        for chunk in chunks:
+            await self.send_audio(chunk)
+
     def _say(self, start: int, end: int) -> None:
         script = self.script
         script.spoken += 1
