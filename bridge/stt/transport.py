@@ -29,7 +29,7 @@ import os
 import ssl
 import struct
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Final, Protocol, cast
+from typing import Final, NoReturn, Protocol, cast
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.client import ClientProtocol
@@ -168,21 +168,40 @@ class EngineConnection(asyncio.Protocol):
         transport.writelines([encode_binary_frame(chunk, take()) for chunk in chunks])
 
     async def send_audio(self, chunk: bytes) -> None:
-        self.write_audio(chunk)
+        try:
+            self.write_audio(chunk)
+        except ConnectionClosed:
+            await self._closed_while_sending()
         if self.writing_paused:
             await self.drain()
 
     async def send_audio_many(self, chunks: Sequence[bytes]) -> None:
-        self.write_audio_many(chunks)
+        try:
+            self.write_audio_many(chunks)
+        except ConnectionClosed:
+            await self._closed_while_sending()
         if self.writing_paused:
             await self.drain()
 
     async def send_text(self, text: str) -> None:
-        self._open_transport()
+        try:
+            self._open_transport()
+        except ConnectionClosed:
+            await self._closed_while_sending()
         self._protocol.send_text(text.encode())
         self._flush()
         if self.writing_paused:
             await self.drain()
+
+    async def _closed_while_sending(self) -> NoReturn:
+        """Raise ``ConnectionClosed`` once the connection is down, as websockets' clients
+        do: what the server said before closing (an error frame, its close code) reaches
+        the reader first, so the session ends for the server's reason, not for this send."""
+        if not self._lost.done() and self._close_timer is None and self._transport is not None:
+            self._close_timer = self._loop.call_later(self._close_timeout,
+                                                      self._transport.abort)
+        await asyncio.shield(self._lost)
+        raise self._closed()
 
     async def drain(self) -> None:
         """Wait until the write buffer is below its low-water mark; raises
@@ -194,8 +213,16 @@ class EngineConnection(asyncio.Protocol):
                 await self._drain_waiter
             finally:
                 self._drain_waiter = None
-        if self._lost.done():
-            raise self._closed()
+        transport = self._transport
+        if self._lost.done() or transport is None or transport.is_closing():
+            # An aborted transport drops its buffer and resumes writing before it reports
+            # the connection lost: what was buffered never left.
+            await self._closed_while_sending()
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes written but not yet taken by the socket."""
+        return self._transport.get_write_buffer_size() if self._transport is not None else 0
 
     def _open_transport(self) -> asyncio.Transport:
         transport = self._transport
@@ -207,7 +234,8 @@ class EngineConnection(asyncio.Protocol):
         protocol = self._protocol
         if protocol.state is CLOSED:
             return protocol.close_exc
-        return ConnectionClosedError(protocol.close_rcvd, protocol.close_sent)
+        return ConnectionClosedError(protocol.close_rcvd, protocol.close_sent,
+                                     protocol.close_rcvd_then_sent)
 
     def _flush(self) -> None:
         transport = self._transport
