@@ -9,7 +9,7 @@ import base64
 import contextlib
 import hashlib
 import struct
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 
 import pytest
@@ -109,7 +109,9 @@ class RawEngine:
         """A stuck engine: nothing more is read from its socket, which then fills."""
         self.reading.clear()
         for writer in self._writers:
-            writer.transport.pause_reading()
+            transport = writer.transport
+            assert isinstance(transport, asyncio.Transport)
+            transport.pause_reading()
 
     def frames(self) -> list[ClientFrame]:
         return client_frames(bytes(self.received))
@@ -286,7 +288,9 @@ async def test_the_servers_pings_are_answered_and_its_fragments_joined() -> None
         session = Session(engine.url)
         await session.open()
         pong = await engine.wait_for_frame(PONG)
-        async with contextlib.aclosing(session.text_frames()) as frames:
+        frames = session.text_frames()
+        assert isinstance(frames, AsyncGenerator)
+        async with contextlib.aclosing(frames):
             received = [await anext(frames)]
         await session.close()
     assert pong.payload == b"abcd"

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
-from bridge.stt import transport
 from bridge.stt.transport import MASK_POOL_BYTES, MaskPool, encode_binary_frame
 
 
@@ -19,7 +20,7 @@ def parse_client_frame(data: bytes) -> Frame:
         next(parser)
     except StopIteration as done:
         frame: Frame = done.value
-        assert reader.at_eof  # nothing left over
+        assert not reader.buffer  # nothing left over
         return frame
     raise AssertionError("the frame is incomplete")
 
@@ -48,7 +49,7 @@ def test_masks_are_consecutive_slices_of_one_random_draw_per_pool(
         draws.append(draw)
         return draw
 
-    monkeypatch.setattr(transport.os, "urandom", urandom)
+    monkeypatch.setattr(os, "urandom", urandom)
     pool = MaskPool()
     per_pool = MASK_POOL_BYTES // 4
     masks = [pool.take() for _ in range(per_pool + 3)]
