@@ -239,9 +239,10 @@ class EngineConnection(asyncio.Protocol):
 
     def _flush(self) -> None:
         transport = self._transport
-        if transport is None:
-            return
-        for data in self._protocol.data_to_send():
+        writes = self._protocol.data_to_send()
+        if transport is None or transport.is_closing():
+            return  # nothing reaches the socket any more (uvloop would raise); lost follows
+        for data in writes:
             if data:
                 transport.write(data)
             elif transport.can_write_eof():
