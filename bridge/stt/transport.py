@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import os
 import ssl
 import struct
@@ -56,6 +57,17 @@ _MASKED: Final = 0x80
 _SHORT_HEADER: Final = struct.Struct("!BB")
 _MEDIUM_HEADER: Final = struct.Struct("!BBH")
 _LONG_HEADER: Final = struct.Struct("!BBQ")
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """The one client TLS context of the process (system CAs, hostname checks).
+
+    Building one loads the CA bundle, about 30 ms of CPU: once per process, not once per
+    engine session (websockets' and asyncio's default for ``ssl=True``), which would cost
+    a reconnect storm of 1,000 legs half a minute of a core.
+    """
+    return ssl.create_default_context()
 
 
 class MaskPool:
@@ -468,7 +480,7 @@ async def open_engine_connection(
 
     try:
         async with asyncio.timeout(open_timeout):
-            context = ssl.create_default_context() if uri.secure else None
+            context = tls_context() if uri.secure else None
             _, connection = await loop.create_connection(
                 build, uri.host, uri.port, ssl=context,
                 server_hostname=uri.host if uri.secure else None)

@@ -8,11 +8,15 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import ssl
 import struct
+import subprocess
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
+from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosedError
 
 from bridge.errors import EngineAtCapacity, UpstreamRefused, UpstreamUnavailable
@@ -21,6 +25,7 @@ from bridge.stt.transport import (
     EngineSocket,
     ProxiedConnection,
     open_engine_connection,
+    tls_context,
 )
 from bridge.stt.websocket import MAX_SERVER_MESSAGE, WebSocketSession
 
@@ -382,3 +387,47 @@ async def test_an_engine_behind_a_proxy_is_reached_through_it(
         await server.wait_closed()
     assert frame.payload == b"hello"
     assert tunnels == [f"CONNECT {address}"]
+
+
+@pytest.fixture
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A key and a self-signed certificate for 127.0.0.1, made by Debian's openssl."""
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["/usr/bin/openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    return key, cert
+
+
+async def test_a_wss_engine_is_reached_over_tls_with_its_certificate_checked(
+        self_signed: tuple[Path, Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    key, cert = self_signed
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    received: list[bytes] = []
+
+    async def engine(connection: ServerConnection) -> None:
+        async for message in connection:
+            received.append(message if isinstance(message, bytes) else message.encode())
+
+    for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY",
+                 "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    async with serve(engine, "127.0.0.1", 0, ssl=server_context) as server:
+        url = f"wss://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+        tls_context.cache_clear()
+        monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "elsewhere.pem"))
+        try:
+            with pytest.raises(ssl.SSLCertVerificationError):
+                await connect(url)  # a certificate nobody vouches for
+            tls_context.cache_clear()
+            monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+            connection = await connect(url)
+            assert isinstance(connection, EngineConnection)
+            await connection.send_audio(b"over tls")
+            await connection.close()
+        finally:
+            tls_context.cache_clear()
+    assert received == [b"over tls"]
