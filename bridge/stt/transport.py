@@ -125,7 +125,6 @@ class EngineSocket(Protocol):
         """The closing handshake, bounded by the close timeout; idempotent."""
 
 
-
 class EngineConnection(asyncio.Protocol):
     """One engine WebSocket over an asyncio transport; see the module docstring.
 
@@ -268,15 +267,14 @@ class EngineConnection(asyncio.Protocol):
 
     # -- receiving -----------------------------------------------------------------------
 
-    def __aiter__(self) -> AsyncIterator[str | bytes]:
-        return self._iterate()
+    def __aiter__(self) -> EngineConnection:
+        return self
 
-    async def _iterate(self) -> AsyncIterator[str | bytes]:
-        while True:
-            try:
-                yield await self.recv()
-            except ConnectionClosedOK:
-                return
+    async def __anext__(self) -> str | bytes:
+        try:
+            return await self.recv()
+        except ConnectionClosedOK:
+            raise StopAsyncIteration from None
 
     async def recv(self) -> str | bytes:
         """The next message; raises ``ConnectionClosed`` once the connection has ended and

@@ -270,6 +270,31 @@ async def test_a_server_that_never_answers_the_upgrade_times_out_as_unavailable(
         await server.wait_closed()
 
 
+async def test_cancelling_an_open_leaves_no_connection_behind() -> None:
+    asked, hung_up = asyncio.Event(), asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            await reader.readuntil(b"\r\n\r\n")
+            asked.set()
+            await reader.read()  # until the client hangs up
+        writer.close()
+        hung_up.set()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        opening = asyncio.create_task(connect(f"ws://127.0.0.1:{port}/"))
+        await asyncio.wait_for(asked.wait(), 5)
+        opening.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await opening
+        await asyncio.wait_for(hung_up.wait(), 5)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 async def test_a_server_that_never_pongs_is_dropped_with_1011_and_the_session_ends() -> None:
     async with RawEngine(pongs=False) as engine:
         session = Session(engine.url)
