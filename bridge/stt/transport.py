@@ -18,7 +18,9 @@ that sends no pong within ``ping_timeout`` is failed with 1011 and its socket cl
 websockets' own client does.
 
 A proxy (``HTTPS_PROXY``, ``ALL_PROXY``, ... as websockets reads them) is not spoken here:
-``connect_engine`` hands such URLs to websockets' own asyncio client.
+``open_engine_connection`` hands such URLs to websockets' own asyncio client. Redirects
+are not followed (no engine's streaming endpoint redirects): a 3xx answer is a failed
+handshake like a 5xx.
 """
 
 from __future__ import annotations
