@@ -8,6 +8,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import random
 import ssl
 import struct
 import subprocess
@@ -348,6 +349,19 @@ async def test_invalid_utf8_in_a_text_message_closes_with_1007() -> None:
                 pass
         await connection.close()
     assert close_code(frame) == 1007
+
+
+@pytest.mark.parametrize("seed", range(8))
+async def test_garbage_from_the_server_ends_the_connection_and_nothing_else(seed: int) -> None:
+    noise = random.Random(seed).randbytes(4096)
+    # Half start like a frame header, half are noise from the first byte.
+    greeting = (server_frame(TEXT, b"{}")[:2] + noise) if seed % 2 else noise
+    async with RawEngine(greeting=greeting) as engine:
+        connection = await connect(engine.url)
+        with contextlib.suppress(ConnectionClosedError):
+            async for message in connection:
+                assert isinstance(message, str | bytes)
+        await connection.close()
 
 
 async def test_a_server_that_stops_reading_bounds_the_buffer_and_the_session_drops() -> None:
