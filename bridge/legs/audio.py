@@ -185,6 +185,10 @@ class LegAudio:
         """The oldest chunk waiting for the engine (it stays until ``sent``)."""
         return self._buffer[0] if self._buffer else None
 
+    def ready_chunks(self) -> list[Chunk]:
+        """Every chunk waiting for the engine, oldest first (each stays until ``sent``)."""
+        return list(self._buffer)
+
     def sent(self, chunk: Chunk) -> None:
         """``chunk`` (from ``next_chunk``) reached the engine: it leaves the buffer, joins the
         replay window, and is placed on the clock map."""

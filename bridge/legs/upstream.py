@@ -427,10 +427,17 @@ class Upstream:
     async def _send_until_end(self) -> None:
         audio = self.audio
         while True:
-            while (chunk := audio.next_chunk()) is not None:
-                await self.engine.send_audio(chunk.data)
-                audio.sent(chunk)  # only once sent: a drop before this replays it
-                self._session_bytes += len(chunk.data)
+            ready = audio.ready_chunks()
+            if ready:
+                if len(ready) == 1:
+                    await self.engine.send_audio(ready[0].data)
+                else:
+                    # A leg that fell behind hands every ready chunk over in one write.
+                    await self.engine.send_audio_many([each.data for each in ready])
+                for each in ready:
+                    audio.sent(each)  # only once sent: a drop before this replays it
+                    self._session_bytes += len(each.data)
+                continue  # more may have come while the socket took these
             if audio.ended or self._roll:
                 return
             self._wake.clear()

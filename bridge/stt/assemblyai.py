@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final
 from urllib.parse import urlencode
 
@@ -145,6 +145,11 @@ class AssemblyAISession(WebSocketSession):
         self._pending += chunk
         if len(self._pending) >= TARGET_MESSAGE_MS * self._bytes_per_ms:
             await self._send_pending()
+
+    async def send_audio_many(self, chunks: Sequence[bytes]) -> None:
+        # Gathered into messages of TARGET_MESSAGE_MS anyway: one chunk at a time is as good.
+        for chunk in chunks:
+            await self.send_audio(chunk)
 
     async def _send_pending(self) -> None:
         """Send what is gathered as one message (at most 1000 ms), never ahead of real time."""

@@ -6,7 +6,7 @@ results, and closes gracefully (flushing the last finals) within a bounded time.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -79,6 +79,10 @@ class EngineSession(Protocol):
 
     async def send_audio(self, chunk: bytes) -> None:
         """Send one chunk of the leg's audio, in the codec the session was opened with."""
+
+    async def send_audio_many(self, chunks: Sequence[bytes]) -> None:
+        """``send_audio`` for every chunk that is ready, in order: one write to the socket
+        when the leg is behind, not one per chunk."""
 
     def results(self) -> AsyncIterator[EngineResult]:
         """Results until the session ends; raises ``UpstreamError`` if it ends in error."""

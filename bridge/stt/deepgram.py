@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import urlencode
@@ -169,6 +169,10 @@ class DeepgramSession(WebSocketSession):
 
     async def send_audio(self, chunk: bytes) -> None:
         await self._send(chunk)
+        self._last_send = asyncio.get_running_loop().time()
+
+    async def send_audio_many(self, chunks: Sequence[bytes]) -> None:
+        await self._send_many(chunks)
         self._last_send = asyncio.get_running_loop().time()
 
     async def results(self) -> AsyncIterator[EngineResult]:

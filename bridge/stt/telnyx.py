@@ -11,7 +11,7 @@ do, so the session closes itself after a grace period.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlencode
@@ -141,6 +141,9 @@ class TelnyxSession(WebSocketSession):
 
     async def send_audio(self, chunk: bytes) -> None:
         await self._send(chunk)
+
+    async def send_audio_many(self, chunks: Sequence[bytes]) -> None:
+        await self._send_many(chunks)
 
     async def results(self) -> AsyncIterator[EngineResult]:
         async for raw in self.text_frames():

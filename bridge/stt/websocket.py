@@ -6,17 +6,20 @@ Handshake refusals map to errors here: a 4xx status (but 429) is a refusal, neve
 retried; 429 says the account has no room for another session (Deepgram enforces its
 concurrency limit so at the upgrade), which the leg treats as an engine at capacity;
 anything else that prevents the connection may pass.
+
+The connection itself is ``bridge.stt.transport``: audio frames written straight to the
+socket, websockets' sans-I/O protocol for the rest (or websockets' own client behind a
+proxy).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any, Final
 
 import orjson
-from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from bridge import __version__
@@ -28,6 +31,7 @@ from bridge.errors import (
     UpstreamRefused,
     UpstreamUnavailable,
 )
+from bridge.stt.transport import EngineSocket, open_engine_connection
 
 MAX_SERVER_MESSAGE: Final = 1024 * 1024
 
@@ -38,18 +42,18 @@ class WebSocketSession:
     url: str
 
     def __init__(self) -> None:
-        self._ws: ClientConnection | None = None
+        self._ws: EngineSocket | None = None
         self._closing = False  # we closed it: how it then ends is no failure
 
     async def _connect(self, headers: Mapping[str, str], *, open_timeout: float,
                        ping_interval: float, close_timeout: float = 10.0) -> None:
         try:
-            self._ws = await connect(
-                self.url, additional_headers=dict(headers),
-                origin=None,  # Telnyx's edge is reported to refuse handshakes with Origin
-                user_agent_header=f"callbridge/{__version__}",
+            self._ws = await open_engine_connection(
+                self.url, headers,
+                user_agent=f"callbridge/{__version__}",
+                # No Origin (Telnyx's edge is reported to refuse handshakes with one), no
+                # compression (audio does not compress; spare the CPU).
                 open_timeout=open_timeout,
-                compression=None,  # audio does not compress; spare the CPU
                 max_size=MAX_SERVER_MESSAGE, max_queue=64, write_limit=64 * 1024,
                 close_timeout=close_timeout,
                 # Pings find half-open sockets: no pong within the interval drops the
@@ -68,14 +72,24 @@ class WebSocketSession:
 
     async def _send(self, data: bytes | str) -> None:
         try:
-            await self._connection().send(data)
+            if isinstance(data, str):
+                await self._connection().send_text(data)
+            else:
+                await self._connection().send_audio(data)
+        except ConnectionClosed:
+            raise UpstreamUnavailable("speech-to-text connection closed while sending") from None
+
+    async def _send_many(self, chunks: Sequence[bytes]) -> None:
+        """``_send`` for every chunk that is ready, written to the socket at once."""
+        try:
+            await self._connection().send_audio_many(chunks)
         except ConnectionClosed:
             raise UpstreamUnavailable("speech-to-text connection closed while sending") from None
 
     async def _send_quietly(self, data: str) -> None:
         """A control message at the end: if the socket is gone, there is nothing to flush."""
         with contextlib.suppress(ConnectionClosed):
-            await self._connection().send(data)
+            await self._connection().send_text(data)
 
     async def text_frames(self) -> AsyncIterator[dict[str, Any]]:
         """The server's JSON objects until the session ends; an abnormal end raises the
@@ -109,7 +123,7 @@ class WebSocketSession:
         if self._ws is not None:
             await self._ws.close()
 
-    def _connection(self) -> ClientConnection:
+    def _connection(self) -> EngineSocket:
         if self._ws is None:
             raise RuntimeError("session used before open()")
         return self._ws

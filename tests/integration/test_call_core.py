@@ -85,6 +85,25 @@ async def test_frames_out_of_order_and_a_lost_one_reach_the_engine_whole_and_tim
     assert last_leg(sink)["gaps_filled"] == 1
 
 
+async def test_a_leg_that_fell_behind_hands_every_waiting_chunk_over_at_once() -> None:
+    script = EngineScript(utterance_ms=500)
+    sink = RecordingSink()
+    frames = speech(2000)
+    async with asyncio.TaskGroup() as tasks:
+        call = Call(settings=SETTINGS, sink=sink, engines=FakeEngines({"telnyx": script}),
+                    tasks=tasks)
+        call.handle(STARTED)
+        for payload, ts in frames:  # the leg's sender gets no turn meanwhile: it falls behind
+            call.handle(AudioFrame(Track.INBOUND, payload, ts, None))
+        call.handle(StreamStopped())
+        await call.end("stopped")
+    session = script.sessions[0]
+    # 2 s of audio in 100 ms chunks: one hand-over (one socket write), not twenty.
+    assert session.hand_overs == [20]
+    assert bytes(session.received) == b"".join(payload for payload, _ in frames)
+    assert [text for _, text, _, _ in finals(sink)] == ["1", "2", "3", "4"]
+
+
 async def test_paused_audio_never_reaches_the_engine_and_the_clock_runs_on() -> None:
     script = EngineScript(utterance_ms=500)
     sink = RecordingSink()

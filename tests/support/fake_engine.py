@@ -40,6 +40,7 @@ class FakeSession:
         self.script = script
         self.bytes_per_ms = (2 if encoding is AudioEncoding.L16 else 1) * sample_rate // 1000
         self.received = bytearray()
+        self.hand_overs: list[int] = []  # chunks per call: 1 for send_audio, n for send_audio_many
         self.finished = False
         self.dropped = False
         self._drop_at = script.drop_after_bytes.pop(0) if script.drop_after_bytes else None
@@ -55,6 +56,15 @@ class FakeSession:
         self.script.sessions.append(self)
 
     async def send_audio(self, chunk: bytes) -> None:
+        self.hand_overs.append(1)
+        await self._take(chunk)
+
+    async def send_audio_many(self, chunks: Sequence[bytes]) -> None:
+        self.hand_overs.append(len(chunks))
+        for chunk in chunks:
+            await self._take(chunk)
+
+    async def _take(self, chunk: bytes) -> None:
         if self.dropped:
             return  # a dropped socket takes nothing more (sends to it are quiet)
         if self._drop_at is not None and len(self.received) + len(chunk) > self._drop_at:
