@@ -16,6 +16,7 @@ adds to its leg with its transcript line.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -216,6 +217,7 @@ class OutboxWriter:
             log.error("ALARM: the disk under the outbox is full; events are not being stored",
                       path=self._outbox_path, error=str(exc))
             stored = [False] * len(items)
+        stored_at = time.monotonic()
         self._on_stored()
         for snapshot in held:
             log.debug("held finals stored", call_id=snapshot.call_id, leg=snapshot.leg,
@@ -229,6 +231,8 @@ class OutboxWriter:
                 continue
             log.debug("event stored", event_type=str(event.type), webhook_id=event.id,
                       call_id=event.call_id, targets=len(item.targets))
+            if event.timing is not None:
+                event.timing.stored_at = stored_at
             if future is not None:
                 self._outcomes.expect(event.id, item.targets, future)
             for name in item.targets:
