@@ -23,7 +23,7 @@ millisecond resolution, too coarse for the buckets below 1 ms.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Final
 
 from prometheus_client.core import HistogramMetricFamily
@@ -62,19 +62,23 @@ class Timing:
 
 
 class StageTally:
-    """A histogram's bucket counts, sum and count, in plain lists."""
+    """A histogram's bucket counts and sum, in a plain list (the count is their sum, added
+    up when read: an observation is a bisect and two additions)."""
 
-    __slots__ = ("count", "counts", "total")
+    __slots__ = ("counts", "total")
 
     def __init__(self) -> None:
         self.counts = [0] * (len(STAGE_BUCKETS) + 1)  # the last one: beyond the largest
         self.total = 0.0
-        self.count = 0
 
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect.bisect_left(STAGE_BUCKETS, seconds)] += 1
+    def observe(self, seconds: float, _bisect: Callable[[Sequence[float], float], int]
+                = bisect.bisect_left) -> None:
+        self.counts[_bisect(STAGE_BUCKETS, seconds)] += 1
         self.total += seconds
-        self.count += 1
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
 
     def buckets(self) -> list[tuple[str, float]]:
         """Cumulative counts by upper bound, as Prometheus wants them."""

@@ -120,9 +120,9 @@ class LegAudio:
     def stamp_ready(self, now: float) -> None:
         """The chunks that became ready since the last stamp did so at ``now`` (taken once
         per push that completed a chunk, not per frame): ``sent`` gives it back."""
-        missing = len(self._buffer) - len(self._ready_at)
-        if missing > 0:
-            self._ready_at.extend([now] * missing)
+        ready_at, waiting = self._ready_at, len(self._buffer)
+        while len(ready_at) < waiting:
+            ready_at.append(now)
 
     def end(self) -> None:
         """No more audio: the reframer's held frames and last chunk go out."""
