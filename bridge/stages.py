@@ -143,6 +143,10 @@ class Stages(Collector):
             if timing.released_at is not None:
                 self.final_to_webhook.observe(now - timing.released_at)
 
+    def forget(self, event_id: str) -> None:
+        """The event will not be delivered (no target wants it, or it was not stored)."""
+        self._finals.pop(event_id, None)
+
     def settled(self, event_id: str, now: float, status: int | None) -> None:
         """The event was delivered (or dead-lettered) with ``status``: no longer tracked."""
         timing = self._finals.pop(event_id, None)

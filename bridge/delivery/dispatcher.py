@@ -73,7 +73,7 @@ class DurableDispatcher:
                  stages: Stages | None = None) -> None:
         self.settings = settings
         # Finals' times on their way to a webhook, for the stage latencies and traces.
-        self._stages = stages
+        self._stages = stages = stages or Stages()
         self.replica = replica
         # Told of each event the dispatcher makes itself (the call.ended of a call a previous
         # run, or a lost instance, left open), as calls' sinks are told of theirs.
@@ -90,7 +90,7 @@ class DurableDispatcher:
         self._writer = OutboxWriter(self.db, self._router, self.stats, outcomes,
                                     outbox_path=str(outbox.path),
                                     on_calls_ended=self._retire_if_idle,
-                                    on_stored=self.changed.set)
+                                    on_stored=self.changed.set, stages=stages)
         self._workers = DeliveryWorkers(self.hooks, session, self.db, self.stats, outcomes,
                                         on_done=self._retire_one_if_idle,
                                         on_progress=self._progress, stages=stages)
@@ -117,7 +117,7 @@ class DurableDispatcher:
             self._workers.publish_partial(event, self._router.wanting(event))
             future.set_result(Outcome.DELIVERED)
             return future
-        if event.timing is not None and self._stages is not None:
+        if event.timing is not None:
             self._stages.track(event.id, event.timing)
         self._router.call_published(event)  # its call.ended, once stored, lets it retire
         self._writer.submit(event, future)

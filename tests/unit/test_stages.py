@@ -163,3 +163,14 @@ def test_a_tracer_made_from_the_environment_names_the_service() -> None:
         assert resource is not None and resource.attributes["service.name"] == "callbridge"
     finally:
         tracing.shutdown()  # the span never ended: nothing is exported to the closed port
+
+
+def test_a_final_that_will_not_be_delivered_is_no_longer_tracked() -> None:
+    stages = Stages()
+    timing = Timing(1.0)
+    timing.released_at = 1.0
+    stages.track("msg_1", timing)
+    stages.forget("msg_1")  # no target wanted it, or the outbox refused it
+    stages.posting("msg_1", 2.0)
+    stages.stored("msg_1", 2.0)
+    assert stages.final_to_webhook.count == 0 and timing.stored_at is None
