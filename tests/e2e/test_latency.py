@@ -16,9 +16,10 @@ from bridge.simulate import CallSpec, build_call, stream_call
 from tests.conftest import BridgeFactory, BridgeProcess
 from tests.support.admin import TOKEN, start_call, token_for
 from tests.support.audio import ulaw
+from tests.support.deepgram import DeepgramEmulator
 from tests.support.otlp import OtlpReceiver, ReceivedSpan
 from tests.support.receiver import WebhookReceiver
-from tests.support.speech import SCRIPT, SECRETS, SPEECH
+from tests.support.speech import CALLER, CALLER_SAYS, SCRIPT, SECRETS, SPEECH
 from tests.support.sse import read_events
 from tests.support.telnyx_stt import TelnyxSttEmulator
 
@@ -150,3 +151,31 @@ async def test_a_traced_call_exports_its_leg_and_utterance_spans_without_its_wor
     for text in exported:
         assert not [secret for secret in spoken if secret in text], text
         assert not digits_of(said) & digits_of([text]) - {"204", "1"}, text
+
+
+async def test_an_engine_that_gives_segment_times_adds_the_engine_latency_span(
+        bridge_factory: BridgeFactory, deepgram: DeepgramEmulator, receiver: WebhookReceiver,
+        otlp: OtlpReceiver) -> None:
+    bridge = await bridge_factory(OTEL_EXPORTER_OTLP_ENDPOINT=otlp.endpoint,
+                                  OTEL_BSP_SCHEDULE_DELAY="100",
+                                  CALLBRIDGE_STT_ENGINE="deepgram",
+                                  DEEPGRAM_API_KEY="test-deepgram-key",
+                                  CALLBRIDGE_DEEPGRAM_URL=deepgram.url)
+    spec = CallSpec("twilio", AudioEncoding.PCMU, {Track.INBOUND: ulaw(CALLER)},
+                    call_id="CA-traced-dg")
+    result = await stream_call(bridge.url("/streams/twilio"), build_call(spec), speed=1)
+    assert result.close_code == 1000
+    await receiver.wait_for(receiver.ended("CA-traced-dg"))
+    await otlp.wait_for(lambda spans: sum(
+        s.name == "callbridge.webhook_delivery" for s in spans) == len(CALLER_SAYS) and any(
+        s.name == "callbridge.leg" for s in spans))
+    [leg] = [s for s in otlp.spans if s.name == "callbridge.leg"]
+    assert leg.attributes["callbridge.engine"] == "deepgram"
+    utterances = {s.span_id: s for s in otlp.spans if s.name == "callbridge.utterance"}
+    engine = [s for s in otlp.spans if s.name == "callbridge.engine_latency"]
+    assert len(engine) == len(utterances) == len(CALLER_SAYS)
+    for span in engine:
+        utterance = utterances[span.parent_span_id]
+        assert utterance.parent_span_id == leg.span_id
+        # The utterance begins where its audio had been sent: the engine's time comes first.
+        assert span.start_ns == utterance.start_ns <= span.end_ns
