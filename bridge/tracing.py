@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from bridge.errors import ConfigError
@@ -85,8 +86,16 @@ class Tracing:
         self._provider.shutdown()
 
 
-def tracing_from_environment(environ: dict[str, str] | None = None) -> Tracing | None:
-    """The tracer when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set, else None.
+def check_tracing(environ: Mapping[str, str] | None = None) -> None:
+    """Raise ``ConfigError`` naming ``OTEL_EXPORTER_OTLP_ENDPOINT`` when it is set but the
+    ``otel`` extra is not installed: before anything starts, with the other settings."""
+    tracing_from_environment(environ, build=False)
+
+
+def tracing_from_environment(environ: Mapping[str, str] | None = None, *,
+                             build: bool = True) -> Tracing | None:
+    """The tracer when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set, else None (always None
+    without ``build``: only the check).
 
     Raises ``ConfigError`` naming the variable when it is set but the ``otel`` extra is not
     installed.
@@ -102,6 +111,8 @@ def tracing_from_environment(environ: dict[str, str] | None = None) -> Tracing |
     except ImportError:
         raise ConfigError(ENDPOINT_VARIABLE, "is set, but tracing needs the OpenTelemetry "
                           "packages: pip install 'callbridge[otel]' (or unset it)") from None
+    if not build:
+        return None
     provider = TracerProvider(resource=Resource.create({"service.name": SERVICE_NAME}))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     return Tracing(provider)

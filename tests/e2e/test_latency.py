@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -14,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bridge.events import AudioEncoding, Track
 from bridge.simulate import CallSpec, build_call, stream_call
 from tests.conftest import BridgeFactory, BridgeProcess
+from tests.e2e.test_startup import callbridge, environment
 from tests.support.admin import TOKEN, start_call, token_for
 from tests.support.audio import ulaw
 from tests.support.deepgram import DeepgramEmulator
@@ -179,3 +181,18 @@ async def test_an_engine_that_gives_segment_times_adds_the_engine_latency_span(
         assert utterance.parent_span_id == leg.span_id
         # The utterance begins where its audio had been sent: the engine's time comes first.
         assert span.start_ns == utterance.start_ns <= span.end_ns
+
+
+async def test_the_endpoint_set_without_the_extra_stops_the_start_in_one_line(
+        stt: TelnyxSttEmulator, tmp_path: Path) -> None:
+    # A machine without the otel extra: its packages cannot be imported.
+    blocked = tmp_path / "without_otel" / "opentelemetry"
+    blocked.mkdir(parents=True)
+    (blocked / "__init__.py").write_text("raise ImportError('not installed')\n")
+    status, out, err = await callbridge("serve", "--port", "0", env=environment(
+        stt, tmp_path, PYTHONPATH=str(blocked.parent),
+        OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:4318"))
+    assert status == 2 and out == []
+    assert err == ["callbridge: invalid setting OTEL_EXPORTER_OTLP_ENDPOINT: is set, but "
+                   "tracing needs the OpenTelemetry packages: pip install 'callbridge[otel]' "
+                   "(or unset it)"]
