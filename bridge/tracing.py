@@ -14,7 +14,10 @@ text, audio or secrets.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import threading
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
@@ -29,6 +32,7 @@ if TYPE_CHECKING:
 
 ENDPOINT_VARIABLE: Final = "OTEL_EXPORTER_OTLP_ENDPOINT"
 SERVICE_NAME: Final = "callbridge"
+CLOSE_WITHIN_S: Final = 5.0  # how long the exit waits for the last spans to be exported
 
 
 class Tracing:
@@ -85,6 +89,30 @@ class Tracing:
         """Export what is queued and stop (blocks up to the exporter's timeout)."""
         self._provider.shutdown()
 
+    async def close(self, within_s: float) -> None:
+        """``shutdown`` on a thread of its own, waited for at most ``within_s``: a collector
+        that is down (the exporter retries for its whole timeout) does not hold up the
+        bridge's exit; spans not exported by then are lost."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def finished() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        def run() -> None:
+            try:
+                self._provider.shutdown()
+            finally:
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                    loop.call_soon_threadsafe(finished)
+
+        # A daemon thread: the process may exit while it still waits on the collector.
+        threading.Thread(target=run, name="trace export", daemon=True).start()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within_s):
+                await done
+
 
 def check_tracing(environ: Mapping[str, str] | None = None) -> None:
     """Raise ``ConfigError`` naming ``OTEL_EXPORTER_OTLP_ENDPOINT`` when it is set but the
@@ -113,6 +141,8 @@ def tracing_from_environment(environ: Mapping[str, str] | None = None, *,
                           "packages: pip install 'callbridge[otel]' (or unset it)") from None
     if not build:
         return None
-    provider = TracerProvider(resource=Resource.create({"service.name": SERVICE_NAME}))
+    # Stopped by ``close`` at the application's end, within a bound; not again at exit.
+    provider = TracerProvider(resource=Resource.create({"service.name": SERVICE_NAME}),
+                              shutdown_on_exit=False)
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     return Tracing(provider)

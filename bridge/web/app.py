@@ -57,7 +57,7 @@ from bridge.security import GuardedResolver
 from bridge.stt.engines import Engines
 from bridge.stt.local.supervisor import EmbeddedRecognizer
 from bridge.stt.slots import LocalEngineSlots, stream_limits
-from bridge.tracing import ENDPOINT_VARIABLE, tracing_from_environment
+from bridge.tracing import CLOSE_WITHIN_S, ENDPOINT_VARIABLE, tracing_from_environment
 from bridge.web.admin import add_admin_routes, engine_sessions
 from bridge.web.keys import (
     AFTER_CALL,
@@ -124,14 +124,14 @@ def create_app(settings: Settings) -> web.Application:
 
 
 async def _tracing(app: web.Application) -> AsyncIterator[None]:
-    """Traces, when on: at shutdown the spans still queued are exported (bounded by the
-    exporter's timeout), off the event loop."""
+    """Traces, when on: at shutdown the spans still queued are exported, off the event
+    loop, waited for at most ``CLOSE_WITHIN_S``."""
     tracing = app[METRICS].stages.tracing
     if tracing is not None:
         log.info("tracing on: spans exported over OTLP", variable=ENDPOINT_VARIABLE)
     yield
     if tracing is not None:
-        await asyncio.to_thread(tracing.shutdown)
+        await tracing.close(CLOSE_WITHIN_S)
 
 
 async def _cluster(app: web.Application) -> AsyncIterator[None]:

@@ -4,6 +4,7 @@ the webhook, the chunks' ready times in a leg's buffer, and the traces built fro
 from __future__ import annotations
 
 import sys
+import threading
 
 import pytest
 from opentelemetry import trace
@@ -174,3 +175,14 @@ def test_a_final_that_will_not_be_delivered_is_no_longer_tracked() -> None:
     stages.posting("msg_1", 2.0)
     stages.stored("msg_1", 2.0)
     assert stages.final_to_webhook.count == 0 and timing.stored_at is None
+
+
+async def test_closing_with_the_collector_down_does_not_wait_for_the_exporter(
+        monkeypatch: pytest.MonkeyPatch, refused_port: int) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{refused_port}")
+    tracing = tracing_from_environment()
+    assert tracing is not None
+    tracing.leg_span(call_id="CA1", leg="inbound", engine="telnyx", dialect="twilio").end()
+    await tracing.close(within_s=0.05)
+    # The exporter retries a refused collector for its whole timeout (10 s): still at it.
+    assert [t for t in threading.enumerate() if t.name == "trace export" and t.is_alive()]
