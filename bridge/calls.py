@@ -51,6 +51,7 @@ from bridge.legs.leg import Leg
 from bridge.legs.transcripts import LegTranscripts
 from bridge.legs.upstream import EngineSlots, UpstreamHooks
 from bridge.metrics import Metrics
+from bridge.stages import Timing
 from bridge.stt.base import EngineSession
 
 log = structlog.get_logger("bridge.calls")
@@ -304,10 +305,15 @@ class Call:
         leg: Leg
         alerts: LegAlerts
 
-        def publish(kind: EventType, fields: Mapping[str, Any]) -> None:
+        stages = self.metrics.stages
+
+        def publish(kind: EventType, fields: Mapping[str, Any], timing: Timing | None) -> None:
             is_final = kind is EventType.TRANSCRIPT_FINAL
             self.metrics.transcripts.labels("final" if is_final else "partial").inc()
-            self._publish(kind, leg, fields)
+            if is_final and timing is not None:
+                timing.released_at = now = time.monotonic()
+                stages.redaction_hold.observe(now - timing.received_at)
+            self._publish(kind, leg, fields, timing)
             if alerts:  # right behind the transcript that triggered them, in rule order
                 for alert in alerts.check(fields, is_final=is_final):
                     self.alerts_published += 1
@@ -347,6 +353,10 @@ class Call:
                   sample_rate=started.sample_rate, engine_name=self.engine_name, hooks=hooks,
                   transcripts=transcripts, metrics=self.metrics, policy=self.policy)
         alerts = LegAlerts(self._alert_rules, track=track.value, speaker=leg.speaker)
+        if stages.tracing is not None:
+            leg.traced(stages.tracing.leg_span(call_id=self.key or started.call_id,
+                                               leg=track.value, engine=leg.engine_name,
+                                               dialect=started.provider))
         self.legs[track] = leg
         if len(listening) == 1:
             only = listening[0]
@@ -453,8 +463,9 @@ class Call:
         like the call's own: the after-call work and the alerts use it."""
         self._publish(event_type, self.legs.get(track) if track is not None else None, fields)
 
-    def _publish(self, event_type: EventType, leg: Leg | None, fields: Mapping[str, Any]) -> None:
-        event = self._event(event_type, leg, fields)
+    def _publish(self, event_type: EventType, leg: Leg | None, fields: Mapping[str, Any],
+                 timing: Timing | None = None) -> None:
+        event = self._event(event_type, leg, fields, timing)
         outcome = self._sink.publish(event)
         if event_type is EventType.TRANSCRIPT_PARTIAL:
             self._partials_published += 1  # best effort: not waited for
@@ -463,7 +474,7 @@ class Call:
             outcome.add_done_callback(self._settled)
 
     def _event(self, event_type: EventType, leg: Leg | None,
-               fields: Mapping[str, Any]) -> OutboundEvent:
+               fields: Mapping[str, Any], timing: Timing | None = None) -> OutboundEvent:
         """The one place an outgoing event of this call is built."""
         started = self._require_started()
         key = self.key or started.call_id
@@ -479,7 +490,7 @@ class Call:
             data["provider_call_id"] = started.call_id
         data.update(fields)
         return make_event(event_type, data, call_id=key, leg=leg.track.value if leg else None,
-                          targets=self.targets)
+                          targets=self.targets, timing=timing)
 
     def _require_started(self) -> StreamStarted:
         if self.started is None:

@@ -17,7 +17,10 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from bridge.stages import Timing
 
 
 class AudioEncoding(enum.StrEnum):
@@ -107,6 +110,8 @@ class TranscriptResult:
     start_ms: int
     end_ms: int
     words: tuple[tuple[str, int, int, float | None], ...] = ()  # (text, start, end, conf.)
+    # When it reached each stage of the bridge: in memory only, never in an event's body.
+    timing: Timing | None = field(default=None, compare=False, repr=False)
 
 
 class EventType(enum.StrEnum):
@@ -144,16 +149,19 @@ class OutboundEvent:
     leg: str | None = None
     targets: tuple[str, ...] = ()
     body: bytes
+    # The result's times (``bridge.stages``), for latency metrics and traces: in memory only.
+    timing: Timing | None = field(default=None, compare=False, repr=False)
 
 
 def make_event(event_type: EventType, data: Mapping[str, object], *, call_id: str,
-               leg: str | None = None, targets: tuple[str, ...] = ()) -> OutboundEvent:
+               leg: str | None = None, targets: tuple[str, ...] = (),
+               timing: Timing | None = None) -> OutboundEvent:
     """A new outgoing event: a fresh ``webhook-id``, the time now (UTC, milliseconds) and
     its body encoded once. ``data`` must not change afterwards: the body is already built."""
     timestamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     return OutboundEvent(id=f"msg_{uuid.uuid4().hex}", type=event_type, timestamp=timestamp,
                          data=data, call_id=call_id, leg=leg, targets=targets,
-                         body=encode_body(event_type, timestamp, data))
+                         body=encode_body(event_type, timestamp, data), timing=timing)
 
 
 def encode_body(event_type: EventType, timestamp: str, data: Mapping[str, object]) -> bytes:

@@ -2,8 +2,9 @@
 
 Counts are taken where they are cheap: calls and legs as they start and end, media totals
 when a leg ends (nothing per frame), upstream sessions as they open, fail, reconnect, fail
-over and roll, latency per final. Webhook delivery, the outbox, authentication failures
-and event-loop lag are read when the metrics are scraped.
+over and roll, latency per final; per-stage latency is tallied in plain lists
+(``bridge.stages``). Webhook delivery, the outbox, authentication failures, the stage
+tallies and event-loop lag are read when the metrics are scraped.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any, Final
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from bridge.stages import Stages
 
 LATENCY_BUCKETS: Final = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 
@@ -49,6 +52,9 @@ class Metrics:
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.transcripts = Counter("callbridge_transcripts", "Transcripts published",
                                    ["type"], registry=r)
+        # Latency the bridge adds per stage, tallied where the work happens, read when scraped.
+        self.stages = Stages()
+        r.register(self.stages)
         self.loop_lag = Gauge("callbridge_event_loop_lag_seconds", "How late a 100 ms timer "
                               "fired on the event loop, worst of the last second", registry=r)
 

@@ -42,6 +42,7 @@ from bridge.delivery.targets import CALL_TARGET_PREFIX, DeliveryStats, Target
 from bridge.delivery.workers import DeliveryWorkers
 from bridge.delivery.writer import OutboxThread, OutboxWriter, Outcomes
 from bridge.events import EventType, OutboundEvent, make_event
+from bridge.stages import Stages
 
 log = structlog.get_logger("bridge.delivery")
 
@@ -68,8 +69,11 @@ class DurableDispatcher:
 
     def __init__(self, settings: Settings, session: aiohttp.ClientSession, *,
                  replica: Replica | None = None,
-                 made: Callable[[OutboundEvent], None] | None = None) -> None:
+                 made: Callable[[OutboundEvent], None] | None = None,
+                 stages: Stages | None = None) -> None:
         self.settings = settings
+        # Finals' times on their way to a webhook, for the stage latencies and traces.
+        self._stages = stages = stages or Stages()
         self.replica = replica
         # Told of each event the dispatcher makes itself (the call.ended of a call a previous
         # run, or a lost instance, left open), as calls' sinks are told of theirs.
@@ -86,10 +90,10 @@ class DurableDispatcher:
         self._writer = OutboxWriter(self.db, self._router, self.stats, outcomes,
                                     outbox_path=str(outbox.path),
                                     on_calls_ended=self._retire_if_idle,
-                                    on_stored=self.changed.set)
+                                    on_stored=self.changed.set, stages=stages)
         self._workers = DeliveryWorkers(self.hooks, session, self.db, self.stats, outcomes,
                                         on_done=self._retire_one_if_idle,
-                                        on_progress=self._progress)
+                                        on_progress=self._progress, stages=stages)
         self._tasks: list[asyncio.Task[None]] = []
         self._drain_waiter: asyncio.Event | None = None
 
@@ -113,6 +117,8 @@ class DurableDispatcher:
             self._workers.publish_partial(event, self._router.wanting(event))
             future.set_result(Outcome.DELIVERED)
             return future
+        if event.timing is not None:
+            self._stages.track(event.id, event.timing)
         self._router.call_published(event)  # its call.ended, once stored, lets it retire
         self._writer.submit(event, future)
         return future

@@ -32,6 +32,7 @@ from bridge.delivery.webhooks import endpoint_for_logs, post_event
 from bridge.delivery.writer import OutboxThread, Outcomes
 from bridge.errors import DeliveryError
 from bridge.events import OutboundEvent
+from bridge.stages import Stages
 
 log = structlog.get_logger("bridge.delivery")
 
@@ -45,9 +46,10 @@ class DeliveryWorkers:
     def __init__(self, hooks: WebhookSettings, session: aiohttp.ClientSession,
                  db: OutboxThread, stats: DeliveryStats, outcomes: Outcomes, *,
                  on_done: Callable[[str], Awaitable[None]],
-                 on_progress: Callable[[], None]) -> None:
+                 on_progress: Callable[[], None], stages: Stages | None = None) -> None:
         """``on_done`` is awaited with a target's name after each of its deliveries (it may
-        have become idle); ``on_progress`` is called whenever a pending delivery finished."""
+        have become idle); ``on_progress`` is called whenever a pending delivery finished;
+        ``stages`` hears of the attempts and outcomes of finals it tracks."""
         self._hooks = hooks
         self._session = session
         self._db = db
@@ -55,6 +57,7 @@ class DeliveryWorkers:
         self._outcomes = outcomes
         self._on_done = on_done
         self._on_progress = on_progress
+        self._stages = stages or Stages()
         self._tasks: dict[str, tuple[asyncio.Task[None], asyncio.Task[None]]] = {}
 
     def start(self, target: Target) -> None:
@@ -118,12 +121,15 @@ class DeliveryWorkers:
                     await target.wake.wait()
 
     async def _deliver(self, target: Target, due: DueDelivery) -> None:
+        stages = self._stages
+        stages.posting(due.event_id, time.monotonic())
         try:
             status = await post_event(self._session, target.url, target.key, due.event_id,
                                       due.body, timeout_s=self._hooks.timeout_s)
         except DeliveryError as exc:
             await self._failed(target, due, exc)
         else:
+            stages.settled(due.event_id, time.monotonic(), status)
             await self._db.call(lambda ob: ob.mark_delivered(due.event_seq, target.name, status))
             target.backing_off = False
             self._stats.delivered += 1
@@ -149,6 +155,7 @@ class DeliveryWorkers:
         expired = time.time() - due.created_at >= self._hooks.ttl_s
         if not error.retryable or expired:
             reason = str(error) if not expired else f"retries exhausted after ttl: {error}"
+            self._stages.settled(due.event_id, time.monotonic(), error.status)
             await self._db.call(lambda ob: ob.mark_dead(due.event_seq, target.name, reason,
                                                         error.status))
             self._stats.dead += 1

@@ -16,6 +16,7 @@ adds to its leg with its transcript line.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from bridge.delivery.routing import Router
 from bridge.delivery.targets import DeliveryStats
 from bridge.errors import OutboxDiskFull
 from bridge.events import EventType, OutboundEvent
+from bridge.stages import Stages
 
 log = structlog.get_logger("bridge.delivery")
 
@@ -132,9 +134,11 @@ class OutboxWriter:
     def __init__(self, db: OutboxThread, router: Router, stats: DeliveryStats,
                  outcomes: Outcomes, *, outbox_path: str,
                  on_calls_ended: Callable[[set[str]], Awaitable[None]],
-                 on_stored: Callable[[], None] = lambda: None) -> None:
+                 on_stored: Callable[[], None] = lambda: None,
+                 stages: Stages | None = None) -> None:
         """``on_calls_ended`` gets the targets of the ``call.ended`` events just stored
-        (some may now be idle); ``on_stored`` is called after each batch is written."""
+        (some may now be idle); ``on_stored`` is called after each batch is written;
+        ``stages`` hears when a final it tracks is stored, or will never be delivered."""
         self._db = db
         self._router = router
         self._stats = stats
@@ -142,6 +146,7 @@ class OutboxWriter:
         self._outbox_path = outbox_path
         self._on_calls_ended = on_calls_ended
         self._on_stored = on_stored
+        self._stages = stages or Stages()
         self._queue: asyncio.Queue[_Write] = asyncio.Queue(WRITE_QUEUE)
 
     def submit(self, event: OutboundEvent, future: asyncio.Future[Outcome]) -> None:
@@ -152,6 +157,7 @@ class OutboxWriter:
         except asyncio.QueueFull:
             self._refuse(event, "the outbox writer is behind")
             future.set_result(Outcome.FAILED)
+            self._stages.forget(event.id)
 
     async def submit_waiting(self, event: OutboundEvent) -> None:
         """Queue ``event``, waiting for room: for the start, before any call is taken."""
@@ -216,12 +222,15 @@ class OutboxWriter:
             log.error("ALARM: the disk under the outbox is full; events are not being stored",
                       path=self._outbox_path, error=str(exc))
             stored = [False] * len(items)
+        stored_at = time.monotonic()
         self._on_stored()
         for snapshot in held:
             log.debug("held finals stored", call_id=snapshot.call_id, leg=snapshot.leg,
                       finals=len(snapshot.finals))
         targets = self._router.targets
         for item, (event, future), ok in zip(items, batch, stored, strict=True):
+            if not ok or not item.targets:
+                self._stages.forget(event.id)
             if not ok:
                 self._refuse(event, "the outbox is full (outbox.max_events)")
                 if future is not None and not future.done():
@@ -229,6 +238,7 @@ class OutboxWriter:
                 continue
             log.debug("event stored", event_type=str(event.type), webhook_id=event.id,
                       call_id=event.call_id, targets=len(item.targets))
+            self._stages.stored(event.id, stored_at)
             if future is not None:
                 self._outcomes.expect(event.id, item.targets, future)
             for name in item.targets:

@@ -99,6 +99,9 @@ class LegAudio:
         # not the engine gets it (the call's observers: talk analytics, the recording).
         self.tap: Callable[[int, bytes], None] | None = None
         self._buffer: deque[Chunk] = deque()
+        # When the oldest waiting chunks became ready (caller's clock, seconds): one per chunk
+        # of ``_buffer`` from its start; chunks not yet stamped have none.
+        self._ready_at: deque[float] = deque()
         self._buffered = 0
         self._max_buffered = max_buffer_ms * self.bytes_per_ms
         self._replay: deque[tuple[float, bytes]] = deque()  # (upstream ms, data) since a final
@@ -116,6 +119,13 @@ class LegAudio:
         for chunk in chunks:
             ready = self._enqueue(chunk) or ready
         return ready
+
+    def stamp_ready(self, now: float) -> None:
+        """The chunks that became ready since the last stamp did so at ``now`` (taken once
+        per push that completed a chunk, not per frame): ``sent`` gives it back."""
+        ready_at, waiting = self._ready_at, len(self._buffer)
+        while len(ready_at) < waiting:
+            ready_at.append(now)
 
     def end(self) -> None:
         """No more audio: the reframer's held frames and last chunk go out."""
@@ -147,6 +157,7 @@ class LegAudio:
         self.discarding = True
         self.counters.bytes_discarded += self._buffered
         self._buffer.clear()
+        self._ready_at.clear()
         self._buffered = 0
 
     def unconfirmed(self, from_ms: int) -> None:
@@ -175,6 +186,8 @@ class LegAudio:
         self._buffered += len(chunk.data)
         while self._buffered > self._max_buffered:
             dropped = self._buffer.popleft()
+            if self._ready_at:
+                self._ready_at.popleft()
             self._buffered -= len(dropped.data)
             counters.chunks_dropped += 1
         return True
@@ -189,11 +202,15 @@ class LegAudio:
         """Every chunk waiting for the engine, oldest first (each stays until ``sent``)."""
         return list(self._buffer)
 
-    def sent(self, chunk: Chunk) -> None:
+    def sent(self, chunk: Chunk) -> float | None:
         """``chunk`` (from ``next_chunk``) reached the engine: it leaves the buffer, joins the
-        replay window, and is placed on the clock map."""
+        replay window, and is placed on the clock map. Returns when it became ready (see
+        ``stamp_ready``), or None when it was never stamped."""
+        ready_at = None
         if self._buffer and self._buffer[0] is chunk:
             self._buffer.popleft()
+            if self._ready_at:
+                ready_at = self._ready_at.popleft()
             self._buffered -= len(chunk.data)
         upstream_ms = self.sent_ms
         duration_ms = len(chunk.data) / self.bytes_per_ms
@@ -204,6 +221,7 @@ class LegAudio:
             _, old = self._replay.popleft()
             self._replay_bytes -= len(old)
         self.counters.sent_bytes += len(chunk.data)
+        return ready_at
 
     def replay(self) -> list[tuple[float, bytes]]:
         """What a new session gets first: the audio sent since the last final."""

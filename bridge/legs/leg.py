@@ -8,7 +8,8 @@ holds the call.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -19,6 +20,9 @@ from bridge.legs.audio import LegAudio
 from bridge.legs.transcripts import LegTranscripts
 from bridge.legs.upstream import Upstream, UpstreamHooks, UpstreamState, UpstreamTimers
 from bridge.metrics import Metrics
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 log = structlog.get_logger("bridge.legs")
 
@@ -50,6 +54,12 @@ class Leg:
         self._policy = policy
         self._warned_drops = False
         self.task: asyncio.Task[None] | None = None
+        self._span: Span | None = None  # the leg's trace span, when tracing is on
+
+    def traced(self, span: Span) -> None:
+        """Trace the leg's session under ``span``, which ends with the leg."""
+        self._span = span
+        self.upstream.trace_parent = span
 
     @property
     def engine_name(self) -> str:
@@ -58,7 +68,11 @@ class Leg:
     async def run(self) -> None:
         """The leg's upstream sessions (see ``Upstream.run``)."""
         structlog.contextvars.bind_contextvars(leg=self.track.value)
-        await self.upstream.run()
+        try:
+            await self.upstream.run()
+        finally:
+            if self._span is not None:
+                self._span.end()
 
     # -- media side: synchronous, called for every frame -------------------------------------
 
@@ -67,6 +81,7 @@ class Leg:
         audio = self.audio
         if not audio.push(frame.payload, frame.timestamp_ms):
             return  # most frames: no chunk completed, nothing more to do
+        audio.stamp_ready(time.monotonic())  # once per chunk, for frame_to_upstream
         self.upstream.wake()
         if audio.counters.chunks_dropped and not self._warned_drops:  # drops happen here only
             self._warned_drops = True
@@ -76,6 +91,7 @@ class Leg:
     def end_of_audio(self) -> None:
         """No more audio: flush the reframer and let the session finish."""
         self.audio.end()
+        self.audio.stamp_ready(time.monotonic())
         self.upstream.wake()
 
     @property
@@ -86,6 +102,7 @@ class Leg:
         """Pause or resume sending this leg's audio; False when nothing changed."""
         changed = self.audio.set_paused(paused)
         if self.audio.waiting:
+            self.audio.stamp_ready(time.monotonic())
             self.upstream.wake()  # the audio heard before a pause, cut short, goes now
         return changed
 

@@ -13,7 +13,8 @@
 * while finals are held, the owner is handed them with every number masked (``hold``), so a
   crash in that window loses nothing and writes no digit; an empty list says none is held.
 
-It hands event data to the callbacks it was given and never sees the call.
+It hands event data to the callbacks it was given, with the result's ``Timing`` (when it was
+received; None for results made here), and never sees the call.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 from bridge.compliance.mask import MASKED_ON_RECOVERY, mask_numbers
 from bridge.compliance.redact import LegRedactor, Policy, Redacted, Released
 from bridge.events import EventType, TranscriptResult
+from bridge.stages import Timing
 
 Fields = dict[str, Any]
 
@@ -34,7 +36,7 @@ class LegTranscripts:
     """One leg's transcripts; see the module docstring."""
 
     def __init__(self, policy: Policy, *, hold_s: float,
-                 publish: Callable[[EventType, Fields], None],
+                 publish: Callable[[EventType, Fields, Timing | None], None],
                  hold: Callable[[list[Fields]], None],
                  released: Callable[[TranscriptResult, Redacted, Fields | None], None]
                  | None = None,
@@ -60,7 +62,8 @@ class LegTranscripts:
             redacted = self._redactor.partial(result.text)
             self.partials += 1
             self._publish(EventType.TRANSCRIPT_PARTIAL,
-                          _fields(result, redacted, self.sequence + len(self._redactor.held) + 1))
+                          _fields(result, redacted, self.sequence + len(self._redactor.held) + 1),
+                          result.timing)
             return
         self._release(self._redactor.final(result.text, result))
         if self._timer is not None:
@@ -126,7 +129,7 @@ class LegTranscripts:
                 fields.update(self._annotate(redacted.text))
             if self._released is not None:
                 self._released(result, redacted, fields)
-            self._publish(EventType.TRANSCRIPT_FINAL, fields)
+            self._publish(EventType.TRANSCRIPT_FINAL, fields, result.timing)
 
 
 def _fields(result: TranscriptResult, redacted: Redacted, sequence: int) -> Fields:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
@@ -31,6 +32,7 @@ from bridge.errors import EngineAtCapacity, UpstreamError, UpstreamRefused, Upst
 from bridge.events import TranscriptResult
 from bridge.legs.audio import LegAudio
 from bridge.metrics import Metrics
+from bridge.stages import Timing
 from bridge.stt.base import EngineResult, EngineSession
 from bridge.stt.reconnect import (
     MAX_RECONNECTS,
@@ -164,6 +166,7 @@ class Upstream:
         self._last_heard = 0.0
         self._heard_at_bytes = 0
         self._last_final_end_ms: int | None = None
+        self.trace_parent: object | None = None  # the leg's trace span, when tracing is on
 
     def _step(self, step: Step) -> None:
         following = TRANSITIONS.get((self.state, step))
@@ -426,6 +429,7 @@ class Upstream:
 
     async def _send_until_end(self) -> None:
         audio = self.audio
+        latency = self._metrics.stages.frame_to_upstream
         while True:
             ready = audio.ready_chunks()
             if ready:
@@ -435,7 +439,9 @@ class Upstream:
                     # A leg that fell behind hands every ready chunk over in one write.
                     await self.engine.send_audio_many([each.data for each in ready])
                 for each in ready:
-                    audio.sent(each)  # only once sent: a drop before this replays it
+                    ready_at = audio.sent(each)  # only once sent: a drop before this replays it
+                    if ready_at is not None:
+                        latency.observe(time.monotonic() - ready_at)
                     self._session_bytes += len(each.data)
                 continue  # more may have come while the socket took these
             if audio.ended or self._roll:
@@ -446,10 +452,11 @@ class Upstream:
     async def _receive(self) -> None:
         loop = asyncio.get_running_loop()
         async for result in self.engine.results():
+            received_at = time.monotonic()
             self._results_this_session += 1
             self._last_heard = loop.time()
             self._heard_at_bytes = self._session_bytes
-            placed = self._place(result)
+            placed = self._place(result, received_at)
             if placed is None:
                 continue
             self._hooks.on_result(placed)
@@ -459,7 +466,7 @@ class Upstream:
                 self._roll = True  # a pause, before the engine's limit: roll over here
                 self._wake.set()
 
-    def _place(self, result: EngineResult) -> TranscriptResult | None:
+    def _place(self, result: EngineResult, received_at: float) -> TranscriptResult | None:
         """Put a result on the leg's audio clock.
 
         Engines that give segment times are mapped through the clock map (silence inserted
@@ -479,10 +486,11 @@ class Upstream:
             previous_end = self._last_final_end_ms
             start_ms = to_clock(0) if previous_end is None else previous_end
         start_ms = min(start_ms, end_ms)
+        engine_s = None
         if result.is_final and result.end_s is not None:
             # How long after its audio was sent did the final come (engines that give times)
-            behind_ms = session_end - end_upstream
-            self._metrics.latency.labels(self.engine_name).observe(max(behind_ms, 0) / 1000)
+            engine_s = max(session_end - end_upstream, 0) / 1000
+            self._metrics.latency.labels(self.engine_name).observe(engine_s)
         if result.is_final:
             # Replayed audio recognised again: delivered already. Only engines that give
             # segment times can say so; for the others the replay starts after the last
@@ -495,7 +503,8 @@ class Upstream:
         words = tuple((w.text, to_clock(origin + w.start_s * 1000),
                        to_clock(origin + w.end_s * 1000), w.confidence) for w in result.words)
         return TranscriptResult(result.text, result.is_final, result.confidence, start_ms, end_ms,
-                                words)
+                                words, Timing(received_at, engine_s=engine_s,
+                                              parent=self.trace_parent))
 
 
 def _first(errors: Sequence[BaseException]) -> UpstreamError:

@@ -458,7 +458,8 @@ async def live_events(request: web.Request) -> web.StreamResponse:
     live = app[SETTINGS].live
     if isinstance(feed, LiveFeed):
         return await stream_events(request, feed, app[TOKENS], max_viewers=live.max_viewers,
-                                   keepalive_s=live.keepalive_s, token_ttl_s=live.token_ttl_s)
+                                   keepalive_s=live.keepalive_s, token_ttl_s=live.token_ttl_s,
+                                   latency=app[METRICS].stages.result_to_viewer)
     shared = app[SHARED_FEEDS]
     reader = shared.read(feed, resume_point(request))
     if reader is None:

@@ -57,6 +57,7 @@ from bridge.security import GuardedResolver
 from bridge.stt.engines import Engines
 from bridge.stt.local.supervisor import EmbeddedRecognizer
 from bridge.stt.slots import LocalEngineSlots, stream_limits
+from bridge.tracing import CLOSE_WITHIN_S, ENDPOINT_VARIABLE, tracing_from_environment
 from bridge.web.admin import add_admin_routes, engine_sessions
 from bridge.web.keys import (
     AFTER_CALL,
@@ -98,8 +99,11 @@ def create_app(settings: Settings) -> web.Application:
     app[REFUSALS] = Counter()
     app[NONCES] = NonceCache()
     app[METRICS] = Metrics()
+    # Before anything starts: OTEL_EXPORTER_OTLP_ENDPOINT set without the extra stops here.
+    app[METRICS].stages.tracing = tracing_from_environment()
     app[DRAINING] = False
 
+    app.cleanup_ctx.append(_tracing)  # first in, last out: after the webhooks' last spans
     app.cleanup_ctx.append(_cluster)
     app.cleanup_ctx.append(_cluster_streams)
     app.cleanup_ctx.append(_engine_slots)
@@ -117,6 +121,17 @@ def create_app(settings: Settings) -> web.Application:
             app.router.add_get(f"/streams/{name}", partial(media_stream, dialect=name))
     add_admin_routes(app)
     return app
+
+
+async def _tracing(app: web.Application) -> AsyncIterator[None]:
+    """Traces, when on: at shutdown the spans still queued are exported, off the event
+    loop, waited for at most ``CLOSE_WITHIN_S``."""
+    tracing = app[METRICS].stages.tracing
+    if tracing is not None:
+        log.info("tracing on: spans exported over OTLP", variable=ENDPOINT_VARIABLE)
+    yield
+    if tracing is not None:
+        await tracing.close(CLOSE_WITHIN_S)
 
 
 async def _cluster(app: web.Application) -> AsyncIterator[None]:
@@ -276,8 +291,8 @@ async def _webhooks(app: web.Application) -> AsyncIterator[None]:
     stream = app.get(EVENT_STREAM)
     async with (aiohttp.ClientSession(connector=connector) as session,
                 DurableDispatcher(settings, session, replica=mirror,
-                                  made=stream.offer if stream is not None else None
-                                  ) as dispatcher,
+                                  made=stream.offer if stream is not None else None,
+                                  stages=app[METRICS].stages) as dispatcher,
                 contextlib.AsyncExitStack() as cluster):
         app[SINK] = dispatcher
         if member is not None and mirror is not None:

@@ -35,7 +35,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Final, Protocol
 
 import structlog
@@ -46,6 +46,7 @@ from bridge.delivery.webhooks import EventSink
 from bridge.errors import InvalidNumber
 from bridge.events import EventType, OutboundEvent
 from bridge.numbers import read_int
+from bridge.stages import StageTally
 
 log = structlog.get_logger("bridge.feed")
 
@@ -65,6 +66,9 @@ class Frame:
     kind: EventType
     leg: str | None
     data: bytes
+    # When the engine result it shows was received (time.monotonic()), for the
+    # result_to_viewer latency; 0: not a result, or not live (a backlog, another instance).
+    received_at: float = field(default=0.0, compare=False)
 
     def encode(self) -> bytes:
         return b"id: %d\nevent: %s\ndata: %s\n\n" % (self.id, self.kind.value.encode(), self.data)
@@ -183,7 +187,9 @@ class LiveFeed:
 
     def publish(self, event: OutboundEvent) -> None:
         self._last_id += 1
-        frame = Frame(self._last_id, event.type, event.leg, event.body)
+        timing = event.timing
+        frame = Frame(self._last_id, event.type, event.leg, event.body,
+                      timing.received_at if timing is not None else 0.0)
         if self._mirror is not None:
             self._mirror.append(self.call_id, self.stream_uid, frame)
         if event.type is EventType.TRANSCRIPT_PARTIAL:
@@ -208,7 +214,9 @@ class LiveFeed:
         """A new viewer, given first what the backlog holds after event ``after``."""
         viewer = Viewer(self._viewer_buffer)
         kept = [f for f in (*self._backlog, *self._partials.values()) if f.id > after]
-        viewer.frames.extend(sorted(kept, key=lambda f: f.id))
+        # What the viewer missed is history, not latency: those frames go unmeasured.
+        viewer.frames.extend(replace(f, received_at=0.0) if f.received_at else f
+                             for f in sorted(kept, key=lambda f: f.id))
         if self.ended:
             viewer.close()
         else:
@@ -364,7 +372,8 @@ def resume_point(request: web.Request) -> int:
 
 async def stream_events(request: web.Request, feed: LiveFeed, tokens: LiveTokens, *,
                         max_viewers: int, keepalive_s: float,
-                        token_ttl_s: float) -> web.StreamResponse:
+                        token_ttl_s: float, latency: StageTally | None = None
+                        ) -> web.StreamResponse:
     """``feed``'s events as Server-Sent Events, each ``data`` the webhook's body (so redacted
     exactly as webhooks are), each ``id`` for resuming with ``Last-Event-ID``.
 
@@ -372,14 +381,16 @@ async def stream_events(request: web.Request, feed: LiveFeed, tokens: LiveTokens
     point, then events as they happen; a ``token`` event brings a fresh token (from
     ``tokens``, valid ``token_ttl_s``) before the one in use runs out. The stream ends after
     the call's ``call.ended``; a viewer that falls behind is disconnected and may resume.
-    More than ``max_viewers`` at once get 429.
+    More than ``max_viewers`` at once get 429. ``latency`` is told how long after its
+    result was received each live frame was written.
     """
     if len(feed.viewers) >= max_viewers:
         raise web.HTTPTooManyRequests(text="too many viewers of this call\n")
     viewer = feed.watch(resume_point(request))
     try:
         response = await serve_frames(request, viewer, tokens, feed.subject,
-                                      keepalive_s=keepalive_s, token_ttl_s=token_ttl_s)
+                                      keepalive_s=keepalive_s, token_ttl_s=token_ttl_s,
+                                      latency=latency)
     finally:
         feed.leave(viewer)
     if viewer.overflowed:
@@ -388,8 +399,8 @@ async def stream_events(request: web.Request, feed: LiveFeed, tokens: LiveTokens
 
 
 async def serve_frames(request: web.Request, source: FrameSource, tokens: LiveTokens,
-                       subject: str, *, keepalive_s: float,
-                       token_ttl_s: float) -> web.StreamResponse:
+                       subject: str, *, keepalive_s: float, token_ttl_s: float,
+                       latency: StageTally | None = None) -> web.StreamResponse:
     """Write ``source``'s frames as Server-Sent Events until it closes or the viewer goes
     away, with keepalives and fresh tokens for ``subject`` (see ``stream_events``)."""
     response = web.StreamResponse(headers={
@@ -398,14 +409,15 @@ async def serve_frames(request: web.Request, source: FrameSource, tokens: LiveTo
     try:
         await response.prepare(request)
         await response.write(b"retry: %d\n\n" % SSE_RETRY_MS)
-        await _stream(response, tokens, subject, source, keepalive_s, token_ttl_s)
+        await _stream(response, tokens, subject, source, keepalive_s, token_ttl_s, latency)
     except ConnectionError:
         pass  # the viewer went away
     return response
 
 
 async def _stream(response: web.StreamResponse, tokens: LiveTokens, subject: str,
-                  viewer: FrameSource, keepalive_s: float, token_ttl_s: float) -> None:
+                  viewer: FrameSource, keepalive_s: float, token_ttl_s: float,
+                  latency: StageTally | None) -> None:
     refresh_at = 0.0
     while True:
         now = time.monotonic()
@@ -417,6 +429,11 @@ async def _stream(response: web.StreamResponse, tokens: LiveTokens, subject: str
         frames = await viewer.take(min(keepalive_s, max(refresh_at - now, 0.1)))
         if frames:
             await response.write(b"".join(frame.encode() for frame in frames))
+            if latency is not None:
+                written = time.monotonic()
+                for frame in frames:
+                    if frame.received_at:
+                        latency.observe(written - frame.received_at)
         elif viewer.closed:
             return
         else:

@@ -184,7 +184,7 @@ async def test_matching_sees_only_redacted_text_so_no_digit_reaches_an_alert() -
     alerts = LegAlerts(rules, track="inbound", speaker="caller")
     raised: list[dict[str, Any]] = []
 
-    def publish(kind: EventType, fields: dict[str, Any]) -> None:
+    def publish(kind: EventType, fields: dict[str, Any], _timing: object) -> None:
         raised.extend(alerts.check(fields, is_final=kind is EventType.TRANSCRIPT_FINAL))
 
     transcripts = LegTranscripts(policy_for(ComplianceSettings()), hold_s=2.0,

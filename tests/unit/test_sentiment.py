@@ -66,7 +66,7 @@ async def test_each_published_final_carries_the_sentiment_of_its_redacted_text()
     scorer = SentimentScorer()
     published: list[tuple[EventType, dict[str, Any]]] = []
     transcripts = LegTranscripts(policy_for(ComplianceSettings()), hold_s=2.0,
-                                 publish=lambda kind, fields: published.append((kind, fields)),
+                                 publish=lambda kind, fields, _: published.append((kind, fields)),
                                  hold=lambda _: None, annotate=scorer.fields)
     transcripts.result(TranscriptResult("this is awful", False, None, 0, 500))
     transcripts.result(TranscriptResult("this is awful service", True, 0.9, 0, 900))
