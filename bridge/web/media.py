@@ -183,8 +183,11 @@ async def _serve_stream(request: web.Request, dialect: str | None, endpoint: str
                             _raise_socket_error(ws.exception())
                         elif kind is WAKE and isinstance(ws, MediaSocket):
                             ws.woken()
-                        while reader.replies:
-                            await ws.send_str(reader.replies.popleft())
+                        try:
+                            while reader.replies:
+                                await ws.send_str(reader.replies.popleft())
+                        except ConnectionError:  # aiohttp: "Connection lost", or a reset
+                            break  # the peer went away while it was answered: it disconnected
                 finally:
                     if isinstance(ws, MediaSocket):
                         ws.stop_handing()
