@@ -187,6 +187,8 @@ async def _serve_stream(request: web.Request, dialect: str | None, endpoint: str
                             while reader.replies:
                                 await ws.send_str(reader.replies.popleft())
                         except ConnectionError:  # aiohttp: "Connection lost", or a reset
+                            if ws.exception() is not None:  # the idle check closed it
+                                _raise_socket_error(ws.exception())
                             break  # the peer went away while it was answered: it disconnected
                 finally:
                     if isinstance(ws, MediaSocket):
