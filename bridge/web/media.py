@@ -187,9 +187,12 @@ async def _serve_stream(request: web.Request, dialect: str | None, endpoint: str
                             while reader.replies:
                                 await ws.send_str(reader.replies.popleft())
                         except ConnectionError:  # aiohttp: "Connection lost", or a reset
-                            if ws.exception() is not None:  # the idle check closed it
-                                _raise_socket_error(ws.exception())
-                            break  # the peer went away while it was answered: it disconnected
+                            break  # the connection went while the peer was answered
+                    # The idle check closed the connection while this task was busy (writing
+                    # replies, or with messages queued): aiohttp then ends the iteration
+                    # without the ERROR message that says why.
+                    if ws.exception() is not None:
+                        _raise_socket_error(ws.exception())
                 finally:
                     if isinstance(ws, MediaSocket):
                         ws.stop_handing()

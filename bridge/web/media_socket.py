@@ -49,7 +49,7 @@ MessageHandler = Callable[[WSMsgType, Any], bool]
 
 # The attributes of aiohttp's WebSocketResponse that MediaSocket reads or replaces.
 _PRIVATE_API: Final = ("_post_start", "_handle_ping_pong_exception", "_max_msg_size",
-                       "_compress", "_decode_text", "_loop", "_reader", "_writer")
+                       "_compress", "_decode_text", "_loop", "_reader", "_writer", "_req")
 
 # aiohttp's reader joins continuation frames itself, so a message of this type never comes
 # from a peer: it marks the wake-up MediaSocket queues for the reading task.
@@ -171,7 +171,8 @@ class MediaSocket(web.WebSocketResponse):
 
         Anything received counts, as it did for aiohttp's heartbeat. Closing feeds the
         reading task an ERROR message carrying ``TimeoutError``, exactly as the heartbeat
-        did. A ping the peer's full socket cannot take yet does not delay that close.
+        did. A ping the peer's full socket cannot take yet does not delay that close, and
+        what waits in a full socket is dropped with the connection.
         Returns once it closed the connection; cancel it when reading ends.
         """
         queue = self._queue
@@ -193,4 +194,9 @@ class MediaSocket(web.WebSocketResponse):
             if not queue.received and not self.closed:
                 self._handle_ping_pong_exception(
                     TimeoutError(f"No PONG received after {interval} seconds"))
+                # aiohttp's close waits to flush what is buffered, which a peer that reads
+                # nothing never lets happen: its connection (and its call) would stay.
+                transport = self._req.transport if self._req is not None else None
+                if transport is not None and transport.get_write_buffer_size():
+                    transport.abort()
                 return
