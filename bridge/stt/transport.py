@@ -6,7 +6,9 @@ bytes drawn 4 KiB at a time (RFC 6455 section 5.3 asks for an unpredictable mask
 not for a system call per frame), the payload masked by websockets' C helper, and one
 ``transport.write`` (or ``writelines`` for every chunk that is ready). There is no send lock
 and no drain per message: the transport's write buffer is bounded by its high-water mark,
-and only a writer that finds it paused waits.
+and only a writer that finds it paused waits. While it is paused, nothing more is read
+from the server either: what the server sends may need an answer (a pong to each of its
+pings), and a server that sends and never reads would otherwise fill our memory with them.
 
 Everything else goes through websockets' ``ClientProtocol``: the opening handshake, text
 messages, pings and pongs, the closing handshake and every byte the server sends. Its
@@ -150,7 +152,8 @@ class EngineConnection(asyncio.Protocol):
         self._messages: collections.deque[str | bytes] = collections.deque()
         self._fragments: list[bytes] = []
         self._fragment_opcode: Opcode | None = None
-        self._reading_paused = False
+        self._queue_full = False  # the reader is ``max_queue`` messages behind
+        self._reading_paused = False  # the transport's reading: queue full or writing paused
         self.writing_paused = False
         self._message_waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -290,10 +293,9 @@ class EngineConnection(asyncio.Protocol):
             finally:
                 self._message_waiter = None
         message = self._messages.popleft()
-        if self._reading_paused and len(self._messages) <= self._max_queue // 4 \
-                and self._transport is not None:
-            self._reading_paused = False
-            self._transport.resume_reading()
+        if self._queue_full and len(self._messages) <= self._max_queue // 4:
+            self._queue_full = False
+            self._update_reading()
         return message
 
     def _frame_received(self, frame: Frame) -> None:
@@ -324,12 +326,23 @@ class EngineConnection(asyncio.Protocol):
         else:
             message = data
         self._messages.append(message)
-        if len(self._messages) >= self._max_queue and not self._reading_paused \
-                and self._transport is not None:
+        if len(self._messages) >= self._max_queue and not self._queue_full:
             # A reader that falls behind stops the socket, not our memory.
-            self._reading_paused = True
-            self._transport.pause_reading()
+            self._queue_full = True
+            self._update_reading()
         self._wake_reader()
+
+    def _update_reading(self) -> None:
+        """Read from the socket unless the reader is behind or our own writes wait."""
+        transport = self._transport
+        paused = self._queue_full or self.writing_paused
+        if transport is None or paused is self._reading_paused:
+            return
+        self._reading_paused = paused
+        if paused:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
 
     def _wake_reader(self) -> None:
         waiter = self._message_waiter
@@ -424,9 +437,11 @@ class EngineConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.writing_paused = True
+        self._update_reading()  # the server's pings would only pile up pongs behind ours
 
     def resume_writing(self) -> None:
         self.writing_paused = False
+        self._update_reading()
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_result(None)
 

@@ -183,8 +183,16 @@ async def _serve_stream(request: web.Request, dialect: str | None, endpoint: str
                             _raise_socket_error(ws.exception())
                         elif kind is WAKE and isinstance(ws, MediaSocket):
                             ws.woken()
-                        while reader.replies:
-                            await ws.send_str(reader.replies.popleft())
+                        try:
+                            while reader.replies:
+                                await ws.send_str(reader.replies.popleft())
+                        except ConnectionError:  # aiohttp: "Connection lost", or a reset
+                            break  # the connection went while the peer was answered
+                    # The idle check closed the connection while this task was busy (writing
+                    # replies, or with messages queued): aiohttp then ends the iteration
+                    # without the ERROR message that says why.
+                    if ws.exception() is not None:
+                        _raise_socket_error(ws.exception())
                 finally:
                     if isinstance(ws, MediaSocket):
                         ws.stop_handing()

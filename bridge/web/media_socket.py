@@ -49,7 +49,7 @@ MessageHandler = Callable[[WSMsgType, Any], bool]
 
 # The attributes of aiohttp's WebSocketResponse that MediaSocket reads or replaces.
 _PRIVATE_API: Final = ("_post_start", "_handle_ping_pong_exception", "_max_msg_size",
-                       "_compress", "_decode_text", "_loop", "_reader", "_writer")
+                       "_compress", "_decode_text", "_loop", "_reader", "_writer", "_req")
 
 # aiohttp's reader joins continuation frames itself, so a message of this type never comes
 # from a peer: it marks the wake-up MediaSocket queues for the reading task.
@@ -67,6 +67,13 @@ def direct_reading_available() -> bool:
 
 def _discard(kind: WSMsgType, payload: Any) -> bool:
     return False
+
+
+def _retrieve(ping: asyncio.Future[None]) -> None:
+    """A ping that ends after the idle check moved on: its failure (the connection went
+    away meanwhile) needs no report."""
+    if not ping.cancelled():
+        ping.exception()
 
 
 class _HandingQueue(_QueueBase):  # type: ignore[misc]  # aiohttp's queue, typed Any
@@ -115,6 +122,8 @@ class MediaSocket(web.WebSocketResponse):
     behind them, which it passes to the same handler.
     """
 
+    _ping: asyncio.Future[None] | None = None  # the idle check's last ping, kept referenced
+
     def _post_start(self, request: Any, protocol: str | None, writer: Any) -> None:
         # aiohttp's _post_start (3.14) with the handing queue and no per-read callback.
         self._ws_protocol = protocol
@@ -162,7 +171,9 @@ class MediaSocket(web.WebSocketResponse):
 
         Anything received counts, as it did for aiohttp's heartbeat. Closing feeds the
         reading task an ERROR message carrying ``TimeoutError``, exactly as the heartbeat
-        did. Returns once it closed the connection; cancel it when reading ends.
+        did. A ping the peer's full socket cannot take yet does not delay that close, and
+        what waits in a full socket is dropped with the connection.
+        Returns once it closed the connection; cancel it when reading ends.
         """
         queue = self._queue
         while not self.closed:
@@ -170,13 +181,22 @@ class MediaSocket(web.WebSocketResponse):
             await asyncio.sleep(interval)
             if queue.received:
                 continue
-            try:
-                await self.ping()
-            except Exception as exc:  # noqa: BLE001  # as aiohttp's heartbeat treats a failed ping
-                self._handle_ping_pong_exception(exc)
-                return
+            # Sent beside the check, as aiohttp's heartbeat sends it: aiohttp's writer may
+            # hold the ping until the peer reads (its flow control), and a peer that reads
+            # nothing must not hold the check with it.
+            ping = self._ping = asyncio.ensure_future(self.ping())
+            ping.add_done_callback(_retrieve)
             await asyncio.sleep(interval)
+            failure = ping.exception() if ping.done() and not ping.cancelled() else None
+            if failure is not None:
+                self._handle_ping_pong_exception(failure)
+                return
             if not queue.received and not self.closed:
                 self._handle_ping_pong_exception(
                     TimeoutError(f"No PONG received after {interval} seconds"))
+                # aiohttp's close waits to flush what is buffered, which a peer that reads
+                # nothing never lets happen: its connection (and its call) would stay.
+                transport = self._req.transport if self._req is not None else None
+                if transport is not None and transport.get_write_buffer_size():
+                    transport.abort()
                 return

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import select
+import socket
 
 import aiohttp
 import pytest
@@ -21,6 +23,9 @@ from tests.support.receiver import WebhookReceiver
 from tests.support.speech import CALLER
 
 pytestmark = pytest.mark.e2e
+
+# Far more than the socket buffers and the bridge's own read queue hold together.
+FLOOD_CAP = 48 * 1024 * 1024
 
 
 def twilio_messages(call_id: str) -> tuple[list[str], list[str]]:
@@ -138,3 +143,85 @@ async def test_audiohook_replies_come_in_order_when_its_messages_arrive_together
     assert [(r["type"], r["seq"], r["clientseq"]) for r in map(json.loads, replies)] == [
         ("opened", 1, 1), ("pong", 2, 2), ("pong", 3, 3), ("closed", 4, 4)]
     await receiver.wait_for(receiver.ended("conv-ah-burst"))
+
+
+def flood_audiohook(url: str, call_id: str) -> tuple[socket.socket, int]:
+    """Open an AudioHook stream and ping as fast as the bridge takes it, never reading a
+    pong: the socket, and the bytes sent once the bridge stopped taking them (seconds
+    without progress), dropped the connection, or took more than ``FLOOD_CAP``."""
+    session = "s" * 256  # the longest session id: the largest replies
+
+    def message(seq: int, kind: str, parameters: dict[str, object]) -> bytes:
+        return json.dumps({"version": "2", "id": session, "type": kind, "seq": seq,
+                           "serverseq": 0, "position": "PT0S",
+                           "parameters": parameters}).encode()
+
+    protocol = ClientProtocol(parse_uri(url))
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: the window
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    client.connect(("127.0.0.1", parse_uri(url).port))
+    protocol.send_request(protocol.connect())
+    client.sendall(b"".join(protocol.data_to_send()))
+    while protocol.handshake_exc is None and not protocol.events_received():
+        protocol.receive_data(client.recv(65536))
+    assert protocol.handshake_exc is None
+    protocol.send_text(message(1, "open", {
+        "organizationId": "org", "conversationId": call_id,
+        "participant": {"id": "p", "ani": "+1", "aniName": "", "dnis": "+2"},
+        "media": [{"type": "audio", "format": "PCMU", "channels": ["external"],
+                   "rate": 8000}]}))
+    client.sendall(b"".join(protocol.data_to_send()))
+    client.setblocking(False)
+    sent, seq = 0, 1
+    while sent < FLOOD_CAP:
+        for _ in range(100):
+            seq += 1
+            protocol.send_text(message(seq, "ping", {}))
+        pending = memoryview(b"".join(protocol.data_to_send()))
+        while pending:
+            _, writable, _ = select.select([], [client], [], 5)
+            if not writable:
+                return client, sent
+            try:
+                written = client.send(pending)
+            except ConnectionError:
+                return client, sent
+            pending, sent = pending[written:], sent + written
+    return client, sent
+
+
+async def test_a_peer_that_never_reads_its_replies_is_not_read_from_either(
+        bridge: BridgeProcess, receiver: WebhookReceiver) -> None:
+    # An AudioHook client may ping as fast as it likes and never read a pong: the replies
+    # it leaves unread must stop the bridge reading its messages (back-pressure), not pile
+    # up in the bridge's memory.
+    client, sent = await asyncio.to_thread(
+        flood_audiohook, bridge.url("/streams/audiohook"), "conv-never-reads")
+    client.close()  # unread pongs in its buffer: the bridge sees a reset mid-write
+    assert sent < FLOOD_CAP
+    # The peer went away while the bridge was writing to it: its doing, not the bridge's.
+    events = await receiver.wait_for(receiver.ended("conv-never-reads"))
+    ended = [e for e in events if e.type == "call.ended"
+             and e.data["call_id"] == "conv-never-reads"]
+    assert ended[-1].data["reason"] == "disconnected"
+    assert not bridge.log_events("closing media connection: internal error")
+
+
+async def test_a_peer_that_reads_nothing_and_falls_silent_is_dropped_and_its_call_ends(
+        bridge_factory: BridgeFactory, receiver: WebhookReceiver) -> None:
+    bridge = await bridge_factory(CALLBRIDGE_SERVER_IDLE_CHECK_S="0.5")
+    client, _ = await asyncio.to_thread(
+        flood_audiohook, bridge.url("/streams/audiohook"), "conv-stays-silent")
+    try:
+        # The peer stays connected, reads nothing, says nothing: the idle check drops it,
+        # though the bridge's pongs still wait in its full socket.
+        events = await receiver.wait_for(receiver.ended("conv-stays-silent"))
+    finally:
+        client.close()
+    ended = [e for e in events if e.type == "call.ended"
+             and e.data["call_id"] == "conv-stays-silent"]
+    assert ended[-1].data["reason"] == "protocol_error"
+    warning = await bridge.wait_for_log("closing media connection: peer broke the protocol",
+                                        call_id="conv-stays-silent")
+    assert warning["error"] == "WebSocket error: TimeoutError"

@@ -386,6 +386,30 @@ async def test_a_server_that_stops_reading_bounds_the_buffer_and_the_session_dro
         await connection.close()
 
 
+async def test_a_server_that_pings_and_never_reads_cannot_grow_the_write_buffer() -> None:
+    # Every ping wants a pong. A server that floods pings and reads nothing must not make
+    # the client queue pong after pong in memory: it stops reading the server while its
+    # own writes wait, and keepalive then finds the server gone.
+    pings = server_frame(PING, b"p" * 125) * (8 * 1024 * 1024 // 127)
+    async with RawEngine(greeting=pings + server_frame(TEXT, b"after the pings")) as engine:
+        engine.stop_reading()  # from the start: nothing the client sends is read
+        # Keepalive long enough for every ping to be read if the client kept reading.
+        connection = await connect(engine.url, ping_interval=4, ping_timeout=4,
+                                   close_timeout=0.3)
+        assert isinstance(connection, EngineConnection)
+        buffered: list[int] = []  # what the client had buffered at each message
+
+        async def read_all() -> None:
+            async for _ in connection:
+                buffered.append(connection.buffered_bytes)
+
+        with pytest.raises(ConnectionClosedError):
+            await read_all()
+        await connection.close()
+    # The high-water mark and what one read can add, whether or not the text came through.
+    assert all(size <= 64 * 1024 + 4096 for size in buffered)
+
+
 async def test_an_engine_behind_a_proxy_is_reached_through_it(
         monkeypatch: pytest.MonkeyPatch) -> None:
     tunnels: list[str] = []
