@@ -346,8 +346,14 @@ class JsonMediaDialect(SansIoStream):
             payload = decode_payload(media.get("payload"))
             if self._converts_audio:
                 payload = self._track_audio(track, payload)
-            self._events.append(AudioFrame(track, payload, get_counter(media, "timestamp"),
-                                           get_counter(media, "chunk")))
+            # ``get_counter`` inline: two calls fewer on every media message.
+            timestamp = media.get("timestamp")
+            if timestamp is not None:
+                timestamp = read_count(timestamp, field="timestamp", high=MAX_COUNTER)
+            chunk = media.get("chunk")
+            if chunk is not None:
+                chunk = read_count(chunk, field="chunk", high=MAX_COUNTER)
+            self._events.append(AudioFrame(track, payload, timestamp, chunk))
         elif event == "start":
             self._advance(Step.START, event)
             self._accept_start(message)
