@@ -341,8 +341,14 @@ class JsonMediaDialect(SansIoStream):
         if event == "media":  # first: by far the most frequent message
             if not self._media_stays:
                 self._advance(Step.MEDIA, event)
-            media = get_object(message, "media")
-            track = get_track(media.get("track"))
+            media = message.get("media")
+            if type(media) is not dict:  # exactly a dict, as orjson makes them
+                media = get_object(message, "media")  # refuses it, or accepts a subclass
+            # The usual spellings by one lookup; ``get_track`` judges any other (or none).
+            raw_track = media.get("track")
+            track = TRACK_NAMES.get(raw_track) if type(raw_track) is str else None
+            if track is None:
+                track = get_track(raw_track)
             payload = decode_payload(media.get("payload"))
             if self._converts_audio:
                 payload = self._track_audio(track, payload)
