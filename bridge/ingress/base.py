@@ -283,6 +283,8 @@ class SansIoStream:
     """What every dialect shares: its state, the decoded events, the replies to write."""
 
     name: str = "stream"
+    # Whether ``to_send`` can ever have replies: the media reader asks only then.
+    may_reply: bool = False
 
     def __init__(self) -> None:
         self.state = StreamState.AWAITING_START

@@ -35,6 +35,7 @@ from bridge.errors import (
     MessageTooBig,
     PeerError,
     PolicyRefusal,
+    ProtocolViolation,
 )
 from bridge.events import StreamStarted
 from bridge.ingress import (
@@ -251,6 +252,9 @@ class _StreamReader:
         self._deadline = deadline
         self._started = started
         self._verified = dialect is not None  # /streams: checked once the dialect is known
+        # True once the stream started and passed its checks: the dialects' state table
+        # refuses a second start, so from then on every event goes straight to the call.
+        self._streaming = False
         self.replies: deque[str] = deque()
 
     def receive(self, kind: WSMsgType, data: str | bytes) -> bool:
@@ -260,6 +264,24 @@ class _StreamReader:
             parser.receive_text(data)  # type: ignore[arg-type]  # TEXT carries str
         else:
             parser.receive_bytes(data)  # type: ignore[arg-type]  # BINARY carries bytes
+        if self._streaming:
+            handle = self._call.handle
+            for event in parser.events():
+                if type(event) is StreamStarted:  # pragma: no cover - the state table refuses it
+                    raise ProtocolViolation("a second stream start")
+                handle(event)
+        else:
+            self._before_streaming(parser)
+        if not parser.may_reply:
+            return False
+        replies = parser.to_send()
+        if not replies:
+            return False
+        self.replies.extend(replies)
+        return True
+
+    def _before_streaming(self, parser: MediaDialect) -> None:
+        """Until the stream started: the checks of the dialect recognised and of the start."""
         if not self._verified and parser.name != "unknown":
             settings = self._settings
             if parser.name not in settings.server.dialects:
@@ -277,13 +299,9 @@ class _StreamReader:
                 call.handle(event)  # claims the call id and a slot, or raises
                 self._deadline.reschedule(None)
                 self._started()
+                self._streaming = True
             else:
                 call.handle(event)
-        replies = parser.to_send()
-        if not replies:
-            return False
-        self.replies.extend(replies)
-        return True
 
 
 ENDPOINTS: Final = (*DIALECTS, *BINARY_DIALECTS, "audiohook")
