@@ -78,6 +78,10 @@ from bridge.web.media_socket import (
 )
 
 log = structlog.get_logger("bridge.media")
+# Read once: an enum member looked up on its class costs about as much as a function call,
+# and every media message is tested against it.
+_TEXT: Final = WSMsgType.TEXT
+_BINARY: Final = WSMsgType.BINARY
 
 
 async def media_stream(request: web.Request, *, dialect: str | None) -> web.StreamResponse:
@@ -175,7 +179,7 @@ async def _serve_stream(request: web.Request, dialect: str | None, endpoint: str
                 try:
                     async for message in ws:
                         kind = message.type
-                        if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
+                        if kind is _TEXT or kind is _BINARY:
                             handle(kind, message.data)  # it queued behind a control message
                         elif kind is WSMsgType.ERROR:
                             failure = ws.failure if isinstance(ws, MediaSocket) else None
@@ -260,7 +264,7 @@ class _StreamReader:
     def receive(self, kind: WSMsgType, data: str | bytes) -> bool:
         """Handle one data message; True when it left replies to write."""
         parser = self._parser
-        if kind is WSMsgType.TEXT:
+        if kind is _TEXT:
             parser.receive_text(data)  # type: ignore[arg-type]  # TEXT carries str
         else:
             parser.receive_bytes(data)  # type: ignore[arg-type]  # BINARY carries bytes
