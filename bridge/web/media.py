@@ -42,6 +42,7 @@ from bridge.ingress import (
     BINARY_DIALECTS,
     DIALECTS,
     SUBPROTOCOLS,
+    DetectingDialect,
     MediaDialect,
     make_dialect,
 )
@@ -304,6 +305,10 @@ class _StreamReader:
                 self._deadline.reschedule(None)
                 self._started()
                 self._streaming = True
+                if isinstance(parser, DetectingDialect) and parser.inner is not None:
+                    # /streams: the recognised dialect takes every later message itself
+                    # (the detector only passes them on), one call fewer per message.
+                    self._parser = parser.inner
             else:
                 call.handle(event)
 
