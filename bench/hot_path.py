@@ -10,7 +10,10 @@ turn:
    with the scripted engine of ``tests/support/fake_engine.py`` taking the chunks, and no
    call observers;
 3. ``call+talk``: the same with the talk analytics observer on every call, as
-   ``analytics.talk`` (on by default) runs it.
+   ``analytics.talk`` (on by default) runs it;
+4. ``reader``: as ``call``, each message handed in as the media endpoint hands it from
+   aiohttp's frame reader (``_StreamReader.receive`` inside the connection's context): the
+   stream token and start checks, the dialect, the call.
 
 Calls are interleaved message by message, as a busy process sees them, and the loop is given
 a turn every ``--batch`` messages so that the legs' senders run as they would behind the
@@ -24,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextvars
+import functools
 import gc
 import logging
 import statistics
@@ -37,6 +42,9 @@ import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from aiohttp import WSMsgType, web
+from aiohttp.test_utils import make_mocked_request
+
 from bridge.analytics.talk import talk_observer
 from bridge.artifacts.service import AfterCallService
 from bridge.calls import Call
@@ -44,6 +52,8 @@ from bridge.config import Settings
 from bridge.events import AudioEncoding, Track
 from bridge.ingress.twilio import TwilioDialect
 from bridge.simulate import CallSpec, build_call
+from bridge.web.keys import SETTINGS
+from bridge.web.media import _StreamReader
 from tests.support.fake_engine import EngineScript, FakeEngines, RecordingSink
 
 
@@ -110,6 +120,36 @@ async def run_call(streams: list[list[str]], *, talk: bool, batch: int) -> float
     return elapsed
 
 
+async def run_reader(streams: list[list[str]], *, batch: int) -> float:
+    settings = Settings()
+    app = web.Application()
+    app[SETTINGS] = settings
+    request = make_mocked_request("GET", "/streams/twilio", app=app)
+    after = AfterCallService([])
+    longest = max(len(s) for s in streams)
+    async with asyncio.TaskGroup() as tasks, asyncio.timeout(None) as deadline:
+        calls = [Call(settings=settings, sink=RecordingSink(),
+                      engines=FakeEngines({"telnyx": EngineScript(utterance_ms=5000)}),
+                      tasks=tasks, after=after) for _ in streams]
+        contexts = [contextvars.copy_context() for _ in streams]
+        handlers = [functools.partial(context.run, _StreamReader(
+            request, "twilio", TwilioDialect(), call, deadline, lambda: None).receive)
+            for call, context in zip(calls, contexts, strict=True)]
+        text = WSMsgType.TEXT
+        start = time.process_time()
+        sent = 0
+        for i in range(longest):
+            for handle, messages in zip(handlers, streams, strict=True):
+                if i < len(messages):
+                    handle(text, messages[i])
+                    sent += 1
+                    if sent % batch == 0:
+                        await asyncio.sleep(0)
+        await asyncio.gather(*(call.end("stopped") for call in calls))
+        elapsed = time.process_time() - start
+    return elapsed
+
+
 def measure(name: str, repeat: int, frames: int, run: Callable[[], float]) -> None:
     results = []
     for _ in range(repeat):
@@ -126,7 +166,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--batch", type=int, default=50,
                         help="messages between two turns of the event loop")
-    parser.add_argument("--stages", default="parse,call,call+talk")
+    parser.add_argument("--stages", default="parse,call,call+talk,reader")
     args = parser.parse_args()
     # The calls' start and summary lines are not what is measured.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
@@ -143,6 +183,9 @@ def main() -> None:
     if "call+talk" in stages:
         measure("call+talk", args.repeat, frames,
                 lambda: asyncio.run(run_call(streams, talk=True, batch=args.batch)))
+    if "reader" in stages:
+        measure("reader", args.repeat, frames,
+                lambda: asyncio.run(run_reader(streams, batch=args.batch)))
 
 
 if __name__ == "__main__":

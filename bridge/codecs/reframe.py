@@ -191,6 +191,11 @@ class Reframer:
         size = self.chunk_bytes
         if len(self._pending) < size and not self._ready:
             return NO_CHUNKS  # most frames: nothing allocated
+        if len(self._pending) == size and not self._ready:
+            # The usual cut: whole frames fill exactly one chunk. One copy, no list built.
+            chunk = Chunk(self._pending_clock_ms(), bytes(self._pending))
+            self._pending.clear()
+            return (chunk,)
         ready, self._ready = self._ready, []
         count = len(self._pending) // size
         if count:

@@ -109,6 +109,10 @@ class DetectingDialect:
             raise UnsupportedData("binary frame before the media-stream dialect is known")
         self.inner.receive_bytes(data)
 
+    @property
+    def may_reply(self) -> bool:
+        return self.inner is not None and self.inner.may_reply
+
     def events(self) -> list[IngressEvent]:
         return self.inner.events() if self.inner is not None else []
 

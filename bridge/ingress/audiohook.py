@@ -88,6 +88,7 @@ class AudioHookDialect(SansIoStream):
     """Sans-I/O AudioHook server session."""
 
     name = "audiohook"
+    may_reply = True  # opened, pong, closed
 
     def __init__(self) -> None:
         super().__init__()

@@ -283,6 +283,8 @@ class SansIoStream:
     """What every dialect shares: its state, the decoded events, the replies to write."""
 
     name: str = "stream"
+    # Whether ``to_send`` can ever have replies: the media reader asks only then.
+    may_reply: bool = False
 
     def __init__(self) -> None:
         self.state = StreamState.AWAITING_START
@@ -341,13 +343,25 @@ class JsonMediaDialect(SansIoStream):
         if event == "media":  # first: by far the most frequent message
             if not self._media_stays:
                 self._advance(Step.MEDIA, event)
-            media = get_object(message, "media")
-            track = get_track(media.get("track"))
+            media = message.get("media")
+            if type(media) is not dict:  # exactly a dict, as orjson makes them
+                media = get_object(message, "media")  # refuses it, or accepts a subclass
+            # The usual spellings by one lookup; ``get_track`` judges any other (or none).
+            raw_track = media.get("track")
+            track = TRACK_NAMES.get(raw_track) if type(raw_track) is str else None
+            if track is None:
+                track = get_track(raw_track)
             payload = decode_payload(media.get("payload"))
             if self._converts_audio:
                 payload = self._track_audio(track, payload)
-            self._events.append(AudioFrame(track, payload, get_counter(media, "timestamp"),
-                                           get_counter(media, "chunk")))
+            # ``get_counter`` inline: two calls fewer on every media message.
+            timestamp = media.get("timestamp")
+            if timestamp is not None:
+                timestamp = read_count(timestamp, field="timestamp", high=MAX_COUNTER)
+            chunk = media.get("chunk")
+            if chunk is not None:
+                chunk = read_count(chunk, field="chunk", high=MAX_COUNTER)
+            self._events.append(AudioFrame(track, payload, timestamp, chunk))
         elif event == "start":
             self._advance(Step.START, event)
             self._accept_start(message)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -112,7 +112,17 @@ class LegAudio:
 
     def push(self, payload: bytes, timestamp_ms: int | None) -> bool:
         """Take one frame; True when a chunk became ready for the engine."""
-        chunks = self.reframer.push(payload, timestamp_ms)
+        return self.take(self.reframer.push(payload, timestamp_ms))
+
+    @property
+    def frame_taker(self) -> Callable[[bytes, int | None], Sequence[Chunk]]:
+        """What ``push`` does first, as one call for a caller that pushes every frame: the
+        reframer's ``push``. Hand what it returns, when not empty, to ``take``."""
+        return self.reframer.push
+
+    def take(self, chunks: Sequence[Chunk]) -> bool:
+        """Pass the chunks a frame completed through the pause gate to the buffer; True
+        when one became ready for the engine."""
         if not chunks:
             return False  # most frames: no chunk completed
         ready = False

@@ -51,6 +51,9 @@ class Leg:
                                  timers=UpstreamTimers(stt.silence_timeout_s,
                                                        stt.roll_margin_s, stt.close_grace_s))
         self.transcripts = transcripts
+        # The reframer's push, bound once: the frame goes there without a call through
+        # ``LegAudio.push`` (fifty frames a second, one chunk in five).
+        self._reframe = self.audio.frame_taker
         self._policy = policy
         self._warned_drops = False
         self.task: asyncio.Task[None] | None = None
@@ -78,9 +81,12 @@ class Leg:
 
     def push(self, frame: AudioFrame) -> None:
         """Add one frame of audio. Never waits."""
-        audio = self.audio
-        if not audio.push(frame.payload, frame.timestamp_ms):
+        chunks = self._reframe(frame.payload, frame.timestamp_ms)
+        if not chunks:
             return  # most frames: no chunk completed, nothing more to do
+        audio = self.audio
+        if not audio.take(chunks):
+            return
         audio.stamp_ready(time.monotonic())  # once per chunk, for frame_to_upstream
         self.upstream.wake()
         if audio.counters.chunks_dropped and not self._warned_drops:  # drops happen here only

@@ -35,12 +35,14 @@ from bridge.errors import (
     MessageTooBig,
     PeerError,
     PolicyRefusal,
+    ProtocolViolation,
 )
 from bridge.events import StreamStarted
 from bridge.ingress import (
     BINARY_DIALECTS,
     DIALECTS,
     SUBPROTOCOLS,
+    DetectingDialect,
     MediaDialect,
     make_dialect,
 )
@@ -77,6 +79,10 @@ from bridge.web.media_socket import (
 )
 
 log = structlog.get_logger("bridge.media")
+# Read once: an enum member looked up on its class costs about as much as a function call,
+# and every media message is tested against it.
+_TEXT: Final = WSMsgType.TEXT
+_BINARY: Final = WSMsgType.BINARY
 
 
 async def media_stream(request: web.Request, *, dialect: str | None) -> web.StreamResponse:
@@ -174,7 +180,7 @@ async def _serve_stream(request: web.Request, dialect: str | None, endpoint: str
                 try:
                     async for message in ws:
                         kind = message.type
-                        if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
+                        if kind is _TEXT or kind is _BINARY:
                             handle(kind, message.data)  # it queued behind a control message
                         elif kind is WSMsgType.ERROR:
                             failure = ws.failure if isinstance(ws, MediaSocket) else None
@@ -259,15 +265,36 @@ class _StreamReader:
         self._deadline = deadline
         self._started = started
         self._verified = dialect is not None  # /streams: checked once the dialect is known
+        # True once the stream started and passed its checks: the dialects' state table
+        # refuses a second start, so from then on every event goes straight to the call.
+        self._streaming = False
         self.replies: deque[str] = deque()
 
     def receive(self, kind: WSMsgType, data: str | bytes) -> bool:
         """Handle one data message; True when it left replies to write."""
         parser = self._parser
-        if kind is WSMsgType.TEXT:
+        if kind is _TEXT:
             parser.receive_text(data)  # type: ignore[arg-type]  # TEXT carries str
         else:
             parser.receive_bytes(data)  # type: ignore[arg-type]  # BINARY carries bytes
+        if self._streaming:
+            handle = self._call.handle
+            for event in parser.events():
+                if type(event) is StreamStarted:  # pragma: no cover - the state table refuses it
+                    raise ProtocolViolation("a second stream start")
+                handle(event)
+        else:
+            self._before_streaming(parser)
+        if not parser.may_reply:
+            return False
+        replies = parser.to_send()
+        if not replies:
+            return False
+        self.replies.extend(replies)
+        return True
+
+    def _before_streaming(self, parser: MediaDialect) -> None:
+        """Until the stream started: the checks of the dialect recognised and of the start."""
         if not self._verified and parser.name != "unknown":
             settings = self._settings
             if parser.name not in settings.server.dialects:
@@ -285,13 +312,13 @@ class _StreamReader:
                 call.handle(event)  # claims the call id and a slot, or raises
                 self._deadline.reschedule(None)
                 self._started()
+                self._streaming = True
+                if isinstance(parser, DetectingDialect) and parser.inner is not None:
+                    # /streams: the recognised dialect takes every later message itself
+                    # (the detector only passes them on), one call fewer per message.
+                    self._parser = parser.inner
             else:
                 call.handle(event)
-        replies = parser.to_send()
-        if not replies:
-            return False
-        self.replies.extend(replies)
-        return True
 
 
 ENDPOINTS: Final = (*DIALECTS, *BINARY_DIALECTS, "audiohook")

@@ -51,6 +51,12 @@ MessageHandler = Callable[[WSMsgType, Any], bool]
 _PRIVATE_API: Final = ("_post_start", "_handle_ping_pong_exception", "_max_msg_size",
                        "_compress", "_decode_text", "_loop", "_reader", "_writer", "_req")
 
+# Read once: an enum member looked up on its class costs more than the rest of the test
+# that ``feed_data`` makes for every message.
+_TEXT: Final = WSMsgType.TEXT
+_BINARY: Final = WSMsgType.BINARY
+_CLOSE: Final = WSMsgType.CLOSE
+
 # aiohttp's reader joins continuation frames itself, so a message of this type never comes
 # from a peer: it marks the wake-up MediaSocket queues for the reading task.
 WAKE: Final = WSMsgType.CONTINUATION
@@ -92,7 +98,7 @@ class _HandingQueue(_QueueBase):  # type: ignore[misc]  # aiohttp's queue, typed
         self.received = True
         kind = data[0]
         handler = self.handler
-        if (kind is WSMsgType.TEXT or kind is WSMsgType.BINARY) and handler is not None:
+        if (kind is _TEXT or kind is _BINARY) and handler is not None:
             if self._buffer:  # something queued comes first: keep the order
                 super().feed_data(data, size)
                 return
@@ -107,7 +113,7 @@ class _HandingQueue(_QueueBase):  # type: ignore[misc]  # aiohttp's queue, typed
                 self.wake_queued = True
                 super().feed_data(WSMessage(WAKE, None, None), 0)
             return
-        if kind is WSMsgType.CLOSE and handler is not None:
+        if kind is _CLOSE and handler is not None:
             self.handler = _discard  # nothing the peer sends after its close is handled
         super().feed_data(data, size)
 
