@@ -197,12 +197,14 @@ def run_serve(args: argparse.Namespace) -> int:
     if workers != 1:
         return _run_workers(args, settings, workers)
     from bridge.delivery.outbox import secure_location
+    from bridge.stt.engines import check_engine_proxies
     from bridge.tracing import check_tracing
 
     try:
         secure_location(settings.outbox.path)  # its directory too, before anything is logged
         _check_artifacts_folder(settings)
         check_tracing()
+        check_engine_proxies(settings)
         listener = bind_listener(settings.server.host, settings.server.port,
                                  _given_as(args.port, "port"), _given_as(args.host, "host"))
     except ConfigError as exc:
@@ -226,6 +228,7 @@ def _check_artifacts_folder(settings: Settings) -> None:
 def _run_workers(args: argparse.Namespace, settings: Settings, count: int) -> int:
     """``serve --workers N``: the parent of N serving processes (bridge/web/workers.py)."""
     from bridge.delivery.outbox import secure_location
+    from bridge.stt.engines import check_engine_proxies
     from bridge.tracing import check_tracing
     from bridge.web.workers import Supervisor, bind_worker_sockets, plan_workers
 
@@ -235,6 +238,7 @@ def _run_workers(args: argparse.Namespace, settings: Settings, count: int) -> in
             secure_location(worker.outbox_path)
         _check_artifacts_folder(settings)
         check_tracing()
+        check_engine_proxies(settings)
         sockets = bind_worker_sockets(settings.server.host, settings.server.port, count,
                                       _given_as(args.port, "port"), _given_as(args.host, "host"))
     except ConfigError as exc:

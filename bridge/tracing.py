@@ -142,7 +142,12 @@ def tracing_from_environment(environ: Mapping[str, str] | None = None, *,
     if not build:
         return None
     # Stopped by ``close`` at the application's end, within a bound; not again at exit.
-    provider = TracerProvider(resource=Resource.create({"service.name": SERVICE_NAME}),
-                              shutdown_on_exit=False)
+    # The standard OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES name the service when set
+    # (deployments sharing a collector tell themselves apart); the SDK reads them itself, and
+    # its default for neither is "unknown_service...", which becomes "callbridge".
+    resource = Resource.create()
+    if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({"service.name": SERVICE_NAME}))
+    provider = TracerProvider(resource=resource, shutdown_on_exit=False)
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     return Tracing(provider)

@@ -19,12 +19,19 @@ from dataclasses import fields, replace
 from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
 
-from bridge.config import ENGINES, Settings, engine_settings, session_limit_s
+from bridge.config import (
+    DEFAULT_STT_URL,
+    ENGINES,
+    Settings,
+    engine_settings,
+    session_limit_s,
+)
 from bridge.events import AudioEncoding
 from bridge.stt.assemblyai import AssemblyAISession
 from bridge.stt.base import EngineSession
 from bridge.stt.deepgram import DeepgramSession
 from bridge.stt.telnyx import TelnyxSession
+from bridge.stt.transport import check_proxy
 
 OPTION_VALUE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,39}$")
 PARAMETER_PREFIX: Final = "callbridge_"
@@ -44,6 +51,14 @@ SESSIONS: Final[Mapping[str, SessionClass]] = {
     "deepgram": DeepgramSession,
     "assemblyai": AssemblyAISession,
 }
+
+
+def check_engine_proxies(settings: Settings) -> None:
+    """Raise ``ConfigError`` when a configured engine would be reached through a SOCKS
+    proxy that cannot be spoken (see ``bridge.stt.transport.check_proxy``)."""
+    for name in settings.stt.in_use():
+        check_proxy(settings.telnyx.url or DEFAULT_STT_URL if ENGINES[name].embedded
+                    else engine_settings(settings, name).url)
 
 
 class Engines:

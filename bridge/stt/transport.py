@@ -19,7 +19,7 @@ Keepalive, the close timeout and the pong deadline are loop timers, not tasks: a
 that sends no pong within ``ping_timeout`` is failed with 1011 and its socket closed, as
 websockets' own client does.
 
-A proxy (``HTTPS_PROXY``, ``ALL_PROXY``, ... as websockets reads them) is not spoken here:
+A proxy (``HTTPS_PROXY``, ``SOCKS_PROXY``, ... as websockets reads them) is not spoken here:
 ``open_engine_connection`` hands such URLs to websockets' own asyncio client. Redirects
 are not followed (no engine's streaming endpoint redirects): a 3xx answer is a failed
 handshake like a 5xx.
@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import importlib
 import os
 import ssl
 import struct
@@ -49,6 +50,8 @@ from websockets.http11 import Response
 from websockets.protocol import CLOSED, OPEN
 from websockets.proxy import get_proxy
 from websockets.uri import parse_uri
+
+from bridge.errors import ConfigError
 
 try:
     from websockets.speedups import apply_mask
@@ -462,6 +465,34 @@ class EngineConnection(asyncio.Protocol):
         # The server may have spoken and even closed already (an error frame right after
         # the upgrade): its messages wait to be read.
         self._schedule_ping()
+
+
+def check_proxy(url: str) -> None:
+    """Raise ``ConfigError`` when a SOCKS proxy applies to ``url`` but python-socks, which
+    websockets needs to speak SOCKS, is not installed: every session of that engine would
+    fail while opening, so the bridge refuses to start instead. The proxy's address is not
+    repeated (it may carry a password)."""
+    uri = parse_uri(url)
+    proxy = get_proxy(uri)
+    if proxy is None or not proxy.startswith("socks"):
+        return
+    try:
+        importlib.import_module("python_socks.async_.asyncio")  # what websockets imports
+    except ImportError:
+        raise ConfigError(_proxy_variable(uri.secure, proxy),
+                          f"names a SOCKS proxy for {uri.host}, and speaking SOCKS needs "
+                          "python-socks: pip install 'python-socks[asyncio]' (or list the "
+                          "host in NO_PROXY)") from None
+
+
+def _proxy_variable(secure: bool, proxy: str) -> str:
+    """The environment variable that gave ``proxy``, in the order websockets looks."""
+    schemes = ("wss", "socks", "https") if secure else ("ws", "socks", "https", "http")
+    for scheme in schemes:
+        for name in (f"{scheme}_proxy", f"{scheme.upper()}_PROXY"):
+            if os.environ.get(name) == proxy or (scheme == "socks" and name in os.environ):
+                return name
+    return "SOCKS_PROXY"
 
 
 async def open_engine_connection(

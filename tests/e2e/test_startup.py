@@ -116,6 +116,22 @@ async def test_a_directory_as_the_settings_file_is_one_line(
                    "not a settings file"]
 
 
+async def test_a_socks_proxy_that_cannot_be_spoken_stops_the_start_in_one_line(
+        stt: TelnyxSttEmulator, tmp_path: Path) -> None:
+    # Without python-socks every session to the engine would fail while it opens, each
+    # call's media connection with it: the start stops instead, naming the variable.
+    blocked = tmp_path / "without_socks" / "python_socks"
+    blocked.mkdir(parents=True)
+    (blocked / "__init__.py").write_text("raise ImportError('not installed')\n")
+    env = {k: v for k, v in environment(stt, tmp_path).items() if not k.lower().endswith("_proxy")}
+    status, out, err = await callbridge("serve", "--port", "0", env={
+        **env, "PYTHONPATH": str(blocked.parent), "SOCKS_PROXY": "socks5h://user:pw@127.0.0.1:1"})
+    assert status == 2 and out == []
+    assert err == ["callbridge: invalid setting SOCKS_PROXY: names a SOCKS proxy for 127.0.0.1, "
+                   "and speaking SOCKS needs python-socks: pip install 'python-socks[asyncio]' "
+                   "(or list the host in NO_PROXY)"]
+
+
 async def test_simulate_gives_up_in_one_line_when_no_bridge_answers(
         stt: TelnyxSttEmulator, tmp_path: Path, refused_port: int) -> None:
     audio = tmp_path / "caller.ulaw"

@@ -166,6 +166,24 @@ def test_a_tracer_made_from_the_environment_names_the_service() -> None:
         tracing.shutdown()  # the span never ended: nothing is exported to the closed port
 
 
+@pytest.mark.parametrize(("variable", "value"), [
+    ("OTEL_SERVICE_NAME", "cc-bridge"),
+    ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=prod,service.name=cc-bridge"),
+])
+def test_the_standard_variables_rename_the_service(
+        monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
+    # Two deployments sending to one collector tell themselves apart this way.
+    monkeypatch.setenv(variable, value)
+    tracing = tracing_from_environment({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"})
+    assert tracing is not None
+    try:
+        span = tracing.leg_span(call_id="CA1", leg="inbound", engine="telnyx", dialect="twilio")
+        resource = getattr(span, "resource", None)
+        assert resource is not None and resource.attributes["service.name"] == "cc-bridge"
+    finally:
+        tracing.shutdown()
+
+
 def test_a_final_that_will_not_be_delivered_is_no_longer_tracked() -> None:
     stages = Stages()
     timing = Timing(1.0)
