@@ -238,6 +238,7 @@ async def _serve_stream(request: web.Request, dialect: str | None, endpoint: str
         finally:
             if idle_watch is not None:
                 idle_watch.cancel()
+            started()  # reading is over: no longer waiting to start, whatever ends the call
             try:
                 await call.end(reason)
             finally:
