@@ -88,10 +88,6 @@ class Reframer:
         """The leg's audio clock: stream time reached so far, silence and jumps included."""
         return self._next_sample // self.bytes_per_ms
 
-    @property
-    def _next_ms(self) -> int:
-        return self._next_sample // self.bytes_per_ms
-
     def push(self, payload: bytes, timestamp_ms: int | None) -> Sequence[Chunk]:
         """Take one frame; return the chunks that became complete."""
         stats = self.stats
@@ -112,7 +108,7 @@ class Reframer:
         if self.origin_ms is None:
             self.origin_ms = timestamp_ms
             self._next_sample = timestamp_ms * self.bytes_per_ms
-        next_ms = self._next_sample // self.bytes_per_ms
+        next_ms = self._next_sample // self.bytes_per_ms  # ``position_ms``, without a call
         if timestamp_ms < next_ms - JITTER_MS:
             stats.late_dropped += 1
             return NO_CHUNKS
@@ -156,9 +152,9 @@ class Reframer:
         self._next_sample += len(payload)
 
     def _release_in_order(self) -> None:
-        while self._held and self._held[0][0] <= self._next_ms + JITTER_MS:
+        while self._held and self._held[0][0] <= self.position_ms + JITTER_MS:
             timestamp_ms, _, payload = heapq.heappop(self._held)
-            if timestamp_ms < self._next_ms - JITTER_MS:
+            if timestamp_ms < self.position_ms - JITTER_MS:
                 self.stats.late_dropped += 1
                 continue
             self.stats.reordered += 1
@@ -166,7 +162,7 @@ class Reframer:
 
     def _release_earliest(self) -> None:
         timestamp_ms, _, payload = heapq.heappop(self._held)
-        gap_ms = timestamp_ms - self._next_ms
+        gap_ms = timestamp_ms - self.position_ms
         if gap_ms > JITTER_MS:
             # Silence made is bounded by audio received: a peer sending tiny frames far
             # apart cannot make the bridge send an engine minutes of silence per frame.
