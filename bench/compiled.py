@@ -103,7 +103,7 @@ def main() -> None:
         for n in range(frames):
             if leg.push(payload, n * 20):
                 leg.stamp_ready(0.0)
-                while (chunk := leg.next_chunk()) is not None:
+                for chunk in leg.ready_chunks():
                     leg.sent(chunk)
 
     print(f"bridge from {args.root}; {len(media)} media messages, {frames} frames")

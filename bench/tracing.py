@@ -54,7 +54,7 @@ def chunks(n_chunks: int, measured: bool) -> Callable[[], None]:
                 timestamp += 20
             if ready and measured:
                 audio.stamp_ready(monotonic())
-            while (chunk := audio.next_chunk()) is not None:
+            for chunk in audio.ready_chunks():
                 ready_at = audio.sent(chunk)
                 if measured and ready_at is not None:
                     tally.observe(monotonic() - ready_at)

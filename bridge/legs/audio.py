@@ -204,16 +204,12 @@ class LegAudio:
 
     # -- the upstream side -------------------------------------------------------------------
 
-    def next_chunk(self) -> Chunk | None:
-        """The oldest chunk waiting for the engine (it stays until ``sent``)."""
-        return self._buffer[0] if self._buffer else None
-
     def ready_chunks(self) -> list[Chunk]:
         """Every chunk waiting for the engine, oldest first (each stays until ``sent``)."""
         return list(self._buffer)
 
     def sent(self, chunk: Chunk) -> float | None:
-        """``chunk`` (from ``next_chunk``) reached the engine: it leaves the buffer, joins the
+        """``chunk`` (from ``ready_chunks``) reached the engine: it leaves the buffer, joins the
         replay window, and is placed on the clock map. Returns when it became ready (see
         ``stamp_ready``), or None when it was never stamped."""
         ready_at = None

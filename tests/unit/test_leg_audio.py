@@ -24,7 +24,7 @@ def feed(audio: LegAudio, first_ms: int, count: int, byte: int = 1) -> None:
 def send_all(audio: LegAudio) -> list[int]:
     """Send what waits; the clock positions of the chunks sent."""
     clocks = []
-    while (chunk := audio.next_chunk()) is not None:
+    for chunk in audio.ready_chunks():
         audio.sent(chunk)
         clocks.append(chunk.clock_ms)
     return clocks
@@ -76,10 +76,10 @@ def test_the_replay_window_keeps_what_no_final_covers_and_at_most_replay_ms() ->
 def test_a_chunk_not_yet_sent_stays_for_the_next_session() -> None:
     audio = leg()
     feed(audio, 0, 5)
-    chunk = audio.next_chunk()
-    assert chunk is not None and audio.next_chunk() is chunk  # peeked, not taken
+    [chunk] = audio.ready_chunks()
+    assert audio.ready_chunks() == [chunk]  # looked at, not taken
     audio.sent(chunk)
-    assert audio.next_chunk() is None and audio.counters.sent_bytes == 5 * FRAME
+    assert audio.ready_chunks() == [] and audio.counters.sent_bytes == 5 * FRAME
 
 
 def test_after_a_fatal_failure_audio_is_counted_as_untranscribed() -> None:
@@ -88,7 +88,7 @@ def test_after_a_fatal_failure_audio_is_counted_as_untranscribed() -> None:
     audio.discard()
     feed(audio, 200, 5)
     audio.end()
-    assert audio.next_chunk() is None
+    assert audio.ready_chunks() == []
     assert audio.counters.bytes_discarded == 15 * FRAME
 
 
@@ -122,7 +122,7 @@ def test_no_byte_heard_while_paused_reaches_the_engine_or_the_recording() -> Non
     feed(audio, 280, 16, byte=3)
     audio.end()
     sent = b""
-    while (chunk := audio.next_chunk()) is not None:
+    for chunk in audio.ready_chunks():
         audio.sent(chunk)
         sent += chunk.data
     assert 2 not in sent and all(2 not in data for data in tapped)

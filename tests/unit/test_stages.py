@@ -77,7 +77,7 @@ def test_each_chunk_sent_gives_back_the_time_it_became_ready() -> None:
     feed(audio, 100, 10)
     audio.stamp_ready(2.0)  # two chunks completed by one push... or by several: one stamp
     ready = []
-    while (chunk := audio.next_chunk()) is not None:
+    for chunk in audio.ready_chunks():
         ready.append(audio.sent(chunk))
     assert ready == [1.0, 2.0, 2.0]
 
@@ -88,16 +88,16 @@ def test_ready_times_stay_with_their_chunks_when_the_oldest_are_dropped() -> Non
         feed(audio, 100 * n, 5, byte=n + 1)
         audio.stamp_ready(float(n))
     assert audio.counters.chunks_dropped == 2
-    chunk = audio.next_chunk()
-    assert chunk is not None and chunk.data[0] == 3  # the third chunk, stamped 2.0
+    chunk = audio.ready_chunks()[0]
+    assert chunk.data[0] == 3  # the third chunk, stamped 2.0
     assert audio.sent(chunk) == 2.0
 
 
 def test_a_chunk_never_stamped_is_not_measured() -> None:
     audio = leg()
     audio.push(b"\x01" * FRAME * 5, 0)
-    chunk = audio.next_chunk()
-    assert chunk is not None and audio.sent(chunk) is None
+    [chunk] = audio.ready_chunks()
+    assert audio.sent(chunk) is None
 
 
 def traced() -> tuple[Tracing, InMemorySpanExporter]:
