@@ -23,8 +23,10 @@ from bridge.config import (
     DEFAULT_STT_URL,
     ENGINES,
     Settings,
+    SttTarget,
     engine_settings,
     session_limit_s,
+    stt_target,
 )
 from bridge.events import AudioEncoding
 from bridge.stt.assemblyai import AssemblyAISession
@@ -53,12 +55,23 @@ SESSIONS: Final[Mapping[str, SessionClass]] = {
 }
 
 
+# Where the embedded recognizer listens (its port is chosen when it starts): what a proxy
+# rule is judged against when it stands in for the service.
+EMBEDDED_URL: Final = "ws://127.0.0.1/"
+
+
 def check_engine_proxies(settings: Settings) -> None:
     """Raise ``ConfigError`` when a configured engine would be reached through a SOCKS
-    proxy that cannot be spoken (see ``bridge.stt.transport.check_proxy``)."""
+    proxy that cannot be spoken (see ``bridge.stt.transport.check_proxy``), judged
+    against the address each engine's sessions will really open."""
     for name in settings.stt.in_use():
-        check_proxy(settings.telnyx.url or DEFAULT_STT_URL if ENGINES[name].embedded
-                    else engine_settings(settings, name).url)
+        if not ENGINES[name].embedded:
+            url: str = engine_settings(settings, name).url
+        elif stt_target(settings) is SttTarget.EMBEDDED:
+            url = EMBEDDED_URL
+        else:
+            url = settings.telnyx.url or DEFAULT_STT_URL
+        check_proxy(url)
 
 
 class Engines:
