@@ -16,6 +16,7 @@ formatted one), with word times in ms. It does not police message sizes or pacin
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import time
@@ -29,7 +30,14 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from tests.support.faults import Failure, Faults
-from tests.support.sink import FINAL_WORDS, STATS_PATH, SinkClock, SinkStats
+from tests.support.sink import (
+    FINAL_WORDS,
+    STATS_PATH,
+    SinkClock,
+    SinkStats,
+    command_line,
+    serve_on_port,
+)
 from tests.support.telnyx_stt import Recognizer
 
 PATH = "/v3/ws"
@@ -218,24 +226,15 @@ class AssemblyAIEmulator(Faults):
 
 
 
-async def _serve_forever(port: int, api_key: str, final_every_s: float) -> None:
-    emulator = AssemblyAIEmulator(api_key=api_key, sink=True, sink_final_every_s=final_every_s)
-    emulator._server = await serve(emulator._handle, "127.0.0.1", port,
-                                   process_request=emulator._check_sink, max_size=2**20,
-                                   compression=None, backlog=4096)
+async def _serve_forever(options: argparse.Namespace) -> None:
+    emulator = AssemblyAIEmulator(api_key=options.api_key, sink=True,
+                                  sink_final_every_s=options.final_every_s)
+    emulator._server = await serve_on_port(emulator._handle, emulator._check_sink,
+                                           options.port)
     print(f"AssemblyAI emulator on {emulator.url} in sink mode (GET {STATS_PATH})", flush=True)
     await emulator._server.wait_closed()
 
 
 if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Run the AssemblyAI emulator's sink mode.")
-    parser.add_argument("--sink", action="store_true", required=True,
-                        help="take audio without recognising it; measure its lateness")
-    parser.add_argument("--port", type=int, default=9102)
-    parser.add_argument("--api-key", default="test-assemblyai-key")
-    parser.add_argument("--final-every-s", type=float, default=0.0,
-                        help="end a turn per this many seconds of audio")
-    options = parser.parse_args()
-    asyncio.run(_serve_forever(options.port, options.api_key, options.final_every_s))
+    asyncio.run(_serve_forever(command_line("AssemblyAI", port=9102,
+                                            api_key="test-assemblyai-key")))

@@ -21,6 +21,7 @@ There is no idle close in sink mode.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 from dataclasses import dataclass, field
@@ -34,7 +35,15 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from tests.support.faults import Failure, Fault, Faults
-from tests.support.sink import FINAL_WORDS, STATS_PATH, SinkClock, SinkStats, spread_words
+from tests.support.sink import (
+    FINAL_WORDS,
+    STATS_PATH,
+    SinkClock,
+    SinkStats,
+    command_line,
+    serve_on_port,
+    spread_words,
+)
 from tests.support.telnyx_stt import Recognizer
 
 PATH = "/v1/listen"
@@ -241,24 +250,14 @@ class DeepgramEmulator(Faults):
                                               "words": []}]}}
 
 
-async def _serve_forever(port: int, api_key: str, final_every_s: float) -> None:
-    emulator = DeepgramEmulator(api_key=api_key, sink=True, sink_final_every_s=final_every_s)
-    emulator._server = await serve(emulator._handle, "127.0.0.1", port,
-                                   process_request=emulator._check, max_size=2**20,
-                                   compression=None, backlog=4096)
+async def _serve_forever(options: argparse.Namespace) -> None:
+    emulator = DeepgramEmulator(api_key=options.api_key, sink=True,
+                                sink_final_every_s=options.final_every_s)
+    emulator._server = await serve_on_port(emulator._handle, emulator._check, options.port)
     print(f"Deepgram emulator on {emulator.url} in sink mode (GET {STATS_PATH})", flush=True)
     await emulator._server.wait_closed()
 
 
 if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Run the Deepgram emulator's sink mode.")
-    parser.add_argument("--sink", action="store_true", required=True,
-                        help="take audio without recognising it; measure its lateness")
-    parser.add_argument("--port", type=int, default=9101)
-    parser.add_argument("--api-key", default="test-deepgram-key")
-    parser.add_argument("--final-every-s", type=float, default=0.0,
-                        help="send a final per this many seconds of audio")
-    options = parser.parse_args()
-    asyncio.run(_serve_forever(options.port, options.api_key, options.final_every_s))
+    asyncio.run(_serve_forever(command_line("Deepgram", port=9101,
+                                            api_key="test-deepgram-key")))

@@ -12,14 +12,16 @@ cheap because the sink shares a core with the load generator.
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from array import array
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
-from websockets.asyncio.server import ServerConnection
+from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
 STATS_PATH = "/stats"
@@ -100,3 +102,25 @@ def spread_words(start_s: float, end_s: float) -> list[tuple[str, float, float]]
     step = (end_s - start_s) / len(FINAL_WORDS)
     return [(word, start_s + n * step, start_s + (n + 1) * step)
             for n, word in enumerate(FINAL_WORDS)]
+
+
+def command_line(engine: str, *, port: int, api_key: str,
+                 sink_only: bool = True) -> argparse.Namespace:
+    """The options of ``python -m tests.support.<emulator>``, as ``bench/load.py`` runs it."""
+    parser = argparse.ArgumentParser(description=f"Run the {engine} emulator on 127.0.0.1.")
+    parser.add_argument("--port", type=int, default=port)
+    parser.add_argument("--api-key", default=api_key)
+    parser.add_argument("--sink", action="store_true", required=sink_only,
+                        help="take audio without recognising it; measure its lateness")
+    parser.add_argument("--final-every-s", type=float, default=0.0,
+                        help="in sink mode, send a final per this many seconds of audio")
+    return parser.parse_args()
+
+
+async def serve_on_port(handler: Callable[[ServerConnection], Awaitable[None]],
+                        check: Callable[[ServerConnection, Request], Response | None],
+                        port: int) -> Server:
+    """An emulator's server as a load test needs it: a fixed port, room for thousands of
+    connections arriving at once, no compression."""
+    return await serve(handler, "127.0.0.1", port, process_request=check, max_size=2**20,
+                       compression=None, backlog=4096)

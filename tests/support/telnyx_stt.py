@@ -19,6 +19,7 @@ API-description shape. Every session records its query, headers, audio and text 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import itertools
 import json
@@ -34,7 +35,14 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from tests.support.faults import Failure, Faults
-from tests.support.sink import FINAL_WORDS, STATS_PATH, SinkClock, SinkStats
+from tests.support.sink import (
+    FINAL_WORDS,
+    STATS_PATH,
+    SinkClock,
+    SinkStats,
+    command_line,
+    serve_on_port,
+)
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -374,26 +382,16 @@ def expected_frequency_text(freq_hz: float) -> str:
 
 
 
-async def _serve_forever(port: int, api_key: str, sink: bool, final_every_s: float) -> None:
-    emulator = TelnyxSttEmulator(api_key=api_key, sink=sink, sink_final_every_s=final_every_s)
-    emulator._server = await serve(emulator._handle, "127.0.0.1", port,
-                                   process_request=emulator._check_handshake, max_size=2**20,
-                                   compression=None, backlog=4096)
-    mode = " in sink mode (GET /stats)" if sink else ""
-    print(f"Telnyx STT emulator on {emulator.url}{mode} (key {api_key!r})", flush=True)
+async def _serve_forever(options: argparse.Namespace) -> None:
+    emulator = TelnyxSttEmulator(api_key=options.api_key, sink=options.sink,
+                                 sink_final_every_s=options.final_every_s)
+    emulator._server = await serve_on_port(emulator._handle, emulator._check_handshake,
+                                           options.port)
+    mode = f" in sink mode (GET {STATS_PATH})" if options.sink else ""
+    print(f"Telnyx STT emulator on {emulator.url}{mode} (key {options.api_key!r})", flush=True)
     await emulator._server.wait_closed()
 
 
 if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Run the Telnyx STT emulator on 127.0.0.1.")
-    parser.add_argument("--port", type=int, default=9100)
-    parser.add_argument("--api-key", default="test-telnyx-key")
-    parser.add_argument("--sink", action="store_true",
-                        help="take audio without recognising it; measure its lateness")
-    parser.add_argument("--final-every-s", type=float, default=0.0,
-                        help="in sink mode, send a final per this many seconds of audio")
-    options = parser.parse_args()
-    asyncio.run(_serve_forever(options.port, options.api_key, options.sink,
-                               options.final_every_s))
+    asyncio.run(_serve_forever(command_line("Telnyx STT", port=9100, api_key="test-telnyx-key",
+                                            sink_only=False)))
