@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -62,13 +63,28 @@ _CLOSE: Final = WSMsgType.CLOSE
 WAKE: Final = WSMsgType.CONTINUATION
 
 
+# The parameters of aiohttp's ``WebSocketResponse._post_start``, which ``MediaSocket``
+# replaces: another aiohttp may call it differently.
+_POST_START_PARAMETERS: Final = ("self", "request", "protocol", "writer")
+
+
 @functools.cache
 def direct_reading_available() -> bool:
-    """True when the installed aiohttp has the reader API ``MediaSocket`` builds on."""
+    """True when the installed aiohttp has the reader API ``MediaSocket`` builds on, called
+    as ``MediaSocket`` calls it (checked once, so that a changed private API falls back to
+    the queue instead of failing every media connection)."""
     if _QueueBase is object or _FrameReader is None:
         return False
     probe = web.WebSocketResponse()
-    return all(hasattr(probe, name) for name in _PRIVATE_API)
+    if not all(hasattr(probe, name) for name in _PRIVATE_API):
+        return False
+    try:
+        parameters = tuple(inspect.signature(web.WebSocketResponse._post_start).parameters)
+        _FrameReader(_HandingQueue(None, _QUEUE_LIMIT, loop=None), _QUEUE_LIMIT,
+                     compress=False, decode_text=True)
+    except (TypeError, ValueError):
+        return False
+    return parameters == _POST_START_PARAMETERS
 
 
 def _discard(kind: WSMsgType, payload: Any) -> bool:
@@ -86,7 +102,8 @@ class _HandingQueue(_QueueBase):  # type: ignore[misc]  # aiohttp's queue, typed
     """aiohttp's message queue, except that data messages go to the handler when nothing
     waits ahead of them."""
 
-    def __init__(self, protocol: Any, limit: int, *, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, protocol: Any, limit: int, *,
+                 loop: asyncio.AbstractEventLoop | None) -> None:  # None: the API probe only
         super().__init__(protocol, limit, loop=loop)
         self.handler: MessageHandler | None = None  # None: queue data for the reading task
         self.received = False  # anything arrived since the idle check last looked
