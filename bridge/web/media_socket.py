@@ -145,7 +145,7 @@ class MediaSocket(web.WebSocketResponse):
     behind them, which it passes to the same handler.
     """
 
-    _ping: asyncio.Future[None] | None = None  # the idle check's last ping, kept referenced
+    _idle_ping: asyncio.Future[None] | None = None  # the idle check's last ping, kept referenced
 
     def _post_start(self, request: Any, protocol: str | None, writer: Any) -> None:
         # aiohttp's _post_start (3.14) with the handing queue and no per-read callback.
@@ -207,7 +207,7 @@ class MediaSocket(web.WebSocketResponse):
             # Sent beside the check, as aiohttp's heartbeat sends it: aiohttp's writer may
             # hold the ping until the peer reads (its flow control), and a peer that reads
             # nothing must not hold the check with it.
-            ping = self._ping = asyncio.ensure_future(self.ping())
+            ping = self._idle_ping = asyncio.ensure_future(self.ping())
             ping.add_done_callback(_retrieve)
             await asyncio.sleep(interval)
             failure = ping.exception() if ping.done() and not ping.cancelled() else None
